@@ -1,0 +1,277 @@
+//! The `aipm` command line. Configuration comes from flags or the environment, with
+//! defaults that work against the local PostgreSQL.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use commands::{CommandError, CommandMetadata, EventStore};
+use domain::access::{ApiKey, ApiKeyCommand, Role, Tenant, TenantCommand, TenantError};
+use domain::text::{DisplayName, Slug};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::auth::generate_key;
+use crate::db;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "aipm",
+    version,
+    about = "The system of record for an organisation's AI"
+)]
+pub struct Cli {
+    /// PostgreSQL connection URL; the database is created if missing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/aipm",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// NATS server for the live event feed (optional).
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
+    pub nats_url: String,
+
+    /// `text` (default) or `json` log lines.
+    #[arg(long, env = "AIPM_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: String,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API (the default).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "AIPM_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Database connections in the pool.
+        #[arg(long, env = "AIPM_DB_CONNECTIONS", default_value_t = 48)]
+        db_connections: u32,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Rebuild read models from the event log.
+    Replay {
+        #[command(subcommand)]
+        command: ReplayCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Issue a key (creating the tenant if new); prints the key alone on the last line.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Revoke a key by its id.
+    Revoke { key_id: Uuid },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReplayCommand {
+    /// Empty read models and rebuild them from the log.
+    Rebuild {
+        /// Only this projection (default: all).
+        #[arg(long)]
+        projection: Option<String>,
+    },
+}
+
+/// Runs the command line; every failure is one line on stderr and a non-zero exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init(cli.log_format == "json");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("aipm: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("aipm: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command.unwrap_or(Command::Serve {
+        listen: "127.0.0.1:8080".into(),
+        db_connections: 48,
+    }) {
+        Command::Serve {
+            listen,
+            db_connections,
+        } => {
+            let pool = db::connect(&cli.database_url, db_connections)
+                .await
+                .map_err(|e| e.to_string())?;
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e} (set AIPM_LISTEN)"))?;
+            tracing::info!(address = %listen, "aipm is serving");
+            crate::serve(pool, listener)
+                .await
+                .map_err(|e| format!("server failed: {e}"))
+        }
+        Command::Keys { command } => {
+            let pool = db::connect(&cli.database_url, 4)
+                .await
+                .map_err(|e| e.to_string())?;
+            match command {
+                KeysCommand::Create { tenant, role, name } => {
+                    let created = create_key(&pool, &tenant, &role, &name).await?;
+                    println!("key id: {}", created.0);
+                    println!("tenant: {tenant}  role: {role}  name: {name}");
+                    println!("{}", created.1);
+                    Ok(())
+                }
+                KeysCommand::Revoke { key_id } => {
+                    revoke_key(&pool, key_id).await?;
+                    println!("revoked {key_id}");
+                    Ok(())
+                }
+            }
+        }
+        Command::Replay {
+            command: ReplayCommand::Rebuild { projection },
+        } => {
+            let pool = db::connect(&cli.database_url, 4)
+                .await
+                .map_err(|e| e.to_string())?;
+            let selected: Vec<_> = projections::all()
+                .into_iter()
+                .filter(|p| projection.as_deref().is_none_or(|name| p.name() == name))
+                .collect();
+            if selected.is_empty() {
+                let names: Vec<&str> = projections::all().iter().map(|p| p.name()).collect();
+                return Err(format!(
+                    "unknown projection {projection:?}; known: {}",
+                    names.join(", ")
+                ));
+            }
+            for projection in selected {
+                let report = replay::rebuild(&pool, projection.as_ref(), true)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!(
+                    "{}: {} events in {:.2}s ({:.0} events/s)",
+                    projection.name(),
+                    report.events,
+                    report.seconds,
+                    report.events_per_second()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn cli_metadata(tenant: &str) -> CommandMetadata {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    CommandMetadata {
+        tenant: tenant.to_string(),
+        actor_key_id: "cli".into(),
+        actor_name: format!("cli:{user}"),
+        request_id: Uuid::new_v4().to_string(),
+        timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        ..CommandMetadata::default()
+    }
+}
+
+/// Issues a key from the command line; returns its id and secret.
+pub async fn create_key(
+    pool: &PgPool,
+    tenant: &str,
+    role: &str,
+    name: &str,
+) -> Result<(Uuid, String), String> {
+    let slug = Slug::parse("tenant", tenant).map_err(|e| e.to_string())?;
+    let role: Role = role.parse()?;
+    let name = DisplayName::parse("name", name).map_err(|e| e.to_string())?;
+    let store = EventStore::new(pool.clone());
+    let metadata = cli_metadata(slug.as_ref());
+    let tenants = store.aggregates::<Tenant>(());
+    match tenants
+        .execute(
+            slug.as_ref(),
+            TenantCommand::CreateTenant { slug: slug.clone() },
+            None,
+            &metadata,
+        )
+        .await
+    {
+        Ok(_) | Err(CommandError::Rejected(TenantError::AlreadyExists)) => {}
+        Err(error) => return Err(format!("cannot create tenant {slug}: {error}")),
+    }
+    let generated = generate_key().map_err(|e| format!("cannot generate a key: {e}"))?;
+    let id = Uuid::now_v7();
+    let command = ApiKeyCommand::IssueApiKey {
+        tenant: slug.to_string(),
+        name,
+        role,
+        key_hash: generated.hash,
+        key_prefix: generated.display_prefix,
+    };
+    store
+        .aggregates::<ApiKey>(())
+        .execute(&id.to_string(), command, None, &metadata)
+        .await
+        .map_err(|e| e.to_string())?;
+    publish(pool).await?;
+    Ok((id, generated.secret))
+}
+
+/// Revokes a key from the command line.
+pub async fn revoke_key(pool: &PgPool, key_id: Uuid) -> Result<(), String> {
+    let keys = EventStore::new(pool.clone()).aggregates::<ApiKey>(());
+    let (key, _) = keys.load(&key_id.to_string()).await.map_err(|e| e.to_string())?;
+    let Some(tenant) = key.tenant else {
+        return Err(format!("no API key {key_id}"));
+    };
+    keys.execute(
+        &key_id.to_string(),
+        ApiKeyCommand::RevokeApiKey,
+        None,
+        &cli_metadata(&tenant),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    publish(pool).await
+}
+
+/// Brings the read models up to date and tells running servers, so that a key created
+/// or revoked here takes effect at once.
+async fn publish(pool: &PgPool) -> Result<(), String> {
+    for projection in projections::all() {
+        projections::runner::catch_up(pool, projection.as_ref())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    sqlx::query("select pg_notify($1, '')")
+        .bind(projections::runner::NOTIFY_CHANNEL)
+        .execute(pool)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! Every error the API returns: `application/problem+json` (RFC 7807) with a stable `type`.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use commands::CommandError;
+use domain::access::ApiKeyError;
+use domain::category::CategoryError;
+use domain::prompt::PromptError;
+use domain::text::InvalidText;
+use serde::Serialize;
+
+/// One offending field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("a valid API key is required: send 'Authorization: Bearer <key>'")]
+    Unauthorized,
+    #[error("this API key's role ({role}) may not {action}")]
+    Forbidden {
+        role: &'static str,
+        action: &'static str,
+    },
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("the request is invalid")]
+    Validation(Vec<FieldError>),
+    #[error("{0}")]
+    MalformedBody(String),
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the request body must be JSON with 'Content-Type: application/json'")]
+    UnsupportedMediaType,
+    #[error("the resource is at version {current}, not {expected}; re-read it and retry")]
+    VersionMismatch { expected: u64, current: u64 },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the {what} {name:?} is already taken in this tenant")]
+    NameTaken { what: &'static str, name: String },
+    #[error("{0}")]
+    RuleViolated(String),
+    #[error("no route for this path")]
+    NoRoute,
+    #[error("this method is not allowed here")]
+    MethodNotAllowed,
+    #[error("the service is temporarily unavailable")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Validation(vec![FieldError {
+            field: field.into(),
+            message: message.into(),
+        }])
+    }
+
+    /// Status and the stable slug of the `type` URI.
+    fn kind(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed"),
+            ApiError::MalformedBody(_) => (StatusCode::BAD_REQUEST, "malformed-request"),
+            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+            ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
+            ApiError::VersionMismatch { .. } => (StatusCode::CONFLICT, "version-mismatch"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::NameTaken { .. } => (StatusCode::CONFLICT, "name-taken"),
+            ApiError::RuleViolated(_) => (StatusCode::UNPROCESSABLE_ENTITY, "rule-violated"),
+            ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-route"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [FieldError]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_version: Option<u64>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, slug) = self.kind();
+        let detail = match &self {
+            // Never leak internals to the client; they are logged once, here.
+            ApiError::Internal(cause) | ApiError::Unavailable(cause) => {
+                tracing::error!(%cause, status = status.as_u16(), "request failed");
+                self.to_string()
+            }
+            _ => self.to_string(),
+        };
+        let problem = Problem {
+            kind: format!("/problems/{slug}"),
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail,
+            errors: match &self {
+                ApiError::Validation(errors) => Some(errors),
+                _ => None,
+            },
+            current_version: match &self {
+                ApiError::VersionMismatch { current, .. } => Some(*current),
+                _ => None,
+            },
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response =
+            (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();
+        if let ApiError::VersionMismatch { current, .. } = self {
+            if let Ok(etag) = header::HeaderValue::from_str(&format!("\"{current}\"")) {
+                response.headers_mut().insert(header::ETAG, etag);
+            }
+        }
+        response
+    }
+}
+
+impl From<InvalidText> for ApiError {
+    fn from(error: InvalidText) -> Self {
+        ApiError::invalid(error.field, error.reason)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                ApiError::Unavailable(error.to_string())
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonDataError(e) => ApiError::invalid("body", e.body_text()),
+            JsonRejection::JsonSyntaxError(e) => ApiError::MalformedBody(e.body_text()),
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge {
+                    limit: crate::app::BODY_LIMIT,
+                }
+            }
+            other => ApiError::MalformedBody(other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::invalid("query", rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::invalid("path", rejection.body_text())
+    }
+}
+
+/// Maps a domain error to its problem. Each variant names the rule it enforces.
+pub trait DomainProblem: std::error::Error {
+    fn into_api_error(self) -> ApiError;
+}
+
+impl DomainProblem for PromptError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            PromptError::NotFound => ApiError::NotFound("prompt"),
+            PromptError::AlreadyExists => ApiError::Conflict(self.to_string()),
+            PromptError::Archived | PromptError::NotArchived => ApiError::Conflict(self.to_string()),
+            PromptError::NoSuchVersion(_) => ApiError::invalid("version", self.to_string()),
+            PromptError::NoSuchLabel(_) => ApiError::NotFound("label"),
+            PromptError::TooManyTags => ApiError::invalid("tags", self.to_string()),
+        }
+    }
+}
+
+impl DomainProblem for CategoryError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            CategoryError::NotFound => ApiError::NotFound("category"),
+            CategoryError::AlreadyExists | CategoryError::NotEmpty(_) => ApiError::Conflict(self.to_string()),
+        }
+    }
+}
+
+impl DomainProblem for ApiKeyError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            ApiKeyError::NotFound => ApiError::NotFound("API key"),
+            ApiKeyError::AlreadyExists | ApiKeyError::AlreadyRevoked => ApiError::Conflict(self.to_string()),
+        }
+    }
+}
+
+impl<E: DomainProblem> From<CommandError<E>> for ApiError {
+    fn from(error: CommandError<E>) -> Self {
+        match error {
+            CommandError::Rejected(e) => e.into_api_error(),
+            CommandError::NotFound => ApiError::NotFound("resource"),
+            CommandError::VersionMismatch { expected, current } => {
+                ApiError::VersionMismatch { expected, current }
+            }
+            CommandError::Contended => ApiError::Conflict(error.to_string()),
+            CommandError::NameTaken { scope, key } => {
+                let what = match scope.as_str() {
+                    domain::prompt::PROMPT_NAME_SCOPE => "prompt name",
+                    domain::category::CATEGORY_NAME_SCOPE => "category name",
+                    _ => "name",
+                };
+                ApiError::NameTaken { what, name: key }
+            }
+            CommandError::Store(cause) => ApiError::Internal(cause),
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The aipm HTTP API and command-line interface. This crate is the composition root: it
+//! wires the write side (`commands`) and the read side (`projections`) together.
+//!
+//! # Layout
+//! - [`cli`]: the `aipm` command line (`serve`, `keys`, `replay`) and configuration.
+//! - [`app`]: the router, middleware and server loop.
+//! - [`routes`]: one module per resource; handlers stay thin.
+//! - [`auth`]: API keys and the authenticated [`auth::Caller`].
+//! - [`extract`]: JSON, path and query extractors whose rejections are problems, command
+//!   metadata and `If-Match`.
+//! - [`error`]: problem+json errors.
+//! - [`db`]: connecting, creating the database and migrating.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod request_id;
+pub mod routes;
+pub mod state;
+pub mod telemetry;
+
+pub use app::{build_router, serve};

@@ -1,0 +1,83 @@
+//! The application context every handler receives.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use commands::{AggregateStore, Committed, EventStore};
+use domain::access::{ApiKey, Tenant};
+use domain::category::PromptCategory;
+use domain::prompt::Prompt;
+use domain::Governed;
+use projections::Projections;
+use sqlx::PgPool;
+
+use crate::error::{ApiResult, DomainProblem};
+use crate::extract::CommandContext;
+
+/// How long a command waits for the read models to show its effect before answering.
+const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One context object rather than many extractors: every handler gets the same view.
+#[derive(Clone)]
+pub struct AppState(pub Arc<App>);
+
+impl Deref for AppState {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+pub struct App {
+    /// Read models and the event log.
+    pub pool: PgPool,
+    pub prompts: AggregateStore<Prompt>,
+    pub categories: AggregateStore<PromptCategory>,
+    pub keys: AggregateStore<ApiKey>,
+    pub tenants: AggregateStore<Tenant>,
+    /// The projections this process runs, for read-your-writes and lag.
+    pub projections: Projections,
+}
+
+impl App {
+    /// Starts the projections and builds the aggregate stores on `pool`.
+    pub fn start(pool: PgPool) -> Self {
+        let store = EventStore::new(pool.clone());
+        let projections = Projections::spawn(pool.clone(), projections::all(), store.appended_signal());
+        App {
+            pool,
+            prompts: store.aggregates(()),
+            categories: store.aggregates(()),
+            keys: store.aggregates(()),
+            tenants: store.aggregates(()),
+            projections,
+        }
+    }
+
+    /// Runs a command and waits until the read models show its effect, so that the
+    /// caller's next read sees it (read-your-writes).
+    pub async fn execute<A>(
+        &self,
+        store: &AggregateStore<A>,
+        aggregate_id: &str,
+        command: A::Command,
+        context: &CommandContext,
+    ) -> ApiResult<Committed<A::Event>>
+    where
+        A: Governed + 'static,
+        A::Command: Clone,
+        A::Error: DomainProblem,
+    {
+        let committed = store
+            .execute(aggregate_id, command, context.expected_version, &context.metadata)
+            .await?;
+        if let Some(cursor) = committed.cursor {
+            if !self.projections.wait_for(cursor, READ_YOUR_WRITES_TIMEOUT).await {
+                tracing::warn!(%cursor, "read models did not catch up in time; the response may precede them");
+            }
+        }
+        Ok(committed)
+    }
+}

@@ -1,0 +1,13 @@
+//! The write side of aipm: loading aggregates, running commands against them and
+//! appending the events they decide on to the PostgreSQL event store.
+//!
+//! # Layout
+//! - [`metadata`]: who issued a command, from where and why; stored on every event.
+//! - [`store`]: the event store: one-statement appends that return each event's place in
+//!   the global order, snapshots, the aggregate cache and optimistic concurrency.
+
+pub mod metadata;
+pub mod store;
+
+pub use metadata::CommandMetadata;
+pub use store::{AggregateStore, CommandError, Committed, EventStore};

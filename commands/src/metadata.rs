@@ -1,0 +1,44 @@
+//! Command metadata: stored as a JSON object of strings on every event a command produces.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Who issued a command, on whose behalf, from where and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandMetadata {
+    pub tenant: String,
+    pub actor_key_id: String,
+    pub actor_name: String,
+    pub request_id: String,
+    pub client_addr: Option<String>,
+    pub user_agent: Option<String>,
+    pub reason: Option<String>,
+    /// When the command was received (RFC 3339); `events.recorded_at` is the commit-side time.
+    pub timestamp: String,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+}
+
+impl CommandMetadata {
+    /// The string map cqrs-es envelopes carry; absent optional values are left out.
+    pub fn to_map(&self) -> HashMap<String, String> {
+        let mut map = HashMap::new();
+        let mut put = |key: &str, value: &Option<String>| {
+            if let Some(value) = value {
+                map.insert(key.to_string(), value.clone());
+            }
+        };
+        put("tenant", &Some(self.tenant.clone()));
+        put("actor_key_id", &Some(self.actor_key_id.clone()));
+        put("actor_name", &Some(self.actor_name.clone()));
+        put("request_id", &Some(self.request_id.clone()));
+        put("client_addr", &self.client_addr);
+        put("user_agent", &self.user_agent);
+        put("reason", &self.reason);
+        put("timestamp", &Some(self.timestamp.clone()));
+        put("correlation_id", &self.correlation_id);
+        put("causation_id", &self.causation_id);
+        map
+    }
+}

@@ -1,0 +1,400 @@
+//! The event store and command execution.
+//!
+//! cqrs-es supplies the aggregate model (`Aggregate::handle`/`apply`, `EventSink`) and
+//! postgres-es the loading of events and snapshots. Appending is our own: postgres-es
+//! writes one INSERT per event inside BEGIN/COMMIT and cannot tell the caller where the
+//! events landed in the global order, which read-your-writes needs. Here an append is a
+//! single statement (events, unique-name claims and the snapshot together), so it is
+//! atomic without an explicit transaction and returns the global cursor of its last event.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{AggregateError, DomainEvent, EventStore as _};
+use domain::position::GlobalCursor;
+use domain::{Governed, NameClaims};
+use postgres_es::PostgresEventRepository;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::metadata::CommandMetadata;
+
+/// A snapshot is written every this many events of one aggregate, so that loading a
+/// prompt with thousands of versions reads at most this many events after its snapshot.
+pub const SNAPSHOT_EVERY: u64 = 64;
+/// How often a command without `If-Match` is retried after losing a race.
+const MAX_ATTEMPTS: usize = 8;
+/// Aggregates kept in memory per type; the cache is cleared when it fills.
+const CACHE_CAPACITY: usize = 50_000;
+
+/// Why a command did not produce events.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error> {
+    /// The aggregate refused the command.
+    #[error(transparent)]
+    Rejected(E),
+    /// The aggregate belongs to another tenant (reported as if it did not exist).
+    #[error("not found")]
+    NotFound,
+    /// `If-Match` named a version that is no longer current.
+    #[error("expected version {expected}, but the current version is {current}")]
+    VersionMismatch { expected: u64, current: u64 },
+    /// Concurrent writers kept winning; the caller may retry.
+    #[error("the aggregate is being changed concurrently; retry")]
+    Contended,
+    /// A per-tenant unique name is taken.
+    #[error("the {scope} {key:?} is already taken")]
+    NameTaken { scope: String, key: String },
+    /// The database failed or returned something unreadable.
+    #[error("event store failure: {0}")]
+    Store(String),
+}
+
+/// The outcome of a successful command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed<E> {
+    /// The aggregate's version (its last sequence number) after the command.
+    pub version: u64,
+    /// Where the last new event stands in the global order; `None` when the command
+    /// changed nothing (for example, moving a label to where it already points).
+    pub cursor: Option<GlobalCursor>,
+    /// The events the command recorded (empty when it changed nothing).
+    pub events: Vec<E>,
+}
+
+/// The PostgreSQL event store shared by all aggregate types.
+#[derive(Clone)]
+pub struct EventStore {
+    pool: PgPool,
+    appended: Arc<watch::Sender<u64>>,
+}
+
+impl EventStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            appended: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Changes after every append by this process: projection runners wait on it.
+    pub fn appended_signal(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    /// The store for one aggregate type.
+    pub fn aggregates<A>(&self, services: A::Services) -> AggregateStore<A>
+    where
+        A: Governed,
+    {
+        let repo = PostgresEventRepository::new(self.pool.clone());
+        AggregateStore {
+            store: self.clone(),
+            loader: PersistedEventStore::new_snapshot_store(repo, SNAPSHOT_EVERY as usize),
+            services,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Loads, commands and appends one aggregate type, keeping recently used instances in
+/// memory. A cached instance may be stale when another process wrote meanwhile; the
+/// append then fails on the sequence primary key and the instance is reloaded.
+pub struct AggregateStore<A: Governed> {
+    store: EventStore,
+    loader: PersistedEventStore<PostgresEventRepository, A>,
+    services: A::Services,
+    cache: Mutex<HashMap<String, (A, u64)>>,
+}
+
+impl<A> AggregateStore<A>
+where
+    A: Governed + 'static,
+    A::Command: Clone,
+{
+    /// Runs `command` against aggregate `aggregate_id` on behalf of `metadata.tenant`.
+    ///
+    /// With `expected_version` (from `If-Match`) a stale version is refused; without it a
+    /// lost race is retried against fresh state, so plain clients never see a spurious
+    /// conflict.
+    #[tracing::instrument(skip_all, fields(aggregate_type = A::TYPE, aggregate_id = %aggregate_id))]
+    pub async fn execute(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        expected_version: Option<u64>,
+        metadata: &CommandMetadata,
+    ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
+        for attempt in 0..MAX_ATTEMPTS {
+            let (mut aggregate, version) = match self.cached(aggregate_id) {
+                Some(hit) if attempt == 0 => hit,
+                _ => self.load(aggregate_id).await?,
+            };
+            if aggregate.tenant().is_some_and(|tenant| tenant != metadata.tenant) {
+                return Err(CommandError::NotFound);
+            }
+            if let Some(expected) = expected_version {
+                if expected != version {
+                    // The cache may be behind: only a fresh load can say the version is stale.
+                    if attempt == 0 {
+                        self.forget(aggregate_id);
+                        continue;
+                    }
+                    return Err(CommandError::VersionMismatch {
+                        expected,
+                        current: version,
+                    });
+                }
+            }
+            let before = aggregate.clone();
+            let sink = EventSink::<A>::default();
+            aggregate
+                .handle(command.clone(), &self.services, &sink)
+                .await
+                .map_err(CommandError::Rejected)?;
+            let events = sink.collect().await;
+            if events.is_empty() {
+                return Ok(Committed {
+                    version,
+                    cursor: None,
+                    events,
+                });
+            }
+            let claims = before.name_claims(&events);
+            match self
+                .append(aggregate_id, version, &aggregate, &events, &claims, metadata)
+                .await
+            {
+                Ok(cursor) => {
+                    let new_version = version + events.len() as u64;
+                    self.remember(aggregate_id, aggregate, new_version);
+                    self.store.appended.send_modify(|n| *n = n.wrapping_add(1));
+                    return Ok(Committed {
+                        version: new_version,
+                        cursor: Some(cursor),
+                        events,
+                    });
+                }
+                Err(AppendError::SequenceTaken) => {
+                    tracing::debug!(attempt, "lost a race for the next sequence; reloading");
+                    self.forget(aggregate_id);
+                }
+                Err(AppendError::NameTaken { scope, key }) => {
+                    return Err(CommandError::NameTaken { scope, key })
+                }
+                Err(AppendError::Database(error)) => return Err(CommandError::Store(error.to_string())),
+            }
+        }
+        Err(CommandError::Contended)
+    }
+
+    /// The current state and version of an aggregate (version 0: never written).
+    pub async fn load(&self, aggregate_id: &str) -> Result<(A, u64), CommandError<A::Error>> {
+        let context = self
+            .loader
+            .load_aggregate(aggregate_id)
+            .await
+            .map_err(store_error)?;
+        let version = context.current_sequence as u64;
+        self.remember(aggregate_id, context.aggregate.clone(), version);
+        Ok((context.aggregate, version))
+    }
+
+    /// The aggregate as it was at `at`, folded from its events recorded up to then, with
+    /// its version then and the time of its first event. `None` if it did not exist yet.
+    pub async fn load_as_of(
+        &self,
+        aggregate_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<AsOf<A>>, CommandError<A::Error>> {
+        let rows: Vec<(Value, i64, DateTime<Utc>)> = sqlx::query_as(
+            "select payload, sequence, recorded_at from events
+             where aggregate_type = $1 and aggregate_id = $2 and recorded_at <= $3
+             order by sequence",
+        )
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .bind(at)
+        .fetch_all(&self.store.pool)
+        .await
+        .map_err(|e| CommandError::Store(e.to_string()))?;
+        let Some(first) = rows.first().map(|row| row.2) else {
+            return Ok(None);
+        };
+        let mut aggregate = A::default();
+        let mut version = 0;
+        let mut last = first;
+        for (payload, sequence, recorded_at) in rows {
+            let event: A::Event = serde_json::from_value(payload)
+                .map_err(|e| CommandError::Store(format!("unreadable {} event: {e}", A::TYPE)))?;
+            aggregate.apply(event);
+            version = sequence as u64;
+            last = recorded_at;
+        }
+        Ok(Some(AsOf {
+            aggregate,
+            version,
+            created_at: first,
+            updated_at: last,
+        }))
+    }
+
+    fn cached(&self, aggregate_id: &str) -> Option<(A, u64)> {
+        self.cache.lock().ok()?.get(aggregate_id).cloned()
+    }
+
+    fn remember(&self, aggregate_id: &str, aggregate: A, version: u64) {
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert(aggregate_id.to_string(), (aggregate, version));
+        }
+    }
+
+    fn forget(&self, aggregate_id: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(aggregate_id);
+        }
+    }
+
+    async fn append(
+        &self,
+        aggregate_id: &str,
+        version: u64,
+        after: &A,
+        events: &[A::Event],
+        claims: &NameClaims,
+        metadata: &CommandMetadata,
+    ) -> Result<GlobalCursor, AppendError> {
+        let sequences: Vec<i64> = (1..=events.len() as i64).map(|i| version as i64 + i).collect();
+        let event_types: Vec<String> = events.iter().map(DomainEvent::event_type).collect();
+        let event_versions: Vec<String> = events.iter().map(DomainEvent::event_version).collect();
+        let payloads = events
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<Value>, _>>()?;
+        let metadata_json = serde_json::to_value(metadata.to_map())?;
+        let (released_scopes, released_keys): (Vec<&str>, Vec<&str>) = claims
+            .released
+            .iter()
+            .map(|(scope, key)| (*scope, key.as_str()))
+            .unzip();
+        let (claimed_scopes, claimed_keys): (Vec<&str>, Vec<&str>) = claims
+            .claimed
+            .iter()
+            .map(|(scope, key)| (*scope, key.as_str()))
+            .unzip();
+        let new_version = version + events.len() as u64;
+        let crosses_snapshot = new_version / SNAPSHOT_EVERY > version / SNAPSHOT_EVERY;
+        let snapshot = if crosses_snapshot {
+            Some(serde_json::to_value(after)?)
+        } else {
+            None
+        };
+
+        let row: (i64, i64) = sqlx::query_as(APPEND)
+            .bind(A::TYPE)
+            .bind(aggregate_id)
+            .bind(&sequences)
+            .bind(&event_types)
+            .bind(&event_versions)
+            .bind(&payloads)
+            .bind(&metadata_json)
+            .bind(&metadata.tenant)
+            .bind(&released_scopes)
+            .bind(&released_keys)
+            .bind(&claimed_scopes)
+            .bind(&claimed_keys)
+            .bind(&snapshot)
+            .bind(new_version as i64)
+            .fetch_one(&self.store.pool)
+            .await
+            .map_err(|error| classify(error, &claims.claimed))?;
+        Ok(GlobalCursor::new(row.0, row.1))
+    }
+}
+
+/// A point-in-time read of an aggregate.
+#[derive(Debug, Clone)]
+pub struct AsOf<A> {
+    pub aggregate: A,
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+// One statement, so one implicit transaction and one round trip: release and claim unique
+// names, refresh the snapshot when due, append the events, return the last event's cursor.
+const APPEND: &str = "
+with released as (
+    delete from unique_claim c
+    using unnest($9::text[], $10::text[]) as r(scope, claim_key)
+    where c.tenant_id = $8 and c.scope = r.scope and c.claim_key = r.claim_key and c.owner_id = $2
+), claimed as (
+    insert into unique_claim (tenant_id, scope, claim_key, owner_id)
+    select $8, n.scope, n.claim_key, $2 from unnest($11::text[], $12::text[]) as n(scope, claim_key)
+), snapshot as (
+    insert into snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+    select $1, $2, $14, $14, $13::jsonb where $13::jsonb is not null
+    on conflict (aggregate_type, aggregate_id) do update
+        set last_sequence = excluded.last_sequence,
+            current_snapshot = excluded.current_snapshot,
+            payload = excluded.payload
+        where snapshots.last_sequence < excluded.last_sequence
+), appended as (
+    insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, tenant_id)
+    select $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $7, $8
+    from unnest($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) as e(sequence, event_type, event_version, payload)
+    returning transaction_id, position
+)
+select transaction_id::text::bigint, position from appended order by position desc limit 1";
+
+#[derive(Debug, thiserror::Error)]
+enum AppendError {
+    #[error("the next sequence number was taken by a concurrent writer")]
+    SequenceTaken,
+    #[error("name taken")]
+    NameTaken { scope: String, key: String },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<serde_json::Error> for AppendError {
+    fn from(error: serde_json::Error) -> Self {
+        AppendError::Database(sqlx::Error::Encode(Box::new(error)))
+    }
+}
+
+fn classify(error: sqlx::Error, claimed: &[(&'static str, String)]) -> AppendError {
+    if let sqlx::Error::Database(db) = &error {
+        if db.code().as_deref() == Some("23505") {
+            match db.constraint() {
+                Some("events_pkey") => return AppendError::SequenceTaken,
+                Some("unique_claim_pkey") => {
+                    // PostgreSQL names the conflicting key in the detail; with one claim per
+                    // command in practice, the first claim is the one that collided.
+                    let (scope, key) = claimed.first().cloned().unwrap_or(("name", String::new()));
+                    return AppendError::NameTaken {
+                        scope: scope.to_string(),
+                        key,
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+    AppendError::Database(error)
+}
+
+fn store_error<E: std::error::Error>(error: AggregateError<E>) -> CommandError<E> {
+    CommandError::Store(error.to_string())
+}

@@ -1,0 +1,312 @@
+//! Who may do what: tenants and the API keys that act in them.
+
+use std::str::FromStr;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::governed::Governed;
+use crate::text::{DisplayName, Slug};
+
+/// What an API key may do inside its tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything in its tenant, including keys.
+    Admin,
+    /// Change prompts and the like.
+    Editor,
+    /// Read.
+    Viewer,
+    /// Read, including the audit history.
+    Auditor,
+    /// Only write usage.
+    Ingest,
+}
+
+/// A right that a route requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    Read,
+    Write,
+    ReadAudit,
+    ManageKeys,
+    IngestUsage,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Admin,
+        Role::Editor,
+        Role::Viewer,
+        Role::Auditor,
+        Role::Ingest,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Editor => "editor",
+            Role::Viewer => "viewer",
+            Role::Auditor => "auditor",
+            Role::Ingest => "ingest",
+        }
+    }
+
+    pub fn allows(self, permission: Permission) -> bool {
+        use Permission::*;
+        match self {
+            Role::Admin => true,
+            Role::Editor => matches!(permission, Read | Write | IngestUsage),
+            Role::Viewer => matches!(permission, Read),
+            Role::Auditor => matches!(permission, Read | ReadAudit),
+            Role::Ingest => matches!(permission, IngestUsage),
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == value)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+                format!("unknown role {value:?}; expected one of {}", names.join(", "))
+            })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tenant
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TenantCommand {
+    CreateTenant { slug: Slug },
+}
+
+/// Stored in `events.event_type` by variant name: never rename one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TenantEvent {
+    TenantCreated { slug: String },
+}
+
+impl DomainEvent for TenantEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::TenantCreated { .. } => "TenantCreated".to_string(),
+        }
+    }
+
+    fn event_version(&self) -> String {
+        "1.0.0".to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantError {
+    #[error("the tenant already exists")]
+    AlreadyExists,
+}
+
+/// A tenant: the isolation boundary. Its aggregate id is its slug.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub slug: Option<String>,
+}
+
+impl Aggregate for Tenant {
+    /// Keys every stored tenant event: changing it orphans the history.
+    const TYPE: &'static str = "tenant";
+    type Command = TenantCommand;
+    type Event = TenantEvent;
+    type Error = TenantError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: TenantCommand,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), TenantError> {
+        match command {
+            TenantCommand::CreateTenant { .. } if self.slug.is_some() => Err(TenantError::AlreadyExists),
+            TenantCommand::CreateTenant { slug } => {
+                sink.write(
+                    TenantEvent::TenantCreated {
+                        slug: slug.to_string(),
+                    },
+                    self,
+                )
+                .await;
+                Ok(())
+            }
+        }
+    }
+
+    fn apply(&mut self, event: TenantEvent) {
+        match event {
+            TenantEvent::TenantCreated { slug } => self.slug = Some(slug),
+        }
+    }
+}
+
+impl Governed for Tenant {
+    fn tenant(&self) -> Option<&str> {
+        self.slug.as_deref()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// API key
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiKeyCommand {
+    /// `key_hash` is the SHA-256 of the secret, computed by the caller: the secret itself
+    /// never reaches the event log.
+    IssueApiKey {
+        tenant: String,
+        name: DisplayName,
+        role: Role,
+        key_hash: String,
+        key_prefix: String,
+    },
+    RevokeApiKey,
+}
+
+/// Stored in `events.event_type` by variant name: never rename one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ApiKeyEvent {
+    ApiKeyIssued {
+        tenant: String,
+        name: String,
+        role: Role,
+        key_hash: String,
+        key_prefix: String,
+    },
+    ApiKeyRevoked,
+}
+
+impl DomainEvent for ApiKeyEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::ApiKeyIssued { .. } => "ApiKeyIssued",
+            Self::ApiKeyRevoked => "ApiKeyRevoked",
+        }
+        .to_string()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0.0".to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiKeyError {
+    #[error("no such API key")]
+    NotFound,
+    #[error("an API key with this id already exists")]
+    AlreadyExists,
+    #[error("the API key is already revoked")]
+    AlreadyRevoked,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub tenant: Option<String>,
+    pub name: String,
+    pub role: Option<Role>,
+    pub revoked: bool,
+}
+
+impl Aggregate for ApiKey {
+    /// Keys every stored API key event: changing it orphans the history.
+    const TYPE: &'static str = "api_key";
+    type Command = ApiKeyCommand;
+    type Event = ApiKeyEvent;
+    type Error = ApiKeyError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: ApiKeyCommand,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), ApiKeyError> {
+        match command {
+            ApiKeyCommand::IssueApiKey { .. } if self.tenant.is_some() => Err(ApiKeyError::AlreadyExists),
+            ApiKeyCommand::IssueApiKey {
+                tenant,
+                name,
+                role,
+                key_hash,
+                key_prefix,
+            } => {
+                let name = name.as_ref().to_string();
+                sink.write(
+                    ApiKeyEvent::ApiKeyIssued {
+                        tenant,
+                        name,
+                        role,
+                        key_hash,
+                        key_prefix,
+                    },
+                    self,
+                )
+                .await;
+                Ok(())
+            }
+            ApiKeyCommand::RevokeApiKey if self.tenant.is_none() => Err(ApiKeyError::NotFound),
+            ApiKeyCommand::RevokeApiKey if self.revoked => Err(ApiKeyError::AlreadyRevoked),
+            ApiKeyCommand::RevokeApiKey => {
+                sink.write(ApiKeyEvent::ApiKeyRevoked, self).await;
+                Ok(())
+            }
+        }
+    }
+
+    fn apply(&mut self, event: ApiKeyEvent) {
+        match event {
+            ApiKeyEvent::ApiKeyIssued {
+                tenant, name, role, ..
+            } => {
+                self.tenant = Some(tenant);
+                self.name = name;
+                self.role = Some(role);
+            }
+            ApiKeyEvent::ApiKeyRevoked => self.revoked = true,
+        }
+    }
+}
+
+impl Governed for ApiKey {
+    fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_role_has_exactly_the_rights_it_names() {
+        assert!(Role::Admin.allows(Permission::ManageKeys));
+        assert!(!Role::Editor.allows(Permission::ManageKeys));
+        assert!(Role::Editor.allows(Permission::Write));
+        assert!(!Role::Viewer.allows(Permission::Write));
+        assert!(Role::Auditor.allows(Permission::ReadAudit));
+        assert!(!Role::Viewer.allows(Permission::ReadAudit));
+        assert!(!Role::Ingest.allows(Permission::Read));
+        assert!(Role::Ingest.allows(Permission::IngestUsage));
+    }
+
+    #[test]
+    fn roles_parse_from_their_names_only() {
+        assert_eq!("auditor".parse::<Role>(), Ok(Role::Auditor));
+        assert!("root".parse::<Role>().is_err());
+    }
+}

@@ -1,0 +1,21 @@
+//! The rules of aipm: aggregates, the commands they accept, the events they record and the
+//! errors they refuse with. Nothing here performs I/O; the write side (`commands`) loads an
+//! aggregate, hands it a command and stores the events it decides on.
+//!
+//! # Layout
+//! - [`prompt`]: prompts, their immutable versions and the labels that point at them.
+//! - [`category`]: prompt categories.
+//! - [`access`]: tenants and API keys with their roles.
+//! - [`template`]: parsing `{{variable}}` placeholders.
+//! - [`position`]: the cursor into the one global order of events.
+//! - [`governed`]: what every aggregate here shares (its tenant, the unique names it holds).
+
+pub mod access;
+pub mod category;
+pub mod governed;
+pub mod position;
+pub mod prompt;
+pub mod template;
+pub mod text;
+
+pub use governed::{Governed, NameClaims};

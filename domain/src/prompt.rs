@@ -1,0 +1,504 @@
+//! The `Prompt` aggregate: a named prompt, its immutable numbered versions and the labels
+//! (`production`, `staging`, …) that point at them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::governed::{Governed, NameClaims};
+use crate::template::extract_variables;
+use crate::text::{parse_line, DisplayName, InvalidText, Slug};
+
+/// Scope of the per-tenant unique prompt name.
+pub const PROMPT_NAME_SCOPE: &str = "prompt_name";
+/// Most tags one prompt may carry.
+pub const MAX_TAGS: usize = 32;
+
+/// A template with its variables, checked to have balanced placeholders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    pub text: String,
+    pub variables: Vec<String>,
+}
+
+impl Template {
+    /// Largest accepted template, in characters.
+    pub const MAX_CHARS: usize = 100_000;
+
+    pub fn parse(text: &str) -> Result<Self, InvalidText> {
+        if text.trim().is_empty() {
+            return Err(InvalidText::new("template", "must not be empty"));
+        }
+        if text.chars().count() > Self::MAX_CHARS {
+            return Err(InvalidText::new(
+                "template",
+                format!("must be at most {} characters", Self::MAX_CHARS),
+            ));
+        }
+        let variables = extract_variables(text)?;
+        Ok(Self {
+            text: text.to_string(),
+            variables,
+        })
+    }
+}
+
+/// A free-text description or commit message: at most `max_chars`, may be empty.
+pub fn parse_note(field: &'static str, value: &str, max_chars: usize) -> Result<String, InvalidText> {
+    if value.chars().count() > max_chars {
+        return Err(InvalidText::new(
+            field,
+            format!("must be at most {max_chars} characters"),
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// A model reference such as `openai/gpt-4o`.
+pub fn parse_model(value: &str) -> Result<String, InvalidText> {
+    parse_line("model", value, 200)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptCommand {
+    CreatePrompt {
+        tenant: String,
+        name: DisplayName,
+        category: Option<Uuid>,
+        description: String,
+        tags: BTreeSet<Slug>,
+    },
+    UpdatePromptMetadata {
+        name: Option<DisplayName>,
+        description: Option<String>,
+    },
+    TagPrompt {
+        tags: BTreeSet<Slug>,
+    },
+    UntagPrompt {
+        tags: BTreeSet<Slug>,
+    },
+    MovePromptToCategory {
+        category: Option<Uuid>,
+    },
+    ArchivePrompt,
+    RestorePrompt,
+    PublishPromptVersion {
+        template: Template,
+        model: Option<String>,
+        params: Option<Value>,
+        message: String,
+    },
+    MovePromptLabel {
+        label: Slug,
+        version: u32,
+    },
+    RemovePromptLabel {
+        label: Slug,
+    },
+}
+
+/// Facts about a prompt. Stored in `events.event_type` by variant name: never rename one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PromptEvent {
+    PromptCreated {
+        tenant: String,
+        name: String,
+        category: Option<Uuid>,
+        description: String,
+        tags: Vec<String>,
+    },
+    PromptMetadataUpdated {
+        name: String,
+        description: String,
+    },
+    PromptTagged {
+        tags: Vec<String>,
+    },
+    PromptUntagged {
+        tags: Vec<String>,
+    },
+    PromptMovedToCategory {
+        category: Option<Uuid>,
+    },
+    PromptArchived,
+    PromptRestored,
+    PromptVersionPublished {
+        version: u32,
+        template: String,
+        variables: Vec<String>,
+        model: Option<String>,
+        params: Option<Value>,
+        message: String,
+    },
+    PromptLabelMoved {
+        label: String,
+        version: u32,
+        previous_version: Option<u32>,
+    },
+    PromptLabelRemoved {
+        label: String,
+        previous_version: u32,
+    },
+}
+
+impl DomainEvent for PromptEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::PromptCreated { .. } => "PromptCreated",
+            Self::PromptMetadataUpdated { .. } => "PromptMetadataUpdated",
+            Self::PromptTagged { .. } => "PromptTagged",
+            Self::PromptUntagged { .. } => "PromptUntagged",
+            Self::PromptMovedToCategory { .. } => "PromptMovedToCategory",
+            Self::PromptArchived => "PromptArchived",
+            Self::PromptRestored => "PromptRestored",
+            Self::PromptVersionPublished { .. } => "PromptVersionPublished",
+            Self::PromptLabelMoved { .. } => "PromptLabelMoved",
+            Self::PromptLabelRemoved { .. } => "PromptLabelRemoved",
+        }
+        .to_string()
+    }
+
+    // Three parts: cqrs-es upcasters silently skip versions like "1.0".
+    fn event_version(&self) -> String {
+        "1.0.0".to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PromptError {
+    #[error("no such prompt")]
+    NotFound,
+    #[error("a prompt with this id already exists")]
+    AlreadyExists,
+    #[error("the prompt is archived; restore it first")]
+    Archived,
+    #[error("the prompt is not archived")]
+    NotArchived,
+    #[error("version {0} does not exist")]
+    NoSuchVersion(u32),
+    #[error("label {0:?} is not set")]
+    NoSuchLabel(String),
+    #[error("a prompt may carry at most {MAX_TAGS} tags")]
+    TooManyTags,
+}
+
+/// The decision state of a prompt; also what a point-in-time read renders.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prompt {
+    pub tenant: Option<String>,
+    pub name: String,
+    pub category: Option<Uuid>,
+    pub description: String,
+    pub tags: BTreeSet<String>,
+    pub archived: bool,
+    pub latest_version: u32,
+    pub labels: BTreeMap<String, u32>,
+}
+
+impl Aggregate for Prompt {
+    /// Keys every stored prompt event: changing it orphans the history.
+    const TYPE: &'static str = "prompt";
+    type Command = PromptCommand;
+    type Event = PromptEvent;
+    type Error = PromptError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: PromptCommand,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), PromptError> {
+        use PromptCommand::*;
+        match command {
+            CreatePrompt { .. } if self.tenant.is_some() => return Err(PromptError::AlreadyExists),
+            CreatePrompt {
+                tenant,
+                name,
+                category,
+                description,
+                tags,
+            } => {
+                if tags.len() > MAX_TAGS {
+                    return Err(PromptError::TooManyTags);
+                }
+                let tags = tags.into_iter().map(|t| t.to_string()).collect();
+                let name = name.as_ref().to_string();
+                sink.write(
+                    PromptEvent::PromptCreated {
+                        tenant,
+                        name,
+                        category,
+                        description,
+                        tags,
+                    },
+                    self,
+                )
+                .await;
+            }
+            _ if self.tenant.is_none() => return Err(PromptError::NotFound),
+            RestorePrompt if !self.archived => return Err(PromptError::NotArchived),
+            RestorePrompt => sink.write(PromptEvent::PromptRestored, self).await,
+            _ if self.archived => return Err(PromptError::Archived),
+            ArchivePrompt => sink.write(PromptEvent::PromptArchived, self).await,
+            UpdatePromptMetadata { name, description } => {
+                let name = name.map_or_else(|| self.name.clone(), |n| n.as_ref().to_string());
+                let description = description.unwrap_or_else(|| self.description.clone());
+                if name != self.name || description != self.description {
+                    sink.write(PromptEvent::PromptMetadataUpdated { name, description }, self)
+                        .await;
+                }
+            }
+            TagPrompt { tags } => {
+                let added: Vec<String> = tags
+                    .iter()
+                    .map(ToString::to_string)
+                    .filter(|t| !self.tags.contains(t))
+                    .collect();
+                if self.tags.len() + added.len() > MAX_TAGS {
+                    return Err(PromptError::TooManyTags);
+                }
+                if !added.is_empty() {
+                    sink.write(PromptEvent::PromptTagged { tags: added }, self).await;
+                }
+            }
+            UntagPrompt { tags } => {
+                let removed: Vec<String> = tags
+                    .iter()
+                    .map(ToString::to_string)
+                    .filter(|t| self.tags.contains(t))
+                    .collect();
+                if !removed.is_empty() {
+                    sink.write(PromptEvent::PromptUntagged { tags: removed }, self)
+                        .await;
+                }
+            }
+            MovePromptToCategory { category } => {
+                if category != self.category {
+                    sink.write(PromptEvent::PromptMovedToCategory { category }, self)
+                        .await;
+                }
+            }
+            PublishPromptVersion {
+                template,
+                model,
+                params,
+                message,
+            } => {
+                let event = PromptEvent::PromptVersionPublished {
+                    version: self.latest_version + 1,
+                    template: template.text,
+                    variables: template.variables,
+                    model,
+                    params,
+                    message,
+                };
+                sink.write(event, self).await;
+            }
+            MovePromptLabel { label, version } => {
+                if version == 0 || version > self.latest_version {
+                    return Err(PromptError::NoSuchVersion(version));
+                }
+                let previous_version = self.labels.get(label.as_ref()).copied();
+                if previous_version != Some(version) {
+                    let label = label.to_string();
+                    sink.write(
+                        PromptEvent::PromptLabelMoved {
+                            label,
+                            version,
+                            previous_version,
+                        },
+                        self,
+                    )
+                    .await;
+                }
+            }
+            RemovePromptLabel { label } => {
+                let Some(previous_version) = self.labels.get(label.as_ref()).copied() else {
+                    return Err(PromptError::NoSuchLabel(label.to_string()));
+                };
+                sink.write(
+                    PromptEvent::PromptLabelRemoved {
+                        label: label.to_string(),
+                        previous_version,
+                    },
+                    self,
+                )
+                .await;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: PromptEvent) {
+        match event {
+            PromptEvent::PromptCreated {
+                tenant,
+                name,
+                category,
+                description,
+                tags,
+            } => {
+                self.tenant = Some(tenant);
+                self.name = name;
+                self.category = category;
+                self.description = description;
+                self.tags = tags.into_iter().collect();
+            }
+            PromptEvent::PromptMetadataUpdated { name, description } => {
+                self.name = name;
+                self.description = description;
+            }
+            PromptEvent::PromptTagged { tags } => self.tags.extend(tags),
+            PromptEvent::PromptUntagged { tags } => {
+                for tag in tags {
+                    self.tags.remove(&tag);
+                }
+            }
+            PromptEvent::PromptMovedToCategory { category } => self.category = category,
+            PromptEvent::PromptArchived => self.archived = true,
+            PromptEvent::PromptRestored => self.archived = false,
+            PromptEvent::PromptVersionPublished { version, .. } => self.latest_version = version,
+            PromptEvent::PromptLabelMoved { label, version, .. } => {
+                self.labels.insert(label, version);
+            }
+            PromptEvent::PromptLabelRemoved { label, .. } => {
+                self.labels.remove(&label);
+            }
+        }
+    }
+}
+
+impl Governed for Prompt {
+    fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+
+    fn name_claims(&self, events: &[PromptEvent]) -> NameClaims {
+        let mut current = self.name.clone();
+        let mut claims = NameClaims::default();
+        for event in events {
+            match event {
+                PromptEvent::PromptCreated { name, .. } => {
+                    claims = claims.claim(PROMPT_NAME_SCOPE, name);
+                    current = name.clone();
+                }
+                PromptEvent::PromptMetadataUpdated { name, .. } => {
+                    claims = claims.rename(PROMPT_NAME_SCOPE, &current, name);
+                    current = name.clone();
+                }
+                _ => {}
+            }
+        }
+        claims
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cqrs_es::test::TestFramework;
+
+    fn created(name: &str) -> PromptEvent {
+        PromptEvent::PromptCreated {
+            tenant: "acme".into(),
+            name: name.into(),
+            category: None,
+            description: String::new(),
+            tags: vec![],
+        }
+    }
+
+    fn published(version: u32, text: &str) -> PromptEvent {
+        let template = Template::parse(text).unwrap();
+        PromptEvent::PromptVersionPublished {
+            version,
+            template: template.text,
+            variables: template.variables,
+            model: None,
+            params: None,
+            message: String::new(),
+        }
+    }
+
+    fn publish(text: &str) -> PromptCommand {
+        PromptCommand::PublishPromptVersion {
+            template: Template::parse(text).unwrap(),
+            model: None,
+            params: None,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn publishing_after_one_version_yields_version_two() {
+        TestFramework::<Prompt>::with(())
+            .given(vec![created("greeting"), published(1, "Hi")])
+            .when(publish("Hello {{name}}"))
+            .then_expect_events(vec![published(2, "Hello {{name}}")]);
+    }
+
+    #[test]
+    fn publishing_to_an_archived_prompt_is_rejected() {
+        TestFramework::<Prompt>::with(())
+            .given(vec![created("greeting"), PromptEvent::PromptArchived])
+            .when(publish("Hi"))
+            .then_expect_error(PromptError::Archived);
+    }
+
+    #[test]
+    fn a_label_can_only_point_at_an_existing_version() {
+        let label = Slug::parse("label", "production").unwrap();
+        TestFramework::<Prompt>::with(())
+            .given(vec![created("greeting"), published(1, "Hi")])
+            .when(PromptCommand::MovePromptLabel { label, version: 2 })
+            .then_expect_error(PromptError::NoSuchVersion(2));
+    }
+
+    #[test]
+    fn moving_a_label_back_is_a_rollback_that_records_the_previous_version() {
+        let label = Slug::parse("label", "production").unwrap();
+        let moved = |version, previous_version| PromptEvent::PromptLabelMoved {
+            label: "production".into(),
+            version,
+            previous_version,
+        };
+        TestFramework::<Prompt>::with(())
+            .given(vec![
+                created("g"),
+                published(1, "a"),
+                published(2, "b"),
+                moved(1, None),
+                moved(2, Some(1)),
+            ])
+            .when(PromptCommand::MovePromptLabel { label, version: 1 })
+            .then_expect_events(vec![moved(1, Some(2))]);
+    }
+
+    #[test]
+    fn commands_on_a_prompt_that_was_never_created_are_not_found() {
+        TestFramework::<Prompt>::with(())
+            .given_no_previous_events()
+            .when(PromptCommand::ArchivePrompt)
+            .then_expect_error(PromptError::NotFound);
+    }
+
+    #[test]
+    fn renaming_moves_the_unique_name_claim_unless_only_the_case_changes() {
+        let mut prompt = Prompt::default();
+        prompt.apply(created("Greeting"));
+        let renamed = |name: &str| PromptEvent::PromptMetadataUpdated {
+            name: name.into(),
+            description: String::new(),
+        };
+        let claims = prompt.name_claims(&[renamed("Welcome")]);
+        assert_eq!(claims.released, vec![(PROMPT_NAME_SCOPE, "greeting".to_string())]);
+        assert_eq!(claims.claimed, vec![(PROMPT_NAME_SCOPE, "welcome".to_string())]);
+        assert_eq!(prompt.name_claims(&[renamed("GREETING")]), NameClaims::default());
+    }
+}

@@ -1,0 +1,79 @@
+//! `tenant` and `api_key`: who may call the API. Low volume, so applied event by event.
+
+use async_trait::async_trait;
+use cqrs_es::Aggregate;
+use domain::access::{ApiKey, ApiKeyEvent, Tenant, TenantEvent};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::event::StoredEvent;
+use crate::runner::{Projection, ProjectionError};
+
+pub struct AccessProjection;
+
+#[async_trait]
+impl Projection for AccessProjection {
+    fn name(&self) -> &'static str {
+        "access"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["tenant", "api_key"]
+    }
+
+    async fn apply(&self, tx: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        for event in events {
+            if event.aggregate_type == Tenant::TYPE {
+                let TenantEvent::TenantCreated { slug } = event
+                    .decode()
+                    .map_err(|e| ProjectionError::undecodable(event, e))?;
+                sqlx::query(
+                    "insert into tenant (tenant_id, created_at) values ($1, $2) on conflict do nothing",
+                )
+                .bind(slug)
+                .bind(event.recorded_at)
+                .execute(&mut *tx)
+                .await?;
+            } else if event.aggregate_type == ApiKey::TYPE {
+                let Ok(key_id) = event.aggregate_id.parse::<Uuid>() else {
+                    continue;
+                };
+                match event
+                    .decode()
+                    .map_err(|e| ProjectionError::undecodable(event, e))?
+                {
+                    ApiKeyEvent::ApiKeyIssued {
+                        tenant,
+                        name,
+                        role,
+                        key_hash,
+                        key_prefix,
+                    } => {
+                        sqlx::query(
+                            "insert into api_key (key_id, tenant_id, name, role, key_hash, key_prefix, created_at, created_by)
+                             values ($1, $2, $3, $4, $5, $6, $7, $8) on conflict do nothing",
+                        )
+                        .bind(key_id)
+                        .bind(tenant)
+                        .bind(name)
+                        .bind(role.as_str())
+                        .bind(key_hash)
+                        .bind(key_prefix)
+                        .bind(event.recorded_at)
+                        .bind(event.meta("actor_name").unwrap_or_default())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    ApiKeyEvent::ApiKeyRevoked => {
+                        sqlx::query("update api_key set revoked_at = $2 where key_id = $1")
+                            .bind(key_id)
+                            .bind(event.recorded_at)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

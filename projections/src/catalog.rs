@@ -1,0 +1,389 @@
+//! `prompt`, `prompt_version` and `prompt_category`: the prompt catalogue as the API reads it.
+//!
+//! A batch is folded in memory (the rows it touches are loaded once, changed event by
+//! event, and written back with one statement per table), so applying it costs a handful
+//! of round trips however many events it holds. That is what makes a rebuild fast.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use domain::category::{CategoryEvent, PromptCategory};
+use domain::prompt::{Prompt, PromptEvent};
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::event::StoredEvent;
+use crate::runner::{Projection, ProjectionError};
+
+pub struct CatalogProjection;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct PromptRow {
+    prompt_id: Uuid,
+    tenant_id: String,
+    name: String,
+    category_id: Option<Uuid>,
+    description: String,
+    tags: Vec<String>,
+    archived: bool,
+    latest_version: i32,
+    labels: Value,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct CategoryRow {
+    category_id: Uuid,
+    tenant_id: String,
+    name: String,
+    prompt_count: i64,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+struct VersionRow {
+    prompt_id: Uuid,
+    version: i32,
+    tenant_id: String,
+    template: String,
+    variables: Vec<String>,
+    model: Option<String>,
+    params: Option<Value>,
+    message: String,
+    created_at: DateTime<Utc>,
+    created_by: String,
+}
+
+/// The rows one batch touches, loaded once and written back once.
+#[derive(Default)]
+struct Batch {
+    prompts: HashMap<Uuid, PromptRow>,
+    categories: HashMap<Uuid, CategoryRow>,
+    deleted_categories: HashSet<Uuid>,
+    versions: Vec<VersionRow>,
+}
+
+impl Batch {
+    fn category_count(&mut self, category: Option<Uuid>, delta: i64) {
+        if let Some(row) = category.and_then(|id| self.categories.get_mut(&id)) {
+            row.prompt_count += delta;
+        }
+    }
+}
+
+#[async_trait]
+impl Projection for CatalogProjection {
+    fn name(&self) -> &'static str {
+        "catalog"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["prompt", "prompt_version", "prompt_category"]
+    }
+
+    async fn apply(&self, tx: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        let mut decoded = Vec::new();
+        for event in events {
+            let Ok(id) = event.aggregate_id.parse::<Uuid>() else {
+                continue;
+            };
+            if event.aggregate_type == Prompt::TYPE {
+                let payload = event
+                    .decode::<PromptEvent>()
+                    .map_err(|e| ProjectionError::undecodable(event, e))?;
+                decoded.push((event, id, Decoded::Prompt(payload)));
+            } else if event.aggregate_type == PromptCategory::TYPE {
+                let payload = event
+                    .decode::<CategoryEvent>()
+                    .map_err(|e| ProjectionError::undecodable(event, e))?;
+                decoded.push((event, id, Decoded::Category(payload)));
+            }
+        }
+        if decoded.is_empty() {
+            return Ok(());
+        }
+        let mut batch = load(tx, &decoded).await?;
+        for (event, id, payload) in decoded {
+            match payload {
+                Decoded::Prompt(payload) => apply_prompt(&mut batch, event, id, payload),
+                Decoded::Category(payload) => apply_category(&mut batch, event, id, payload),
+            }
+        }
+        store(tx, batch).await?;
+        Ok(())
+    }
+}
+
+enum Decoded {
+    Prompt(PromptEvent),
+    Category(CategoryEvent),
+}
+
+async fn load(
+    tx: &mut PgConnection,
+    decoded: &[(&StoredEvent, Uuid, Decoded)],
+) -> Result<Batch, sqlx::Error> {
+    let prompt_ids: Vec<Uuid> = decoded
+        .iter()
+        .filter(|(_, _, d)| matches!(d, Decoded::Prompt(_)))
+        .map(|(_, id, _)| *id)
+        .collect();
+    let prompts: Vec<PromptRow> = sqlx::query_as("select * from prompt where prompt_id = any($1)")
+        .bind(&prompt_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut category_ids: HashSet<Uuid> = prompts.iter().filter_map(|p| p.category_id).collect();
+    for (_, id, payload) in decoded {
+        match payload {
+            Decoded::Category(_) => {
+                category_ids.insert(*id);
+            }
+            Decoded::Prompt(PromptEvent::PromptCreated {
+                category: Some(c), ..
+            })
+            | Decoded::Prompt(PromptEvent::PromptMovedToCategory { category: Some(c) }) => {
+                category_ids.insert(*c);
+            }
+            Decoded::Prompt(_) => {}
+        }
+    }
+    let category_ids: Vec<Uuid> = category_ids.into_iter().collect();
+    let categories: Vec<CategoryRow> =
+        sqlx::query_as("select * from prompt_category where category_id = any($1)")
+            .bind(&category_ids)
+            .fetch_all(&mut *tx)
+            .await?;
+    Ok(Batch {
+        prompts: prompts.into_iter().map(|p| (p.prompt_id, p)).collect(),
+        categories: categories.into_iter().map(|c| (c.category_id, c)).collect(),
+        ..Batch::default()
+    })
+}
+
+fn apply_prompt(batch: &mut Batch, event: &StoredEvent, id: Uuid, payload: PromptEvent) {
+    if let PromptEvent::PromptCreated {
+        tenant,
+        name,
+        category,
+        description,
+        tags,
+    } = payload
+    {
+        batch.category_count(category, 1);
+        batch.prompts.insert(
+            id,
+            PromptRow {
+                prompt_id: id,
+                tenant_id: tenant,
+                name,
+                category_id: category,
+                description,
+                tags,
+                archived: false,
+                latest_version: 0,
+                labels: Value::Object(Default::default()),
+                version: event.sequence,
+                created_at: event.recorded_at,
+                updated_at: event.recorded_at,
+            },
+        );
+        return;
+    }
+    let Some(row) = batch.prompts.get_mut(&id) else {
+        tracing::warn!(prompt_id = %id, cursor = %event.cursor, "event for a prompt never created; skipped");
+        return;
+    };
+    row.version = event.sequence;
+    row.updated_at = event.recorded_at;
+    match payload {
+        PromptEvent::PromptCreated { .. } => {}
+        PromptEvent::PromptMetadataUpdated { name, description } => {
+            row.name = name;
+            row.description = description;
+        }
+        PromptEvent::PromptTagged { tags } => {
+            for tag in tags {
+                if !row.tags.contains(&tag) {
+                    row.tags.push(tag);
+                }
+            }
+            row.tags.sort();
+        }
+        PromptEvent::PromptUntagged { tags } => row.tags.retain(|t| !tags.contains(t)),
+        PromptEvent::PromptMovedToCategory { category } => {
+            let previous = std::mem::replace(&mut row.category_id, category);
+            batch.category_count(previous, -1);
+            batch.category_count(category, 1);
+        }
+        PromptEvent::PromptArchived => row.archived = true,
+        PromptEvent::PromptRestored => row.archived = false,
+        PromptEvent::PromptVersionPublished {
+            version,
+            template,
+            variables,
+            model,
+            params,
+            message,
+        } => {
+            row.latest_version = version as i32;
+            let tenant_id = row.tenant_id.clone();
+            batch.versions.push(VersionRow {
+                prompt_id: id,
+                version: version as i32,
+                tenant_id,
+                template,
+                variables,
+                model,
+                params,
+                message,
+                created_at: event.recorded_at,
+                created_by: event.meta("actor_name").unwrap_or_default().to_string(),
+            });
+        }
+        PromptEvent::PromptLabelMoved { label, version, .. } => {
+            let mut labels = labels_of(row);
+            labels.insert(label, version);
+            row.labels = serde_json::json!(labels);
+        }
+        PromptEvent::PromptLabelRemoved { label, .. } => {
+            let mut labels = labels_of(row);
+            labels.remove(&label);
+            row.labels = serde_json::json!(labels);
+        }
+    }
+}
+
+fn labels_of(row: &PromptRow) -> BTreeMap<String, u32> {
+    serde_json::from_value(row.labels.clone()).unwrap_or_default()
+}
+
+fn apply_category(batch: &mut Batch, event: &StoredEvent, id: Uuid, payload: CategoryEvent) {
+    match payload {
+        CategoryEvent::CategoryCreated { tenant, name } => {
+            batch.deleted_categories.remove(&id);
+            batch.categories.insert(
+                id,
+                CategoryRow {
+                    category_id: id,
+                    tenant_id: tenant,
+                    name,
+                    prompt_count: 0,
+                    version: event.sequence,
+                    created_at: event.recorded_at,
+                    updated_at: event.recorded_at,
+                },
+            );
+        }
+        CategoryEvent::CategoryRenamed { name } => {
+            if let Some(row) = batch.categories.get_mut(&id) {
+                row.name = name;
+                row.version = event.sequence;
+                row.updated_at = event.recorded_at;
+            }
+        }
+        CategoryEvent::CategoryDeleted => {
+            batch.categories.remove(&id);
+            batch.deleted_categories.insert(id);
+        }
+    }
+}
+
+async fn store(tx: &mut PgConnection, batch: Batch) -> Result<(), sqlx::Error> {
+    if !batch.prompts.is_empty() {
+        let rows: Vec<PromptRow> = batch.prompts.into_values().collect();
+        sqlx::query(
+            "insert into prompt (prompt_id, tenant_id, name, category_id, description, tags, archived,
+                                 latest_version, labels, version, created_at, updated_at)
+             select r.prompt_id, r.tenant_id, r.name, r.category_id, r.description,
+                    array(select jsonb_array_elements_text(r.tags)), r.archived, r.latest_version,
+                    r.labels, r.version, r.created_at, r.updated_at
+             from unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::jsonb[], $7::bool[],
+                         $8::int[], $9::jsonb[], $10::bigint[], $11::timestamptz[], $12::timestamptz[])
+                  as r(prompt_id, tenant_id, name, category_id, description, tags, archived,
+                       latest_version, labels, version, created_at, updated_at)
+             on conflict (prompt_id) do update set
+                name = excluded.name, category_id = excluded.category_id, description = excluded.description,
+                tags = excluded.tags, archived = excluded.archived, latest_version = excluded.latest_version,
+                labels = excluded.labels, version = excluded.version, updated_at = excluded.updated_at",
+        )
+        .bind(rows.iter().map(|r| r.prompt_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.tenant_id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.category_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.description.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| serde_json::json!(r.tags)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.archived).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.latest_version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.labels.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !batch.versions.is_empty() {
+        let rows = &batch.versions;
+        sqlx::query(
+            "insert into prompt_version (prompt_id, version, tenant_id, template, variables, model, params,
+                                         message, created_at, created_by)
+             select r.prompt_id, r.version, r.tenant_id, r.template,
+                    array(select jsonb_array_elements_text(r.variables)), r.model, r.params, r.message,
+                    r.created_at, r.created_by
+             from unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::jsonb[],
+                         $8::text[], $9::timestamptz[], $10::text[])
+                  as r(prompt_id, version, tenant_id, template, variables, model, params, message,
+                       created_at, created_by)
+             on conflict (prompt_id, version) do nothing",
+        )
+        .bind(rows.iter().map(|r| r.prompt_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.tenant_id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.template.as_str()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| serde_json::json!(r.variables))
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.model.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.params.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.created_by.as_str()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !batch.categories.is_empty() {
+        let rows: Vec<CategoryRow> = batch.categories.into_values().collect();
+        sqlx::query(
+            "insert into prompt_category (category_id, tenant_id, name, prompt_count, version, created_at, updated_at)
+             select * from unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                                  $6::timestamptz[], $7::timestamptz[])
+             on conflict (category_id) do update set
+                name = excluded.name, prompt_count = excluded.prompt_count, version = excluded.version,
+                updated_at = excluded.updated_at",
+        )
+        .bind(rows.iter().map(|r| r.category_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.tenant_id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.prompt_count).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !batch.deleted_categories.is_empty() {
+        let ids: Vec<Uuid> = batch.deleted_categories.into_iter().collect();
+        sqlx::query("delete from prompt_category where category_id = any($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! An event as stored, with its place in the global order.
+
+use chrono::{DateTime, Utc};
+use domain::position::GlobalCursor;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// One row of the event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub cursor: GlobalCursor,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub metadata: Value,
+    pub tenant_id: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl StoredEvent {
+    /// The payload as the aggregate's event enum.
+    pub fn decode<E: DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
+        E::deserialize(&self.payload)
+    }
+
+    /// A metadata value (`actor_name`, `request_id`, …) if present.
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).and_then(Value::as_str)
+    }
+}
+
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for StoredEvent {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(Self {
+            cursor: GlobalCursor::new(row.try_get("transaction_id")?, row.try_get("position")?),
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            sequence: row.try_get("sequence")?,
+            event_type: row.try_get("event_type")?,
+            event_version: row.try_get("event_version")?,
+            payload: row.try_get("payload")?,
+            metadata: row.try_get("metadata")?,
+            tenant_id: row.try_get("tenant_id")?,
+            recorded_at: row.try_get("recorded_at")?,
+        })
+    }
+}

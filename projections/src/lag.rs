@@ -1,0 +1,44 @@
+//! How far each projection is behind the event log.
+
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::runner::Projection;
+
+/// One projection's position and distance from the head of the log.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectionLag {
+    pub name: &'static str,
+    /// The checkpoint as `<transaction>-<position>`.
+    pub checkpoint: String,
+    /// Committed events not yet applied.
+    pub events_behind: i64,
+    /// Age of the oldest committed event not yet applied (0 when caught up).
+    pub seconds_behind: f64,
+    pub checkpoint_updated_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+pub async fn lag(pool: &PgPool, projection: &dyn Projection) -> Result<ProjectionLag, sqlx::Error> {
+    let row: (i64, i64, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+        "select coalesce(c.transaction_id, 0), coalesce(c.position, 0), c.updated_at
+         from (select 1) one left join projection_checkpoint c on c.projection_name = $1",
+    )
+    .bind(projection.name())
+    .fetch_one(pool)
+    .await?;
+    let (events_behind, seconds_behind): (i64, f64) = sqlx::query_as(
+        "select count(*), coalesce(extract(epoch from now() - min(recorded_at))::float8, 0)
+         from events where (transaction_id, position) > ($1::bigint::text::xid8, $2)",
+    )
+    .bind(row.0)
+    .bind(row.1)
+    .fetch_one(pool)
+    .await?;
+    Ok(ProjectionLag {
+        name: projection.name(),
+        checkpoint: format!("{}-{}", row.0, row.1),
+        events_behind,
+        seconds_behind: seconds_behind.max(0.0),
+        checkpoint_updated_at: row.2,
+    })
+}

@@ -1,0 +1,287 @@
+//! The projection runner: tails the global order and applies it to every projection.
+//!
+//! Each projection has its own checkpoint, advanced in the same transaction as its
+//! read-model writes, so an event's effect lands exactly once whatever crashes in between.
+//! A transaction-scoped advisory lock per projection lets several aipm processes run the
+//! same projections safely: one applies a batch while the others wait, then find it done.
+//!
+//! Runners wake when this process appends (an in-process signal), when another process
+//! does (LISTEN/NOTIFY on `aipm_events`, sent outside the command's own transaction so
+//! that commits are never serialised on the notify queue), and otherwise poll.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::position::GlobalCursor;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+
+use crate::event::StoredEvent;
+use crate::global_order;
+
+/// Channel on which appends are announced to other processes.
+pub const NOTIFY_CHANNEL: &str = "aipm_events";
+/// Events applied per transaction.
+pub const BATCH_SIZE: i64 = 2_000;
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+const PENDING_NAP: Duration = Duration::from_millis(1);
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("event {cursor} ({event_type}) could not be decoded: {source}")]
+    Undecodable {
+        cursor: GlobalCursor,
+        event_type: String,
+        source: serde_json::Error,
+    },
+}
+
+impl ProjectionError {
+    pub fn undecodable(event: &StoredEvent, source: serde_json::Error) -> Self {
+        Self::Undecodable {
+            cursor: event.cursor,
+            event_type: event.event_type.clone(),
+            source,
+        }
+    }
+}
+
+/// A read model maintained from the event log. Must be safe to replay: it writes only its
+/// own tables and has no effects outside the transaction it is given.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// Stored in `projection_checkpoint.projection_name`: renaming it rebuilds from scratch.
+    fn name(&self) -> &'static str;
+
+    /// The tables this projection owns; a rebuild empties them.
+    fn tables(&self) -> &'static [&'static str];
+
+    /// Applies a batch of events, in global order, inside the runner's transaction.
+    async fn apply(&self, tx: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ProjectionError>;
+}
+
+/// Reads a projection's checkpoint (the start if it has none yet).
+pub async fn checkpoint(conn: &mut PgConnection, name: &str) -> Result<GlobalCursor, sqlx::Error> {
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "select transaction_id, position from projection_checkpoint where projection_name = $1",
+    )
+    .bind(name)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map_or(GlobalCursor::START, |(t, p)| GlobalCursor::new(t, p)))
+}
+
+/// Records that `name` has applied everything up to `cursor`.
+pub async fn save_checkpoint(
+    conn: &mut PgConnection,
+    name: &str,
+    cursor: GlobalCursor,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into projection_checkpoint (projection_name, transaction_id, position, updated_at)
+         values ($1, $2, $3, now())
+         on conflict (projection_name) do update
+         set transaction_id = excluded.transaction_id, position = excluded.position, updated_at = now()",
+    )
+    .bind(name)
+    .bind(cursor.transaction_id)
+    .bind(cursor.position)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What one [`step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// The projection's checkpoint afterwards.
+    pub checkpoint: GlobalCursor,
+    /// Events applied.
+    pub applied: usize,
+    /// Committed events exist past the checkpoint that are not readable yet because an
+    /// older transaction is still running; they will be soon.
+    pub pending: bool,
+}
+
+/// Applies at most one batch to `projection`.
+pub async fn step(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    batch_size: i64,
+) -> Result<Step, ProjectionError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(projection.name())
+        .execute(&mut *tx)
+        .await?;
+    let from = checkpoint(&mut tx, projection.name()).await?;
+    let events = global_order::read_after(&mut tx, from, batch_size).await?;
+    let Some(last) = events.last().map(|e| e.cursor) else {
+        let pending: bool = sqlx::query_scalar(
+            "select exists (select 1 from events where (transaction_id, position) > ($1::bigint::text::xid8, $2))",
+        )
+        .bind(from.transaction_id)
+        .bind(from.position)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        return Ok(Step {
+            checkpoint: from,
+            applied: 0,
+            pending,
+        });
+    };
+    projection.apply(&mut tx, &events).await?;
+    save_checkpoint(&mut tx, projection.name(), last).await?;
+    tx.commit().await?;
+    Ok(Step {
+        checkpoint: last,
+        applied: events.len(),
+        pending: false,
+    })
+}
+
+/// Applies everything committed so far to `projection`; returns how many events it applied.
+pub async fn catch_up(pool: &PgPool, projection: &dyn Projection) -> Result<u64, ProjectionError> {
+    let mut applied = 0;
+    loop {
+        let step = step(pool, projection, BATCH_SIZE).await?;
+        applied += step.applied as u64;
+        if step.applied == 0 && !step.pending {
+            return Ok(applied);
+        }
+        if step.applied == 0 {
+            tokio::time::sleep(PENDING_NAP).await;
+        }
+    }
+}
+
+/// The running projections of this process and how far each has got.
+#[derive(Clone)]
+pub struct Projections {
+    checkpoints: Vec<(&'static str, watch::Receiver<GlobalCursor>)>,
+}
+
+impl Projections {
+    /// Starts one runner task per projection, plus the tasks that announce this process's
+    /// appends to other processes and listen for theirs.
+    pub fn spawn(
+        pool: PgPool,
+        projections: Vec<Arc<dyn Projection>>,
+        mut local_appends: watch::Receiver<u64>,
+    ) -> Self {
+        let (wake, _) = watch::channel(0u64);
+        let wake = Arc::new(wake);
+
+        // Local appends wake the runners at once and are announced to other processes.
+        let notify_pool = pool.clone();
+        let local_wake = wake.clone();
+        tokio::spawn(async move {
+            while local_appends.changed().await.is_ok() {
+                local_wake.send_modify(|n| *n = n.wrapping_add(1));
+                if let Err(error) = sqlx::query("select pg_notify($1, '')")
+                    .bind(NOTIFY_CHANNEL)
+                    .execute(&notify_pool)
+                    .await
+                {
+                    tracing::warn!(%error, "could not announce an append to other processes");
+                }
+            }
+        });
+
+        let listen_pool = pool.clone();
+        let remote_wake = wake.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(error) = listen(&listen_pool, &remote_wake).await {
+                    tracing::warn!(%error, "listening for appends failed; polling until it is back");
+                }
+                tokio::time::sleep(RETRY_DELAY).await;
+            }
+        });
+
+        let checkpoints = projections
+            .into_iter()
+            .map(|projection| {
+                let (sender, receiver) = watch::channel(GlobalCursor::START);
+                tokio::spawn(run(pool.clone(), projection.clone(), sender, wake.subscribe()));
+                (projection.name(), receiver)
+            })
+            .collect();
+        Self { checkpoints }
+    }
+
+    /// Waits until every projection has applied the event at `cursor`. Returns false if
+    /// that took longer than `timeout`.
+    pub async fn wait_for(&self, cursor: GlobalCursor, timeout: Duration) -> bool {
+        let all = async {
+            for (_, checkpoint) in &self.checkpoints {
+                let mut checkpoint = checkpoint.clone();
+                if checkpoint.wait_for(|applied| *applied >= cursor).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(timeout, all).await.unwrap_or(false)
+    }
+
+    /// Each projection's name and the cursor this process last saw it reach.
+    pub fn checkpoints(&self) -> Vec<(&'static str, GlobalCursor)> {
+        self.checkpoints
+            .iter()
+            .map(|(name, rx)| (*name, *rx.borrow()))
+            .collect()
+    }
+}
+
+async fn listen(pool: &PgPool, wake: &watch::Sender<u64>) -> Result<(), sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(NOTIFY_CHANNEL).await?;
+    loop {
+        listener.recv().await?;
+        wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+async fn run(
+    pool: PgPool,
+    projection: Arc<dyn Projection>,
+    applied: watch::Sender<GlobalCursor>,
+    mut wake: watch::Receiver<u64>,
+) {
+    loop {
+        wake.mark_unchanged();
+        match step(&pool, projection.as_ref(), BATCH_SIZE).await {
+            Ok(step) => {
+                applied.send_if_modified(|current| {
+                    let moved = step.checkpoint > *current;
+                    if moved {
+                        *current = step.checkpoint;
+                    }
+                    moved
+                });
+                if step.applied as i64 == BATCH_SIZE {
+                    continue;
+                }
+                // Events held back by an older transaction still in flight become readable
+                // when it ends, which may not come with an append of its own.
+                let nap = if step.pending || step.applied > 0 {
+                    PENDING_NAP
+                } else {
+                    POLL_INTERVAL
+                };
+                let _ = tokio::time::timeout(nap, wake.changed()).await;
+            }
+            Err(error) => {
+                tracing::error!(projection = projection.name(), %error, "projection failed; retrying");
+                tokio::time::sleep(RETRY_DELAY).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Rebuilding read models from the event log.
+//!
+//! A rebuild empties a projection's tables, resets its checkpoint and applies the whole
+//! log again, all in one transaction holding the projection's lock: readers see the old
+//! tables until the new ones are complete, and a running server's runner waits rather
+//! than interleaving.
+
+use std::time::Instant;
+
+use domain::position::GlobalCursor;
+use indicatif::{ProgressBar, ProgressStyle};
+use projections::runner::Projection;
+use projections::ProjectionError;
+use sqlx::PgPool;
+
+/// Events applied per batch during a rebuild.
+const REBUILD_BATCH: i64 = 10_000;
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Copy)]
+pub struct RebuildReport {
+    pub events: u64,
+    pub seconds: f64,
+}
+
+impl RebuildReport {
+    pub fn events_per_second(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.events as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Rebuilds `projection` from the start of the log. With `progress`, draws a progress bar
+/// on stderr.
+pub async fn rebuild(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    progress: bool,
+) -> Result<RebuildReport, ProjectionError> {
+    let started = Instant::now();
+    let mut tx = pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(projection.name())
+        .execute(&mut *tx)
+        .await?;
+    let total: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&mut *tx)
+        .await?;
+    let bar = if progress {
+        ProgressBar::new(total as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(projection.name());
+    for table in projection.tables() {
+        sqlx::query(&format!("truncate table {table}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let mut cursor = GlobalCursor::START;
+    let mut events = 0u64;
+    loop {
+        let batch = projections::global_order::read_after(&mut tx, cursor, REBUILD_BATCH).await?;
+        let Some(last) = batch.last().map(|e| e.cursor) else {
+            break;
+        };
+        projection.apply(&mut tx, &batch).await?;
+        events += batch.len() as u64;
+        bar.inc(batch.len() as u64);
+        cursor = last;
+    }
+    projections::runner::save_checkpoint(&mut tx, projection.name(), cursor).await?;
+    tx.commit().await?;
+    bar.finish();
+    Ok(RebuildReport {
+        events,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
