@@ -30,6 +30,9 @@ pub const SNAPSHOT_EVERY: u64 = 64;
 const MAX_ATTEMPTS: usize = 8;
 /// Aggregates kept in memory per type; the cache is cleared when it fills.
 const CACHE_CAPACITY: usize = 50_000;
+/// Commands on one aggregate run one at a time in this process (they would conflict
+/// anyway); ids are hashed onto this many locks.
+const LOCK_STRIPES: usize = 1024;
 
 /// Why a command did not produce events.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +104,7 @@ impl EventStore {
             loader: PersistedEventStore::new_snapshot_store(repo, SNAPSHOT_EVERY as usize),
             services,
             cache: Mutex::new(HashMap::new()),
+            locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 }
@@ -113,6 +117,7 @@ pub struct AggregateStore<A: Governed> {
     loader: PersistedEventStore<PostgresEventRepository, A>,
     services: A::Services,
     cache: Mutex<HashMap<String, (A, u64)>>,
+    locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl<A> AggregateStore<A>
@@ -133,7 +138,12 @@ where
         expected_version: Option<u64>,
         metadata: &CommandMetadata,
     ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
+        let _serialised = self.lock_for(aggregate_id).lock().await;
         for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 1 {
+                // Another process keeps winning: give it room before reloading.
+                tokio::time::sleep(std::time::Duration::from_millis(2 << attempt.min(6))).await;
+            }
             let (mut aggregate, version) = match self.cached(aggregate_id) {
                 Some(hit) if attempt == 0 => hit,
                 _ => self.load(aggregate_id).await?,
@@ -245,6 +255,13 @@ where
             created_at: first,
             updated_at: last,
         }))
+    }
+
+    fn lock_for(&self, aggregate_id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        aggregate_id.hash(&mut hasher);
+        &self.locks[hasher.finish() as usize % self.locks.len()]
     }
 
     fn cached(&self, aggregate_id: &str) -> Option<(A, u64)> {

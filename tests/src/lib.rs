@@ -1,1 +1,4 @@
-//! stub
+//! Shared helpers for aipm's end-to-end tests and its load generator: a real server on a
+//! fresh PostgreSQL database, and a typed HTTP client for it.
+
+pub mod harness;

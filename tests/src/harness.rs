@@ -1,0 +1,210 @@
+//! `TestApp`: a real aipm server on a fresh database, bound to a free port.
+
+use std::time::Duration;
+
+use reqwest::{Method, Response, StatusCode};
+use serde_json::Value;
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+/// Where the tests' PostgreSQL lives; each test gets its own database on it.
+pub fn server_url() -> String {
+    std::env::var("AIPM_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A fresh, migrated database that is dropped when this value is.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let name = format!("aipm_test_{}", Uuid::new_v4().simple());
+        let url = format!("{}/{}", server_url(), name);
+        let pool = api::db::connect(&url, 24).await.expect("test database");
+        Self { name, url, pool }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin_url = format!("{}/postgres", server_url());
+        // Drop runs outside async code: a short-lived thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(mut conn) = PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("drop database if exists \"{name}\" with (force)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A running server with an admin key for tenant `acme`.
+pub struct TestApp {
+    pub address: String,
+    pub db: TestDatabase,
+    pub client: reqwest::Client,
+    pub admin_key: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        let db = TestDatabase::create().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = format!("http://{}", listener.local_addr().expect("address"));
+        let pool = db.pool.clone();
+        let server = tokio::spawn(async move {
+            let _ = api::serve(pool, listener).await;
+        });
+        let (_, admin_key) = api::cli::create_key(&db.pool, "acme", "admin", "test-admin")
+            .await
+            .expect("admin key");
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        Self {
+            address,
+            db,
+            client,
+            admin_key,
+            server,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.db.pool
+    }
+
+    /// A key with `role` in `tenant` (created if new), issued as the CLI does.
+    pub async fn key(&self, tenant: &str, role: &str) -> String {
+        api::cli::create_key(self.pool(), tenant, role, &format!("{tenant}-{role}"))
+            .await
+            .expect("key")
+            .1
+    }
+
+    pub fn request(&self, method: Method, path: &str, key: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{}", self.address, path))
+            .bearer_auth(key)
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> Response {
+        self.request(Method::GET, path, key)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> Response {
+        self.request(Method::POST, path, key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn put(&self, path: &str, key: &str, body: Value) -> Response {
+        self.request(Method::PUT, path, key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn patch(&self, path: &str, key: &str, body: Value) -> Response {
+        self.request(Method::PATCH, path, key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn delete(&self, path: &str, key: &str) -> Response {
+        self.request(Method::DELETE, path, key)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Creates a prompt with the admin key and returns its id.
+    pub async fn create_prompt(&self, name: &str) -> String {
+        let response = self
+            .post(
+                "/v1/prompts",
+                &self.admin_key,
+                serde_json::json!({ "name": name }),
+            )
+            .await;
+        let body = expect_status(response, StatusCode::CREATED).await;
+        body["id"].as_str().expect("id").to_string()
+    }
+
+    /// Publishes a version with the admin key and returns its number.
+    pub async fn publish(&self, prompt: &str, template: &str) -> i64 {
+        let path = format!("/v1/prompts/{prompt}/versions");
+        let response = self
+            .post(
+                &path,
+                &self.admin_key,
+                serde_json::json!({ "template": template }),
+            )
+            .await;
+        let body = expect_status(response, StatusCode::CREATED).await;
+        body["version"].as_i64().expect("version")
+    }
+
+    /// Number of rows in the event log.
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("select count(*) from events")
+            .fetch_one(self.pool())
+            .await
+            .expect("count")
+    }
+}
+
+/// Asserts the status and returns the JSON body (`Null` when empty).
+pub async fn expect_status(response: Response, status: StatusCode) -> Value {
+    let actual = response.status();
+    let text = response.text().await.expect("body");
+    assert_eq!(actual, status, "unexpected status; body: {text}");
+    if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).expect("JSON body")
+    }
+}
+
+/// Asserts a problem+json response with `status` and `type` ending in `/problems/<slug>`.
+pub async fn expect_problem(response: Response, status: StatusCode, slug: &str) -> Value {
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = expect_status(response, status).await;
+    assert_eq!(content_type, "application/problem+json", "body: {body}");
+    assert_eq!(body["type"], format!("/problems/{slug}"), "body: {body}");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["detail"].is_string());
+    body
+}

@@ -1,0 +1,112 @@
+//! Optimistic concurrency: ETag / If-Match, racing commands, transparent retries.
+
+use integration_tests::harness::{expect_problem, expect_status, TestApp};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_if_match_is_a_conflict_that_names_the_current_version() {
+    let app = TestApp::spawn().await;
+    let id = app.create_prompt("p").await;
+    app.publish(&id, "one").await;
+    app.publish(&id, "two").await;
+    let current = app.get(&format!("/v1/prompts/{id}"), &app.admin_key).await;
+    assert_eq!(current.headers()["etag"], "\"3\"");
+
+    let path = format!("/v1/prompts/{id}/labels/production");
+    let stale = app
+        .request(Method::PUT, &path, &app.admin_key)
+        .header("if-match", "\"2\"")
+        .json(&json!({ "version": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.headers()["etag"], "\"3\"");
+    let problem = expect_problem(stale, StatusCode::CONFLICT, "version-mismatch").await;
+    assert_eq!(problem["current_version"], 3);
+
+    let fresh = app
+        .request(Method::PUT, &path, &app.admin_key)
+        .header("if-match", "\"3\"")
+        .json(&json!({ "version": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fresh.headers()["etag"], "\"4\"");
+    expect_status(fresh, StatusCode::OK).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_commands_with_the_same_if_match_let_exactly_one_win() {
+    let app = TestApp::spawn().await;
+    let id = app.create_prompt("p").await;
+    for i in 0..3 {
+        app.publish(&id, &format!("v{i}")).await;
+    }
+    let path = format!("/v1/prompts/{id}/versions");
+    let racers = (0..16).map(|i| {
+        app.request(Method::POST, &path, &app.admin_key)
+            .header("if-match", "\"4\"")
+            .json(&json!({ "template": format!("racer {i}") }))
+            .send()
+    });
+    let results = futures::future::join_all(racers).await;
+    let statuses: Vec<StatusCode> = results.into_iter().map(|r| r.unwrap().status()).collect();
+    let won = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+    let lost = statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count();
+    assert_eq!((won, lost), (1, 15), "{statuses:?}");
+    let prompt = expect_status(
+        app.get(&format!("/v1/prompts/{id}"), &app.admin_key).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(prompt["latest_version"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_commands_without_if_match_all_succeed_with_distinct_versions() {
+    let app = TestApp::spawn().await;
+    let id = app.create_prompt("p").await;
+    let path = format!("/v1/prompts/{id}/versions");
+    let racers =
+        (0..24).map(|i| app.post(&path, &app.admin_key, json!({ "template": format!("racer {i}") })));
+    let mut versions = Vec::new();
+    for response in futures::future::join_all(racers).await {
+        versions.push(
+            expect_status(response, StatusCode::CREATED).await["version"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    versions.sort();
+    assert_eq!(versions, (1..=24).collect::<Vec<i64>>());
+    let listed = expect_status(
+        app.get(&format!("{path}?limit=1000"), &app.admin_key).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 24);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_prompts_created_at_once_with_one_name_yield_one_prompt() {
+    let app = TestApp::spawn().await;
+    let racers = (0..10).map(|_| app.post("/v1/prompts", &app.admin_key, json!({ "name": "same" })));
+    let statuses: Vec<StatusCode> = futures::future::join_all(racers)
+        .await
+        .into_iter()
+        .map(|r| r.status())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::CREATED).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count(),
+        9,
+        "{statuses:?}"
+    );
+    let listed = expect_status(app.get("/v1/prompts", &app.admin_key).await, StatusCode::OK).await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: a real server on a fresh PostgreSQL database per test, over HTTP.
+
+mod access;
+mod categories;
+mod concurrency;
+mod errors;
+mod prompts;
