@@ -235,7 +235,7 @@ pub async fn create_key(
     };
     store
         .aggregates::<ApiKey>(())
-        .execute(&id.to_string(), command, None, &metadata)
+        .create(&id.to_string(), command, &metadata)
         .await
         .map_err(|e| e.to_string())?;
     publish(pool).await?;

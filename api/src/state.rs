@@ -73,11 +73,33 @@ impl App {
         let committed = store
             .execute(aggregate_id, command, context.expected_version, &context.metadata)
             .await?;
+        Ok(self.settle(committed).await)
+    }
+
+    /// [`execute`](Self::execute) for an aggregate whose id the server just generated.
+    pub async fn create<A>(
+        &self,
+        store: &AggregateStore<A>,
+        aggregate_id: &str,
+        command: A::Command,
+        context: &CommandContext,
+    ) -> ApiResult<Committed<A::Event>>
+    where
+        A: Governed + 'static,
+        A::Command: Clone,
+        A::Error: DomainProblem,
+    {
+        let committed = store.create(aggregate_id, command, &context.metadata).await?;
+        Ok(self.settle(committed).await)
+    }
+
+    /// Waits until every projection has applied the command's events.
+    async fn settle<E>(&self, committed: Committed<E>) -> Committed<E> {
         if let Some(cursor) = committed.cursor {
             if !self.projections.wait_for(cursor, READ_YOUR_WRITES_TIMEOUT).await {
                 tracing::warn!(%cursor, "read models did not catch up in time; the response may precede them");
             }
         }
-        Ok(committed)
+        committed
     }
 }

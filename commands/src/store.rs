@@ -138,6 +138,31 @@ where
         expected_version: Option<u64>,
         metadata: &CommandMetadata,
     ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
+        self.run(aggregate_id, command, expected_version, metadata, false)
+            .await
+    }
+
+    /// Like [`execute`](Self::execute) for an id the caller has just generated: the first
+    /// attempt starts from the empty aggregate instead of reading the store. Should the id
+    /// exist after all, the append fails on its first sequence and the command is retried
+    /// against the stored state.
+    pub async fn create(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: &CommandMetadata,
+    ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
+        self.run(aggregate_id, command, None, metadata, true).await
+    }
+
+    async fn run(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        expected_version: Option<u64>,
+        metadata: &CommandMetadata,
+        fresh_id: bool,
+    ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
         let _serialised = self.lock_for(aggregate_id).lock().await;
         for attempt in 0..MAX_ATTEMPTS {
             if attempt > 1 {
@@ -146,6 +171,7 @@ where
             }
             let (mut aggregate, version) = match self.cached(aggregate_id) {
                 Some(hit) if attempt == 0 => hit,
+                None if attempt == 0 && fresh_id => (A::default(), 0),
                 _ => self.load(aggregate_id).await?,
             };
             if aggregate.tenant().is_some_and(|tenant| tenant != metadata.tenant) {

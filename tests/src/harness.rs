@@ -58,6 +58,18 @@ pub struct TestApp {
     server: tokio::task::JoinHandle<()>,
 }
 
+/// Another server on a test database; see [`TestApp::spawn_peer`].
+pub struct PeerServer {
+    pub address: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PeerServer {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.server.abort();
@@ -87,6 +99,18 @@ impl TestApp {
             admin_key,
             server,
         }
+    }
+
+    /// A second server on the same database, as another aipm process would be: its own
+    /// pool, aggregate cache and projection runners. Stops when the value is dropped.
+    pub async fn spawn_peer(&self) -> PeerServer {
+        let pool = api::db::connect(&self.db.url, 16).await.expect("peer pool");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = format!("http://{}", listener.local_addr().expect("address"));
+        let server = tokio::spawn(async move {
+            let _ = api::serve(pool, listener).await;
+        });
+        PeerServer { address, server }
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -71,7 +71,7 @@ async fn create_category(
         tenant: tenant.clone(),
         name,
     };
-    app.execute(&app.categories, &id.to_string(), command, &context)
+    app.create(&app.categories, &id.to_string(), command, &context)
         .await?;
     let view = read_category(&app, &tenant, id).await?;
     let location = [(header::LOCATION, format!("/v1/categories/{id}"))];

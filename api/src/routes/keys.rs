@@ -68,7 +68,7 @@ async fn create_key(
         key_hash: generated.hash,
         key_prefix: generated.display_prefix,
     };
-    app.execute(&app.keys, &id.to_string(), command, &context).await?;
+    app.create(&app.keys, &id.to_string(), command, &context).await?;
     let sql = format!("select {KEY_COLUMNS} from api_key where key_id = $1 and tenant_id = $2");
     let view: KeyView = sqlx::query_as(&sql)
         .bind(id)

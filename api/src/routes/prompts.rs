@@ -147,7 +147,7 @@ async fn create_prompt(
         description,
         tags,
     };
-    app.execute(&app.prompts, &id.to_string(), command, &context)
+    app.create(&app.prompts, &id.to_string(), command, &context)
         .await?;
     Ok(respond(
         StatusCode::CREATED,

@@ -110,3 +110,118 @@ async fn two_prompts_created_at_once_with_one_name_yield_one_prompt() {
     let listed = expect_status(app.get("/v1/prompts", &app.admin_key).await, StatusCode::OK).await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_on_one_database_never_lose_an_update() {
+    let app = TestApp::spawn().await;
+    let peer = app.spawn_peer().await;
+    let key = &app.admin_key;
+    let id = app.create_prompt("shared").await;
+    let publish = |address: String, i: usize, if_match: Option<&'static str>| {
+        let mut request = app
+            .client
+            .post(format!("{address}/v1/prompts/{id}/versions"))
+            .bearer_auth(key)
+            .json(&json!({ "template": format!("v{i}") }));
+        if let Some(etag) = if_match {
+            request = request.header("if-match", etag);
+        }
+        request.send()
+    };
+    // Each server's cached copy goes stale in turn; neither loses the other's write.
+    for i in 0..4 {
+        let address = if i % 2 == 0 {
+            app.address.clone()
+        } else {
+            peer.address.clone()
+        };
+        let body = expect_status(publish(address, i, None).await.unwrap(), StatusCode::CREATED).await;
+        assert_eq!(body["version"], i + 1);
+        // Read-your-writes holds across servers: the other one sees it at once.
+        let other = if i % 2 == 0 { &peer.address } else { &app.address };
+        let seen = app
+            .client
+            .get(format!("{other}/v1/prompts/{id}"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(expect_status(seen, StatusCode::OK).await["latest_version"], i + 1);
+    }
+    let racers = (0..20).map(|i| {
+        let address = if i % 2 == 0 {
+            app.address.clone()
+        } else {
+            peer.address.clone()
+        };
+        publish(address, 100 + i, None)
+    });
+    let mut versions = Vec::new();
+    for response in futures::future::join_all(racers).await {
+        versions.push(
+            expect_status(response.unwrap(), StatusCode::CREATED).await["version"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    versions.sort();
+    assert_eq!(versions, (5..=24).collect::<Vec<i64>>());
+    // With the same If-Match on both servers, exactly one of all racers wins.
+    let racers = (0..10).map(|i| {
+        let address = if i % 2 == 0 {
+            app.address.clone()
+        } else {
+            peer.address.clone()
+        };
+        publish(address, 200 + i, Some("\"25\""))
+    });
+    let statuses: Vec<StatusCode> = futures::future::join_all(racers)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::CREATED).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count(),
+        9,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_with_an_id_that_exists_falls_back_to_the_stored_state() {
+    use domain::prompt::{Prompt, PromptCommand, PromptError};
+    use domain::text::DisplayName;
+    let app = TestApp::spawn().await;
+    let id = app.create_prompt("original").await;
+    let store = commands::EventStore::new(app.pool().clone()).aggregates::<Prompt>(());
+    let metadata = commands::CommandMetadata {
+        tenant: "acme".into(),
+        ..Default::default()
+    };
+    let command = PromptCommand::CreatePrompt {
+        tenant: "acme".into(),
+        name: DisplayName::parse("name", "impostor").unwrap(),
+        category: None,
+        description: String::new(),
+        tags: Default::default(),
+    };
+    let result = store.create(&id, command, &metadata).await;
+    assert!(
+        matches!(
+            result,
+            Err(commands::CommandError::Rejected(PromptError::AlreadyExists))
+        ),
+        "{result:?}"
+    );
+    let prompt = expect_status(
+        app.get(&format!("/v1/prompts/{id}"), &app.admin_key).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(prompt["name"], "original");
+}
