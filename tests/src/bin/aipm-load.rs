@@ -1,1 +1,913 @@
-fn main() {}
+//! `aipm-load`: load generator and benchmarks for aipm.
+//!
+//! - `http`: closed-loop HTTP load (N concurrent clients, each sending its next request as
+//!   soon as the previous one answered) against a running server, per client count.
+//! - `hot-prompt`: whether publishing a version costs more once a prompt has a long history.
+//! - `seed-events`: bulk-inserts synthetic prompt events straight into the event log.
+//! - `rebuild`: times rebuilding a read model from the event log.
+//!
+//! Every failure is one line on stderr and a non-zero exit code.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use commands::CommandMetadata;
+use cqrs_es::{Aggregate, DomainEvent};
+use domain::prompt::{Prompt, PromptEvent, Template};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Result<T, E = BoxError> = std::result::Result<T, E>;
+
+const USER_AGENT: &str = concat!("aipm-load/", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, Parser)]
+#[command(name = "aipm-load", version, about = "Load generator and benchmarks for aipm")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Concurrent HTTP load against a running server, one measurement per client count.
+    ///
+    /// Each client loops over one shared keep-alive connection pool, sending its next request
+    /// when the previous one answered. `requests`, `req/s` and the latencies cover answered
+    /// requests (any status) started within the measured window; `non-2xx` counts those
+    /// answered with another status, `errors` the requests that got no answer at all.
+    Http(HttpArgs),
+    /// Publish latency on a prompt with a long history versus a fresh prompt.
+    HotPrompt(HotPromptArgs),
+    /// Bulk-insert synthetic prompt events into the event log of an aipm database.
+    SeedEvents(SeedArgs),
+    /// Time rebuilding a projection from the event log.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// Base URL of the aipm server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// API key with write permission (`aipm keys create --role admin ...`).
+    #[arg(long, env = "AIPM_KEY", hide_env_values = true)]
+    key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// POST /v1/prompts with a unique name per request.
+    CreatePrompts,
+    /// POST /v1/prompts/{id}/versions, each client to its own prompt.
+    PublishVersions,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::CreatePrompts => "create-prompts",
+            Scenario::PublishVersions => "publish-versions",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct HttpArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[arg(long, value_enum)]
+    scenario: Scenario,
+    /// Concurrent clients, one measurement per value.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    clients: Vec<usize>,
+    /// Measured seconds per client count.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Unmeasured seconds of load before each measurement.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Also append each result as a JSON line to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct HotPromptArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Versions published to the hot prompt before measuring (sequentially, not measured).
+    #[arg(long, default_value_t = 1000)]
+    versions: u32,
+    /// Sequential publishes measured on each prompt.
+    #[arg(long, default_value_t = 200)]
+    samples: u32,
+    /// Also append the results as JSON lines to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct SeedArgs {
+    /// The aipm database (created and migrated if missing).
+    #[arg(long)]
+    database_url: String,
+    /// Events to insert.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Versions per prompt; each prompt is one PromptCreated and this many PromptVersionPublished.
+    #[arg(long, default_value_t = 9)]
+    versions_per_prompt: u64,
+    /// Events per INSERT statement.
+    #[arg(long, default_value_t = 10_000)]
+    batch: u64,
+    /// Tenant the events belong to.
+    #[arg(long, default_value = "bench")]
+    tenant: String,
+}
+
+#[derive(Debug, Args)]
+struct RebuildArgs {
+    /// The aipm database.
+    #[arg(long)]
+    database_url: String,
+    /// How many times to rebuild.
+    #[arg(long, default_value_t = 3)]
+    runs: u32,
+    /// The projection to rebuild.
+    #[arg(long, default_value = "catalog")]
+    projection: String,
+    /// Also append the results as JSON lines to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("aipm-load: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("aipm-load: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Http(args) => http(args).await,
+        Command::HotPrompt(args) => hot_prompt(args).await,
+        Command::SeedEvents(args) => seed_events(args).await,
+        Command::Rebuild(args) => rebuild(args).await,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP
+
+/// One shared keep-alive client for a server.
+#[derive(Clone)]
+struct Api {
+    client: reqwest::Client,
+    base: Arc<str>,
+    key: Arc<str>,
+}
+
+impl Api {
+    fn new(server: &ServerArgs, max_idle: usize) -> Result<Self> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(max_idle)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(30))
+            .user_agent(USER_AGENT)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self {
+            client,
+            base: server.url.trim_end_matches('/').into(),
+            key: server.key.as_str().into(),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A setup request that must succeed: returns the JSON body of a 2xx answer.
+    async fn post_ok(&self, path: &str, body: &Value) -> Result<Value> {
+        let url = self.url(path);
+        let response = self
+            .client
+            .post(&url)
+            .bearer_auth(&*self.key)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {}", chain(&e)))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| format!("POST {url}: reading the answer: {}", chain(&e)))?;
+        if !status.is_success() {
+            return Err(format!("POST {url}: HTTP {status}: {}", excerpt(&text)).into());
+        }
+        serde_json::from_str(&text).map_err(|e| format!("POST {url}: answer is not JSON: {e}").into())
+    }
+
+    /// Fails early, with a useful message, when the server is down or the key is refused.
+    async fn preflight(&self) -> Result<()> {
+        let url = self.url("/v1/prompts?limit=1");
+        let response = self
+            .client
+            .get(&url)
+            .bearer_auth(&*self.key)
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the server at {}: {}", self.base, chain(&e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(format!("GET {url}: HTTP {status}: {}", excerpt(&text)).into());
+        }
+        Ok(())
+    }
+
+    async fn create_prompt(&self, name: &str) -> Result<String> {
+        let body = self.post_ok("/v1/prompts", &json!({ "name": name })).await?;
+        body["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("created prompt {name:?} but the answer has no id: {body}").into())
+    }
+
+    async fn publish(&self, prompt: &str, template: &str) -> Result<i64> {
+        let path = format!("/v1/prompts/{prompt}/versions");
+        let body = self.post_ok(&path, &json!({ "template": template })).await?;
+        body["version"]
+            .as_i64()
+            .ok_or_else(|| format!("published to {prompt} but the answer has no version: {body}").into())
+    }
+}
+
+/// An error with its causes, e.g. "error sending request: ...: Connection refused".
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn excerpt(text: &str) -> String {
+    let mut out: String = text.chars().take(300).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// What one client saw during the measured window.
+#[derive(Default)]
+struct ClientStats {
+    /// One per answered request, whatever its status; transport errors are only counted.
+    latencies_us: Vec<u64>,
+    non_2xx: u64,
+    errors: u64,
+    first_failure: Option<String>,
+}
+
+impl ClientStats {
+    fn merge(&mut self, other: ClientStats) {
+        self.latencies_us.extend(other.latencies_us);
+        self.non_2xx += other.non_2xx;
+        self.errors += other.errors;
+        if self.first_failure.is_none() {
+            self.first_failure = other.first_failure;
+        }
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy)]
+struct Percentiles {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    mean: f64,
+}
+
+impl Percentiles {
+    /// Exact nearest-rank percentiles of microsecond latencies.
+    fn of(latencies_us: &mut [u64]) -> Self {
+        latencies_us.sort_unstable();
+        let ms = |us: u64| us as f64 / 1000.0;
+        let rank = |q: f64| -> f64 {
+            let n = latencies_us.len();
+            if n == 0 {
+                return 0.0;
+            }
+            let index = ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
+            ms(latencies_us[index])
+        };
+        let mean = if latencies_us.is_empty() {
+            0.0
+        } else {
+            latencies_us.iter().sum::<u64>() as f64 / latencies_us.len() as f64 / 1000.0
+        };
+        Self {
+            p50: rank(0.50),
+            p90: rank(0.90),
+            p99: rank(0.99),
+            max: latencies_us.last().copied().map(ms).unwrap_or(0.0),
+            mean,
+        }
+    }
+}
+
+fn seconds(value: f64, flag: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| format!("--{flag} must be a non-negative number of seconds, not {value}").into())
+}
+
+async fn http(args: HttpArgs) -> Result<()> {
+    let duration = seconds(args.duration, "duration")?;
+    let warmup = seconds(args.warmup, "warmup")?;
+    if duration.is_zero() {
+        return Err("--duration must be more than 0 seconds".into());
+    }
+    if args.clients.is_empty() || args.clients.contains(&0) {
+        return Err("--clients must be a list of positive numbers, e.g. 1,8,64".into());
+    }
+    let most = args.clients.iter().copied().max().unwrap_or(1);
+    let api = Api::new(&args.server, most.max(16) * 2)?;
+    api.preflight().await?;
+    // Distinguishes this run's names from earlier runs against the same database.
+    let run_tag = Uuid::new_v4().simple().to_string()[..8].to_string();
+    println!(
+        "{} against {}: {:.1}s warm-up, {:.1}s measured per client count",
+        args.scenario.name(),
+        api.base,
+        warmup.as_secs_f64(),
+        duration.as_secs_f64()
+    );
+    println!(
+        "{:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
+        "clients", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "non-2xx", "errors"
+    );
+    for &clients in &args.clients {
+        let prompts = match args.scenario {
+            Scenario::CreatePrompts => vec![None; clients],
+            Scenario::PublishVersions => {
+                let creates = (0..clients).map(|i| {
+                    let api = api.clone();
+                    let name = format!("load {run_tag} c{clients} prompt {i}");
+                    async move { api.create_prompt(&name).await }
+                });
+                futures::future::try_join_all(creates)
+                    .await?
+                    .into_iter()
+                    .map(Some)
+                    .collect()
+            }
+        };
+        let measure_from = Instant::now() + warmup;
+        let deadline = measure_from + duration;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, prompt) in prompts.into_iter().enumerate() {
+            let api = api.clone();
+            let prefix = format!("load {run_tag} c{clients} t{index}");
+            tasks.spawn(client_loop(
+                api,
+                args.scenario,
+                prefix,
+                prompt,
+                measure_from,
+                deadline,
+            ));
+        }
+        let mut stats = ClientStats::default();
+        while let Some(joined) = tasks.join_next().await {
+            stats.merge(joined.map_err(|e| format!("a client task failed: {e}"))?);
+        }
+        let requests = stats.latencies_us.len();
+        let rate = requests as f64 / duration.as_secs_f64();
+        let p = Percentiles::of(&mut stats.latencies_us);
+        println!(
+            "{clients:>7} {requests:>9} {rate:>9.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>7}",
+            p.p50, p.p90, p.p99, p.max, stats.non_2xx, stats.errors
+        );
+        if let Some(failure) = &stats.first_failure {
+            eprintln!("        first failure: {failure}");
+        }
+        if let Some(path) = &args.json {
+            append_json(
+                path,
+                &json!({
+                    "kind": "http",
+                    "scenario": args.scenario.name(),
+                    "url": &*api.base,
+                    "clients": clients,
+                    "warmup_s": warmup.as_secs_f64(),
+                    "duration_s": duration.as_secs_f64(),
+                    "requests": requests,
+                    "rps": rate,
+                    "p50_ms": p.p50,
+                    "p90_ms": p.p90,
+                    "p99_ms": p.p99,
+                    "max_ms": p.max,
+                    "mean_ms": p.mean,
+                    "non_2xx": stats.non_2xx,
+                    "errors": stats.errors,
+                    "at": now_rfc3339(),
+                }),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// One closed-loop client: sends its next request as soon as the previous one answered,
+/// until `deadline`; records the requests started at or after `measure_from`.
+async fn client_loop(
+    api: Api,
+    scenario: Scenario,
+    prefix: String,
+    prompt: Option<String>,
+    measure_from: Instant,
+    deadline: Instant,
+) -> ClientStats {
+    let mut stats = ClientStats::default();
+    let (url, create) = match (scenario, &prompt) {
+        (Scenario::PublishVersions, Some(prompt)) => {
+            (api.url(&format!("/v1/prompts/{prompt}/versions")), false)
+        }
+        _ => (api.url("/v1/prompts"), true),
+    };
+    let mut n: u64 = 0;
+    loop {
+        n += 1;
+        let body = if create {
+            json!({ "name": format!("{prefix} #{n}") })
+        } else {
+            json!({ "template": format!("Hello {{{{name}}}} #{n}") })
+        };
+        let started = Instant::now();
+        if started >= deadline {
+            break;
+        }
+        let sent = api
+            .client
+            .post(&url)
+            .bearer_auth(&*api.key)
+            .json(&body)
+            .send()
+            .await;
+        // The whole body is read, so that the connection goes back to the pool.
+        let outcome = match sent {
+            Ok(response) => {
+                let status = response.status();
+                response.bytes().await.map(|body| (status, body))
+            }
+            Err(error) => Err(error),
+        };
+        let latency = started.elapsed();
+        let measured = started >= measure_from;
+        match outcome {
+            Ok((status, body)) => {
+                if measured {
+                    stats.latencies_us.push(latency.as_micros() as u64);
+                    if !status.is_success() {
+                        stats.non_2xx += 1;
+                        if stats.first_failure.is_none() {
+                            let text = String::from_utf8_lossy(&body);
+                            stats.first_failure = Some(format!("HTTP {status}: {}", excerpt(&text)));
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                if measured {
+                    stats.errors += 1;
+                    if stats.first_failure.is_none() {
+                        stats.first_failure = Some(format!("transport error: {}", chain(&error)));
+                    }
+                }
+                // Do not spin when the server is gone.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    stats
+}
+
+async fn hot_prompt(args: HotPromptArgs) -> Result<()> {
+    if args.samples == 0 {
+        return Err("--samples must be at least 1".into());
+    }
+    let api = Api::new(&args.server, 4)?;
+    api.preflight().await?;
+    let run_tag = Uuid::new_v4().simple().to_string()[..8].to_string();
+
+    let hot = api.create_prompt(&format!("hot {run_tag}")).await?;
+    eprintln!(
+        "publishing {} versions to prompt {hot} (setup, not measured)",
+        args.versions
+    );
+    let setup_started = Instant::now();
+    let step = (args.versions / 10).max(1);
+    for v in 1..=args.versions {
+        api.publish(&hot, &format!("Hello {{{{name}}}} #{v}")).await?;
+        if v % step == 0 {
+            eprintln!(
+                "  {v}/{} versions ({:.0}/s)",
+                args.versions,
+                f64::from(v) / setup_started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let fresh = api.create_prompt(&format!("fresh {run_tag}")).await?;
+    api.publish(&fresh, "Hello {{name}} #1").await?;
+    // Samples alternate between the two prompts, so that drift over time (autovacuum,
+    // caches, other load) affects both alike.
+    let mut hot_latencies = Vec::with_capacity(args.samples as usize);
+    let mut fresh_latencies = Vec::with_capacity(args.samples as usize);
+    for i in 0..args.samples {
+        hot_latencies.push(timed_publish(&api, &hot, i64::from(args.versions) + 1 + i64::from(i)).await?);
+        fresh_latencies.push(timed_publish(&api, &fresh, 2 + i64::from(i)).await?);
+    }
+    let hot_p = Percentiles::of(&mut hot_latencies);
+    let fresh_p = Percentiles::of(&mut fresh_latencies);
+
+    println!(
+        "publish latency, {} sequential samples per prompt, alternating between them (ms):",
+        args.samples
+    );
+    println!(
+        "{:<32} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "prompt", "p50", "p90", "p99", "max", "mean"
+    );
+    let hot_label = format!("{} versions before", args.versions);
+    for (label, p) in [(hot_label.as_str(), hot_p), ("1 version before (fresh)", fresh_p)] {
+        println!(
+            "{label:<32} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            p.p50, p.p90, p.p99, p.max, p.mean
+        );
+    }
+    if fresh_p.p50 > 0.0 {
+        println!("p50 ratio (long history / fresh): {:.2}", hot_p.p50 / fresh_p.p50);
+    }
+    if let Some(path) = &args.json {
+        for (history, p) in [(args.versions, hot_p), (1, fresh_p)] {
+            append_json(
+                path,
+                &json!({
+                    "kind": "hot-prompt",
+                    "url": &*api.base,
+                    "versions_before": history,
+                    "samples": args.samples,
+                    "p50_ms": p.p50,
+                    "p90_ms": p.p90,
+                    "p99_ms": p.p99,
+                    "max_ms": p.max,
+                    "mean_ms": p.mean,
+                    "at": now_rfc3339(),
+                }),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Publishes the next version of `prompt`, checks that it is version `expected`, and
+/// returns the request's latency in microseconds.
+async fn timed_publish(api: &Api, prompt: &str, expected: i64) -> Result<u64> {
+    let url = api.url(&format!("/v1/prompts/{prompt}/versions"));
+    let body = json!({ "template": format!("Hello {{{{name}}}} #{expected}") });
+    let started = Instant::now();
+    let response = api
+        .client
+        .post(&url)
+        .bearer_auth(&*api.key)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("POST {url}: {}", chain(&e)))?;
+    let status = response.status();
+    let answer = response
+        .bytes()
+        .await
+        .map_err(|e| format!("POST {url}: reading the answer: {}", chain(&e)))?;
+    let latency = started.elapsed().as_micros() as u64;
+    if status != StatusCode::CREATED {
+        let text = String::from_utf8_lossy(&answer);
+        return Err(format!("POST {url}: HTTP {status}: {}", excerpt(&text)).into());
+    }
+    let answer: Value = serde_json::from_slice(&answer).map_err(|e| format!("POST {url}: {e}"))?;
+    if answer["version"].as_i64() != Some(expected) {
+        return Err(format!(
+            "POST {url}: expected version {expected}, got {}",
+            answer["version"]
+        )
+        .into());
+    }
+    Ok(latency)
+}
+
+// ---------------------------------------------------------------------------------------
+// The event log
+
+const INSERT_EVENTS: &str = "
+insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, tenant_id)
+select $1, e.aggregate_id, e.sequence, e.event_type, e.event_version, e.payload, e.metadata, $2
+from unnest($3::text[], $4::bigint[], $5::text[], $6::text[], $7::jsonb[], $8::jsonb[])
+     with ordinality as e(aggregate_id, sequence, event_type, event_version, payload, metadata, ord)
+order by e.ord";
+
+/// The columns of one multi-row INSERT.
+#[derive(Default)]
+struct EventBatch {
+    tenant: String,
+    aggregate_ids: Vec<String>,
+    sequences: Vec<i64>,
+    event_types: Vec<String>,
+    event_versions: Vec<String>,
+    payloads: Vec<Value>,
+    metadata: Vec<Value>,
+}
+
+impl EventBatch {
+    fn len(&self) -> usize {
+        self.aggregate_ids.len()
+    }
+}
+
+/// Builds synthetic prompt events exactly as the domain serializes them.
+struct Seeder {
+    tenant: String,
+    actor_key_id: String,
+    per_prompt: u64,
+    next_prompt: u64,
+}
+
+impl Seeder {
+    /// The events of `prompts` new prompts, at most `budget` events in all. Within the
+    /// batch the prompts are interleaved (all creations, then every first version, ...),
+    /// as concurrent writers would interleave them in the log.
+    fn batch(&mut self, prompts: u64, budget: u64) -> Result<EventBatch> {
+        let mut plan = Vec::new();
+        let mut left = budget;
+        for _ in 0..prompts {
+            if left == 0 {
+                break;
+            }
+            let events = self.per_prompt.min(left);
+            left -= events;
+            plan.push((Uuid::now_v7().to_string(), self.next_prompt, events));
+            self.next_prompt += 1;
+        }
+        let timestamp = now_rfc3339();
+        let mut batch = EventBatch {
+            tenant: self.tenant.clone(),
+            ..EventBatch::default()
+        };
+        for round in 0..self.per_prompt {
+            for (id, index, events) in &plan {
+                if round >= *events {
+                    continue;
+                }
+                let event = self.event(*index, round)?;
+                let metadata = CommandMetadata {
+                    tenant: self.tenant.clone(),
+                    actor_key_id: self.actor_key_id.clone(),
+                    actor_name: "load-seeder".into(),
+                    request_id: Uuid::new_v4().to_string(),
+                    client_addr: Some("127.0.0.1".into()),
+                    user_agent: Some(USER_AGENT.into()),
+                    timestamp: timestamp.clone(),
+                    ..CommandMetadata::default()
+                };
+                batch.aggregate_ids.push(id.clone());
+                batch.sequences.push(round as i64 + 1);
+                batch.event_types.push(event.event_type());
+                batch.event_versions.push(event.event_version());
+                batch.payloads.push(serde_json::to_value(&event)?);
+                batch.metadata.push(serde_json::to_value(metadata.to_map())?);
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Event `round` of prompt number `index`: its creation, then version `round`.
+    fn event(&self, index: u64, round: u64) -> Result<PromptEvent> {
+        if round == 0 {
+            let team = ["sales", "support", "marketing", "legal"][(index % 4) as usize];
+            let mut tags = vec!["bench".to_string(), team.to_string()];
+            tags.sort();
+            return Ok(PromptEvent::PromptCreated {
+                tenant: self.tenant.clone(),
+                name: format!("Seeded prompt {index}"),
+                category: None,
+                description: format!("Synthetic prompt #{index} for {team}, seeded by aipm-load"),
+                tags,
+            });
+        }
+        let text = format!(
+            "You are a helpful assistant for {{{{company}}}}'s {team} team.\n\
+             Answer {{{{name}}}}'s question about {{{{topic}}}} in at most {{{{words}}}} words.\n\
+             (prompt {index}, revision {round})",
+            team = ["sales", "support", "marketing", "legal"][(index % 4) as usize],
+        );
+        let template = Template::parse(&text).map_err(|e| format!("seed template: {e}"))?;
+        let (model, params) = if round % 2 == 1 {
+            (
+                Some("gpt-4o-mini".to_string()),
+                Some(json!({ "temperature": 0.2, "max_tokens": 400 + round * 10 })),
+            )
+        } else {
+            (Some("claude-sonnet".to_string()), None)
+        };
+        Ok(PromptEvent::PromptVersionPublished {
+            version: u32::try_from(round)?,
+            template: template.text,
+            variables: template.variables,
+            model,
+            params,
+            message: format!("Revision {round}"),
+        })
+    }
+}
+
+async fn insert_batch(pool: PgPool, batch: EventBatch) -> Result<usize> {
+    let rows = batch.len();
+    sqlx::query(INSERT_EVENTS)
+        .bind(Prompt::TYPE)
+        .bind(&batch.tenant)
+        .bind(&batch.aggregate_ids)
+        .bind(&batch.sequences)
+        .bind(&batch.event_types)
+        .bind(&batch.event_versions)
+        .bind(&batch.payloads)
+        .bind(&batch.metadata)
+        .execute(&pool)
+        .await
+        .map_err(|e| format!("inserting {rows} events: {e}"))?;
+    Ok(rows)
+}
+
+async fn seed_events(args: SeedArgs) -> Result<()> {
+    if args.batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
+    let pool = api::db::connect(&args.database_url, 4).await?;
+    let per_prompt = args.versions_per_prompt + 1;
+    let prompts_per_batch = (args.batch / per_prompt).max(1);
+    let mut seeder = Seeder {
+        tenant: args.tenant.clone(),
+        actor_key_id: Uuid::now_v7().to_string(),
+        per_prompt,
+        next_prompt: 0,
+    };
+    let started = Instant::now();
+    let mut remaining = args.events;
+    let mut inserted: u64 = 0;
+    let mut reported: u64 = 0;
+    // Two statements in flight: one batch is built while the previous one is inserted.
+    let mut in_flight = tokio::task::JoinSet::new();
+    loop {
+        while in_flight.len() >= 2 || (remaining == 0 && !in_flight.is_empty()) {
+            let Some(done) = in_flight.join_next().await else {
+                break;
+            };
+            inserted += done.map_err(|e| format!("an insert task failed: {e}"))?? as u64;
+            if inserted - reported >= 100_000 {
+                reported = inserted;
+                eprintln!(
+                    "  {inserted}/{} events ({:.0}/s)",
+                    args.events,
+                    inserted as f64 / started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        if remaining == 0 {
+            break;
+        }
+        let batch = seeder.batch(prompts_per_batch, remaining)?;
+        remaining -= batch.len() as u64;
+        in_flight.spawn(insert_batch(pool.clone(), batch));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let total: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&pool)
+        .await?;
+    println!(
+        "seeded {inserted} events ({} prompts of tenant {:?}) in {elapsed:.2}s ({:.0} events/s); the log now holds {total} events",
+        seeder.next_prompt,
+        args.tenant,
+        inserted as f64 / elapsed.max(f64::MIN_POSITIVE)
+    );
+    Ok(())
+}
+
+async fn rebuild(args: RebuildArgs) -> Result<()> {
+    if args.runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    let all = projections::all();
+    let Some(projection) = all.iter().find(|p| p.name() == args.projection) else {
+        let names: Vec<&str> = all.iter().map(|p| p.name()).collect();
+        return Err(format!(
+            "unknown projection {:?}; known: {}",
+            args.projection,
+            names.join(", ")
+        )
+        .into());
+    };
+    let pool = api::db::connect(&args.database_url, 4).await?;
+    let mut reports = Vec::new();
+    for run in 1..=args.runs {
+        let report = replay::rebuild(&pool, projection.as_ref(), false)
+            .await
+            .map_err(|e| format!("rebuilding {}: {e}", args.projection))?;
+        println!(
+            "run {run}: {} events in {:.2}s ({:.0} events/s)",
+            report.events,
+            report.seconds,
+            report.events_per_second()
+        );
+        if let Some(path) = &args.json {
+            append_json(
+                path,
+                &json!({
+                    "kind": "rebuild",
+                    "projection": args.projection,
+                    "run": run,
+                    "events": report.events,
+                    "seconds": report.seconds,
+                    "events_per_second": report.events_per_second(),
+                    "at": now_rfc3339(),
+                }),
+            )?;
+        }
+        reports.push(report);
+    }
+    let mut secs: Vec<f64> = reports.iter().map(|r| r.seconds).collect();
+    let mut rates: Vec<f64> = reports.iter().map(|r| r.events_per_second()).collect();
+    println!(
+        "median of {} runs: {:.2}s ({:.0} events/s) for the {} projection",
+        args.runs,
+        median(&mut secs),
+        median(&mut rates),
+        args.projection
+    );
+    Ok(())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn append_json(path: &Path, value: &Value) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    writeln!(file, "{value}").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(())
+}
