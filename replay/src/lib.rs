@@ -1,9 +1,13 @@
 //! Rebuilding read models from the event log.
 //!
 //! A rebuild empties a projection's tables, resets its checkpoint and applies the whole
-//! log again, all in one transaction holding the projection's lock: readers see the old
-//! tables until the new ones are complete, and a running server's runner waits rather
-//! than interleaving.
+//! log again, all in one transaction holding the projection's lock, so a half-done rebuild
+//! is never visible and a running server's runner waits rather than interleaving.
+//!
+//! The cost of that simplicity: while it runs, reads of the rebuilt tables wait (TRUNCATE
+//! locks them) and, because its transaction stays open, no projection on the same
+//! PostgreSQL server sees events committed after it began until it commits. Rebuilding into
+//! shadow tables and swapping them in would avoid both.
 
 use std::time::Instant;
 

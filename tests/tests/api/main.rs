@@ -4,4 +4,7 @@ mod access;
 mod categories;
 mod concurrency;
 mod errors;
+mod global_order;
 mod prompts;
+mod rebuild;
+mod runner;

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Runs the benchmarks in BENCHMARKS.md: the raw PostgreSQL insert ceiling (pgbench) and aipm
+# over HTTP at the same client counts, in the same run, several times; then publishing to
+# a prompt with a long history, and rebuilding a projection from a 1,000,000-event log.
+#
+#   tests/bench/run.sh [runs]        (default 3 runs; results in bench-results/)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${1:-3}
+CLIENTS=${CLIENTS:-1,8,64}
+DURATION=${DURATION:-10}
+PG=postgres://postgres@127.0.0.1:5432
+OUT=bench-results
+mkdir -p "$OUT"
+: > "$OUT/http.jsonl"; : > "$OUT/pgbench.txt"; : > "$OUT/other.jsonl"
+
+cargo build --release -p api -p integration-tests --bin aipm --bin aipm-load
+AIPM=target/release/aipm
+LOAD=target/release/aipm-load
+psql_do() { psql -h 127.0.0.1 -U postgres -d "$1" -qAtc "$2"; }
+
+# A fresh database for each server start, so runs do not inherit each other's data.
+serve() {
+  local db=$1
+  psql_do postgres "drop database if exists $db with (force)"
+  DATABASE_URL=$PG/$db AIPM_LISTEN=127.0.0.1:18080 RUST_LOG=warn $AIPM serve &
+  SERVER=$!
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
+  KEY=$(DATABASE_URL=$PG/$db $AIPM keys create --tenant bench --role admin --name load | tail -n 1)
+}
+stop() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; }
+
+for run in $(seq 1 "$RUNS"); do
+  echo "== run $run of $RUNS"
+  # Raw ceiling: pgbench with the same client counts, against a table shaped like events.
+  psql_do postgres "drop database if exists aipm_bench_pg with (force)"
+  psql_do postgres "create database aipm_bench_pg"
+  psql_do aipm_bench_pg "create table bench_event (
+      aggregate_type text not null, aggregate_id text not null, sequence bigint not null,
+      event_type text not null, event_version text not null, payload jsonb not null, metadata jsonb not null,
+      tenant_id text not null, position bigint generated always as identity,
+      transaction_id xid8 not null default pg_current_xact_id(), recorded_at timestamptz not null default now(),
+      primary key (aggregate_type, aggregate_id, sequence));
+    create unique index on bench_event (transaction_id, position);"
+  for c in ${CLIENTS//,/ }; do
+    tps=$(pgbench -n -h 127.0.0.1 -U postgres -c "$c" -j 2 -T "$DURATION" -f tests/bench/pgbench-event-insert.sql aipm_bench_pg 2>/dev/null |
+      sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+    echo "run=$run clients=$c tps=$tps" | tee -a "$OUT/pgbench.txt"
+  done
+
+  for scenario in create-prompts publish-versions; do
+    serve aipm_bench_http
+    $LOAD http --url http://127.0.0.1:18080 --key "$KEY" --scenario $scenario --clients "$CLIENTS" \
+      --duration "$DURATION" --warmup 2 --json "$OUT/http.jsonl"
+    stop
+  done
+done
+
+echo "== publishing to a prompt with 1,000 versions"
+serve aipm_bench_hot
+$LOAD hot-prompt --url http://127.0.0.1:18080 --key "$KEY" --versions 1000 --samples 300 --json "$OUT/other.jsonl"
+stop
+
+echo "== rebuilding 1,000,000 events"
+psql_do postgres "drop database if exists aipm_bench_rebuild with (force)"
+$LOAD seed-events --database-url $PG/aipm_bench_rebuild --events 1000000
+$LOAD rebuild --database-url $PG/aipm_bench_rebuild --runs 3 --json "$OUT/other.jsonl"
+
+for db in aipm_bench_pg aipm_bench_http aipm_bench_hot aipm_bench_rebuild; do psql_do postgres "drop database if exists $db with (force)"; done

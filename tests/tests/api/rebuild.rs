@@ -1,0 +1,459 @@
+//! Rebuilding read models from the event log (`replay::rebuild`): the rebuilt tables equal
+//! the ones the live runners built, whatever was in them before, and the server keeps
+//! serving and projecting afterwards.
+
+use std::collections::HashMap;
+
+use domain::position::GlobalCursor;
+use integration_tests::harness::{expect_status, TestApp};
+use reqwest::StatusCode;
+use serde_json::{json, Map, Value};
+use sqlx::PgPool;
+
+/// The read-model tables and the order their rows are dumped in.
+const TABLES: [(&str, &str); 5] = [
+    ("tenant", "tenant_id"),
+    ("api_key", "key_id"),
+    ("prompt_category", "category_id"),
+    ("prompt", "prompt_id"),
+    ("prompt_version", "prompt_id, version"),
+];
+
+/// Every read-model table as JSON, rows in a fixed order.
+async fn dump(pool: &PgPool) -> Value {
+    let mut tables = Map::new();
+    for (table, order) in TABLES {
+        let sql = format!("select coalesce(jsonb_agg(t order by {order}), '[]'::jsonb) from {table} t");
+        let rows: Value = sqlx::query_scalar(&sql)
+            .fetch_one(pool)
+            .await
+            .expect("dump table");
+        tables.insert(table.to_string(), rows);
+    }
+    Value::Object(tables)
+}
+
+/// Brings every projection up to the end of the log (the server's runners may still be
+/// on their way) so that a dump reflects every committed event.
+async fn settle(pool: &PgPool) {
+    for projection in projections::all() {
+        projections::runner::catch_up(pool, projection.as_ref())
+            .await
+            .expect("catch up");
+    }
+}
+
+async fn last_cursor(pool: &PgPool) -> GlobalCursor {
+    let (t, p): (i64, i64) = sqlx::query_as(
+        "select transaction_id::text::bigint, position from events
+         order by transaction_id desc, position desc limit 1",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("last event");
+    GlobalCursor::new(t, p)
+}
+
+async fn checkpoints(pool: &PgPool) -> HashMap<String, GlobalCursor> {
+    let rows: Vec<(String, i64, i64)> =
+        sqlx::query_as("select projection_name, transaction_id, position from projection_checkpoint")
+            .fetch_all(pool)
+            .await
+            .expect("checkpoints");
+    rows.into_iter()
+        .map(|(name, t, p)| (name, GlobalCursor::new(t, p)))
+        .collect()
+}
+
+fn id(body: &Value) -> String {
+    body["id"].as_str().expect("id").to_string()
+}
+
+/// The ids a history leaves behind.
+struct History {
+    support: String,
+    sales: String,
+    legacy: String,
+    greeting: String,
+    farewell: String,
+    plain: String,
+}
+
+/// Drives the API through every kind of change the catalogue and access projections know.
+async fn write_history(app: &TestApp) -> History {
+    let key = app.admin_key.as_str();
+    let category = |name: &'static str| async move {
+        id(&expect_status(
+            app.post("/v1/categories", key, json!({ "name": name })).await,
+            StatusCode::CREATED,
+        )
+        .await)
+    };
+    let support = category("Support").await;
+    let sales = category("Sales").await;
+    let legacy = category("Legacy").await;
+
+    let greeting = id(&expect_status(
+        app.post(
+            "/v1/prompts",
+            key,
+            json!({ "name": "greeting", "category": support, "tags": ["onboarding", "support"], "description": "hi" }),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await);
+    let farewell = id(&expect_status(
+        app.post(
+            "/v1/prompts",
+            key,
+            json!({ "name": "farewell", "category": legacy, "tags": ["x"] }),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await);
+    let straggler = id(&expect_status(
+        app.post(
+            "/v1/prompts",
+            key,
+            json!({ "name": "straggler", "category": legacy }),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await);
+    let plain = app.create_prompt("plain").await;
+
+    for template in ["Hello {{name}}", "Hi {{name}}", "Hey {{name}}, {{topic}}"] {
+        app.publish(&greeting, template).await;
+    }
+    app.publish(&farewell, "Bye").await;
+    app.publish(&plain, "one").await;
+    app.publish(&plain, "two").await;
+    let published = app
+        .post(
+            &format!("/v1/prompts/{plain}/versions"),
+            key,
+            json!({ "template": "three {{x}}", "model": "openai/gpt-4o", "params": { "temperature": 0.3 }, "message": "m" }),
+        )
+        .await;
+    expect_status(published, StatusCode::CREATED).await;
+
+    let ok = |response| expect_status(response, StatusCode::OK);
+    let labels = format!("/v1/prompts/{greeting}/labels");
+    ok(app
+        .put(&format!("{labels}/production"), key, json!({ "version": 2 }))
+        .await)
+    .await;
+    ok(app
+        .put(&format!("{labels}/staging"), key, json!({ "version": 3 }))
+        .await)
+    .await;
+    ok(app
+        .put(&format!("{labels}/canary"), key, json!({ "version": 3 }))
+        .await)
+    .await;
+    ok(app
+        .put(&format!("{labels}/production"), key, json!({ "version": 1 }))
+        .await)
+    .await;
+    ok(app.delete(&format!("{labels}/canary"), key).await).await;
+    ok(app
+        .put(
+            &format!("/v1/prompts/{plain}/labels/production"),
+            key,
+            json!({ "version": 3 }),
+        )
+        .await)
+    .await;
+
+    ok(app
+        .delete(&format!("/v1/prompts/{greeting}/tags/onboarding"), key)
+        .await)
+    .await;
+    ok(app
+        .post(
+            &format!("/v1/prompts/{plain}/tags"),
+            key,
+            json!({ "tags": ["zeta", "alpha"] }),
+        )
+        .await)
+    .await;
+    ok(app
+        .patch(
+            &format!("/v1/prompts/{greeting}"),
+            key,
+            json!({ "description": "the greeting" }),
+        )
+        .await)
+    .await;
+    ok(app
+        .patch(
+            &format!("/v1/prompts/{plain}"),
+            key,
+            json!({ "name": "plain-renamed" }),
+        )
+        .await)
+    .await;
+
+    // Empty the legacy category, then delete it.
+    ok(app
+        .put(
+            &format!("/v1/prompts/{farewell}/category"),
+            key,
+            json!({ "category": sales }),
+        )
+        .await)
+    .await;
+    ok(app
+        .put(
+            &format!("/v1/prompts/{straggler}/category"),
+            key,
+            json!({ "category": null }),
+        )
+        .await)
+    .await;
+    ok(app
+        .put(
+            &format!("/v1/prompts/{plain}/category"),
+            key,
+            json!({ "category": legacy }),
+        )
+        .await)
+    .await;
+    ok(app
+        .put(
+            &format!("/v1/prompts/{plain}/category"),
+            key,
+            json!({ "category": support }),
+        )
+        .await)
+    .await;
+    expect_status(
+        app.delete(&format!("/v1/categories/{legacy}"), key).await,
+        StatusCode::NO_CONTENT,
+    )
+    .await;
+    ok(app
+        .patch(
+            &format!("/v1/categories/{sales}"),
+            key,
+            json!({ "name": "Revenue" }),
+        )
+        .await)
+    .await;
+
+    ok(app
+        .post(&format!("/v1/prompts/{farewell}/archive"), key, json!({}))
+        .await)
+    .await;
+    ok(app
+        .post(&format!("/v1/prompts/{straggler}/archive"), key, json!({}))
+        .await)
+    .await;
+    ok(app
+        .post(&format!("/v1/prompts/{straggler}/restore"), key, json!({}))
+        .await)
+    .await;
+
+    // Access: a key issued and revoked over the API, and a second tenant.
+    let issued = expect_status(
+        app.post("/v1/keys", key, json!({ "name": "ci", "role": "viewer" }))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let key_id = issued["api_key"]["id"].as_str().expect("key id").to_string();
+    expect_status(
+        app.delete(&format!("/v1/keys/{key_id}"), key).await,
+        StatusCode::NO_CONTENT,
+    )
+    .await;
+    app.key("globex", "editor").await;
+
+    History {
+        support,
+        sales,
+        legacy,
+        greeting,
+        farewell,
+        plain,
+    }
+}
+
+fn rows<'a>(dump: &'a Value, table: &str) -> &'a Vec<Value> {
+    dump[table].as_array().expect("table rows")
+}
+
+fn row<'a>(dump: &'a Value, table: &str, column: &str, id: &str) -> &'a Value {
+    rows(dump, table)
+        .iter()
+        .find(|r| r[column] == id)
+        .unwrap_or_else(|| panic!("no {table} row {id}"))
+}
+
+/// The dump reflects the history, so that comparing dumps is not comparing empty tables.
+fn assert_reflects(dump: &Value, history: &History) {
+    assert_eq!(rows(dump, "tenant").len(), 2);
+    assert_eq!(rows(dump, "api_key").len(), 3);
+    assert_eq!(
+        rows(dump, "api_key")
+            .iter()
+            .filter(|k| !k["revoked_at"].is_null())
+            .count(),
+        1
+    );
+    assert_eq!(rows(dump, "prompt_category").len(), 2);
+    assert!(rows(dump, "prompt_category")
+        .iter()
+        .all(|c| c["category_id"] != history.legacy.as_str()));
+    let support = row(dump, "prompt_category", "category_id", &history.support);
+    assert_eq!(support["prompt_count"], 2);
+    let sales = row(dump, "prompt_category", "category_id", &history.sales);
+    assert_eq!(
+        (&sales["name"], &sales["prompt_count"]),
+        (&json!("Revenue"), &json!(1))
+    );
+
+    let greeting = row(dump, "prompt", "prompt_id", &history.greeting);
+    assert_eq!(greeting["labels"], json!({ "production": 1, "staging": 3 }));
+    assert_eq!(greeting["tags"], json!(["support"]));
+    assert_eq!(greeting["description"], "the greeting");
+    assert_eq!(greeting["latest_version"], 3);
+    let farewell = row(dump, "prompt", "prompt_id", &history.farewell);
+    assert_eq!(farewell["archived"], true);
+    assert_eq!(farewell["category_id"], history.sales.as_str());
+    let plain = row(dump, "prompt", "prompt_id", &history.plain);
+    assert_eq!(plain["name"], "plain-renamed");
+    assert_eq!(plain["tags"], json!(["alpha", "zeta"]));
+    assert_eq!(plain["category_id"], history.support.as_str());
+    assert_eq!(rows(dump, "prompt").len(), 4);
+    assert_eq!(rows(dump, "prompt_version").len(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebuilding_every_projection_reproduces_the_read_models_the_runners_built() {
+    let app = TestApp::spawn().await;
+    let history = write_history(&app).await;
+    settle(app.pool()).await;
+    let before = dump(app.pool()).await;
+    assert_reflects(&before, &history);
+    let head = last_cursor(app.pool()).await;
+    assert!(checkpoints(app.pool()).await.values().all(|c| *c == head));
+
+    // Damage every read model, so that only a real rebuild can restore them.
+    for sql in [
+        "update prompt set name = 'tampered', labels = '{}', archived = not archived",
+        "delete from prompt_version where version = 1",
+        "insert into prompt_category (category_id, tenant_id, name, prompt_count, version, created_at, updated_at)
+         values (gen_random_uuid(), 'acme', 'ghost', 7, 1, now(), now())",
+        "update prompt_category set prompt_count = prompt_count + 10",
+        "delete from tenant where tenant_id = 'globex'",
+        "update api_key set revoked_at = null",
+    ] {
+        sqlx::query(sql).execute(app.pool()).await.expect("tamper");
+    }
+    assert_ne!(dump(app.pool()).await, before);
+
+    let events = app.event_count().await;
+    for projection in projections::all() {
+        let report = replay::rebuild(app.pool(), projection.as_ref(), false)
+            .await
+            .expect("rebuild");
+        assert_eq!(
+            report.events as i64,
+            events,
+            "{} did not replay the whole log",
+            projection.name()
+        );
+    }
+    let after = dump(app.pool()).await;
+    assert_eq!(after, before, "the rebuilt read models differ from the live ones");
+    let checkpoints = checkpoints(app.pool()).await;
+    assert_eq!(checkpoints.len(), projections::all().len());
+    assert!(checkpoints.values().all(|c| *c == head), "{checkpoints:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_rebuild_the_server_still_serves_and_new_commands_still_project() {
+    let app = TestApp::spawn().await;
+    let history = write_history(&app).await;
+    for projection in projections::all() {
+        replay::rebuild(app.pool(), projection.as_ref(), false)
+            .await
+            .expect("rebuild");
+    }
+    let key = &app.admin_key;
+
+    // Old data is served.
+    let greeting = expect_status(
+        app.get(&format!("/v1/prompts/{}", history.greeting), key).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(greeting["labels"], json!({ "production": 1, "staging": 3 }));
+
+    // New commands project: the create answers from the read model, and reads see it.
+    let created = expect_status(
+        app.post(
+            "/v1/prompts",
+            key,
+            json!({ "name": "after-rebuild", "category": history.sales, "tags": ["fresh"] }),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let new_id = id(&created);
+    assert_eq!(app.publish(&new_id, "Hello again {{who}}").await, 1);
+    let labelled = app
+        .put(
+            &format!("/v1/prompts/{new_id}/labels/production"),
+            key,
+            json!({ "version": 1 }),
+        )
+        .await;
+    expect_status(labelled, StatusCode::OK).await;
+    let fetched = expect_status(
+        app.get(&format!("/v1/prompts/{new_id}"), key).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(fetched["name"], "after-rebuild");
+    assert_eq!(fetched["tags"], json!(["fresh"]));
+    assert_eq!(fetched["latest_version"], 1);
+    let resolved = expect_status(
+        app.get(&format!("/v1/prompts/{new_id}/resolve?label=production"), key)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(resolved["template"], "Hello again {{who}}");
+    let sales = expect_status(
+        app.get(&format!("/v1/categories/{}", history.sales), key).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(sales["prompt_count"], 2);
+
+    // A key issued after the rebuild works at once.
+    let issued = expect_status(
+        app.post("/v1/keys", key, json!({ "name": "late", "role": "viewer" }))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let viewer = issued["key"].as_str().expect("secret");
+    expect_status(
+        app.get(&format!("/v1/prompts/{new_id}"), viewer).await,
+        StatusCode::OK,
+    )
+    .await;
+
+    // Every projection has applied the whole log.
+    let lag = expect_status(app.get("/v1/system/projections", key).await, StatusCode::OK).await;
+    let lag = lag["projections"].as_array().expect("projections");
+    assert_eq!(lag.len(), projections::all().len());
+    assert!(lag.iter().all(|p| p["events_behind"] == 0), "{lag:?}");
+}
