@@ -73,7 +73,7 @@ impl App {
         let committed = store
             .execute(aggregate_id, command, context.expected_version, &context.metadata)
             .await?;
-        Ok(self.settle(committed).await)
+        Ok(self.settle(A::TYPE, committed).await)
     }
 
     /// [`execute`](Self::execute) for an aggregate whose id the server just generated.
@@ -90,13 +90,17 @@ impl App {
         A::Error: DomainProblem,
     {
         let committed = store.create(aggregate_id, command, &context.metadata).await?;
-        Ok(self.settle(committed).await)
+        Ok(self.settle(A::TYPE, committed).await)
     }
 
-    /// Waits until every projection has applied the command's events.
-    async fn settle<E>(&self, committed: Committed<E>) -> Committed<E> {
+    /// Waits until every projection of `aggregate_type` has applied the command's events.
+    async fn settle<E>(&self, aggregate_type: &str, committed: Committed<E>) -> Committed<E> {
         if let Some(cursor) = committed.cursor {
-            if !self.projections.wait_for(cursor, READ_YOUR_WRITES_TIMEOUT).await {
+            if !self
+                .projections
+                .wait_for(aggregate_type, cursor, READ_YOUR_WRITES_TIMEOUT)
+                .await
+            {
                 tracing::warn!(%cursor, "read models did not catch up in time; the response may precede them");
             }
         }

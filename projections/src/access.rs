@@ -17,6 +17,10 @@ impl Projection for AccessProjection {
         "access"
     }
 
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&[Tenant::TYPE, ApiKey::TYPE])
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["tenant", "api_key"]
     }

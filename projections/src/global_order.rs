@@ -22,17 +22,33 @@ pub async fn read_after(
     after: GlobalCursor,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let sql = format!(
-        "select {EVENT_COLUMNS} from events
+    read_for(conn, after, limit, None).await
+}
+
+/// Like [`read_after`], but only events of `aggregate_types` (when given) carry their
+/// payload; the others come with a `null` payload. A reader must still see every event to
+/// advance past it, but need not transfer what it will skip.
+pub async fn read_for(
+    conn: &mut PgConnection,
+    after: GlobalCursor,
+    limit: i64,
+    aggregate_types: Option<&[&str]>,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let sql = "select aggregate_type, aggregate_id, sequence, event_type, event_version,
+                case when $4::text[] is null or aggregate_type = any($4) then payload else 'null'::jsonb end as payload,
+                metadata, tenant_id, transaction_id::text::bigint as transaction_id, position, recorded_at
+         from events
          where (transaction_id, position) > ($1::bigint::text::xid8, $2)
            and transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-         order by transaction_id, position
-         limit $3"
-    );
-    sqlx::query_as(&sql)
+         -- Qualified: the bare names would sort by the casted output column, which no
+         -- index provides, and PostgreSQL would sort everything after the cursor.
+         order by events.transaction_id, events.position
+         limit $3";
+    sqlx::query_as(sql)
         .bind(after.transaction_id)
         .bind(after.position)
         .bind(limit)
+        .bind(aggregate_types)
         .fetch_all(conn)
         .await
 }

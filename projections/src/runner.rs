@@ -26,7 +26,10 @@ pub const NOTIFY_CHANNEL: &str = "aipm_events";
 /// Events applied per transaction.
 pub const BATCH_SIZE: i64 = 2_000;
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
-const PENDING_NAP: Duration = Duration::from_millis(1);
+/// How long a runner waits for events held back by an older running transaction before
+/// looking again, unless an append or another runner's commit wakes it first.
+const PENDING_NAP: Duration = Duration::from_millis(5);
+const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,12 @@ pub trait Projection: Send + Sync + 'static {
     /// The tables this projection owns; a rebuild empties them.
     fn tables(&self) -> &'static [&'static str];
 
+    /// The aggregate types whose events this projection reads (`None`: all). Commands on
+    /// other aggregates do not wait for it, and their payloads are not fetched for it.
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
     /// Applies a batch of events, in global order, inside the runner's transaction.
     async fn apply(&self, tx: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ProjectionError>;
 }
@@ -74,6 +83,20 @@ pub async fn checkpoint(conn: &mut PgConnection, name: &str) -> Result<GlobalCur
     .fetch_optional(conn)
     .await?;
     Ok(row.map_or(GlobalCursor::START, |(t, p)| GlobalCursor::new(t, p)))
+}
+
+/// Takes `name`'s lock for the rest of the transaction, so that processes applying the same
+/// projection take turns, and commits the transaction without waiting for its WAL flush.
+///
+/// A read model is derived data: should PostgreSQL crash before the flush, the read-model
+/// writes are lost together with the checkpoint they were committed with, and the batch is
+/// applied again. Waiting for the flush would only add an fsync to every command's wait.
+pub async fn lock_projection(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0)), set_config('synchronous_commit', 'off', true)")
+        .bind(name)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Records that `name` has applied everything up to `cursor`.
@@ -115,20 +138,21 @@ pub async fn step(
     batch_size: i64,
 ) -> Result<Step, ProjectionError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(projection.name())
-        .execute(&mut *tx)
-        .await?;
+    lock_projection(&mut tx, projection.name()).await?;
     let from = checkpoint(&mut tx, projection.name()).await?;
-    let events = global_order::read_after(&mut tx, from, batch_size).await?;
+    let events = global_order::read_for(&mut tx, from, batch_size, projection.aggregate_types()).await?;
     let Some(last) = events.last().map(|e| e.cursor) else {
-        let pending: bool = sqlx::query_scalar(
-            "select exists (select 1 from events where (transaction_id, position) > ($1::bigint::text::xid8, $2))",
+        // Ordered and limited so that PostgreSQL walks the global-order index even with a
+        // generic plan; a bare EXISTS is planned as a sequential scan.
+        let pending = sqlx::query(
+            "select 1 from events where (transaction_id, position) > ($1::bigint::text::xid8, $2)
+             order by transaction_id, position limit 1",
         )
         .bind(from.transaction_id)
         .bind(from.position)
-        .fetch_one(&mut *tx)
-        .await?;
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
         tx.rollback().await?;
         return Ok(Step {
             checkpoint: from,
@@ -164,7 +188,14 @@ pub async fn catch_up(pool: &PgPool, projection: &dyn Projection) -> Result<u64,
 /// The running projections of this process and how far each has got.
 #[derive(Clone)]
 pub struct Projections {
-    checkpoints: Vec<(&'static str, watch::Receiver<GlobalCursor>)>,
+    checkpoints: Vec<Checkpoint>,
+}
+
+#[derive(Clone)]
+struct Checkpoint {
+    name: &'static str,
+    aggregate_types: Option<&'static [&'static str]>,
+    applied: watch::Receiver<GlobalCursor>,
 }
 
 impl Projections {
@@ -178,19 +209,29 @@ impl Projections {
         let (wake, _) = watch::channel(0u64);
         let wake = Arc::new(wake);
 
-        // Local appends wake the runners at once and are announced to other processes.
-        let notify_pool = pool.clone();
+        // Local appends wake the runners at once, and are announced to other processes
+        // separately so that announcing never delays waking.
         let local_wake = wake.clone();
+        let (announce, mut to_announce) = watch::channel(0u64);
         tokio::spawn(async move {
             while local_appends.changed().await.is_ok() {
                 local_wake.send_modify(|n| *n = n.wrapping_add(1));
-                if let Err(error) = sqlx::query("select pg_notify($1, '')")
+                announce.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        });
+        let notify_pool = pool.clone();
+        tokio::spawn(async move {
+            while to_announce.changed().await.is_ok() {
+                let notified = sqlx::query("select pg_notify($1, '')")
                     .bind(NOTIFY_CHANNEL)
                     .execute(&notify_pool)
-                    .await
-                {
+                    .await;
+                if let Err(error) = notified {
                     tracing::warn!(%error, "could not announce an append to other processes");
                 }
+                // NOTIFY serialises commits on a global lock: announce at most this often,
+                // letting the appends in between coalesce into one notification.
+                tokio::time::sleep(NOTIFY_INTERVAL).await;
             }
         });
 
@@ -208,21 +249,30 @@ impl Projections {
         let checkpoints = projections
             .into_iter()
             .map(|projection| {
-                let (sender, receiver) = watch::channel(GlobalCursor::START);
-                tokio::spawn(run(pool.clone(), projection.clone(), sender, wake.subscribe()));
-                (projection.name(), receiver)
+                let (sender, applied) = watch::channel(GlobalCursor::START);
+                let checkpoint = Checkpoint {
+                    name: projection.name(),
+                    aggregate_types: projection.aggregate_types(),
+                    applied,
+                };
+                tokio::spawn(run(pool.clone(), projection, sender, wake.clone()));
+                checkpoint
             })
             .collect();
         Self { checkpoints }
     }
 
-    /// Waits until every projection has applied the event at `cursor`. Returns false if
-    /// that took longer than `timeout`.
-    pub async fn wait_for(&self, cursor: GlobalCursor, timeout: Duration) -> bool {
+    /// Waits until every projection that reads `aggregate_type` has applied the event at
+    /// `cursor`. Returns false if that took longer than `timeout`.
+    pub async fn wait_for(&self, aggregate_type: &str, cursor: GlobalCursor, timeout: Duration) -> bool {
+        let relevant = self.checkpoints.iter().filter(|c| {
+            c.aggregate_types
+                .is_none_or(|types| types.contains(&aggregate_type))
+        });
         let all = async {
-            for (_, checkpoint) in &self.checkpoints {
-                let mut checkpoint = checkpoint.clone();
-                if checkpoint.wait_for(|applied| *applied >= cursor).await.is_err() {
+            for checkpoint in relevant {
+                let mut applied = checkpoint.applied.clone();
+                if applied.wait_for(|applied| *applied >= cursor).await.is_err() {
                     return false;
                 }
             }
@@ -235,7 +285,7 @@ impl Projections {
     pub fn checkpoints(&self) -> Vec<(&'static str, GlobalCursor)> {
         self.checkpoints
             .iter()
-            .map(|(name, rx)| (*name, *rx.borrow()))
+            .map(|c| (c.name, *c.applied.borrow()))
             .collect()
     }
 }
@@ -253,8 +303,9 @@ async fn run(
     pool: PgPool,
     projection: Arc<dyn Projection>,
     applied: watch::Sender<GlobalCursor>,
-    mut wake: watch::Receiver<u64>,
+    wake_all: Arc<watch::Sender<u64>>,
 ) {
+    let mut wake = wake_all.subscribe();
     loop {
         wake.mark_unchanged();
         match step(&pool, projection.as_ref(), BATCH_SIZE).await {
@@ -266,6 +317,11 @@ async fn run(
                     }
                     moved
                 });
+                if step.applied > 0 {
+                    // Our transaction may have been what held other runners' events back.
+                    wake_all.send_modify(|n| *n = n.wrapping_add(1));
+                    wake.mark_unchanged();
+                }
                 if step.applied as i64 == BATCH_SIZE {
                     continue;
                 }
