@@ -83,6 +83,10 @@ impl Projection for CatalogProjection {
         "catalog"
     }
 
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&[Prompt::TYPE, PromptCategory::TYPE])
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["prompt", "prompt_version", "prompt_category"]
     }
@@ -134,10 +138,14 @@ async fn load(
         .filter(|(_, _, d)| matches!(d, Decoded::Prompt(_)))
         .map(|(_, id, _)| *id)
         .collect();
-    let prompts: Vec<PromptRow> = sqlx::query_as("select * from prompt where prompt_id = any($1)")
-        .bind(&prompt_ids)
-        .fetch_all(&mut *tx)
-        .await?;
+    let prompts: Vec<PromptRow> = if prompt_ids.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as("select * from prompt where prompt_id = any($1)")
+            .bind(&prompt_ids)
+            .fetch_all(&mut *tx)
+            .await?
+    };
     let mut category_ids: HashSet<Uuid> = prompts.iter().filter_map(|p| p.category_id).collect();
     for (_, id, payload) in decoded {
         match payload {
@@ -154,11 +162,14 @@ async fn load(
         }
     }
     let category_ids: Vec<Uuid> = category_ids.into_iter().collect();
-    let categories: Vec<CategoryRow> =
+    let categories: Vec<CategoryRow> = if category_ids.is_empty() {
+        Vec::new()
+    } else {
         sqlx::query_as("select * from prompt_category where category_id = any($1)")
             .bind(&category_ids)
             .fetch_all(&mut *tx)
-            .await?;
+            .await?
+    };
     Ok(Batch {
         prompts: prompts.into_iter().map(|p| (p.prompt_id, p)).collect(),
         categories: categories.into_iter().map(|c| (c.category_id, c)).collect(),
@@ -259,6 +270,39 @@ fn apply_prompt(batch: &mut Batch, event: &StoredEvent, id: Uuid, payload: Promp
     }
 }
 
+/// Appends `row` as a CSV line for COPY: every present value quoted, absent ones empty
+/// (which COPY reads as NULL).
+fn csv_row(out: &mut String, row: &VersionRow) {
+    use std::fmt::Write as _;
+    fn quoted(out: &mut String, value: &str) {
+        out.push('"');
+        out.push_str(&value.replace('"', "\"\""));
+        out.push('"');
+    }
+    let _ = write!(out, "{},{},", row.prompt_id, row.version);
+    quoted(out, &row.tenant_id);
+    out.push(',');
+    quoted(out, &row.template);
+    out.push(',');
+    // Variable names are identifiers, so an array literal needs no escaping.
+    quoted(out, &format!("{{{}}}", row.variables.join(",")));
+    out.push(',');
+    if let Some(model) = &row.model {
+        quoted(out, model);
+    }
+    out.push(',');
+    if let Some(params) = &row.params {
+        quoted(out, &params.to_string());
+    }
+    out.push(',');
+    quoted(out, &row.message);
+    out.push(',');
+    quoted(out, &row.created_at.to_rfc3339());
+    out.push(',');
+    quoted(out, &row.created_by);
+    out.push('\n');
+}
+
 fn labels_of(row: &PromptRow) -> BTreeMap<String, u32> {
     serde_json::from_value(row.labels.clone()).unwrap_or_default()
 }
@@ -294,6 +338,9 @@ fn apply_category(batch: &mut Batch, event: &StoredEvent, id: Uuid, payload: Cat
     }
 }
 
+// Tags (slugs) and variable names (identifiers) never contain a comma, so arrays of them
+// travel as comma-joined text: unnest cannot take an array of arrays, and unpacking JSON per
+// row costs more than the rest of the insert.
 async fn store(tx: &mut PgConnection, batch: Batch) -> Result<(), sqlx::Error> {
     if !batch.prompts.is_empty() {
         let rows: Vec<PromptRow> = batch.prompts.into_values().collect();
@@ -301,9 +348,9 @@ async fn store(tx: &mut PgConnection, batch: Batch) -> Result<(), sqlx::Error> {
             "insert into prompt (prompt_id, tenant_id, name, category_id, description, tags, archived,
                                  latest_version, labels, version, created_at, updated_at)
              select r.prompt_id, r.tenant_id, r.name, r.category_id, r.description,
-                    array(select jsonb_array_elements_text(r.tags)), r.archived, r.latest_version,
+                    string_to_array(r.tags, ','), r.archived, r.latest_version,
                     r.labels, r.version, r.created_at, r.updated_at
-             from unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::jsonb[], $7::bool[],
+             from unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::bool[],
                          $8::int[], $9::jsonb[], $10::bigint[], $11::timestamptz[], $12::timestamptz[])
                   as r(prompt_id, tenant_id, name, category_id, description, tags, archived,
                        latest_version, labels, version, created_at, updated_at)
@@ -317,7 +364,7 @@ async fn store(tx: &mut PgConnection, batch: Batch) -> Result<(), sqlx::Error> {
         .bind(rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.category_id).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.description.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| serde_json::json!(r.tags)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.tags.join(",")).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.archived).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.latest_version).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.labels.clone()).collect::<Vec<_>>())
@@ -328,35 +375,19 @@ async fn store(tx: &mut PgConnection, batch: Batch) -> Result<(), sqlx::Error> {
         .await?;
     }
     if !batch.versions.is_empty() {
-        let rows = &batch.versions;
-        sqlx::query(
-            "insert into prompt_version (prompt_id, version, tenant_id, template, variables, model, params,
-                                         message, created_at, created_by)
-             select r.prompt_id, r.version, r.tenant_id, r.template,
-                    array(select jsonb_array_elements_text(r.variables)), r.model, r.params, r.message,
-                    r.created_at, r.created_by
-             from unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::jsonb[],
-                         $8::text[], $9::timestamptz[], $10::text[])
-                  as r(prompt_id, version, tenant_id, template, variables, model, params, message,
-                       created_at, created_by)
-             on conflict (prompt_id, version) do nothing",
-        )
-        .bind(rows.iter().map(|r| r.prompt_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.tenant_id.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.template.as_str()).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|r| serde_json::json!(r.variables))
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|r| r.model.as_deref()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.params.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.created_by.as_str()).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
+        // Versions are only ever inserted, each exactly once: COPY is the fastest way in.
+        let mut copy = tx
+            .copy_in_raw(
+                "copy prompt_version (prompt_id, version, tenant_id, template, variables, model, params,
+                                      message, created_at, created_by) from stdin (format csv)",
+            )
+            .await?;
+        let mut buffer = String::with_capacity(256 * batch.versions.len());
+        for row in &batch.versions {
+            csv_row(&mut buffer, row);
+        }
+        copy.send(buffer.as_bytes()).await?;
+        copy.finish().await?;
     }
     if !batch.categories.is_empty() {
         let rows: Vec<CategoryRow> = batch.categories.into_values().collect();

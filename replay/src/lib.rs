@@ -14,7 +14,7 @@ use std::time::Instant;
 use domain::position::GlobalCursor;
 use indicatif::{ProgressBar, ProgressStyle};
 use projections::runner::Projection;
-use projections::ProjectionError;
+use projections::{ProjectionError, StoredEvent};
 use sqlx::PgPool;
 
 /// Events applied per batch during a rebuild.
@@ -46,10 +46,7 @@ pub async fn rebuild(
 ) -> Result<RebuildReport, ProjectionError> {
     let started = Instant::now();
     let mut tx = pool.begin().await?;
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(projection.name())
-        .execute(&mut *tx)
-        .await?;
+    projections::runner::lock_projection(&mut tx, projection.name()).await?;
     let total: i64 = sqlx::query_scalar("select count(*) from events")
         .fetch_one(&mut *tx)
         .await?;
@@ -69,10 +66,16 @@ pub async fn rebuild(
             .execute(&mut *tx)
             .await?;
     }
+    // Reading and decoding the log runs on its own connection, a batch ahead of applying,
+    // so that both cores work. It sees only events of transactions older than this one,
+    // and the checkpoint saved below is the last event applied: the runner goes on from
+    // there once the rebuild commits.
+    let (batches, mut incoming) = tokio::sync::mpsc::channel(2);
+    let reader = tokio::spawn(read_ahead(pool.clone(), projection.aggregate_types(), batches));
     let mut cursor = GlobalCursor::START;
     let mut events = 0u64;
-    loop {
-        let batch = projections::global_order::read_after(&mut tx, cursor, REBUILD_BATCH).await?;
+    while let Some(batch) = incoming.recv().await {
+        let batch: Vec<StoredEvent> = batch?;
         let Some(last) = batch.last().map(|e| e.cursor) else {
             break;
         };
@@ -81,6 +84,7 @@ pub async fn rebuild(
         bar.inc(batch.len() as u64);
         cursor = last;
     }
+    reader.abort();
     projections::runner::save_checkpoint(&mut tx, projection.name(), cursor).await?;
     tx.commit().await?;
     bar.finish();
@@ -88,4 +92,37 @@ pub async fn rebuild(
         events,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Sends the whole log in batches, then an empty batch; stops at the first error.
+async fn read_ahead(
+    pool: PgPool,
+    aggregate_types: Option<&'static [&'static str]>,
+    batches: tokio::sync::mpsc::Sender<Result<Vec<StoredEvent>, sqlx::Error>>,
+) {
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(error) => {
+            let _ = batches.send(Err(error)).await;
+            return;
+        }
+    };
+    let mut cursor = GlobalCursor::START;
+    loop {
+        let batch =
+            projections::global_order::read_for(&mut conn, cursor, REBUILD_BATCH, aggregate_types).await;
+        let done = match &batch {
+            Ok(events) => match events.last() {
+                Some(last) => {
+                    cursor = last.cursor;
+                    false
+                }
+                None => true,
+            },
+            Err(_) => true,
+        };
+        if batches.send(batch).await.is_err() || done {
+            return;
+        }
+    }
 }
