@@ -65,6 +65,8 @@ pub struct Committed<E> {
     /// Where the last new event stands in the global order; `None` when the command
     /// changed nothing (for example, moving a label to where it already points).
     pub cursor: Option<GlobalCursor>,
+    /// When the events were recorded (`events.recorded_at`); `None` with no events.
+    pub recorded_at: Option<DateTime<Utc>>,
     /// The events the command recorded (empty when it changed nothing).
     pub events: Vec<E>,
 }
@@ -201,6 +203,7 @@ where
                 return Ok(Committed {
                     version,
                     cursor: None,
+                    recorded_at: None,
                     events,
                 });
             }
@@ -209,13 +212,14 @@ where
                 .append(aggregate_id, version, &aggregate, &events, &claims, metadata)
                 .await
             {
-                Ok(cursor) => {
+                Ok((cursor, recorded_at)) => {
                     let new_version = version + events.len() as u64;
                     self.remember(aggregate_id, aggregate, new_version);
                     self.store.appended.send_modify(|n| *n = n.wrapping_add(1));
                     return Ok(Committed {
                         version: new_version,
                         cursor: Some(cursor),
+                        recorded_at: Some(recorded_at),
                         events,
                     });
                 }
@@ -317,7 +321,7 @@ where
         events: &[A::Event],
         claims: &NameClaims,
         metadata: &CommandMetadata,
-    ) -> Result<GlobalCursor, AppendError> {
+    ) -> Result<(GlobalCursor, DateTime<Utc>), AppendError> {
         let sequences: Vec<i64> = (1..=events.len() as i64).map(|i| version as i64 + i).collect();
         let event_types: Vec<String> = events.iter().map(DomainEvent::event_type).collect();
         let event_versions: Vec<String> = events.iter().map(DomainEvent::event_version).collect();
@@ -344,7 +348,12 @@ where
             None
         };
 
-        let row: (i64, i64) = sqlx::query_as(APPEND)
+        let statement = append_statement(
+            !claims.released.is_empty(),
+            !claims.claimed.is_empty(),
+            snapshot.is_some(),
+        );
+        let row: (i64, i64, DateTime<Utc>) = sqlx::query_as(statement)
             .bind(A::TYPE)
             .bind(aggregate_id)
             .bind(&sequences)
@@ -362,7 +371,7 @@ where
             .fetch_one(&self.store.pool)
             .await
             .map_err(|error| classify(error, &claims.claimed))?;
-        Ok(GlobalCursor::new(row.0, row.1))
+        Ok((GlobalCursor::new(row.0, row.1), row.2))
     }
 }
 
@@ -377,29 +386,56 @@ pub struct AsOf<A> {
 
 // One statement, so one implicit transaction and one round trip: release and claim unique
 // names, refresh the snapshot when due, append the events, return the last event's cursor.
-const APPEND: &str = "
-with released as (
+// Parts a change does not need are left out, so that PostgreSQL never plans a join over
+// all of a tenant's names for a command that touches none. Parameters keep their numbers
+// in every variant (their types are sent with the statement).
+const RELEASE_NAMES: &str = "released as (
     delete from unique_claim c
     using unnest($9::text[], $10::text[]) as r(scope, claim_key)
     where c.tenant_id = $8 and c.scope = r.scope and c.claim_key = r.claim_key and c.owner_id = $2
-), claimed as (
+), ";
+const CLAIM_NAMES: &str = "claimed as (
     insert into unique_claim (tenant_id, scope, claim_key, owner_id)
     select $8, n.scope, n.claim_key, $2 from unnest($11::text[], $12::text[]) as n(scope, claim_key)
-), snapshot as (
+), ";
+const WRITE_SNAPSHOT: &str = "snapshot as (
     insert into snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
-    select $1, $2, $14, $14, $13::jsonb where $13::jsonb is not null
+    values ($1, $2, $14, $14, $13::jsonb)
     on conflict (aggregate_type, aggregate_id) do update
         set last_sequence = excluded.last_sequence,
             current_snapshot = excluded.current_snapshot,
             payload = excluded.payload
         where snapshots.last_sequence < excluded.last_sequence
-), appended as (
+), ";
+const APPEND_EVENTS: &str = "appended as (
     insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, tenant_id)
     select $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $7, $8
     from unnest($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) as e(sequence, event_type, event_version, payload)
-    returning transaction_id, position
+    returning transaction_id, position, recorded_at
 )
-select transaction_id::text::bigint, position from appended order by position desc limit 1";
+select transaction_id::text::bigint, position, recorded_at from appended order by position desc limit 1";
+
+/// The append statement for a change that releases names, claims names and/or writes a
+/// snapshot (indexed by those three bits).
+static APPEND_VARIANTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    (0..8)
+        .map(|bits| {
+            let mut sql = String::from("with ");
+            for (bit, part) in [RELEASE_NAMES, CLAIM_NAMES, WRITE_SNAPSHOT].iter().enumerate() {
+                if bits & (1 << bit) != 0 {
+                    sql.push_str(part);
+                }
+            }
+            sql.push_str(APPEND_EVENTS);
+            sql
+        })
+        .collect()
+});
+
+fn append_statement(releases: bool, claims: bool, snapshot: bool) -> &'static str {
+    let bits = usize::from(releases) | usize::from(claims) << 1 | usize::from(snapshot) << 2;
+    &APPEND_VARIANTS[bits]
+}
 
 #[derive(Debug, thiserror::Error)]
 enum AppendError {

@@ -137,14 +137,20 @@ async fn load(
         .iter()
         .filter(|(_, _, d)| matches!(d, Decoded::Prompt(_)))
         .map(|(_, id, _)| *id)
+        .collect::<HashSet<Uuid>>()
+        .into_iter()
         .collect();
     let prompts: Vec<PromptRow> = if prompt_ids.is_empty() {
         Vec::new()
     } else {
-        sqlx::query_as("select * from prompt where prompt_id = any($1)")
-            .bind(&prompt_ids)
-            .fetch_all(&mut *tx)
-            .await?
+        sqlx::query_as(
+            // A join with the ids, not `= any($1)`: the generic plan for a long array is a
+            // sequential scan of every prompt.
+            "select p.* from unnest($1::uuid[]) as wanted(id) join prompt p on p.prompt_id = wanted.id",
+        )
+        .bind(&prompt_ids)
+        .fetch_all(&mut *tx)
+        .await?
     };
     let mut category_ids: HashSet<Uuid> = prompts.iter().filter_map(|p| p.category_id).collect();
     for (_, id, payload) in decoded {
@@ -165,7 +171,9 @@ async fn load(
     let categories: Vec<CategoryRow> = if category_ids.is_empty() {
         Vec::new()
     } else {
-        sqlx::query_as("select * from prompt_category where category_id = any($1)")
+        sqlx::query_as(
+            "select c.* from unnest($1::uuid[]) as wanted(id) join prompt_category c on c.category_id = wanted.id",
+        )
             .bind(&category_ids)
             .fetch_all(&mut *tx)
             .await?

@@ -147,12 +147,39 @@ async fn create_prompt(
         description,
         tags,
     };
-    app.create(&app.prompts, &id.to_string(), command, &context)
+    let committed = app
+        .create(&app.prompts, &id.to_string(), command, &context)
         .await?;
-    Ok(respond(
-        StatusCode::CREATED,
-        read_prompt(&app, &tenant, id).await?,
-    ))
+    // The new prompt is exactly what its one event says; no need to read it back.
+    let (
+        Some(PromptEvent::PromptCreated {
+            name,
+            category,
+            description,
+            tags,
+            ..
+        }),
+        Some(recorded_at),
+    ) = (committed.events.into_iter().next(), committed.recorded_at)
+    else {
+        return Err(ApiError::Internal(
+            "creating a prompt recorded no PromptCreated".into(),
+        ));
+    };
+    let view = PromptView {
+        id,
+        name,
+        category,
+        description,
+        tags,
+        archived: false,
+        latest_version: 0,
+        labels: json!({}),
+        version: committed.version as i64,
+        created_at: recorded_at,
+        updated_at: recorded_at,
+    };
+    Ok(respond(StatusCode::CREATED, view))
 }
 
 #[derive(Deserialize)]
@@ -473,15 +500,34 @@ async fn publish_version(
     let committed = app
         .execute(&app.prompts, &id.to_string(), command, &context)
         .await?;
-    let version = committed
-        .events
-        .iter()
-        .find_map(|e| match e {
-            PromptEvent::PromptVersionPublished { version, .. } => Some(*version),
-            _ => None,
-        })
-        .ok_or_else(|| ApiError::Internal("publishing recorded no version".into()))?;
-    let view = read_version(&app, &context.caller.tenant, id, version as i32).await?;
+    // The version is exactly what its event says; no need to read it back.
+    let (
+        Some(PromptEvent::PromptVersionPublished {
+            version,
+            template,
+            variables,
+            model,
+            params,
+            message,
+        }),
+        Some(created_at),
+    ) = (committed.events.into_iter().next(), committed.recorded_at)
+    else {
+        return Err(ApiError::Internal(
+            "publishing recorded no PromptVersionPublished".into(),
+        ));
+    };
+    let view = VersionView {
+        prompt_id: id,
+        version: version as i32,
+        template,
+        variables,
+        model,
+        params,
+        message,
+        created_at,
+        created_by: context.metadata.actor_name.clone(),
+    };
     let location = [(header::LOCATION, format!("/v1/prompts/{id}/versions/{version}"))];
     Ok((StatusCode::CREATED, etag(committed.version), location, Json(view)))
 }
