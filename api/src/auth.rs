@@ -63,6 +63,7 @@ impl Caller {
             Permission::ReadAudit => "read the audit history",
             Permission::ManageKeys => "manage API keys",
             Permission::IngestUsage => "write usage",
+            Permission::Operate => "see system state",
         };
         Err(ApiError::Forbidden {
             role: self.role.as_str(),

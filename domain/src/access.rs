@@ -33,6 +33,8 @@ pub enum Permission {
     ReadAudit,
     ManageKeys,
     IngestUsage,
+    /// See system-wide operational state (projection lag spans every tenant's events).
+    Operate,
 }
 
 impl Role {
@@ -302,6 +304,8 @@ mod tests {
         assert!(!Role::Viewer.allows(Permission::ReadAudit));
         assert!(!Role::Ingest.allows(Permission::Read));
         assert!(Role::Ingest.allows(Permission::IngestUsage));
+        assert!(Role::Admin.allows(Permission::Operate));
+        assert!(!Role::Auditor.allows(Permission::Operate));
     }
 
     #[test]

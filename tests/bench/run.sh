@@ -58,7 +58,7 @@ done
 
 echo "== publishing to a prompt with 1,000 versions"
 serve aipm_bench_hot
-$LOAD hot-prompt --url http://127.0.0.1:18080 --key "$KEY" --versions 1000 --samples 300 --json "$OUT/other.jsonl"
+$LOAD hot-prompt --url http://127.0.0.1:18080 --key "$KEY" --versions 1000 --samples 300 --database-url $PG/aipm_bench_hot --json "$OUT/other.jsonl"
 stop
 
 echo "== rebuilding 1,000,000 events"

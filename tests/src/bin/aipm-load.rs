@@ -110,6 +110,10 @@ struct HotPromptArgs {
     /// Sequential publishes measured on each prompt.
     #[arg(long, default_value_t = 200)]
     samples: u32,
+    /// The server's database: also time loading each prompt cold (as after a restart),
+    /// from its snapshot and from its full history.
+    #[arg(long)]
+    database_url: Option<String>,
     /// Also append the results as JSON lines to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -580,6 +584,9 @@ async fn hot_prompt(args: HotPromptArgs) -> Result<()> {
     if fresh_p.p50 > 0.0 {
         println!("p50 ratio (long history / fresh): {:.2}", hot_p.p50 / fresh_p.p50);
     }
+    if let Some(url) = &args.database_url {
+        cold_loads(url, &hot, &fresh, args.samples, args.json.as_deref()).await?;
+    }
     if let Some(path) = &args.json {
         for (history, p) in [(args.versions, hot_p), (1, fresh_p)] {
             append_json(
@@ -597,6 +604,58 @@ async fn hot_prompt(args: HotPromptArgs) -> Result<()> {
                     "at": now_rfc3339(),
                 }),
             )?;
+        }
+    }
+    Ok(())
+}
+
+/// Times loading the hot and the fresh prompt from the event store with no cache: the way
+/// commands load them (latest snapshot plus the events after it), and folding the whole
+/// history (what loading would cost without snapshots).
+async fn cold_loads(url: &str, hot: &str, fresh: &str, samples: u32, json_path: Option<&Path>) -> Result<()> {
+    let pool = api::db::connect(url, 2).await?;
+    let store = commands::EventStore::new(pool).aggregates::<Prompt>(());
+    let far_future = chrono::Utc::now() + chrono::Duration::days(1);
+    println!("cold load of the prompt from PostgreSQL, {samples} samples each (ms):");
+    println!(
+        "{:<44} {:>8} {:>8} {:>8} {:>8}",
+        "prompt and method", "p50", "p90", "p99", "events"
+    );
+    for (name, id) in [("hot", hot), ("fresh", fresh)] {
+        let (_, version) = store.load(id).await.map_err(|e| e.to_string())?;
+        let mut from_snapshot = Vec::with_capacity(samples as usize);
+        let mut full_fold = Vec::with_capacity(samples as usize);
+        for _ in 0..samples {
+            let started = Instant::now();
+            store.load(id).await.map_err(|e| e.to_string())?;
+            from_snapshot.push(started.elapsed().as_micros() as u64);
+            let started = Instant::now();
+            store
+                .load_as_of(id, far_future)
+                .await
+                .map_err(|e| e.to_string())?;
+            full_fold.push(started.elapsed().as_micros() as u64);
+        }
+        for (method, latencies) in [
+            ("snapshot + tail", &mut from_snapshot),
+            ("whole history", &mut full_fold),
+        ] {
+            let p = Percentiles::of(latencies);
+            println!(
+                "{:<44} {:>8.2} {:>8.2} {:>8.2} {:>8}",
+                format!("{name}, {method}"),
+                p.p50,
+                p.p90,
+                p.p99,
+                version
+            );
+            if let Some(path) = json_path {
+                append_json(
+                    path,
+                    &json!({ "kind": "cold-load", "prompt": name, "method": method, "events": version,
+                             "samples": samples, "p50_ms": p.p50, "p90_ms": p.p90, "p99_ms": p.p99, "at": now_rfc3339() }),
+                )?;
+            }
         }
     }
     Ok(())

@@ -74,6 +74,10 @@ async fn each_role_gets_exactly_its_rights() {
         "forbidden",
     )
     .await;
+    for not_admin in [&editor, &viewer, &auditor] {
+        let lag = app.get("/v1/system/projections", not_admin).await;
+        expect_problem(lag, StatusCode::FORBIDDEN, "forbidden").await;
+    }
     for not_admin in [&editor, &viewer, &auditor, &ingest] {
         expect_problem(
             app.get("/v1/keys", not_admin).await,
