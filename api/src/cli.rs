@@ -49,14 +49,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the HTTP API (the default).
-    Serve {
-        /// Address to listen on.
-        #[arg(long, env = "AIPM_LISTEN", default_value = "127.0.0.1:8080")]
-        listen: String,
-        /// Database connections in the pool.
-        #[arg(long, env = "AIPM_DB_CONNECTIONS", default_value_t = 48)]
-        db_connections: u32,
-    },
+    Serve(ServeArgs),
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -67,6 +60,23 @@ pub enum Command {
         #[command(subcommand)]
         command: ReplayCommand,
     },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "AIPM_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Database connections in the pool.
+    #[arg(long, env = "AIPM_DB_CONNECTIONS", default_value_t = 48)]
+    pub db_connections: u32,
+}
+
+/// `aipm` with no subcommand serves: its settings then come from the environment alone.
+#[derive(Debug, Parser)]
+struct ServeByDefault {
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,14 +125,19 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    match cli.command.unwrap_or(Command::Serve {
-        listen: "127.0.0.1:8080".into(),
-        db_connections: 48,
-    }) {
-        Command::Serve {
+    let command = match cli.command {
+        Some(command) => command,
+        None => Command::Serve(
+            ServeByDefault::try_parse_from(["aipm"])
+                .map_err(|e| e.to_string())?
+                .serve,
+        ),
+    };
+    match command {
+        Command::Serve(ServeArgs {
             listen,
             db_connections,
-        } => {
+        }) => {
             let pool = db::connect(&cli.database_url, db_connections)
                 .await
                 .map_err(|e| e.to_string())?;

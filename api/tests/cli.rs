@@ -59,3 +59,40 @@ fn keys_create_prints_the_key_alone_on_the_last_line_and_rejects_bad_input() {
         .arg(format!("drop database if exists \"{database}\" with (force)"))
         .output();
 }
+
+#[test]
+fn without_a_subcommand_it_serves_on_the_address_from_the_environment() {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = probe.local_addr().unwrap().to_string();
+    drop(probe);
+    let mut server = aipm()
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/aipm_test_cli_default",
+        )
+        .env("AIPM_LISTEN", &address)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut answered = false;
+    for _ in 0..100 {
+        if let Ok(mut stream) = std::net::TcpStream::connect(&address) {
+            use std::io::{Read, Write};
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut response = String::new();
+            let _ = stream.read_to_string(&mut response);
+            answered = response.starts_with("HTTP/1.1 200");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"])
+        .arg("drop database if exists aipm_test_cli_default with (force)")
+        .output();
+    assert!(answered, "no answer on {address}");
+}
