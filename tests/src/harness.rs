@@ -205,6 +205,18 @@ impl TestApp {
     }
 }
 
+/// The cursor of the last event in the global order.
+pub async fn last_event_cursor(pool: &PgPool) -> domain::position::GlobalCursor {
+    let (transaction_id, position): (i64, i64) = sqlx::query_as(
+        "select transaction_id::text::bigint, position from events
+         order by transaction_id desc, position desc limit 1",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("last event");
+    domain::position::GlobalCursor::new(transaction_id, position)
+}
+
 /// Asserts the status and returns the JSON body (`Null` when empty).
 pub async fn expect_status(response: Response, status: StatusCode) -> Value {
     let actual = response.status();

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use domain::position::GlobalCursor;
-use integration_tests::harness::{expect_status, TestApp};
+use integration_tests::harness::{expect_status, last_event_cursor, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Map, Value};
 use sqlx::PgPool;
@@ -41,17 +41,6 @@ async fn settle(pool: &PgPool) {
             .await
             .expect("catch up");
     }
-}
-
-async fn last_cursor(pool: &PgPool) -> GlobalCursor {
-    let (t, p): (i64, i64) = sqlx::query_as(
-        "select transaction_id::text::bigint, position from events
-         order by transaction_id desc, position desc limit 1",
-    )
-    .fetch_one(pool)
-    .await
-    .expect("last event");
-    GlobalCursor::new(t, p)
 }
 
 async fn checkpoints(pool: &PgPool) -> HashMap<String, GlobalCursor> {
@@ -339,7 +328,7 @@ async fn rebuilding_every_projection_reproduces_the_read_models_the_runners_buil
     settle(app.pool()).await;
     let before = dump(app.pool()).await;
     assert_reflects(&before, &history);
-    let head = last_cursor(app.pool()).await;
+    let head = last_event_cursor(app.pool()).await;
     assert!(checkpoints(app.pool()).await.values().all(|c| *c == head));
 
     // Damage every read model, so that only a real rebuild can restore them.

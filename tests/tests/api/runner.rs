@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::position::GlobalCursor;
+use integration_tests::harness::last_event_cursor;
 use integration_tests::harness::TestDatabase;
 use projections::global_order::read_after;
 use projections::runner::{catch_up, checkpoint, step};
@@ -134,17 +135,6 @@ async fn wait_until_readable(pool: &PgPool, events: i64) {
     .expect("the events never became readable");
 }
 
-async fn last_cursor(pool: &PgPool) -> GlobalCursor {
-    let (t, p): (i64, i64) = sqlx::query_as(
-        "select transaction_id::text::bigint, position from events
-         order by transaction_id desc, position desc limit 1",
-    )
-    .fetch_one(pool)
-    .await
-    .expect("last event");
-    GlobalCursor::new(t, p)
-}
-
 async fn checkpoint_of(pool: &PgPool, name: &str) -> GlobalCursor {
     let mut conn = pool.acquire().await.expect("connection");
     checkpoint(&mut conn, name).await.expect("checkpoint")
@@ -188,7 +178,7 @@ async fn assert_all_applied_once(pool: &PgPool, name: &str, events: i64) {
         .expect("count");
     assert_eq!(total, events);
     assert_eq!(assert_checkpoint_matches_applied(pool, name).await, events);
-    assert_eq!(checkpoint_of(pool, name).await, last_cursor(pool).await);
+    assert_eq!(checkpoint_of(pool, name).await, last_event_cursor(pool).await);
 }
 
 /// Runs `step` until caught up; returns an error message if a step fails.
