@@ -321,3 +321,75 @@ async fn a_prompt_with_many_versions_is_loaded_from_a_snapshot() {
     assert_eq!(prompt.latest_version, 130);
     assert_eq!(prompt.name, "from-snapshot");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projection_lag_counts_the_events_a_stalled_projection_has_not_applied() {
+    let app = TestApp::spawn().await;
+    app.create_prompt("before-the-stall").await;
+    // Hold the catalog's lock, as a long rebuild would, and append behind its back.
+    let mut stall = app.pool().begin().await.unwrap();
+    projections::runner::lock_projection(&mut stall, "catalog")
+        .await
+        .unwrap();
+    let store = commands::EventStore::new(app.pool().clone()).aggregates::<domain::prompt::Prompt>(());
+    let metadata = commands::CommandMetadata {
+        tenant: "acme".into(),
+        ..Default::default()
+    };
+    for name in ["stalled-1", "stalled-2", "stalled-3"] {
+        let command = domain::prompt::PromptCommand::CreatePrompt {
+            tenant: "acme".into(),
+            name: domain::text::DisplayName::parse("name", name).unwrap(),
+            category: None,
+            description: String::new(),
+            tags: Default::default(),
+        };
+        store
+            .create(&uuid::Uuid::now_v7().to_string(), command, &metadata)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let lag = expect_status(
+        app.get("/v1/system/projections", &app.admin_key).await,
+        StatusCode::OK,
+    )
+    .await;
+    let catalog = lag["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "catalog")
+        .unwrap()
+        .clone();
+    assert_eq!(catalog["events_behind"], 3, "{lag}");
+    assert!(catalog["seconds_behind"].as_f64().unwrap() >= 0.25, "{lag}");
+
+    stall.rollback().await.unwrap();
+    let caught_up = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            let lag = expect_status(
+                app.get("/v1/system/projections", &app.admin_key).await,
+                StatusCode::OK,
+            )
+            .await;
+            if lag["projections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["events_behind"] == 0)
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(caught_up.is_ok(), "the projection never caught up");
+    let listed = expect_status(
+        app.get("/v1/prompts?q=stalled", &app.admin_key).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 3);
+}
