@@ -262,7 +262,7 @@ fn apply_prompt(batch: &mut Batch, event: &StoredEvent, id: Uuid, payload: Promp
                 params,
                 message,
                 created_at: event.recorded_at,
-                created_by: event.meta("actor_name").unwrap_or_default().to_string(),
+                created_by: event.meta("actor_name").unwrap_or_default(),
             });
         }
         PromptEvent::PromptLabelMoved { label, version, .. } => {

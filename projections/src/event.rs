@@ -3,9 +3,12 @@
 use chrono::{DateTime, Utc};
 use domain::position::GlobalCursor;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 /// One row of the event log.
+///
+/// Payload and metadata are kept as the JSON text PostgreSQL sent: a projection decodes
+/// the payload straight into its event type, and most events are never decoded at all by
+/// most projections, so building a generic JSON tree for each would be wasted work.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
     pub cursor: GlobalCursor,
@@ -14,8 +17,8 @@ pub struct StoredEvent {
     pub sequence: i64,
     pub event_type: String,
     pub event_version: String,
-    pub payload: Value,
-    pub metadata: Value,
+    pub payload: String,
+    pub metadata: String,
     pub tenant_id: String,
     pub recorded_at: DateTime<Utc>,
 }
@@ -23,12 +26,14 @@ pub struct StoredEvent {
 impl StoredEvent {
     /// The payload as the aggregate's event enum.
     pub fn decode<E: DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
-        E::deserialize(&self.payload)
+        serde_json::from_str(&self.payload)
     }
 
     /// A metadata value (`actor_name`, `request_id`, …) if present.
-    pub fn meta(&self, key: &str) -> Option<&str> {
-        self.metadata.get(key).and_then(Value::as_str)
+    pub fn meta(&self, key: &str) -> Option<String> {
+        let metadata: std::collections::HashMap<&str, std::borrow::Cow<'_, str>> =
+            serde_json::from_str(&self.metadata).ok()?;
+        metadata.get(key).map(|value| value.to_string())
     }
 }
 

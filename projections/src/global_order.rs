@@ -11,11 +11,6 @@ use sqlx::PgConnection;
 
 use crate::event::StoredEvent;
 
-/// The columns of [`StoredEvent`], for every query that reads events.
-pub const EVENT_COLUMNS: &str =
-    "aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
-     metadata, tenant_id, transaction_id::text::bigint as transaction_id, position, recorded_at";
-
 /// Up to `limit` committed events after `after`, in global order.
 pub async fn read_after(
     conn: &mut PgConnection,
@@ -35,8 +30,8 @@ pub async fn read_for(
     aggregate_types: Option<&[&str]>,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
     let sql = "select aggregate_type, aggregate_id, sequence, event_type, event_version,
-                case when $4::text[] is null or aggregate_type = any($4) then payload else 'null'::jsonb end as payload,
-                metadata, tenant_id, transaction_id::text::bigint as transaction_id, position, recorded_at
+                case when $4::text[] is null or aggregate_type = any($4) then payload::text else 'null' end as payload,
+                metadata::text as metadata, tenant_id, transaction_id::text::bigint as transaction_id, position, recorded_at
          from events
          where (transaction_id, position) > ($1::bigint::text::xid8, $2)
            and transaction_id < pg_snapshot_xmin(pg_current_snapshot())
