@@ -52,9 +52,7 @@ async fn racing_commands_with_the_same_if_match_let_exactly_one_win() {
     });
     let results = futures::future::join_all(racers).await;
     let statuses: Vec<StatusCode> = results.into_iter().map(|r| r.unwrap().status()).collect();
-    let won = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
-    let lost = statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count();
-    assert_eq!((won, lost), (1, 15), "{statuses:?}");
+    assert_eq!(created_and_conflicted(&statuses), (1, 15), "{statuses:?}");
     let prompt = expect_status(
         app.get(&format!("/v1/prompts/{id}"), &app.admin_key).await,
         StatusCode::OK,
@@ -97,16 +95,7 @@ async fn two_prompts_created_at_once_with_one_name_yield_one_prompt() {
         .into_iter()
         .map(|r| r.status())
         .collect();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == StatusCode::CREATED).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count(),
-        9,
-        "{statuses:?}"
-    );
+    assert_eq!(created_and_conflicted(&statuses), (1, 9), "{statuses:?}");
     let listed = expect_status(app.get("/v1/prompts", &app.admin_key).await, StatusCode::OK).await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
 }
@@ -180,16 +169,7 @@ async fn two_servers_on_one_database_never_lose_an_update() {
         .into_iter()
         .map(|r| r.unwrap().status())
         .collect();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == StatusCode::CREATED).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count(),
-        9,
-        "{statuses:?}"
-    );
+    assert_eq!(created_and_conflicted(&statuses), (1, 9), "{statuses:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,4 +204,10 @@ async fn creating_with_an_id_that_exists_falls_back_to_the_stored_state() {
     )
     .await;
     assert_eq!(prompt["name"], "original");
+}
+
+/// How many of `statuses` are 201 Created and how many 409 Conflict.
+fn created_and_conflicted(statuses: &[StatusCode]) -> (usize, usize) {
+    let count = |wanted: StatusCode| statuses.iter().filter(|s| **s == wanted).count();
+    (count(StatusCode::CREATED), count(StatusCode::CONFLICT))
 }
