@@ -11,6 +11,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::routes;
+use crate::settings::Settings;
 use crate::state::{App, AppState};
 
 /// Largest accepted request body for commands.
@@ -33,8 +34,8 @@ pub fn build_router(state: AppState) -> Router {
 
 /// Starts projections on `pool` and serves the API on `listener` until the process is
 /// asked to stop.
-pub async fn serve(pool: PgPool, listener: TcpListener) -> std::io::Result<()> {
-    let state = AppState(Arc::new(App::start(pool)));
+pub async fn serve(settings: Settings, pool: PgPool, listener: TcpListener) -> std::io::Result<()> {
+    let state = AppState(Arc::new(App::start(pool, &settings)));
     let router = build_router(state);
     axum::serve(
         listener,

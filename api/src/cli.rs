@@ -72,6 +72,13 @@ pub struct ServeArgs {
     pub db_connections: u32,
 }
 
+impl ServeArgs {
+    /// The server configuration these arguments describe.
+    pub fn settings(&self) -> crate::Settings {
+        crate::Settings::default()
+    }
+}
+
 /// `aipm` with no subcommand serves: its settings then come from the environment alone.
 #[derive(Debug, Parser)]
 struct ServeByDefault {
@@ -134,18 +141,19 @@ async fn run(cli: Cli) -> Result<(), String> {
         ),
     };
     match command {
-        Command::Serve(ServeArgs {
-            listen,
-            db_connections,
-        }) => {
-            let pool = db::connect(&cli.database_url, db_connections)
+        Command::Serve(args) => {
+            let ServeArgs {
+                listen,
+                db_connections,
+            } = &args;
+            let pool = db::connect(&cli.database_url, *db_connections)
                 .await
                 .map_err(|e| e.to_string())?;
-            let listener = tokio::net::TcpListener::bind(&listen)
+            let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e} (set AIPM_LISTEN)"))?;
             tracing::info!(address = %listen, "aipm is serving");
-            crate::serve(pool, listener)
+            crate::serve(args.settings(), pool, listener)
                 .await
                 .map_err(|e| format!("server failed: {e}"))
         }

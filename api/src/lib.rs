@@ -10,6 +10,7 @@
 //!   metadata and `If-Match`.
 //! - [`error`]: problem+json errors.
 //! - [`db`]: connecting, creating the database and migrating.
+//! - [`settings`]: the server's configuration.
 
 pub mod app;
 pub mod auth;
@@ -19,7 +20,9 @@ pub mod error;
 pub mod extract;
 pub mod request_id;
 pub mod routes;
+pub mod settings;
 pub mod state;
 pub mod telemetry;
 
 pub use app::{build_router, serve};
+pub use settings::Settings;

@@ -14,6 +14,7 @@ use sqlx::PgPool;
 
 use crate::error::{ApiResult, DomainProblem};
 use crate::extract::CommandContext;
+use crate::settings::Settings;
 
 /// How long a command waits for the read models to show its effect before answering.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,7 +44,7 @@ pub struct App {
 
 impl App {
     /// Starts the projections and builds the aggregate stores on `pool`.
-    pub fn start(pool: PgPool) -> Self {
+    pub fn start(pool: PgPool, _settings: &Settings) -> Self {
         let store = EventStore::new(pool.clone());
         let projections = Projections::spawn(pool.clone(), projections::all(), store.appended_signal());
         App {

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`event`]: an event as read from the log, with its place in the global order.
+//! - [`cloudevent`]: the CloudEvents JSON form every live subscriber receives.
 //! - [`global_order`]: reading the log in one total order that never skips a late commit.
 //! - [`runner`]: tails the global order and applies it to each projection exactly once.
 //! - [`catalog`]: prompts, their versions and categories (`prompt`, `prompt_version`,
@@ -12,6 +13,7 @@
 
 pub mod access;
 pub mod catalog;
+pub mod cloudevent;
 pub mod event;
 pub mod global_order;
 pub mod lag;

@@ -55,6 +55,8 @@ pub struct TestApp {
     pub db: TestDatabase,
     pub client: reqwest::Client,
     pub admin_key: String,
+    /// What the server was started with; peers start with the same.
+    pub settings: api::Settings,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -78,12 +80,18 @@ impl Drop for TestApp {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_with(api::Settings::default()).await
+    }
+
+    /// A server configured with `settings`.
+    pub async fn spawn_with(settings: api::Settings) -> Self {
         let db = TestDatabase::create().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = format!("http://{}", listener.local_addr().expect("address"));
         let pool = db.pool.clone();
+        let server_settings = settings.clone();
         let server = tokio::spawn(async move {
-            let _ = api::serve(pool, listener).await;
+            let _ = api::serve(server_settings, pool, listener).await;
         });
         let (_, admin_key) = api::cli::create_key(&db.pool, "acme", "admin", "test-admin")
             .await
@@ -97,6 +105,7 @@ impl TestApp {
             db,
             client,
             admin_key,
+            settings,
             server,
         }
     }
@@ -107,8 +116,9 @@ impl TestApp {
         let pool = api::db::connect(&self.db.url, 16).await.expect("peer pool");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = format!("http://{}", listener.local_addr().expect("address"));
+        let settings = self.settings.clone();
         let server = tokio::spawn(async move {
-            let _ = api::serve(pool, listener).await;
+            let _ = api::serve(settings, pool, listener).await;
         });
         PeerServer { address, server }
     }

@@ -1,0 +1,7 @@
+//! Everything a running server is configured with, gathered in one value so that the
+//! command line, the tests and the server agree on it.
+
+/// The server's configuration. The command line fills it from flags and the environment
+/// (`aipm serve --help` lists them); `Settings::default()` is what a bare `aipm` runs with.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {}
