@@ -8,22 +8,28 @@ use axum::Router;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
-use crate::routes;
 use crate::settings::Settings;
 use crate::state::{App, AppState};
+use crate::{openapi, routes};
 
 /// Largest accepted request body for commands.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
 /// The full router on a ready application state.
 pub fn build_router(state: AppState) -> Router {
-    Router::new()
+    // Routes registered here through `utoipa_axum::routes!` are described in the OpenAPI
+    // document by construction; `tests/api/openapi.rs` catches any that is not.
+    let (api, document) = OpenApiRouter::with_openapi(openapi::base())
         .merge(routes::system::router())
         .merge(routes::prompts::router())
         .merge(routes::categories::router())
         .merge(routes::keys::router())
+        .split_for_parts();
+    let document = openapi::finish(document);
+    api.merge(routes::docs::router(&document))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

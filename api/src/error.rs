@@ -11,9 +11,12 @@ use domain::text::InvalidText;
 use serde::Serialize;
 
 /// One offending field of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
+    /// The body field, path or query parameter, or header at fault.
+    #[schema(example = "name")]
     pub field: String,
+    #[schema(example = "must not be empty")]
     pub message: String,
 }
 
@@ -86,15 +89,25 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 7807 problem: the body of every error response.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// Stable identifier of the kind of problem, `/problems/<slug>`.
     #[serde(rename = "type")]
+    #[schema(example = "/problems/validation-failed", pattern = "^/problems/[a-z-]+$")]
     kind: String,
+    /// The HTTP status's reason phrase.
+    #[schema(example = "Unprocessable Entity")]
     title: &'a str,
+    #[schema(example = 422, minimum = 400, maximum = 599)]
     status: u16,
+    /// What went wrong, for people.
+    #[schema(example = "the request is invalid")]
     detail: String,
+    /// Every offending field (`validation-failed` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     errors: Option<&'a [FieldError]>,
+    /// The resource's current version (`version-mismatch` only; also sent as `ETag`).
     #[serde(skip_serializing_if = "Option::is_none")]
     current_version: Option<u64>,
 }
@@ -147,6 +160,12 @@ impl From<sqlx::Error> for ApiError {
         match error {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 ApiError::Unavailable(error.to_string())
+            }
+            // Text PostgreSQL cannot hold (U+0000) that reached a query from a parameter.
+            sqlx::Error::Database(ref database)
+                if matches!(database.code().as_deref(), Some("22021" | "22P05")) =>
+            {
+                ApiError::invalid("query", crate::extract::NUL_MESSAGE)
             }
             other => ApiError::Internal(other.to_string()),
         }

@@ -8,21 +8,51 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use commands::CommandMetadata;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::request_id::RequestId;
 use crate::state::AppState;
 
-/// `axum::Json`, but a malformed, mistyped or oversized body is a problem+json error.
+/// `axum::Json`, but a malformed, mistyped or oversized body is a problem+json error, and so
+/// is text containing U+0000, which PostgreSQL can store neither in `text` nor in `jsonb`.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
-        Ok(ApiJson(value))
+        let axum::Json(value) = axum::Json::<Value>::from_request(req, state).await?;
+        if let Some(field) = field_with_nul(&value, "body") {
+            return Err(ApiError::invalid(field, NUL_MESSAGE));
+        }
+        T::deserialize(value).map(ApiJson).map_err(|error| {
+            ApiError::invalid("body", format!("Failed to deserialize the JSON body: {error}"))
+        })
+    }
+}
+
+/// What a client is told about text containing U+0000.
+pub const NUL_MESSAGE: &str = "must not contain the NUL character (U+0000)";
+
+/// The path (`body.params.key`) of the first string or key in `value` that contains U+0000.
+fn field_with_nul(value: &Value, path: &str) -> Option<String> {
+    match value {
+        Value::String(text) => text.contains('\0').then(|| path.to_string()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(index, item)| field_with_nul(item, &format!("{path}[{index}]"))),
+        Value::Object(fields) => fields.iter().find_map(|(key, item)| {
+            let field = format!("{path}.{key}");
+            if key.contains('\0') {
+                Some(path.to_string())
+            } else {
+                field_with_nul(item, &field)
+            }
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
     }
 }
 
@@ -52,6 +82,31 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
 
 /// Longest accepted reason, in characters.
 const MAX_REASON_CHARS: usize = 1_000;
+
+/// The headers [`CommandContext`] reads on a command that creates a resource, as the OpenAPI
+/// document describes them.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // describes headers; `CommandContext` reads them
+pub struct CreateHeaders {
+    /// Why the change is made; stored with its events. A `reason` in the body takes precedence.
+    #[param(rename = "X-Reason", value_type = String, required = false, max_length = 1000)]
+    x_reason: Option<String>,
+}
+
+/// The headers [`CommandContext`] reads on a command that changes an existing resource.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // describes headers; `CommandContext` reads them
+pub struct ChangeHeaders {
+    /// Apply the change only if the resource is at this version (its `ETag`); `*` or no
+    /// header: whatever its version.
+    #[param(rename = "If-Match", value_type = String, required = false, pattern = r#"^(\*|(W/)?"[0-9]{1,19}")$"#, example = "\"3\"")]
+    if_match: Option<String>,
+    /// Why the change is made; stored with its events. A `reason` in the body takes precedence.
+    #[param(rename = "X-Reason", value_type = String, required = false, max_length = 1000)]
+    x_reason: Option<String>,
+}
 
 /// The authenticated caller plus the metadata stored on the events its command produces.
 pub struct CommandContext {

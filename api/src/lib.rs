@@ -9,6 +9,7 @@
 //! - [`extract`]: JSON, path and query extractors whose rejections are problems, command
 //!   metadata and `If-Match`.
 //! - [`error`]: problem+json errors.
+//! - [`openapi`]: the OpenAPI document generated from the routes (`/openapi.json`, `/docs`).
 //! - [`db`]: connecting, creating the database and migrating.
 //! - [`settings`]: the server's configuration.
 
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod request_id;
 pub mod routes;
 pub mod settings;

@@ -3,38 +3,51 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use domain::access::Permission;
 use domain::category::CategoryCommand;
 use domain::text::DisplayName;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{etag, ApiJson, ApiPath, CommandContext};
+use crate::extract::{etag, ApiJson, ApiPath, ChangeHeaders, CommandContext, CreateHeaders};
+use crate::openapi::{
+    Conflict, MalformedRequest, NameText, NotFound, PayloadTooLarge, ReasonText, UnsupportedMediaType,
+    ValidationFailed,
+};
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/categories", post(create_category).get(list_categories))
-        .route(
-            "/v1/categories/{category_id}",
-            get(get_category).patch(rename_category).delete(delete_category),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_category, list_categories))
+        .routes(routes!(get_category, rename_category, delete_category))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// A category of prompts.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 struct CategoryView {
     id: Uuid,
     name: String,
+    /// Prompts in the category; it can be deleted only when this is 0.
     prompt_count: i64,
+    /// The category's version, also sent as `ETag`.
     version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+}
+
+/// The tenant's categories, by name.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes the JSON `list_categories` builds
+struct CategoryList {
+    items: Vec<CategoryView>,
 }
 
 async fn read_category(app: &AppState, tenant: &str, id: Uuid) -> ApiResult<CategoryView> {
@@ -49,14 +62,34 @@ async fn read_category(app: &AppState, tenant: &str, id: Uuid) -> ApiResult<Cate
     .ok_or(ApiError::NotFound("category"))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NameBody {
+    #[schema(value_type = NameText)]
     name: String,
+    /// Why; stored with the change (as `X-Reason`).
+    #[schema(value_type = Option<ReasonText>)]
     reason: Option<String>,
 }
 
-/// `POST /v1/categories`.
+/// `POST /v1/categories`: create a category.
+#[utoipa::path(
+    post,
+    path = "/v1/categories",
+    tag = "categories",
+    params(CreateHeaders),
+    request_body = NameBody,
+    responses(
+        (status = 201, description = "The new category", body = CategoryView, headers(
+            ("ETag" = String, description = "The category's version"),
+            ("Location" = String, description = "The category's URL"))),
+        (status = 400, response = MalformedRequest),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn create_category(
     State(app): State<AppState>,
     context: CommandContext,
@@ -84,6 +117,12 @@ async fn create_category(
 }
 
 /// `GET /v1/categories`: all categories of the tenant, by name.
+#[utoipa::path(
+    get,
+    path = "/v1/categories",
+    tag = "categories",
+    responses((status = 200, description = "The tenant's categories, by name", body = CategoryList))
+)]
 async fn list_categories(State(app): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
     caller.require(Permission::Read)?;
     let items: Vec<CategoryView> = sqlx::query_as(
@@ -96,7 +135,19 @@ async fn list_categories(State(app): State<AppState>, caller: Caller) -> ApiResu
     Ok(Json(json!({ "items": items })))
 }
 
-/// `GET /v1/categories/{id}`.
+/// `GET /v1/categories/{id}`: one category.
+#[utoipa::path(
+    get,
+    path = "/v1/categories/{category_id}",
+    tag = "categories",
+    params(("category_id" = Uuid, Path, description = "The category's id")),
+    responses(
+        (status = 200, description = "The category", body = CategoryView,
+            headers(("ETag" = String, description = "The category's version"))),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn get_category(
     State(app): State<AppState>,
     caller: Caller,
@@ -108,6 +159,23 @@ async fn get_category(
 }
 
 /// `PATCH /v1/categories/{id}`: rename.
+#[utoipa::path(
+    patch,
+    path = "/v1/categories/{category_id}",
+    tag = "categories",
+    params(("category_id" = Uuid, Path, description = "The category's id"), ChangeHeaders),
+    request_body = NameBody,
+    responses(
+        (status = 200, description = "The renamed category", body = CategoryView,
+            headers(("ETag" = String, description = "The category's version"))),
+        (status = 400, response = MalformedRequest),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn rename_category(
     State(app): State<AppState>,
     context: CommandContext,
@@ -129,6 +197,18 @@ async fn rename_category(
 }
 
 /// `DELETE /v1/categories/{id}`: only when no prompt is in it.
+#[utoipa::path(
+    delete,
+    path = "/v1/categories/{category_id}",
+    tag = "categories",
+    params(("category_id" = Uuid, Path, description = "The category's id"), ChangeHeaders),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn delete_category(
     State(app): State<AppState>,
     context: CommandContext,

@@ -3,49 +3,95 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{delete, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use domain::access::{ApiKeyCommand, Permission, Role};
 use domain::text::DisplayName;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{generate_key, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiPath, CommandContext};
+use crate::extract::{ApiJson, ApiPath, ChangeHeaders, CommandContext, CreateHeaders};
+use crate::openapi::{
+    Conflict, MalformedRequest, NameText, NotFound, PayloadTooLarge, ReasonText, RoleName,
+    UnsupportedMediaType, ValidationFailed,
+};
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/keys", post(create_key).get(list_keys))
-        .route("/v1/keys/{key_id}", delete(revoke_key))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_key, list_keys))
+        .routes(routes!(revoke_key))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// An API key, without its secret.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct KeyView {
     id: Uuid,
     name: String,
+    #[schema(value_type = RoleName)]
     role: String,
+    /// The first characters of the key, to recognise it by.
+    #[schema(example = "aipm_1a2b3c4d")]
     prefix: String,
     created_at: DateTime<Utc>,
+    /// The name of the key that issued it.
     created_by: String,
     revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A newly issued key: `key` is the secret, shown in this response and nowhere else.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes the JSON `create_key` builds
+struct IssuedKey {
+    #[schema(example = "aipm_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")]
+    key: String,
+    api_key: KeyView,
+}
+
+/// The tenant's keys.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes the JSON `list_keys` builds
+struct KeyList {
+    items: Vec<KeyView>,
 }
 
 const KEY_COLUMNS: &str =
     "key_id as id, name, role, key_prefix as prefix, created_at, created_by, revoked_at";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateKeyBody {
+    #[schema(value_type = NameText)]
     name: String,
+    #[schema(value_type = RoleName)]
     role: String,
+    /// Why; stored with the change (as `X-Reason`).
+    #[schema(value_type = Option<ReasonText>)]
     reason: Option<String>,
 }
 
 /// `POST /v1/keys`: issue a key; the secret is in this response and nowhere else.
+#[utoipa::path(
+    post,
+    path = "/v1/keys",
+    tag = "keys",
+    params(CreateHeaders),
+    request_body = CreateKeyBody,
+    responses(
+        (status = 201, description = "The key; its secret is shown only here", body = IssuedKey,
+            headers(("Location" = String, description = "The key's URL"))),
+        (status = 400, response = MalformedRequest),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn create_key(
     State(app): State<AppState>,
     context: CommandContext,
@@ -85,6 +131,12 @@ async fn create_key(
 }
 
 /// `GET /v1/keys`: the tenant's keys, revoked ones included; never their secrets.
+#[utoipa::path(
+    get,
+    path = "/v1/keys",
+    tag = "keys",
+    responses((status = 200, description = "The tenant's keys, oldest first", body = KeyList))
+)]
 async fn list_keys(State(app): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
     caller.require(Permission::ManageKeys)?;
     let sql = format!("select {KEY_COLUMNS} from api_key where tenant_id = $1 order by key_id");
@@ -96,6 +148,18 @@ async fn list_keys(State(app): State<AppState>, caller: Caller) -> ApiResult<imp
 }
 
 /// `DELETE /v1/keys/{id}`: revoke a key; it stops working at once.
+#[utoipa::path(
+    delete,
+    path = "/v1/keys/{key_id}",
+    tag = "keys",
+    params(("key_id" = Uuid, Path, description = "The key's id"), ChangeHeaders),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn revoke_key(
     State(app): State<AppState>,
     context: CommandContext,

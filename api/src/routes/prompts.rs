@@ -5,53 +5,50 @@ use std::collections::{BTreeMap, BTreeSet};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use domain::access::Permission;
 use domain::prompt::{parse_model, parse_note, Prompt, PromptCommand, PromptEvent, Template};
 use domain::text::{DisplayName, Slug};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{etag, ApiJson, ApiPath, ApiQuery, CommandContext};
+use crate::extract::{etag, ApiJson, ApiPath, ApiQuery, ChangeHeaders, CommandContext, CreateHeaders};
+use crate::openapi::{
+    Conflict, JsonObject, MalformedRequest, NameText, NotFound, NoteText, PayloadTooLarge, ReasonText,
+    SlugText, UnsupportedMediaType, ValidationFailed,
+};
 use crate::routes::{page_size, Checks};
 use crate::state::AppState;
 
 const MAX_DESCRIPTION_CHARS: usize = 2_000;
 const MAX_MESSAGE_CHARS: usize = 2_000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/prompts", post(create_prompt).get(list_prompts))
-        .route("/v1/prompts/{prompt_id}", get(get_prompt).patch(update_prompt))
-        .route("/v1/prompts/{prompt_id}/category", put(move_prompt))
-        .route("/v1/prompts/{prompt_id}/tags", post(tag_prompt))
-        .route(
-            "/v1/prompts/{prompt_id}/tags/{tag}",
-            axum::routing::delete(untag_prompt),
-        )
-        .route("/v1/prompts/{prompt_id}/archive", post(archive_prompt))
-        .route("/v1/prompts/{prompt_id}/restore", post(restore_prompt))
-        .route(
-            "/v1/prompts/{prompt_id}/versions",
-            post(publish_version).get(list_versions),
-        )
-        .route("/v1/prompts/{prompt_id}/versions/{version}", get(get_version))
-        .route(
-            "/v1/prompts/{prompt_id}/labels/{label}",
-            put(move_label).delete(remove_label),
-        )
-        .route("/v1/prompts/{prompt_id}/resolve", get(resolve))
-        .route("/v1/prompts/{prompt_id}/diff", get(diff))
-        .route("/v1/prompts/{prompt_id}/history", get(history))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_prompt, list_prompts))
+        .routes(routes!(get_prompt, update_prompt))
+        .routes(routes!(move_prompt))
+        .routes(routes!(tag_prompt))
+        .routes(routes!(untag_prompt))
+        .routes(routes!(archive_prompt))
+        .routes(routes!(restore_prompt))
+        .routes(routes!(publish_version, list_versions))
+        .routes(routes!(get_version))
+        .routes(routes!(move_label, remove_label))
+        .routes(routes!(resolve))
+        .routes(routes!(diff))
+        .routes(routes!(history))
 }
 
 /// A prompt as the API shows it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct PromptView {
     id: Uuid,
     name: String,
@@ -59,7 +56,10 @@ pub struct PromptView {
     description: String,
     tags: Vec<String>,
     archived: bool,
+    /// The newest version's number (0: none published yet).
     latest_version: i32,
+    /// Each label and the version it points at.
+    #[schema(value_type = BTreeMap<String, i32>, example = json!({"production": 2}))]
     labels: Value,
     /// The aggregate version, also sent as the `ETag`.
     version: i64,
@@ -101,19 +101,43 @@ fn parse_tags(checks: &mut Checks, tags: &[String]) -> BTreeSet<Slug> {
         .collect()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreatePromptBody {
+    #[schema(value_type = NameText)]
     name: String,
+    /// A category of the tenant.
     category: Option<Uuid>,
     #[serde(default)]
+    #[schema(value_type = NoteText)]
     description: String,
+    /// At most 32 distinct tags.
     #[serde(default)]
+    #[schema(value_type = Vec<SlugText>)]
     tags: Vec<String>,
+    /// Why; stored with the change (as `X-Reason`).
+    #[schema(value_type = Option<ReasonText>)]
     reason: Option<String>,
 }
 
 /// `POST /v1/prompts`: create a prompt.
+#[utoipa::path(
+    post,
+    path = "/v1/prompts",
+    tag = "prompts",
+    params(CreateHeaders),
+    request_body = CreatePromptBody,
+    responses(
+        (status = 201, description = "The new prompt", body = PromptView, headers(
+            ("ETag" = String, description = "The prompt's version"),
+            ("Location" = String, description = "The prompt's URL"))),
+        (status = 400, response = MalformedRequest),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn create_prompt(
     State(app): State<AppState>,
     context: CommandContext,
@@ -182,19 +206,47 @@ async fn create_prompt(
     Ok(respond(StatusCode::CREATED, view))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// Only prompts in this category.
     category: Option<Uuid>,
+    /// Only prompts with this tag.
+    #[param(pattern = r"^[^\x00]*$")]
     tag: Option<String>,
+    /// Only archived (`true`) or only active (`false`) prompts.
     archived: Option<bool>,
     /// Case-insensitive substring of the name.
+    #[param(max_length = 200, pattern = r"^[^\x00]*$")]
     q: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<Uuid>,
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
+/// A page of prompts.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes the JSON `list_prompts` builds
+struct PromptPage {
+    items: Vec<PromptView>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    next_cursor: Option<Uuid>,
+}
+
 /// `GET /v1/prompts`: list prompts, oldest first, with filters and cursor pagination.
+#[utoipa::path(
+    get,
+    path = "/v1/prompts",
+    tag = "prompts",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of prompts, oldest first", body = PromptPage),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn list_prompts(
     State(app): State<AppState>,
     caller: Caller,
@@ -241,13 +293,28 @@ async fn list_prompts(
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AsOfQuery {
+    /// Read the prompt as it was at this instant (RFC 3339).
+    #[param(format = DateTime, example = "2026-01-31T12:00:00Z")]
     as_of: Option<String>,
 }
 
 /// `GET /v1/prompts/{id}`: the prompt now, or as it was at `?as_of=<RFC 3339>`.
+#[utoipa::path(
+    get,
+    path = "/v1/prompts/{prompt_id}",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "The prompt's id"), AsOfQuery),
+    responses(
+        (status = 200, description = "The prompt", body = PromptView,
+            headers(("ETag" = String, description = "The prompt's version"))),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn get_prompt(
     State(app): State<AppState>,
     caller: Caller,
@@ -306,15 +373,36 @@ async fn change_prompt(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdatePromptBody {
+    #[schema(value_type = Option<NameText>)]
     name: Option<String>,
+    #[schema(value_type = Option<NoteText>)]
     description: Option<String>,
+    /// Why; stored with the change (as `X-Reason`).
+    #[schema(value_type = Option<ReasonText>)]
     reason: Option<String>,
 }
 
 /// `PATCH /v1/prompts/{id}`: change name and/or description.
+#[utoipa::path(
+    patch,
+    path = "/v1/prompts/{prompt_id}",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "The prompt's id"), ChangeHeaders),
+    request_body = UpdatePromptBody,
+    responses(
+        (status = 200, description = "The prompt after the change", body = PromptView,
+            headers(("ETag" = String, description = "The prompt's version"))),
+        (status = 400, response = MalformedRequest),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn update_prompt(
     State(app): State<AppState>,
     context: CommandContext,
@@ -339,14 +427,34 @@ async fn update_prompt(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MoveBody {
+    /// A category of the tenant, or `null` for none.
     category: Option<Uuid>,
+    /// Why; stored with the change (as `X-Reason`).
+    #[schema(value_type = Option<ReasonText>)]
     reason: Option<String>,
 }
 
 /// `PUT /v1/prompts/{id}/category`: move the prompt to a category (`null`: none).
+#[utoipa::path(
+    put,
+    path = "/v1/prompts/{prompt_id}/category",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "The prompt's id"), ChangeHeaders),
+    request_body = MoveBody,
+    responses(
+        (status = 200, description = "The prompt after the change", body = PromptView,
+            headers(("ETag" = String, description = "The prompt's version"))),
+        (status = 400, response = MalformedRequest),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn move_prompt(
     State(app): State<AppState>,
     context: CommandContext,
@@ -370,14 +478,35 @@ async fn move_prompt(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TagsBody {
+    /// Tags to add; a prompt carries at most 32.
+    #[schema(value_type = Vec<SlugText>)]
     tags: Vec<String>,
+    /// Why; stored with the change (as `X-Reason`).
+    #[schema(value_type = Option<ReasonText>)]
     reason: Option<String>,
 }
 
 /// `POST /v1/prompts/{id}/tags`: add tags.
+#[utoipa::path(
+    post,
+    path = "/v1/prompts/{prompt_id}/tags",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "The prompt's id"), ChangeHeaders),
+    request_body = TagsBody,
+    responses(
+        (status = 200, description = "The prompt after the change", body = PromptView,
+            headers(("ETag" = String, description = "The prompt's version"))),
+        (status = 400, response = MalformedRequest),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn tag_prompt(
     State(app): State<AppState>,
     context: CommandContext,
@@ -392,6 +521,19 @@ async fn tag_prompt(
 }
 
 /// `DELETE /v1/prompts/{id}/tags/{tag}`: remove a tag.
+#[utoipa::path(
+    delete,
+    path = "/v1/prompts/{prompt_id}/tags/{tag}",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "The prompt's id"), ("tag" = SlugText, Path, description = "The tag to remove"), ChangeHeaders),
+    responses(
+        (status = 200, description = "The prompt after the change", body = PromptView,
+            headers(("ETag" = String, description = "The prompt's version"))),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn untag_prompt(
     State(app): State<AppState>,
     context: CommandContext,
@@ -409,7 +551,20 @@ async fn untag_prompt(
     .await
 }
 
-/// `POST /v1/prompts/{id}/archive`.
+/// `POST /v1/prompts/{id}/archive`: archive a prompt.
+#[utoipa::path(
+    post,
+    path = "/v1/prompts/{prompt_id}/archive",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "The prompt's id"), ChangeHeaders),
+    responses(
+        (status = 200, description = "The prompt after the change", body = PromptView,
+            headers(("ETag" = String, description = "The prompt's version"))),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn archive_prompt(
     State(app): State<AppState>,
     context: CommandContext,
@@ -418,7 +573,20 @@ async fn archive_prompt(
     change_prompt(&app, id, PromptCommand::ArchivePrompt, &context).await
 }
 
-/// `POST /v1/prompts/{id}/restore`.
+/// `POST /v1/prompts/{id}/restore`: restore an archived prompt.
+#[utoipa::path(
+    post,
+    path = "/v1/prompts/{prompt_id}/restore",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "The prompt's id"), ChangeHeaders),
+    responses(
+        (status = 200, description = "The prompt after the change", body = PromptView,
+            headers(("ETag" = String, description = "The prompt's version"))),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn restore_prompt(
     State(app): State<AppState>,
     context: CommandContext,
@@ -428,16 +596,20 @@ async fn restore_prompt(
 }
 
 /// A version as the API shows it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 struct VersionView {
     prompt_id: Uuid,
+    #[schema(minimum = 1)]
     version: i32,
     template: String,
+    /// The template's `{{variable}}` names, in order of first appearance.
     variables: Vec<String>,
     model: Option<String>,
+    #[schema(value_type = Option<Object>)]
     params: Option<Value>,
     message: String,
     created_at: DateTime<Utc>,
+    /// The name of the key that published it.
     created_by: String,
 }
 
@@ -455,18 +627,52 @@ async fn read_version(app: &AppState, tenant: &str, id: Uuid, version: i32) -> A
         .ok_or(ApiError::NotFound("version"))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PublishBody {
+    /// Text with `{{variable}}` placeholders (a variable is a letter or `_` followed by
+    /// letters, digits, `_` or `.`); single braces are ordinary text.
+    #[schema(
+        min_length = 1,
+        max_length = 100000,
+        pattern = r"^(?:[^{}\x00]|\{(?!\{)|\}(?!\})|\{\{\s*[A-Za-z_][A-Za-z0-9_.]*\s*\}\})*$",
+        example = "Answer {{customer}} politely."
+    )]
     template: String,
+    /// The model it is written for, e.g. `openai/gpt-4o-mini`.
+    #[schema(value_type = Option<NameText>)]
     model: Option<String>,
+    /// Model parameters.
+    #[schema(value_type = Option<JsonObject>, example = json!({"temperature": 0.2}))]
     params: Option<Value>,
+    /// What changed, for people.
     #[serde(default)]
+    #[schema(value_type = NoteText)]
     message: String,
+    /// Why; stored with the change (as `X-Reason`).
+    #[schema(value_type = Option<ReasonText>)]
     reason: Option<String>,
 }
 
 /// `POST /v1/prompts/{id}/versions`: publish a new immutable version.
+#[utoipa::path(
+    post,
+    path = "/v1/prompts/{prompt_id}/versions",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "The prompt's id"), ChangeHeaders),
+    request_body = PublishBody,
+    responses(
+        (status = 201, description = "The new version", body = VersionView, headers(
+            ("ETag" = String, description = "The prompt's version"),
+            ("Location" = String, description = "The version's URL"))),
+        (status = 400, response = MalformedRequest),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn publish_version(
     State(app): State<AppState>,
     context: CommandContext,
@@ -532,14 +738,38 @@ async fn publish_version(
     Ok((StatusCode::CREATED, etag(committed.version), location, Json(view)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct VersionsQuery {
+    /// Versions after this number (`next_cursor` of the previous page).
     after: Option<i32>,
+    /// Page size (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
+/// A page of versions.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes the JSON `list_versions` builds
+struct VersionPage {
+    items: Vec<VersionView>,
+    /// Pass as `after` for the next page; `null` on the last.
+    next_cursor: Option<i32>,
+}
+
 /// `GET /v1/prompts/{id}/versions`: versions in ascending order, paginated by `after`.
+#[utoipa::path(
+    get,
+    path = "/v1/prompts/{prompt_id}/versions",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "The prompt's id"), VersionsQuery),
+    responses(
+        (status = 200, description = "A page of versions, oldest first", body = VersionPage),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn list_versions(
     State(app): State<AppState>,
     caller: Caller,
@@ -569,7 +799,21 @@ async fn list_versions(
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 
-/// `GET /v1/prompts/{id}/versions/{version}`.
+/// `GET /v1/prompts/{id}/versions/{version}`: one version.
+#[utoipa::path(
+    get,
+    path = "/v1/prompts/{prompt_id}/versions/{version}",
+    tag = "prompts",
+    params(
+        ("prompt_id" = Uuid, Path, description = "The prompt's id"),
+        ("version" = i32, Path, description = "The version's number"),
+    ),
+    responses(
+        (status = 200, description = "The version", body = VersionView),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn get_version(
     State(app): State<AppState>,
     caller: Caller,
@@ -579,14 +823,34 @@ async fn get_version(
     Ok(Json(read_version(&app, &caller.tenant, id, version).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LabelBody {
+    /// A published version of the prompt.
     version: u32,
+    /// Why; stored with the change (as `X-Reason`).
+    #[schema(value_type = Option<ReasonText>)]
     reason: Option<String>,
 }
 
 /// `PUT /v1/prompts/{id}/labels/{label}`: point a label at a version (rollback: point it back).
+#[utoipa::path(
+    put,
+    path = "/v1/prompts/{prompt_id}/labels/{label}",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "The prompt's id"), ("label" = SlugText, Path, description = "The label, e.g. `production`"), ChangeHeaders),
+    request_body = LabelBody,
+    responses(
+        (status = 200, description = "The prompt after the change", body = PromptView,
+            headers(("ETag" = String, description = "The prompt's version"))),
+        (status = 400, response = MalformedRequest),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn move_label(
     State(app): State<AppState>,
     context: CommandContext,
@@ -607,7 +871,20 @@ async fn move_label(
     .await
 }
 
-/// `DELETE /v1/prompts/{id}/labels/{label}`.
+/// `DELETE /v1/prompts/{id}/labels/{label}`: remove a label.
+#[utoipa::path(
+    delete,
+    path = "/v1/prompts/{prompt_id}/labels/{label}",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "The prompt's id"), ("label" = SlugText, Path, description = "The label, e.g. `production`"), ChangeHeaders),
+    responses(
+        (status = 200, description = "The prompt after the change", body = PromptView,
+            headers(("ETag" = String, description = "The prompt's version"))),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn remove_label(
     State(app): State<AppState>,
     context: CommandContext,
@@ -617,13 +894,17 @@ async fn remove_label(
     change_prompt(&app, id, PromptCommand::RemovePromptLabel { label }, &context).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ResolveQuery {
+    /// The label to resolve (default `production`).
+    #[param(value_type = Option<SlugText>)]
     label: Option<String>,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+/// The version a label points at.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 struct Resolved {
     prompt_id: Uuid,
     label: String,
@@ -631,11 +912,23 @@ struct Resolved {
     template: String,
     variables: Vec<String>,
     model: Option<String>,
+    #[schema(value_type = Option<Object>)]
     params: Option<Value>,
 }
 
 /// `GET /v1/prompts/{id}/resolve?label=production`: the version a label points at, in one
 /// indexed query; what an application calls at run time.
+#[utoipa::path(
+    get,
+    path = "/v1/prompts/{prompt_id}/resolve",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "The prompt's id"), ResolveQuery),
+    responses(
+        (status = 200, description = "The version the label points at", body = Resolved),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn resolve(
     State(app): State<AppState>,
     caller: Caller,
@@ -664,14 +957,92 @@ async fn resolve(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DiffQuery {
+    /// The older version's number.
     from: i32,
+    /// The newer version's number.
     to: i32,
 }
 
+// The types below describe the JSON `diff` builds.
+
+/// What changed between two versions.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct PromptDiff {
+    prompt_id: Uuid,
+    from: i32,
+    to: i32,
+    template: TemplateDiff,
+    /// Parameters whose value differs, with both values (`null`: absent).
+    params: Vec<ParamChange>,
+    model: ModelChange,
+    variables: VariablesChange,
+}
+
+/// The templates' line diff.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct TemplateDiff {
+    lines: Vec<DiffLine>,
+    /// The same as a unified diff.
+    unified: String,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct DiffLine {
+    op: DiffOp,
+    text: String,
+}
+
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum DiffOp {
+    Equal,
+    Delete,
+    Insert,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ParamChange {
+    key: String,
+    from: Option<Value>,
+    to: Option<Value>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ModelChange {
+    from: Option<String>,
+    to: Option<String>,
+    changed: bool,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct VariablesChange {
+    from: Vec<String>,
+    to: Vec<String>,
+}
+
 /// `GET /v1/prompts/{id}/diff?from=1&to=2`: template line diff and changed parameters.
+#[utoipa::path(
+    get,
+    path = "/v1/prompts/{prompt_id}/diff",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "The prompt's id"), DiffQuery),
+    responses(
+        (status = 200, description = "What changed between the versions", body = PromptDiff),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn diff(
     State(app): State<AppState>,
     caller: Caller,
@@ -724,19 +1095,28 @@ fn changed_params(from: Option<&Value>, to: Option<&Value>) -> Vec<Value> {
         .collect()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct HistoryQuery {
+    /// Events after this sequence number (`next_cursor` of the previous page).
     after: Option<i64>,
+    /// Page size (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+/// One event of a prompt with who, when, why and from where.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 struct HistoryRow {
+    /// The event's number within the prompt, from 1.
     sequence: i64,
+    #[schema(example = "PromptVersionPublished")]
     event_type: String,
+    #[schema(example = "1.0.0")]
     event_version: String,
     recorded_at: DateTime<Utc>,
+    /// The event's place in the global order, `<transaction>-<position>`.
     #[sqlx(skip)]
     cursor: String,
     #[serde(skip)]
@@ -745,7 +1125,9 @@ struct HistoryRow {
     position: i64,
     #[serde(skip)]
     metadata: Value,
+    /// The key that made the change: `{key_id, name}`.
     #[sqlx(skip)]
+    #[schema(value_type = Actor)]
     actor: Value,
     #[sqlx(skip)]
     request_id: Option<String>,
@@ -755,10 +1137,40 @@ struct HistoryRow {
     client_addr: Option<String>,
     #[sqlx(skip)]
     user_agent: Option<String>,
+    /// The event's fields.
+    #[schema(value_type = Object)]
     data: Value,
 }
 
+/// Who made a change.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes the JSON `history` builds
+struct Actor {
+    key_id: Option<String>,
+    name: Option<String>,
+}
+
+/// A page of a prompt's history.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes the JSON `history` builds
+struct HistoryPage {
+    items: Vec<HistoryRow>,
+    /// Pass as `after` for the next page; `null` on the last.
+    next_cursor: Option<i64>,
+}
+
 /// `GET /v1/prompts/{id}/history`: the prompt's events with who, when, why and from where.
+#[utoipa::path(
+    get,
+    path = "/v1/prompts/{prompt_id}/history",
+    tag = "prompts",
+    params(("prompt_id" = Uuid, Path, description = "The prompt's id"), HistoryQuery),
+    responses(
+        (status = 200, description = "A page of the prompt's events, oldest first", body = HistoryPage),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    )
+)]
 async fn history(
     State(app): State<AppState>,
     caller: Caller,

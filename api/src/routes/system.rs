@@ -3,28 +3,94 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
+use chrono::{DateTime, Utc};
 use domain::access::Permission;
 use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/v1/system/projections", get(projection_lag))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(projection_lag))
+}
+
+// The types below describe the JSON the handlers build; the OpenAPI test validates real
+// responses against them.
+
+/// The process is up.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct Health {
+    #[schema(example = "ok")]
+    status: String,
+}
+
+/// Whether the server can serve requests.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct Readiness {
+    #[schema(example = "ready")]
+    status: String,
+    /// `ok` or `unreachable`.
+    #[schema(example = "ok")]
+    database: String,
+}
+
+/// Each projection's checkpoint and lag.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ProjectionLagList {
+    projections: Vec<ProjectionLag>,
+}
+
+/// One projection's position and distance from the head of the log
+/// (`projections::lag::ProjectionLag`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ProjectionLag {
+    #[schema(example = "catalog")]
+    name: String,
+    /// The checkpoint as `<transaction>-<position>`.
+    #[schema(example = "1234-56")]
+    checkpoint: String,
+    /// Committed events not yet applied.
+    events_behind: i64,
+    /// Age of the oldest committed event not yet applied (0 when caught up).
+    seconds_behind: f64,
+    checkpoint_updated_at: Option<DateTime<Utc>>,
 }
 
 /// `GET /healthz`: the process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "system",
+    security(()),
+    responses((status = 200, description = "The process is up", body = Health))
+)]
 async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: the database answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "system",
+    security(()),
+    responses(
+        (status = 200, description = "Ready: the database answers", body = Readiness),
+        (status = 503, description = "Not ready: the database does not answer", body = Readiness),
+    )
+)]
 async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
     match sqlx::query("select 1").execute(&app.pool).await {
         Ok(_) => (
@@ -43,6 +109,12 @@ async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
 
 /// `GET /v1/system/projections`: each projection's checkpoint and lag (admins: the
 /// figures count every tenant's events).
+#[utoipa::path(
+    get,
+    path = "/v1/system/projections",
+    tag = "system",
+    responses((status = 200, description = "Each projection's checkpoint and lag", body = ProjectionLagList))
+)]
 async fn projection_lag(State(app): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
     caller.require(Permission::Operate)?;
     let mut items = Vec::new();

@@ -1,0 +1,299 @@
+//! The API's contract: an OpenAPI 3.1 document generated from the code.
+//!
+//! Every route is registered through `utoipa_axum::routes!`, which takes the handler's
+//! `#[utoipa::path]` attribute as its description, so a route and its documentation come
+//! from one list. The request and response schemas are derived from the types the handlers
+//! read and write. This module adds what is common to all of them: the bearer scheme, the
+//! shared [`Problem`] schema with one reusable response per error status, and the responses
+//! that authentication adds to every protected operation (see [`finish`]).
+//!
+//! `tests/tests/api/openapi.rs` checks that no route escapes the document.
+
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr};
+use utoipa::{Modify, OpenApi as _, PartialSchema, ToResponse, ToSchema};
+
+use crate::error::{FieldError, Problem};
+
+/// Name of the security scheme in `components.securitySchemes`.
+pub const BEARER: &str = "bearer";
+
+const PROBLEM_JSON: &str = "application/problem+json";
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "aipm",
+        description = "The system of record for how an organisation uses AI: prompts, their \
+            versions and labels, and who may change them. Every change is an event; reads are \
+            projections of the event log.\n\n\
+            Authenticate with `Authorization: Bearer aipm_…` (an API key issued by \
+            `aipm keys create` or `POST /v1/keys`). Errors are RFC 7807 problems \
+            (`application/problem+json`) with a stable `type`. Resources carry their version as \
+            `ETag`; send it back as `If-Match` to make a change conditional."
+    ),
+    paths(
+        crate::routes::docs::openapi_json,
+        crate::routes::docs::docs_page,
+        crate::routes::docs::docs_index,
+        crate::routes::docs::docs_asset,
+    ),
+    components(
+        schemas(Problem<'static>, FieldError),
+        responses(
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            MalformedRequest,
+            ValidationFailed,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            Conflict,
+            Unavailable,
+        )
+    ),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "prompts", description = "Prompts, their immutable versions and their labels"),
+        (name = "categories", description = "Categories that group prompts"),
+        (name = "keys", description = "API keys of the caller's tenant (admins)"),
+        (name = "system", description = "Probes and operational state"),
+        (name = "docs", description = "This document and its interactive reader"),
+    )
+)]
+struct ApiDoc;
+
+/// The document before any route is added: information, components and the docs routes.
+pub fn base() -> OpenApi {
+    ApiDoc::openapi()
+}
+
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut OpenApi) {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("aipm_<64 hex digits>")
+            .description(Some(
+                "An API key: `Authorization: Bearer aipm_…`. Its role decides what it may do.",
+            ))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(BEARER, SecurityScheme::Http(scheme));
+    }
+}
+
+/// Completes the document once every route is in it. Operations are protected unless their
+/// attribute says `security(())` (the probes and the docs): a protected operation requires
+/// the bearer scheme and can answer 401, 403 and 503 whatever its handler does, so those
+/// responses are added here rather than repeated on every handler. A public operation gets
+/// `security: []`, which is how OpenAPI says "no authentication".
+pub fn finish(mut openapi: OpenApi) -> OpenApi {
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+            &mut item.head,
+            &mut item.options,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            drop_route_from_summary(operation);
+            if is_public(operation) {
+                operation.security = Some(Vec::new());
+            } else {
+                operation.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
+                add_response::<Unauthorized>(operation, "401");
+                add_response::<Forbidden>(operation, "403");
+                add_response::<Unavailable>(operation, "503");
+            }
+        }
+    }
+    openapi
+}
+
+/// Handlers' doc comments open with their route (`` `GET /v1/prompts`: list prompts ``),
+/// which the document shows already: the summary keeps what follows.
+fn drop_route_from_summary(operation: &mut Operation) {
+    let Some(summary) = &operation.summary else { return };
+    let Some((_, rest)) = summary.strip_prefix('`').and_then(|s| s.split_once("`: ")) else {
+        return;
+    };
+    let mut chars = rest.chars();
+    let summary = match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => return,
+    };
+    operation.summary = Some(summary);
+}
+
+fn is_public(operation: &Operation) -> bool {
+    operation
+        .security
+        .as_ref()
+        .is_some_and(|requirements| requirements.iter().all(|r| *r == SecurityRequirement::default()))
+}
+
+fn add_response<R: ToResponse<'static>>(operation: &mut Operation, status: &str) {
+    let (name, _) = R::response();
+    operation
+        .responses
+        .responses
+        .entry(status.to_string())
+        .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
+}
+
+/// A problem+json response described by `description`.
+fn problem_response(description: &str) -> Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            PROBLEM_JSON,
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
+}
+
+/// Declares reusable problem responses, referenced from handlers' attributes as
+/// `(status = 404, response = NotFound)`.
+macro_rules! problem_responses {
+    ($($name:ident => $description:literal,)*) => {
+        $(
+            #[doc = $description]
+            pub struct $name;
+
+            impl<'r> ToResponse<'r> for $name {
+                fn response() -> (&'r str, RefOr<Response>) {
+                    (stringify!($name), RefOr::T(problem_response($description)))
+                }
+            }
+        )*
+    };
+}
+
+problem_responses! {
+    Unauthorized => "No valid API key was sent (`/problems/unauthorized`).",
+    Forbidden => "The key's role may not do this (`/problems/forbidden`).",
+    NotFound => "No such resource in the caller's tenant (`/problems/not-found`).",
+    MalformedRequest => "The body is not well-formed JSON (`/problems/malformed-request`).",
+    ValidationFailed => "A body field, parameter or header is invalid; `errors` lists every one (`/problems/validation-failed`), or a domain rule refused the change (`/problems/rule-violated`).",
+    PayloadTooLarge => "The body is larger than the limit (`/problems/payload-too-large`).",
+    UnsupportedMediaType => "The body was not sent as `Content-Type: application/json` (`/problems/unsupported-media-type`).",
+    Conflict => "The change conflicts with the resource's state: a stale `If-Match` (`/problems/version-mismatch`, with `current_version` and the current `ETag`), a name already taken (`/problems/name-taken`), or a change the current state forbids (`/problems/conflict`).",
+    Unavailable => "The database is unreachable; retry later (`/problems/unavailable`).",
+}
+
+// Schemas of the validated text types of `domain`, which has no OpenAPI dependency of its own.
+// Each states in JSON Schema what the domain's parser accepts, so that a generated request
+// that the schema allows is one the server accepts, and the other way round.
+
+/// A name shown to people (`domain::text::DisplayName`): at most 200 characters once
+/// surrounding white space is trimmed, not blank, no control characters.
+#[derive(ToSchema)]
+#[schema(
+    min_length = 1,
+    max_length = 200,
+    pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
+    example = "support-reply"
+)]
+#[allow(dead_code)]
+pub struct NameText(String);
+
+/// A machine-friendly identifier (`domain::text::Slug`): tags, labels.
+#[derive(ToSchema)]
+#[schema(pattern = r"^[a-z0-9][a-z0-9._-]{0,63}$", example = "production")]
+#[allow(dead_code)]
+pub struct SlugText(String);
+
+/// Free text (`description`, `message`): at most 2000 characters, no U+0000.
+#[derive(ToSchema)]
+#[schema(max_length = 2000, pattern = r"^[^\x00]*$")]
+#[allow(dead_code)]
+pub struct NoteText(String);
+
+/// Why a change is made, stored with its events: at most 1000 characters, no U+0000.
+#[derive(ToSchema)]
+#[schema(
+    max_length = 1000,
+    pattern = r"^[^\x00]*$",
+    example = "roll back: version 2 invents order numbers"
+)]
+#[allow(dead_code)]
+pub struct ReasonText(String);
+
+/// Text without U+0000, which PostgreSQL can store neither in `text` nor in `jsonb`; the API
+/// refuses it in every string and key of a body.
+const NUL_FREE: &str = "^[^\\x00]*$";
+
+/// Any JSON value whose strings and keys contain no U+0000.
+pub struct JsonValue;
+
+impl PartialSchema for JsonValue {
+    fn schema() -> RefOr<Schema> {
+        let scalar = ObjectBuilder::new().schema_type(SchemaType::from_iter([
+            Type::Null,
+            Type::Boolean,
+            Type::Number,
+        ]));
+        let text = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(NUL_FREE));
+        let array = ArrayBuilder::new().items(Ref::from_schema_name("JsonValue"));
+        AnyOfBuilder::new()
+            .item(scalar)
+            .item(text)
+            .item(array)
+            .item(Ref::from_schema_name("JsonObject"))
+            .description(Some("Any JSON value; no string or key may contain U+0000."))
+            .into()
+    }
+}
+
+impl ToSchema for JsonValue {}
+
+/// A JSON object whose strings and keys contain no U+0000 (model parameters).
+pub struct JsonObject;
+
+impl PartialSchema for JsonObject {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(NUL_FREE)),
+            ))
+            .additional_properties(Some(Ref::from_schema_name("JsonValue")))
+            .description(Some("A JSON object; no string or key in it may contain U+0000."))
+            .into()
+    }
+}
+
+impl ToSchema for JsonObject {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push(("JsonValue".into(), JsonValue::schema()));
+    }
+}
+
+/// A role an API key can have.
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum RoleName {
+    Admin,
+    Editor,
+    Viewer,
+    Auditor,
+    Ingest,
+}

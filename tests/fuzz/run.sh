@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Fuzzes the API from its own OpenAPI document with schemathesis: starts `aipm` on a fresh
+# database with a seeded tenant (admin key, a category, a prompt with versions and a label)
+# and runs every check against every operation with a bounded number of examples and a fixed
+# seed. Fails on any 5xx and on any response the document does not describe.
+#
+#   tests/fuzz/run.sh                 # defaults below
+#   FUZZ_MAX_EXAMPLES=200 FUZZ_SEED=7 tests/fuzz/run.sh
+#
+# Needs python3 (with venv), PostgreSQL on 127.0.0.1:5432 (user postgres, trust) and PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+SCHEMATHESIS_VERSION=4.32.5
+MAX_EXAMPLES="${FUZZ_MAX_EXAMPLES:-30}"
+SEED="${FUZZ_SEED:-20261127}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+VENV="$TARGET_DIR/fuzz-venv"
+POSTGRES="${AIPM_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432}"
+DATABASE="aipm_fuzz_$$"
+REPORT_DIR="$TARGET_DIR/fuzz-report"
+
+log() { printf '== %s\n' "$*"; }
+
+# The virtual environment is kept under target/ and reused while it has the pinned version.
+if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  log "installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
+log "building aipm"
+cargo build --quiet --bin aipm
+AIPM="$TARGET_DIR/debug/aipm"
+
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+BASE="http://127.0.0.1:$PORT"
+export DATABASE_URL="$POSTGRES/$DATABASE"
+SERVER_LOG="$TARGET_DIR/fuzz-server.log"
+
+SERVER_PID=""
+cleanup() {
+  if [ -n "$SERVER_PID" ]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  psql "$POSTGRES/postgres" -qc "drop database if exists \"$DATABASE\" with (force)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+log "starting aipm on $BASE (database $DATABASE)"
+AIPM_LISTEN="127.0.0.1:$PORT" RUST_LOG="${RUST_LOG:-warn}" "$AIPM" serve >"$SERVER_LOG" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 120); do
+  curl -sf "$BASE/readyz" >/dev/null 2>&1 && break
+  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$SERVER_LOG"; echo "aipm exited" >&2; exit 1; }
+  sleep 0.5
+done
+curl -sf "$BASE/readyz" >/dev/null || { cat "$SERVER_LOG"; echo "aipm did not become ready" >&2; exit 1; }
+
+log "seeding tenant 'fuzz'"
+KEY=$("$AIPM" keys create --tenant fuzz --role admin --name fuzz | tail -n 1)
+api() { # method path [json body] -> response body; fails on a non-2xx answer
+  curl -sS --fail-with-body -X "$1" "$BASE$2" -H "Authorization: Bearer $KEY" \
+    -H "Content-Type: application/json" ${3:+-d "$3"}
+}
+field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+AIPM_FUZZ_CATEGORY_ID=$(api POST /v1/categories '{"name":"support"}' | field id)
+AIPM_FUZZ_PROMPT_ID=$(api POST /v1/prompts "{\"name\":\"support-reply\",\"category\":\"$AIPM_FUZZ_CATEGORY_ID\",\"tags\":[\"support\"]}" | field id)
+api POST "/v1/prompts/$AIPM_FUZZ_PROMPT_ID/versions" '{"template":"Answer {{customer}}.","model":"openai/gpt-4o-mini","params":{"temperature":0.2}}' >/dev/null
+api POST "/v1/prompts/$AIPM_FUZZ_PROMPT_ID/versions" '{"template":"Answer {{customer}} about {{topic}}."}' >/dev/null
+api PUT "/v1/prompts/$AIPM_FUZZ_PROMPT_ID/labels/production" '{"version":2}' >/dev/null
+export AIPM_FUZZ_CATEGORY_ID AIPM_FUZZ_PROMPT_ID
+
+log "fuzzing $BASE/openapi.json: $MAX_EXAMPLES examples per operation, seed $SEED"
+"$VENV/bin/schemathesis" --config-file tests/fuzz/schemathesis.toml run "$BASE/openapi.json" \
+  --header "Authorization: Bearer $KEY" \
+  --checks all \
+  --max-examples "$MAX_EXAMPLES" \
+  --seed "$SEED" \
+  --workers 2 \
+  --no-color \
+  --report junit --report-dir "$REPORT_DIR"
