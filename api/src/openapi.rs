@@ -297,3 +297,33 @@ pub enum RoleName {
     Auditor,
     Ingest,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_role_schema_lists_every_role() {
+        let schema = serde_json::to_value(RoleName::schema()).unwrap();
+        let names: Vec<&str> = schema["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|name| name.as_str().unwrap())
+            .collect();
+        let roles: Vec<&str> = domain::access::Role::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names, roles);
+    }
+
+    #[test]
+    fn public_operations_state_that_they_need_no_key() {
+        let document = serde_json::to_value(finish(base())).unwrap();
+        let docs_page = &document["paths"]["/docs"]["get"];
+        assert_eq!(docs_page["security"], serde_json::json!([]));
+        assert!(docs_page["responses"].get("401").is_none());
+        assert_eq!(
+            document["components"]["securitySchemes"][BEARER]["scheme"],
+            "bearer"
+        );
+    }
+}
