@@ -24,6 +24,10 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::prompts::router())
         .merge(routes::categories::router())
         .merge(routes::keys::router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::idempotency::remember,
+        ))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
