@@ -195,46 +195,32 @@ async fn the_same_key_on_a_different_request_is_a_422_and_changes_nothing() {
     assert_eq!(first.answer.status, StatusCode::CREATED);
     let events_before = app.event_count().await;
 
-    let other_body = app
-        .request(Method::POST, "/v1/prompts", &app.admin_key)
-        .header(KEY_HEADER, "k")
-        .json(&json!({ "name": "second" }))
-        .send()
-        .await
-        .unwrap();
-    expect_problem(
-        other_body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "idempotency-key-reused",
-    )
-    .await;
-    let other_path = app
-        .request(Method::POST, "/v1/categories", &app.admin_key)
-        .header(KEY_HEADER, "k")
-        .json(&json!({ "name": "first" }))
-        .send()
-        .await
-        .unwrap();
-    expect_problem(
-        other_path,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "idempotency-key-reused",
-    )
-    .await;
-    let other_reason = app
-        .request(Method::POST, "/v1/prompts", &app.admin_key)
-        .header(KEY_HEADER, "k")
-        .header("x-reason", "a different change")
-        .json(&json!({ "name": "first" }))
-        .send()
-        .await
-        .unwrap();
-    expect_problem(
-        other_reason,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "idempotency-key-reused",
-    )
-    .await;
+    // Another body, another path, another reason: each a different request.
+    let others = [
+        ("/v1/prompts", None, json!({ "name": "second" })),
+        ("/v1/categories", None, json!({ "name": "first" })),
+        (
+            "/v1/prompts",
+            Some("a different change"),
+            json!({ "name": "first" }),
+        ),
+    ];
+    for (path, reason, body) in others {
+        let mut request = app
+            .request(Method::POST, path, &app.admin_key)
+            .header(KEY_HEADER, "k")
+            .json(&body);
+        if let Some(reason) = reason {
+            request = request.header("x-reason", reason);
+        }
+        let response = request.send().await.unwrap();
+        expect_problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+        )
+        .await;
+    }
     assert_eq!(app.event_count().await, events_before);
 
     // The original request still replays.
