@@ -483,7 +483,7 @@ async fn a_retry_after_a_crash_between_commit_and_response_gets_the_original_res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_key_counts_as_new() {
     let mut settings = api::Settings::default();
-    settings.idempotency.ttl = Duration::from_secs(3);
+    settings.idempotency.ttl = Duration::from_secs(5);
     settings.idempotency.cleanup_interval = Duration::from_secs(3600); // expiry at claim time
     let app = TestApp::spawn_with(settings).await;
     let first = keyed(
