@@ -29,13 +29,17 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::keys::router())
         .split_for_parts();
     let document = openapi::finish(document);
-    api.merge(routes::docs::router(&document))
-        .fallback(|| async { ApiError::NoRoute })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(TraceLayer::new_for_http())
-        .layer(axum::middleware::from_fn(crate::request_id::assign))
-        .with_state(state)
+    api.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        crate::idempotency::remember,
+    ))
+    .merge(routes::docs::router(&document))
+    .fallback(|| async { ApiError::NoRoute })
+    .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+    .layer(DefaultBodyLimit::max(BODY_LIMIT))
+    .layer(TraceLayer::new_for_http())
+    .layer(axum::middleware::from_fn(crate::request_id::assign))
+    .with_state(state)
 }
 
 /// Starts projections on `pool` and serves the API on `listener` until the process is

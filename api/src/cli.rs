@@ -70,12 +70,17 @@ pub struct ServeArgs {
     /// Database connections in the pool.
     #[arg(long, env = "AIPM_DB_CONNECTIONS", default_value_t = 48)]
     pub db_connections: u32,
+    /// How long an Idempotency-Key is remembered (e.g. 24h, 90m, 3600).
+    #[arg(long, env = "AIPM_IDEMPOTENCY_TTL", default_value = "24h", value_parser = crate::idempotency::parse_duration)]
+    pub idempotency_ttl: std::time::Duration,
 }
 
 impl ServeArgs {
     /// The server configuration these arguments describe.
     pub fn settings(&self) -> crate::Settings {
-        crate::Settings::default()
+        let mut settings = crate::Settings::default();
+        settings.idempotency.ttl = self.idempotency_ttl;
+        settings
     }
 }
 
@@ -145,6 +150,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let ServeArgs {
                 listen,
                 db_connections,
+                ..
             } = &args;
             let pool = db::connect(&cli.database_url, *db_connections)
                 .await

@@ -53,6 +53,17 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the service is temporarily unavailable")]
     Unavailable(String),
+    #[error("the Idempotency-Key header is invalid: it {0}")]
+    InvalidIdempotencyKey(&'static str),
+    #[error("this Idempotency-Key was already used for a different request (method, path, headers or body)")]
+    IdempotencyKeyReused,
+    #[error("a request with this Idempotency-Key is still being processed; retry after {retry_after} s")]
+    IdempotencyInProgress { retry_after: u64 },
+    #[error(
+        "API key {key_id} was issued by an earlier request with this Idempotency-Key; its secret is shown \
+         only once and is not stored: revoke that key and issue a new one"
+    )]
+    KeySecretNotReplayable { key_id: uuid::Uuid },
     #[error("internal error")]
     Internal(String),
 }
@@ -84,6 +95,10 @@ impl ApiError {
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-route"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::InvalidIdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid-idempotency-key"),
+            ApiError::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused"),
+            ApiError::IdempotencyInProgress { .. } => (StatusCode::CONFLICT, "idempotency-in-progress"),
+            ApiError::KeySecretNotReplayable { .. } => (StatusCode::CONFLICT, "key-secret-not-replayable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -144,6 +159,11 @@ impl IntoResponse for ApiError {
             if let Ok(etag) = header::HeaderValue::from_str(&format!("\"{current}\"")) {
                 response.headers_mut().insert(header::ETAG, etag);
             }
+        }
+        if let ApiError::IdempotencyInProgress { retry_after } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
         }
         response
     }
@@ -253,6 +273,7 @@ impl<E: DomainProblem> From<CommandError<E>> for ApiError {
                 };
                 ApiError::NameTaken { what, name: key }
             }
+            CommandError::AlreadyApplied => ApiError::Conflict(error.to_string()),
             CommandError::Store(cause) => ApiError::Internal(cause),
         }
     }

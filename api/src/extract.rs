@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::idempotency::IdempotentRequest;
 use crate::request_id::RequestId;
 use crate::state::AppState;
 
@@ -92,6 +93,11 @@ pub struct CreateHeaders {
     /// Why the change is made; stored with its events. A `reason` in the body takes precedence.
     #[param(rename = "X-Reason", value_type = String, required = false, max_length = 1000)]
     x_reason: Option<String>,
+    /// Makes the command safe to retry: a retry with the same key and request gets the first
+    /// answer again (with `Idempotent-Replayed: true`) and changes nothing. 1 to 255 visible
+    /// ASCII characters; kept for 24 hours.
+    #[param(rename = "Idempotency-Key", value_type = String, required = false, pattern = r"^[\x21-\x7e]{1,255}$")]
+    idempotency_key: Option<String>,
 }
 
 /// The headers [`CommandContext`] reads on a command that changes an existing resource.
@@ -106,6 +112,11 @@ pub struct ChangeHeaders {
     /// Why the change is made; stored with its events. A `reason` in the body takes precedence.
     #[param(rename = "X-Reason", value_type = String, required = false, max_length = 1000)]
     x_reason: Option<String>,
+    /// Makes the command safe to retry: a retry with the same key and request gets the first
+    /// answer again (with `Idempotent-Replayed: true`) and changes nothing. 1 to 255 visible
+    /// ASCII characters; kept for 24 hours.
+    #[param(rename = "Idempotency-Key", value_type = String, required = false, pattern = r"^[\x21-\x7e]{1,255}$")]
+    idempotency_key: Option<String>,
 }
 
 /// The authenticated caller plus the metadata stored on the events its command produces.
@@ -114,9 +125,19 @@ pub struct CommandContext {
     pub metadata: CommandMetadata,
     /// The version named by `If-Match`, if any (`*` means none).
     pub expected_version: Option<u64>,
+    /// The claim on the request's `Idempotency-Key`, if it sent one.
+    pub idempotency: Option<IdempotentRequest>,
 }
 
 impl CommandContext {
+    /// The id for an aggregate this request creates: fresh, or with an `Idempotency-Key`
+    /// the same on every retry, so that a retry finds what its first attempt created.
+    pub fn new_id(&self) -> uuid::Uuid {
+        self.idempotency
+            .as_ref()
+            .map_or_else(uuid::Uuid::now_v7, |request| request.attempt.resource_id)
+    }
+
     /// Uses a `reason` given in the body when no `X-Reason` header was sent.
     pub fn with_reason(mut self, reason: Option<String>) -> Result<Self, ApiError> {
         if let Some(reason) = reason {
@@ -140,7 +161,11 @@ impl FromRequestParts<AppState> for CommandContext {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let caller = Caller::from_request_parts(parts, state).await?;
+        let idempotency = parts.extensions.get::<IdempotentRequest>().cloned();
+        let caller = match &idempotency {
+            Some(request) => request.caller.clone(), // authenticated when it claimed the key
+            None => Caller::from_request_parts(parts, state).await?,
+        };
         let headers = &parts.headers;
         let request_id = parts
             .extensions
@@ -165,12 +190,14 @@ impl FromRequestParts<AppState> for CommandContext {
             timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             correlation_id: None,
             causation_id: None,
+            idempotency_key: idempotency.as_ref().map(|request| request.scope.key.clone()),
         };
         let expected_version = if_match(headers)?;
         Ok(CommandContext {
             caller,
             metadata,
             expected_version,
+            idempotency,
         })
     }
 }

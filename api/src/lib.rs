@@ -9,6 +9,7 @@
 //! - [`extract`]: JSON, path and query extractors whose rejections are problems, command
 //!   metadata and `If-Match`.
 //! - [`error`]: problem+json errors.
+//! - [`idempotency`]: `Idempotency-Key` on command endpoints.
 //! - [`openapi`]: the OpenAPI document generated from the routes (`/openapi.json`, `/docs`).
 //! - [`db`]: connecting, creating the database and migrating.
 //! - [`settings`]: the server's configuration.
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod openapi;
 pub mod request_id;
 pub mod routes;

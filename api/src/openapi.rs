@@ -9,7 +9,7 @@
 //!
 //! `tests/tests/api/openapi.rs` checks that no route escapes the document.
 
-use utoipa::openapi::path::Operation;
+use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
@@ -51,6 +51,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
             ValidationFailed,
             PayloadTooLarge,
             UnsupportedMediaType,
+            InvalidIdempotencyKey,
             Conflict,
             Unavailable,
         )
@@ -116,6 +117,12 @@ pub fn finish(mut openapi: OpenApi) -> OpenApi {
                 add_response::<Forbidden>(operation, "403");
                 add_response::<Unavailable>(operation, "503");
             }
+            if takes_header(operation, IDEMPOTENCY_KEY) {
+                // What the idempotency layer answers on any command that sends the header.
+                add_response::<InvalidIdempotencyKey>(operation, "400");
+                add_response::<Conflict>(operation, "409");
+                add_response::<ValidationFailed>(operation, "422");
+            }
         }
     }
     openapi
@@ -134,6 +141,15 @@ fn drop_route_from_summary(operation: &mut Operation) {
         None => return,
     };
     operation.summary = Some(summary);
+}
+
+/// The request header that makes a command safe to retry (`crate::idempotency`).
+const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+fn takes_header(operation: &Operation, name: &str) -> bool {
+    operation.parameters.iter().flatten().any(|parameter| {
+        matches!(parameter, RefOr::T(p) if p.name == name && p.parameter_in == ParameterIn::Header)
+    })
 }
 
 fn is_public(operation: &Operation) -> bool {
@@ -186,11 +202,12 @@ problem_responses! {
     Unauthorized => "No valid API key was sent (`/problems/unauthorized`).",
     Forbidden => "The key's role may not do this (`/problems/forbidden`).",
     NotFound => "No such resource in the caller's tenant (`/problems/not-found`).",
-    MalformedRequest => "The body is not well-formed JSON (`/problems/malformed-request`).",
-    ValidationFailed => "A body field, parameter or header is invalid; `errors` lists every one (`/problems/validation-failed`), or a domain rule refused the change (`/problems/rule-violated`).",
+    MalformedRequest => "The body is not well-formed JSON (`/problems/malformed-request`), or the `Idempotency-Key` header is invalid (`/problems/invalid-idempotency-key`).",
+    InvalidIdempotencyKey => "The `Idempotency-Key` header is invalid (`/problems/invalid-idempotency-key`).",
+    ValidationFailed => "A body field, parameter or header is invalid; `errors` lists every one (`/problems/validation-failed`); or a domain rule refused the change (`/problems/rule-violated`); or the `Idempotency-Key` was used for a different request (`/problems/idempotency-key-reused`).",
     PayloadTooLarge => "The body is larger than the limit (`/problems/payload-too-large`).",
     UnsupportedMediaType => "The body was not sent as `Content-Type: application/json` (`/problems/unsupported-media-type`).",
-    Conflict => "The change conflicts with the resource's state: a stale `If-Match` (`/problems/version-mismatch`, with `current_version` and the current `ETag`), a name already taken (`/problems/name-taken`), or a change the current state forbids (`/problems/conflict`).",
+    Conflict => "The change conflicts with the resource's state: a stale `If-Match` (`/problems/version-mismatch`, with `current_version` and the current `ETag`), a name already taken (`/problems/name-taken`), a change the current state forbids (`/problems/conflict`), a retry while the first request with its `Idempotency-Key` still runs (`/problems/idempotency-in-progress`, with `Retry-After`), or a retry of `POST /v1/keys`, whose secret is not kept (`/problems/key-secret-not-replayable`).",
     Unavailable => "The database is unreachable; retry later (`/problems/unavailable`).",
 }
 

@@ -4,4 +4,7 @@
 /// The server's configuration. The command line fills it from flags and the environment
 /// (`aipm serve --help` lists them); `Settings::default()` is what a bare `aipm` runs with.
 #[derive(Debug, Clone, Default)]
-pub struct Settings {}
+pub struct Settings {
+    /// Idempotency keys: how long they live, how long an attempt holds one.
+    pub idempotency: crate::idempotency::IdempotencySettings,
+}

@@ -4,7 +4,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
-use commands::{AggregateStore, Committed, EventStore};
+use commands::{AggregateStore, Committed, EventStore, IdempotencyStore};
 use domain::access::{ApiKey, Tenant};
 use domain::category::PromptCategory;
 use domain::prompt::Prompt;
@@ -40,13 +40,18 @@ pub struct App {
     pub tenants: AggregateStore<Tenant>,
     /// The projections this process runs, for read-your-writes and lag.
     pub projections: Projections,
+    /// Idempotency keys and the responses stored under them.
+    pub idempotency: IdempotencyStore,
 }
 
 impl App {
     /// Starts the projections and builds the aggregate stores on `pool`.
-    pub fn start(pool: PgPool, _settings: &Settings) -> Self {
+    pub fn start(pool: PgPool, settings: &Settings) -> Self {
         let store = EventStore::new(pool.clone());
         let projections = Projections::spawn(pool.clone(), projections::all(), store.appended_signal());
+        let idempotency =
+            IdempotencyStore::new(pool.clone(), settings.idempotency.ttl, settings.idempotency.lease);
+        crate::idempotency::spawn_cleanup(idempotency.clone(), settings.idempotency.cleanup_interval);
         App {
             pool,
             prompts: store.aggregates(()),
@@ -54,6 +59,7 @@ impl App {
             keys: store.aggregates(()),
             tenants: store.aggregates(()),
             projections,
+            idempotency,
         }
     }
 
@@ -71,9 +77,8 @@ impl App {
         A::Command: Clone,
         A::Error: DomainProblem,
     {
-        let committed = store
-            .execute(aggregate_id, command, context.expected_version, &context.metadata)
-            .await?;
+        let run = store.execute(aggregate_id, command, context.expected_version, &context.metadata);
+        let committed = crate::idempotency::apply_once(store, context.idempotency.as_ref(), run).await?;
         Ok(self.settle(A::TYPE, committed).await)
     }
 
@@ -90,7 +95,8 @@ impl App {
         A::Command: Clone,
         A::Error: DomainProblem,
     {
-        let committed = store.create(aggregate_id, command, &context.metadata).await?;
+        let run = store.create(aggregate_id, command, &context.metadata);
+        let committed = crate::idempotency::apply_once(store, context.idempotency.as_ref(), run).await?;
         Ok(self.settle(A::TYPE, committed).await)
     }
 

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::idempotency::IdempotencyScope;
+
 /// Who issued a command, on whose behalf, from where and why.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandMetadata {
@@ -18,9 +20,22 @@ pub struct CommandMetadata {
     pub timestamp: String,
     pub correlation_id: Option<String>,
     pub causation_id: Option<String>,
+    /// The client's `Idempotency-Key`: with it, the append also records the command's
+    /// outcome under that key (see [`crate::idempotency`]).
+    pub idempotency_key: Option<String>,
 }
 
 impl CommandMetadata {
+    /// The scope of the command's idempotency key, if it has one: its tenant and the API
+    /// key (actor) that sent it.
+    pub fn idempotency_scope(&self) -> Option<IdempotencyScope> {
+        self.idempotency_key.as_ref().map(|key| IdempotencyScope {
+            tenant: self.tenant.clone(),
+            owner: self.actor_key_id.clone(),
+            key: key.clone(),
+        })
+    }
+
     /// The string map cqrs-es envelopes carry; absent optional values are left out.
     pub fn to_map(&self) -> HashMap<String, String> {
         let mut map = HashMap::new();
@@ -39,6 +54,7 @@ impl CommandMetadata {
         put("timestamp", &Some(self.timestamp.clone()));
         put("correlation_id", &self.correlation_id);
         put("causation_id", &self.causation_id);
+        put("idempotency_key", &self.idempotency_key);
         map
     }
 }

@@ -4,8 +4,9 @@
 //! postgres-es the loading of events and snapshots. Appending is our own: postgres-es
 //! writes one INSERT per event inside BEGIN/COMMIT and cannot tell the caller where the
 //! events landed in the global order, which read-your-writes needs. Here an append is a
-//! single statement (events, unique-name claims and the snapshot together), so it is
-//! atomic without an explicit transaction and returns the global cursor of its last event.
+//! single statement (events, unique-name claims, the snapshot and the idempotency outcome
+//! together), so it is atomic without an explicit transaction and returns the global cursor
+//! of its last event.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use crate::idempotency::IdempotencyScope;
 use crate::metadata::CommandMetadata;
 
 /// A snapshot is written every this many events of one aggregate, so that loading a
@@ -52,6 +54,10 @@ pub enum CommandError<E: std::error::Error> {
     /// A per-tenant unique name is taken.
     #[error("the {scope} {key:?} is already taken")]
     NameTaken { scope: String, key: String },
+    /// A command with this idempotency key has already been committed (see
+    /// [`AggregateStore::recorded`] for its result).
+    #[error("a command with this idempotency key has already been applied")]
+    AlreadyApplied,
     /// The database failed or returned something unreadable.
     #[error("event store failure: {0}")]
     Store(String),
@@ -230,6 +236,7 @@ where
                 Err(AppendError::NameTaken { scope, key }) => {
                     return Err(CommandError::NameTaken { scope, key })
                 }
+                Err(AppendError::AlreadyRecorded) => return Err(CommandError::AlreadyApplied),
                 Err(AppendError::Database(error)) => return Err(CommandError::Store(error.to_string())),
             }
         }
@@ -246,6 +253,18 @@ where
         let version = context.current_sequence as u64;
         self.remember(aggregate_id, context.aggregate.clone(), version);
         Ok((context.aggregate, version))
+    }
+
+    /// What the command with idempotency key `scope` committed on this aggregate type,
+    /// rebuilt from its events (as [`execute`](Self::execute) returned it); `None` if no
+    /// such command has committed.
+    pub async fn recorded(
+        &self,
+        scope: &IdempotencyScope,
+    ) -> Result<Option<Committed<A::Event>>, CommandError<A::Error>> {
+        crate::idempotency::recorded(&self.store.pool, A::TYPE, scope)
+            .await
+            .map_err(CommandError::Store)
     }
 
     /// The aggregate as it was at `at`, folded from its events recorded up to then, with
@@ -352,6 +371,7 @@ where
             !claims.released.is_empty(),
             !claims.claimed.is_empty(),
             snapshot.is_some(),
+            metadata.idempotency_key.is_some(),
         );
         let row: (i64, i64, DateTime<Utc>) = sqlx::query_as(statement)
             .bind(A::TYPE)
@@ -368,6 +388,8 @@ where
             .bind(&claimed_keys)
             .bind(&snapshot)
             .bind(new_version as i64)
+            .bind(&metadata.idempotency_key)
+            .bind(&metadata.actor_key_id)
             .fetch_one(&self.store.pool)
             .await
             .map_err(|error| classify(error, &claims.claimed))?;
@@ -385,7 +407,8 @@ pub struct AsOf<A> {
 }
 
 // One statement, so one implicit transaction and one round trip: release and claim unique
-// names, refresh the snapshot when due, append the events, return the last event's cursor.
+// names, refresh the snapshot when due, record the outcome under the command's idempotency
+// key, append the events, return the last event's cursor.
 // Parts a change does not need are left out, so that PostgreSQL never plans a join over
 // all of a tenant's names for a command that touches none. Parameters keep their numbers
 // in every variant (their types are sent with the statement).
@@ -407,6 +430,12 @@ const WRITE_SNAPSHOT: &str = "snapshot as (
             payload = excluded.payload
         where snapshots.last_sequence < excluded.last_sequence
 ), ";
+// The outcome's primary key makes a second append under one idempotency key fail as a whole.
+const RECORD_OUTCOME: &str = "recorded as (
+    insert into idempotency_outcome
+        (tenant_id, owner_key_id, idempotency_key, aggregate_type, aggregate_id, first_sequence, last_sequence)
+    values ($8, $16, $15, $1, $2, ($3::bigint[])[1], $14)
+), ";
 const APPEND_EVENTS: &str = "appended as (
     insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, tenant_id)
     select $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $7, $8
@@ -415,13 +444,14 @@ const APPEND_EVENTS: &str = "appended as (
 )
 select transaction_id::text::bigint, position, recorded_at from appended order by position desc limit 1";
 
-/// The append statement for a change that releases names, claims names and/or writes a
-/// snapshot (indexed by those three bits).
+/// The append statement for a change that releases names, claims names, writes a snapshot
+/// and/or records an idempotency outcome (indexed by those four bits).
 static APPEND_VARIANTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-    (0..8)
+    (0..16)
         .map(|bits| {
             let mut sql = String::from("with ");
-            for (bit, part) in [RELEASE_NAMES, CLAIM_NAMES, WRITE_SNAPSHOT].iter().enumerate() {
+            let parts = [RELEASE_NAMES, CLAIM_NAMES, WRITE_SNAPSHOT, RECORD_OUTCOME];
+            for (bit, part) in parts.iter().enumerate() {
                 if bits & (1 << bit) != 0 {
                     sql.push_str(part);
                 }
@@ -432,8 +462,11 @@ static APPEND_VARIANTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::
         .collect()
 });
 
-fn append_statement(releases: bool, claims: bool, snapshot: bool) -> &'static str {
-    let bits = usize::from(releases) | usize::from(claims) << 1 | usize::from(snapshot) << 2;
+fn append_statement(releases: bool, claims: bool, snapshot: bool, outcome: bool) -> &'static str {
+    let bits = usize::from(releases)
+        | usize::from(claims) << 1
+        | usize::from(snapshot) << 2
+        | usize::from(outcome) << 3;
     &APPEND_VARIANTS[bits]
 }
 
@@ -443,6 +476,8 @@ enum AppendError {
     SequenceTaken,
     #[error("name taken")]
     NameTaken { scope: String, key: String },
+    #[error("an outcome is already recorded under this idempotency key")]
+    AlreadyRecorded,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -458,6 +493,7 @@ fn classify(error: sqlx::Error, claimed: &[(&'static str, String)]) -> AppendErr
         if db.code().as_deref() == Some("23505") {
             match db.constraint() {
                 Some("events_pkey") => return AppendError::SequenceTaken,
+                Some("idempotency_outcome_pkey") => return AppendError::AlreadyRecorded,
                 Some("unique_claim_pkey") => {
                     // PostgreSQL names the conflicting key in the detail; with one claim per
                     // command in practice, the first claim is the one that collided.

@@ -98,7 +98,7 @@ async fn create_category(
     context.caller.require(Permission::Write)?;
     let context = context.with_reason(body.reason)?;
     let name = DisplayName::parse("name", &body.name)?;
-    let id = Uuid::now_v7();
+    let id = context.new_id();
     let tenant = context.caller.tenant.clone();
     let command = CategoryCommand::CreateCategory {
         tenant: tenant.clone(),

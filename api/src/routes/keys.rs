@@ -3,9 +3,9 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
-use domain::access::{ApiKeyCommand, Permission, Role};
+use domain::access::{ApiKeyCommand, ApiKeyEvent, Permission, Role};
 use domain::text::DisplayName;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::auth::{generate_key, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ChangeHeaders, CommandContext, CreateHeaders};
+use crate::idempotency::ReplayAs;
 use crate::openapi::{
     Conflict, MalformedRequest, NameText, NotFound, PayloadTooLarge, ReasonText, RoleName,
     UnsupportedMediaType, ValidationFailed,
@@ -105,16 +106,26 @@ async fn create_key(
         .parse()
         .map_err(|e: String| ApiError::invalid("role", e))?;
     let generated = generate_key().map_err(|e| ApiError::Internal(e.to_string()))?;
-    let id = Uuid::now_v7();
+    let id = context.new_id();
     let tenant = context.caller.tenant.clone();
     let command = ApiKeyCommand::IssueApiKey {
         tenant: tenant.clone(),
         name,
         role,
-        key_hash: generated.hash,
+        key_hash: generated.hash.clone(),
         key_prefix: generated.display_prefix,
     };
-    app.create(&app.keys, &id.to_string(), command, &context).await?;
+    let committed = app.create(&app.keys, &id.to_string(), command, &context).await?;
+    // A retry of a request whose first attempt issued the key gets that attempt's key back,
+    // and its secret was never stored: say so rather than show a secret that does not match.
+    let not_replayable = move || ApiError::KeySecretNotReplayable { key_id: id };
+    let issued_now = matches!(
+        committed.events.first(),
+        Some(ApiKeyEvent::ApiKeyIssued { key_hash, .. }) if *key_hash == generated.hash
+    );
+    if !issued_now {
+        return Err(not_replayable());
+    }
     let sql = format!("select {KEY_COLUMNS} from api_key where key_id = $1 and tenant_id = $2");
     let view: KeyView = sqlx::query_as(&sql)
         .bind(id)
@@ -126,6 +137,7 @@ async fn create_key(
     Ok((
         StatusCode::CREATED,
         location,
+        Extension(ReplayAs::new(move || not_replayable().into_response())),
         Json(json!({ "key": generated.secret, "api_key": view })),
     ))
 }

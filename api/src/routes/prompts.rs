@@ -163,7 +163,7 @@ async fn create_prompt(
     let (Some(name), Some(description)) = (name, description) else {
         return Err(ApiError::invalid("body", "invalid"));
     };
-    let id = Uuid::now_v7();
+    let id = context.new_id();
     let command = PromptCommand::CreatePrompt {
         tenant: tenant.clone(),
         name,

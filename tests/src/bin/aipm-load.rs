@@ -98,6 +98,9 @@ struct HttpArgs {
     /// Also append each result as a JSON line to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Send every request with a fresh `Idempotency-Key` (to measure what keys cost).
+    #[arg(long)]
+    idempotency_keys: bool,
 }
 
 #[derive(Debug, Args)]
@@ -409,8 +412,8 @@ async fn http(args: HttpArgs) -> Result<()> {
                 args.scenario,
                 prefix,
                 prompt,
-                measure_from,
-                deadline,
+                args.idempotency_keys,
+                (measure_from, deadline),
             ));
         }
         let mut stats = ClientStats::default();
@@ -436,6 +439,7 @@ async fn http(args: HttpArgs) -> Result<()> {
                     "url": &*api.base,
                     "clients": clients,
                     "warmup_s": warmup.as_secs_f64(),
+                    "idempotency_keys": args.idempotency_keys,
                     "duration_s": duration.as_secs_f64(),
                     "requests": requests,
                     "rps": rate,
@@ -461,8 +465,8 @@ async fn client_loop(
     scenario: Scenario,
     prefix: String,
     prompt: Option<String>,
-    measure_from: Instant,
-    deadline: Instant,
+    idempotency_keys: bool,
+    (measure_from, deadline): (Instant, Instant),
 ) -> ClientStats {
     let mut stats = ClientStats::default();
     let (url, create) = match (scenario, &prompt) {
@@ -483,13 +487,11 @@ async fn client_loop(
         if started >= deadline {
             break;
         }
-        let sent = api
-            .client
-            .post(&url)
-            .bearer_auth(&*api.key)
-            .json(&body)
-            .send()
-            .await;
+        let mut request = api.client.post(&url).bearer_auth(&*api.key).json(&body);
+        if idempotency_keys {
+            request = request.header("idempotency-key", Uuid::new_v4().to_string());
+        }
+        let sent = request.send().await;
         // The whole body is read, so that the connection goes back to the pool.
         let outcome = match sent {
             Ok(response) => {

@@ -565,6 +565,35 @@ async fn sample_responses_match_the_document() {
     assert_eq!(problem["errors"][0]["field"], "body.template", "{problem}");
     let nul_query = get("/v1/prompts?q=%00".into()).await;
     conforms(doc, Method::GET, "/v1/prompts", nul_query).await;
+
+    // Idempotent retries: the replay, a key reused for another request, a malformed key.
+    let keyed = |body: Value| {
+        app.request(Method::POST, "/v1/categories", key)
+            .header("idempotency-key", "sample-1")
+            .json(&body)
+            .send()
+    };
+    let first = conforms(
+        doc,
+        Method::POST,
+        "/v1/categories",
+        keyed(json!({ "name": "keyed" })).await.unwrap(),
+    )
+    .await;
+    let replay = keyed(json!({ "name": "keyed" })).await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(conforms(doc, Method::POST, "/v1/categories", replay).await, first);
+    let reused = keyed(json!({ "name": "other" })).await.unwrap();
+    let problem = conforms(doc, Method::POST, "/v1/categories", reused).await;
+    assert_eq!(problem["type"], "/problems/idempotency-key-reused");
+    let bad_key = app
+        .request(Method::POST, &p("/archive"), key)
+        .header("idempotency-key", "not visible ascii")
+        .send()
+        .await
+        .unwrap();
+    let problem = conforms(doc, Method::POST, "/v1/prompts/{prompt_id}/archive", bad_key).await;
+    assert_eq!(problem["type"], "/problems/invalid-idempotency-key");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
