@@ -60,21 +60,23 @@ done
 curl -sf "$BASE/readyz" >/dev/null || { cat "$SERVER_LOG"; echo "aipm did not become ready" >&2; exit 1; }
 
 log "seeding tenant 'fuzz'"
-KEY=$("$AIPM" keys create --tenant fuzz --role admin --name fuzz | tail -n 1)
+ISSUED=$("$AIPM" keys create --tenant fuzz --role admin --name fuzz)
+KEY=$(tail -n 1 <<<"$ISSUED")
+AIPM_FUZZ_KEY_ID=$(sed -n 's/^key id: //p' <<<"$ISSUED")
 api() { # method path [json body] -> response body; fails on a non-2xx answer
   curl -sS --fail-with-body -X "$1" "$BASE$2" -H "Authorization: Bearer $KEY" \
     -H "Content-Type: application/json" ${3:+-d "$3"}
 }
 field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
-AIPM_FUZZ_CATEGORY_ID=$(api POST /v1/categories '{"name":"support"}' | field id)
-AIPM_FUZZ_PROMPT_ID=$(api POST /v1/prompts "{\"name\":\"support-reply\",\"category\":\"$AIPM_FUZZ_CATEGORY_ID\",\"tags\":[\"support\"]}" | field id)
-api POST "/v1/prompts/$AIPM_FUZZ_PROMPT_ID/versions" '{"template":"Answer {{customer}}.","model":"openai/gpt-4o-mini","params":{"temperature":0.2}}' >/dev/null
-api POST "/v1/prompts/$AIPM_FUZZ_PROMPT_ID/versions" '{"template":"Answer {{customer}} about {{topic}}."}' >/dev/null
-api PUT "/v1/prompts/$AIPM_FUZZ_PROMPT_ID/labels/production" '{"version":2}' >/dev/null
-export AIPM_FUZZ_CATEGORY_ID AIPM_FUZZ_PROMPT_ID
+CATEGORY_ID=$(api POST /v1/categories '{"name":"support"}' | field id)
+PROMPT_ID=$(api POST /v1/prompts "{\"name\":\"support-reply\",\"category\":\"$CATEGORY_ID\",\"tags\":[\"support\"]}" | field id)
+api POST "/v1/prompts/$PROMPT_ID/versions" '{"template":"Answer {{customer}}.","model":"openai/gpt-4o-mini","params":{"temperature":0.2}}' >/dev/null
+api POST "/v1/prompts/$PROMPT_ID/versions" '{"template":"Answer {{customer}} about {{topic}}."}' >/dev/null
+api PUT "/v1/prompts/$PROMPT_ID/labels/production" '{"version":2}' >/dev/null
+export AIPM_FUZZ_KEY_ID
 
 log "fuzzing $BASE/openapi.json: $MAX_EXAMPLES examples per operation, seed $SEED"
-"$VENV/bin/schemathesis" --config-file tests/fuzz/schemathesis.toml run "$BASE/openapi.json" \
+SCHEMATHESIS_HOOKS=tests/fuzz/hooks.py "$VENV/bin/schemathesis" --config-file tests/fuzz/schemathesis.toml run "$BASE/openapi.json" \
   --header "Authorization: Bearer $KEY" \
   --checks all \
   --max-examples "$MAX_EXAMPLES" \
