@@ -4,8 +4,9 @@
 //! `#[utoipa::path]` attribute as its description, so a route and its documentation come
 //! from one list. The request and response schemas are derived from the types the handlers
 //! read and write. This module adds what is common to all of them: the bearer scheme, the
-//! shared [`Problem`] schema with one reusable response per error status, and the responses
-//! that authentication adds to every protected operation (see [`finish`]).
+//! shared [`Problem`] schema with one reusable response per error status, the responses
+//! that authentication and idempotency add to every operation they guard (see [`finish`]),
+//! and schemas for the validated text types of `domain`.
 //!
 //! `tests/tests/api/openapi.rs` checks that no route escapes the document.
 
@@ -94,7 +95,8 @@ impl Modify for BearerScheme {
 /// attribute says `security(())` (the probes and the docs): a protected operation requires
 /// the bearer scheme and can answer 401, 403 and 503 whatever its handler does, so those
 /// responses are added here rather than repeated on every handler. A public operation gets
-/// `security: []`, which is how OpenAPI says "no authentication".
+/// `security: []`, which is how OpenAPI says "no authentication". Likewise, a command that
+/// takes `Idempotency-Key` can answer what the idempotency layer answers (400, 409, 422).
 pub fn finish(mut openapi: OpenApi) -> OpenApi {
     for item in openapi.paths.paths.values_mut() {
         let operations = [
