@@ -273,32 +273,40 @@ impl Projections {
     /// Waits until every projection that reads `aggregate_type` has applied the event at
     /// `cursor`. Returns false if that took longer than `timeout`.
     pub async fn wait_for(&self, aggregate_type: &str, cursor: GlobalCursor, timeout: Duration) -> bool {
-        let relevant = self.checkpoints.iter().filter(|c| {
-            c.awaited_by_commands
-                && c.aggregate_types
-                    .is_none_or(|types| types.contains(&aggregate_type))
-        });
+        let relevant = self
+            .checkpoints
+            .iter()
+            .filter(|c| {
+                c.awaited_by_commands
+                    && c.aggregate_types
+                        .is_none_or(|types| types.contains(&aggregate_type))
+            })
+            .map(|c| c.applied.clone())
+            .collect();
         Self::wait_all(relevant, cursor, timeout).await
     }
 
     /// Waits until the projection called `name` has applied the event at `cursor`. Returns
     /// false if that took longer than `timeout` (or this process does not run it).
     pub async fn wait_for_projection(&self, name: &str, cursor: GlobalCursor, timeout: Duration) -> bool {
-        let mut named = self.checkpoints.iter().filter(|c| c.name == name).peekable();
-        if named.peek().is_none() {
-            return false;
-        }
-        Self::wait_all(named, cursor, timeout).await
+        let named: Vec<_> = self
+            .checkpoints
+            .iter()
+            .filter(|c| c.name == name)
+            .map(|c| c.applied.clone())
+            .collect();
+        !named.is_empty() && Self::wait_all(named, cursor, timeout).await
     }
 
+    // Takes the receivers by value: a future borrowing the checkpoints through an iterator
+    // adapter would not be `Send` for every lifetime, which axum handlers require.
     async fn wait_all(
-        checkpoints: impl Iterator<Item = &Checkpoint>,
+        checkpoints: Vec<watch::Receiver<GlobalCursor>>,
         cursor: GlobalCursor,
         timeout: Duration,
     ) -> bool {
         let all = async {
-            for checkpoint in checkpoints {
-                let mut applied = checkpoint.applied.clone();
+            for mut applied in checkpoints {
                 if applied.wait_for(|applied| *applied >= cursor).await.is_err() {
                     return false;
                 }
