@@ -55,7 +55,10 @@ fn describe(tenant: &TenantReport) -> String {
         n => format!(" ({n} newer events not audited yet)"),
     };
     match &tenant.first_mismatch {
-        None => format!("{}: ok, {} entries, {head}{pending}", tenant.tenant, tenant.entries),
+        None => format!(
+            "{}: ok, {} entries, {head}{pending}",
+            tenant.tenant, tenant.entries
+        ),
         Some(m) => format!(
             "{}: MISMATCH at entry #{}: {}: {}; log {head}{pending}",
             tenant.tenant,

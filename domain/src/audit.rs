@@ -136,7 +136,9 @@ mod tests {
         read.handle(record(), &(), &sink).await.unwrap();
         let events = sink.collect().await;
         assert_eq!(events.len(), 1);
-        let ReadRecordEvent::ReadRecorded { resource, filters, .. } = &events[0];
+        let ReadRecordEvent::ReadRecorded {
+            resource, filters, ..
+        } = &events[0];
         assert_eq!(resource, "audit_log");
         assert_eq!(filters["actor"], "ci");
 

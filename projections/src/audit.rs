@@ -147,7 +147,10 @@ impl AuditEntry {
         object.insert("client_addr".into(), text(&self.client_addr));
         object.insert("user_agent".into(), text(&self.user_agent));
         object.insert("reason".into(), text(&self.reason));
-        object.insert("aggregate_type".into(), Value::String(self.aggregate_type.clone()));
+        object.insert(
+            "aggregate_type".into(),
+            Value::String(self.aggregate_type.clone()),
+        );
         object.insert("aggregate_id".into(), Value::String(self.aggregate_id.clone()));
         object.insert("aggregate_version".into(), Value::from(self.aggregate_version));
         object.insert("event_type".into(), Value::String(self.event_type.clone()));
@@ -313,7 +316,10 @@ pub(crate) fn chain_event(
 }
 
 enum Fold {
-    Folded { after: String, changes: Value },
+    Folded {
+        after: String,
+        changes: Value,
+    },
     /// Not an aggregate type of this build.
     Unknown,
     /// The payload is not an event of its aggregate type.
@@ -554,8 +560,14 @@ mod tests {
         let mut head = ChainHead::genesis();
         let mut state = None;
         let first = chain_event(&stored("p-1", 1, CREATED), &mut head, &mut state).unwrap();
-        assert_eq!(first.entry.changes["name"], json!({ "before": "", "after": "greeting" }));
-        assert_eq!(first.entry.changes["tags"], json!({ "before": [], "after": ["a"] }));
+        assert_eq!(
+            first.entry.changes["name"],
+            json!({ "before": "", "after": "greeting" })
+        );
+        assert_eq!(
+            first.entry.changes["tags"],
+            json!({ "before": [], "after": ["a"] })
+        );
         assert!(first.entry.changes.get("archived").is_none());
 
         let renamed = r#"{"PromptMetadataUpdated":{"name":"welcome","description":""}}"#;
@@ -566,7 +578,13 @@ mod tests {
         );
         assert_eq!(second.entry.sequence, 2);
         assert_eq!(second.prev_hash, first.hash);
-        assert_eq!(head, ChainHead { sequence: 2, hash: second.hash.clone() });
+        assert_eq!(
+            head,
+            ChainHead {
+                sequence: 2,
+                hash: second.hash.clone()
+            }
+        );
     }
 
     #[test]
@@ -575,9 +593,18 @@ mod tests {
         let chained = chain_event(&stored("p-1", 1, CREATED), &mut head, &mut None).unwrap();
         assert_eq!(chained.prev_hash, GENESIS_HASH);
         let text = chained.entry.canonical_json();
-        assert!(text.starts_with(r#"{"actor_key_id":"k-1","actor_name":"ci","aggregate_id":"p-1","#), "{text}");
-        assert!(text.contains(r#""cursor":"900-1","event_type":"PromptCreated""#), "{text}");
-        assert!(text.contains(r#""recorded_at":"2026-11-27T09:30:00.000000Z""#), "{text}");
+        assert!(
+            text.starts_with(r#"{"actor_key_id":"k-1","actor_name":"ci","aggregate_id":"p-1","#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""cursor":"900-1","event_type":"PromptCreated""#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""recorded_at":"2026-11-27T09:30:00.000000Z""#),
+            "{text}"
+        );
         let expected = hex::encode(Sha256::digest(format!("{GENESIS_HASH}{text}").as_bytes()));
         assert_eq!(chained.hash, expected);
         // The exported form minus the two hashes is the hashed entry.

@@ -33,7 +33,10 @@ mod tests {
     #[test]
     fn fields_are_quoted_and_absent_ones_empty() {
         let mut out = String::new();
-        push_record(&mut out, [Some("plain"), None, Some("say \"hi\",\nbye"), Some("")]);
+        push_record(
+            &mut out,
+            [Some("plain"), None, Some("say \"hi\",\nbye"), Some("")],
+        );
         assert_eq!(out, "\"plain\",,\"say \"\"hi\"\",\nbye\",\"\"\n");
     }
 }

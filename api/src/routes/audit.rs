@@ -141,10 +141,7 @@ impl Filters {
             match DateTime::parse_from_rfc3339(&value) {
                 Ok(time) => Some(time.with_timezone(&Utc)),
                 Err(_) => {
-                    checks.fail(
-                        field,
-                        "must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z",
-                    );
+                    checks.fail(field, "must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z");
                     None
                 }
             }
@@ -229,7 +226,9 @@ impl Filters {
     /// The query for `tenant`'s entries that match, in chain order. Only the filters given
     /// become conditions, so that PostgreSQL plans each combination with its index.
     fn query(&self, tenant: &str, limit: Option<i64>) -> QueryBuilder<'static, Postgres> {
-        let mut query = QueryBuilder::new(format!("select {ENTRY_COLUMNS} from audit_entry where tenant_id = "));
+        let mut query = QueryBuilder::new(format!(
+            "select {ENTRY_COLUMNS} from audit_entry where tenant_id = "
+        ));
         query.push_bind(tenant.to_string());
         if let Some(actor) = &self.actor {
             query.push(" and (actor_key_id = ");

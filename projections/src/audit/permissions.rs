@@ -27,7 +27,11 @@ pub struct KeyPermission {
 }
 
 /// Every key of `tenant` issued at or before `at`, as it stood then, ordered by key id.
-pub async fn as_of(pool: &PgPool, tenant: &str, at: DateTime<Utc>) -> Result<Vec<KeyPermission>, ProjectionError> {
+pub async fn as_of(
+    pool: &PgPool,
+    tenant: &str,
+    at: DateTime<Utc>,
+) -> Result<Vec<KeyPermission>, ProjectionError> {
     let rows: Vec<(String, String, String, DateTime<Utc>, i64, i64)> = sqlx::query_as(
         "select aggregate_id, event_type, payload::text, recorded_at,
                 transaction_id::text::bigint, position

@@ -13,7 +13,7 @@ use domain::position::GlobalCursor;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use super::{chain_event, ChainHead, ChainedEntry, AuditEntry, ENTRY_COLUMNS, NAME};
+use super::{chain_event, AuditEntry, ChainHead, ChainedEntry, ENTRY_COLUMNS, NAME};
 use crate::event::StoredEvent;
 use crate::runner::{self, ProjectionError};
 
@@ -234,7 +234,8 @@ async fn read_events(
     tenant: Option<&str>,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
     // Ordered by the qualified columns so that PostgreSQL reads the global-order index.
-    let sql = format!(
+    let sql =
+        format!(
         "select aggregate_type, aggregate_id, sequence, event_type, event_version, payload::text as payload,
                 metadata::text as metadata, tenant_id, transaction_id::text::bigint as transaction_id,
                 position, recorded_at
@@ -314,7 +315,9 @@ async fn compare(
         let (kind, detail) = if !in_event_log(conn, checkpoint, &found.entry).await? {
             (
                 MismatchKind::Extra,
-                format!("entry #{sequence} of the audit table records {found_ref}, which is not in the event log"),
+                format!(
+                    "entry #{sequence} of the audit table records {found_ref}, which is not in the event log"
+                ),
             )
         } else if let Some(place) = audited_at(conn, &expected.entry).await? {
             (
