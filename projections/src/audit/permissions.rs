@@ -44,31 +44,39 @@ pub async fn as_of(
     .bind(at)
     .fetch_all(pool)
     .await?;
-    let mut keys: BTreeMap<String, (ApiKey, DateTime<Utc>, Option<DateTime<Utc>>)> = BTreeMap::new();
+    /// A key folded so far, with when it was issued and revoked.
+    struct Folded {
+        key: ApiKey,
+        issued_at: DateTime<Utc>,
+        revoked_at: Option<DateTime<Utc>>,
+    }
+    let mut keys: BTreeMap<String, Folded> = BTreeMap::new();
     for (key_id, event_type, payload, recorded_at, transaction_id, position) in rows {
         let event = serde_json::from_str(&payload).map_err(|source| ProjectionError::Undecodable {
             cursor: GlobalCursor::new(transaction_id, position),
             event_type,
             source,
         })?;
-        let (key, _, revoked_at) = keys
-            .entry(key_id)
-            .or_insert_with(|| (ApiKey::default(), recorded_at, None));
-        let was_revoked = key.revoked;
-        key.apply(event);
-        if key.revoked && !was_revoked {
-            *revoked_at = Some(recorded_at);
+        let folded = keys.entry(key_id).or_insert_with(|| Folded {
+            key: ApiKey::default(),
+            issued_at: recorded_at,
+            revoked_at: None,
+        });
+        let was_revoked = folded.key.revoked;
+        folded.key.apply(event);
+        if folded.key.revoked && !was_revoked {
+            folded.revoked_at = Some(recorded_at);
         }
     }
     Ok(keys
         .into_iter()
-        .map(|(key_id, (key, issued_at, revoked_at))| KeyPermission {
+        .map(|(key_id, folded)| KeyPermission {
             key_id,
-            name: key.name,
-            role: key.role.map(|r| r.as_str().to_string()),
-            active: key.tenant.is_some() && !key.revoked,
-            issued_at,
-            revoked_at,
+            role: folded.key.role.map(|r| r.as_str().to_string()),
+            active: folded.key.tenant.is_some() && !folded.key.revoked,
+            name: folded.key.name,
+            issued_at: folded.issued_at,
+            revoked_at: folded.revoked_at,
         })
         .collect())
 }

@@ -610,8 +610,8 @@ impl Tampered {
     fn sql_for_event(&self, entry: &Value) -> String {
         format!(
             "aggregate_type = '{}' and aggregate_id = '{}' and sequence = {}",
-            entry["aggregate_type"].as_str().unwrap(),
-            entry["aggregate_id"].as_str().unwrap(),
+            entry["aggregate_type"].as_str().expect("aggregate_type"),
+            entry["aggregate_id"].as_str().expect("aggregate_id"),
             entry["aggregate_version"]
         )
     }
