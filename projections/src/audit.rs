@@ -403,8 +403,8 @@ impl Projection for AuditProjection {
         }
         let mut heads = load_heads(tx, events).await?;
         let mut states = load_states(tx, events).await?;
-        let mut touched: HashSet<(String, String)> = HashSet::new();
-        let mut versions: HashMap<(String, String), i64> = HashMap::new();
+        // The aggregates whose state changed, with the version they reached.
+        let mut touched: HashMap<(String, String), i64> = HashMap::new();
         let mut copy_text = String::with_capacity(1024 * events.len());
         for event in events {
             let head = heads
@@ -415,8 +415,7 @@ impl Projection for AuditProjection {
             let chained =
                 chain_event(event, head, state).map_err(|e| ProjectionError::undecodable(event, e))?;
             if state.is_some() {
-                versions.insert(key.clone(), event.sequence);
-                touched.insert(key);
+                touched.insert(key, event.sequence);
             }
             push_copy_row(&mut copy_text, &chained);
         }
@@ -435,11 +434,11 @@ impl Projection for AuditProjection {
         let mut ids = Vec::with_capacity(touched.len());
         let mut sequences = Vec::with_capacity(touched.len());
         let mut texts = Vec::with_capacity(touched.len());
-        for key in touched {
+        for (key, version) in touched {
             let Some(Some(state)) = states.remove(&key) else {
                 continue;
             };
-            sequences.push(versions.get(&key).copied().unwrap_or_default());
+            sequences.push(version);
             kinds.push(key.0);
             ids.push(key.1);
             texts.push(state);
