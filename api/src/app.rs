@@ -24,6 +24,7 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::prompts::router())
         .merge(routes::categories::router())
         .merge(routes::keys::router())
+        .merge(routes::audit::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::idempotency::remember,

@@ -60,6 +60,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ReplayCommand,
     },
+    /// Check the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -113,6 +118,17 @@ pub enum ReplayCommand {
         /// Only this projection (default: all).
         #[arg(long)]
         projection: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the hash chains from the event log and compare them with the audit log;
+    /// exits non-zero naming the first entry that does not match.
+    Verify {
+        /// Only this tenant (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 
@@ -211,6 +227,16 @@ async fn run(cli: Cli) -> Result<(), String> {
                     report.events_per_second()
                 );
             }
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { tenant },
+        } => {
+            let pool = db::connect(&cli.database_url, 4)
+                .await
+                .map_err(|e| e.to_string())?;
+            let report = crate::audit_cli::verify(&pool, tenant.as_deref()).await?;
+            print!("{report}");
             Ok(())
         }
     }

@@ -5,6 +5,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use commands::CommandError;
 use domain::access::ApiKeyError;
+use domain::audit::ReadRecordError;
 use domain::category::CategoryError;
 use domain::prompt::PromptError;
 use domain::text::InvalidText;
@@ -233,6 +234,14 @@ impl DomainProblem for ApiKeyError {
         match self {
             ApiKeyError::NotFound => ApiError::NotFound("API key"),
             ApiKeyError::AlreadyExists | ApiKeyError::AlreadyRevoked => ApiError::Conflict(self.to_string()),
+        }
+    }
+}
+
+impl DomainProblem for ReadRecordError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            ReadRecordError::AlreadyRecorded => ApiError::Conflict(self.to_string()),
         }
     }
 }

@@ -2,7 +2,8 @@
 //! wires the write side (`commands`) and the read side (`projections`) together.
 //!
 //! # Layout
-//! - [`cli`]: the `aipm` command line (`serve`, `keys`, `replay`) and configuration.
+//! - [`cli`]: the `aipm` command line (`serve`, `keys`, `replay`, `audit`) and configuration;
+//!   [`audit_cli`]: `aipm audit verify`.
 //! - [`app`]: the router, middleware and server loop.
 //! - [`routes`]: one module per resource; handlers stay thin.
 //! - [`auth`]: API keys and the authenticated [`auth::Caller`].
@@ -14,6 +15,7 @@
 //! - [`settings`]: the server's configuration.
 
 pub mod app;
+pub mod audit_cli;
 pub mod auth;
 pub mod cli;
 pub mod db;

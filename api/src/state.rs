@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use commands::{AggregateStore, Committed, EventStore, IdempotencyStore};
 use domain::access::{ApiKey, Tenant};
+use domain::audit::ReadRecord;
 use domain::category::PromptCategory;
 use domain::prompt::Prompt;
 use domain::Governed;
@@ -38,6 +39,8 @@ pub struct App {
     pub categories: AggregateStore<PromptCategory>,
     pub keys: AggregateStore<ApiKey>,
     pub tenants: AggregateStore<Tenant>,
+    /// Records of reads of the audit log and key listings.
+    pub read_records: AggregateStore<ReadRecord>,
     /// The projections this process runs, for read-your-writes and lag.
     pub projections: Projections,
     /// Idempotency keys and the responses stored under them.
@@ -58,6 +61,7 @@ impl App {
             categories: store.aggregates(()),
             keys: store.aggregates(()),
             tenants: store.aggregates(()),
+            read_records: store.aggregates(()),
             projections,
             idempotency,
         }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::auth::{generate_key, Caller};
+use crate::auth::generate_key;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, CommandContext};
 use crate::idempotency::ReplayAs;
@@ -96,9 +96,12 @@ async fn create_key(
     ))
 }
 
-/// `GET /v1/keys`: the tenant's keys, revoked ones included; never their secrets.
-async fn list_keys(State(app): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
+/// `GET /v1/keys`: the tenant's keys, revoked ones included; never their secrets. The
+/// listing is recorded in the audit log.
+async fn list_keys(State(app): State<AppState>, context: CommandContext) -> ApiResult<impl IntoResponse> {
+    let caller = &context.caller;
     caller.require(Permission::ManageKeys)?;
+    crate::routes::audit::record_read(&app, &context, "api_keys", Default::default()).await?;
     let sql = format!("select {KEY_COLUMNS} from api_key where tenant_id = $1 order by key_id");
     let items: Vec<KeyView> = sqlx::query_as(&sql)
         .bind(&caller.tenant)

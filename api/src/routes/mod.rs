@@ -1,5 +1,6 @@
 //! One module per resource; each exposes `router()`.
 
+pub mod audit;
 pub mod categories;
 pub mod keys;
 pub mod prompts;

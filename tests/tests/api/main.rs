@@ -1,6 +1,7 @@
 //! End-to-end tests: a real server on a fresh PostgreSQL database per test, over HTTP.
 
 mod access;
+mod audit;
 mod categories;
 mod concurrency;
 mod errors;
