@@ -50,6 +50,16 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the service is temporarily unavailable")]
     Unavailable(String),
+    #[error("this API key has used up its rate limit; retry in {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    #[error("too many failed authentications from this address; retry in {retry_after} s")]
+    TooManyFailedAuthentications { retry_after: u64 },
+    #[error("the server is at capacity; retry shortly")]
+    Overloaded,
+    #[error("the server has as many event streams open as it allows; retry later")]
+    TooManyStreams,
+    #[error("the request took longer than {} s and was abandoned; a change it asked for may or may not have been made", after.as_secs_f64())]
+    Timeout { after: std::time::Duration },
     #[error("internal error")]
     Internal(String),
 }
@@ -81,7 +91,27 @@ impl ApiError {
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-route"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
+            ApiError::TooManyFailedAuthentications { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too-many-failed-authentications")
+            }
+            ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too-many-streams"),
+            ApiError::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl ApiError {
+    /// Seconds the client should wait before retrying, for `Retry-After`.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { retry_after }
+            | ApiError::TooManyFailedAuthentications { retry_after } => Some(*retry_after),
+            ApiError::Overloaded => Some(1),
+            ApiError::TooManyStreams => Some(5),
+            _ => None,
         }
     }
 }
@@ -131,6 +161,11 @@ impl IntoResponse for ApiError {
             if let Ok(etag) = header::HeaderValue::from_str(&format!("\"{current}\"")) {
                 response.headers_mut().insert(header::ETAG, etag);
             }
+        }
+        if let Some(seconds) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
         }
         response
     }
@@ -212,7 +247,9 @@ impl DomainProblem for ApiKeyError {
     fn into_api_error(self) -> ApiError {
         match self {
             ApiKeyError::NotFound => ApiError::NotFound("API key"),
-            ApiKeyError::AlreadyExists | ApiKeyError::AlreadyRevoked => ApiError::Conflict(self.to_string()),
+            ApiKeyError::AlreadyExists | ApiKeyError::AlreadyRevoked | ApiKeyError::Revoked => {
+                ApiError::Conflict(self.to_string())
+            }
         }
     }
 }

@@ -11,6 +11,8 @@
 //! - [`error`]: problem+json errors.
 //! - [`db`]: connecting, creating the database and migrating.
 //! - [`settings`]: the server's configuration.
+//! - [`hardening`]: rate limits, brute-force protection, body limits, timeouts, load
+//!   shedding, CORS and security headers.
 
 pub mod app;
 pub mod auth;
@@ -18,6 +20,7 @@ pub mod cli;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod hardening;
 pub mod request_id;
 pub mod routes;
 pub mod settings;

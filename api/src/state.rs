@@ -14,6 +14,7 @@ use sqlx::PgPool;
 
 use crate::error::{ApiResult, DomainProblem};
 use crate::extract::CommandContext;
+use crate::hardening::Guards;
 use crate::settings::Settings;
 
 /// How long a command waits for the read models to show its effect before answering.
@@ -40,11 +41,13 @@ pub struct App {
     pub tenants: AggregateStore<Tenant>,
     /// The projections this process runs, for read-your-writes and lag.
     pub projections: Projections,
+    /// Rate limits, brute-force protection and the other request limits.
+    pub guards: Guards,
 }
 
 impl App {
     /// Starts the projections and builds the aggregate stores on `pool`.
-    pub fn start(pool: PgPool, _settings: &Settings) -> Self {
+    pub fn start(pool: PgPool, settings: &Settings) -> Self {
         let store = EventStore::new(pool.clone());
         let projections = Projections::spawn(pool.clone(), projections::all(), store.appended_signal());
         App {
@@ -54,6 +57,7 @@ impl App {
             keys: store.aggregates(()),
             tenants: store.aggregates(()),
             projections,
+            guards: Guards::new(&settings.security),
         }
     }
 
