@@ -115,13 +115,16 @@ mod tests {
 
     fn app(settings: SecuritySettings) -> Router {
         let admission = Arc::new(Admission::new(&settings));
-        // A stream that never ends, as an idle event stream would not.
-        let endless =
-            || async { Body::from_stream(futures::stream::pending::<Result<String, std::io::Error>>()) };
+        // Slower to start than the timeout, and then never ending, as an idle event stream.
+        let endless = || async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Body::from_stream(futures::stream::pending::<Result<String, std::io::Error>>())
+        };
         Router::new()
             .route("/v1/events/stream", get(endless))
             .route("/slow", get(|| tokio::time::sleep(Duration::from_secs(3600))))
             .route("/healthz", get(|| async { "ok" }))
+            .route("/fast", get(|| async { "done" }))
             .layer(axum::middleware::from_fn_with_state(admission, admit))
     }
 
@@ -142,8 +145,7 @@ mod tests {
             .oneshot(get_request("/v1/events/stream"))
             .await
             .unwrap();
-        assert_eq!(open.status(), 200);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(open.status(), 200, "streams are not timed out");
         let second = app
             .clone()
             .oneshot(get_request("/v1/events/stream"))
@@ -151,8 +153,8 @@ mod tests {
             .unwrap();
         assert_eq!(second.status(), 503);
         // The open stream holds no in-flight place: another request is still admitted.
-        let probe = app.clone().oneshot(get_request("/healthz")).await.unwrap();
-        assert_eq!(probe.status(), 200);
+        let other = app.clone().oneshot(get_request("/fast")).await.unwrap();
+        assert_eq!(other.status(), 200);
         drop(open);
         let reopened = app.oneshot(get_request("/v1/events/stream")).await.unwrap();
         assert_eq!(reopened.status(), 200, "closing a stream frees its place");

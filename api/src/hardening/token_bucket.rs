@@ -64,12 +64,17 @@ impl Bucket {
         }
     }
 
-    /// Adds what accrued since the last update. A changed limit applies from now on: the
-    /// tokens held are capped at the new burst.
+    /// Adds what accrued since the last update, at the limit that applied until now. A
+    /// changed limit applies from now on and keeps what was used: the tokens held move by
+    /// the change of burst (10 left of 100, burst 5 → none; 0 left of 2, burst 100 → 98).
     fn refill(&mut self, limit: RateLimit, now: Instant) {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        let burst = f64::from(limit.burst);
-        self.tokens = (self.tokens + elapsed * limit.requests_per_second).min(burst);
+        let old_burst = f64::from(self.limit.burst);
+        self.tokens = (self.tokens + elapsed * self.limit.requests_per_second).min(old_burst);
+        if limit.burst != self.limit.burst {
+            let burst = f64::from(limit.burst);
+            self.tokens = (self.tokens + burst - old_burst).clamp(0.0, burst);
+        }
         self.updated = now;
         self.limit = limit;
     }
@@ -89,7 +94,7 @@ impl Bucket {
 
     fn is_full_at(&self, now: Instant) -> bool {
         let mut probe = *self;
-        probe.refill(self.limit, now);
+        probe.refill(probe.limit, now);
         probe.tokens >= f64::from(self.limit.burst)
     }
 }
@@ -232,13 +237,21 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_limit_applies_at_once() {
+    fn a_changed_limit_applies_at_once_and_keeps_what_was_used() {
         let buckets = KeyedBuckets::new(10);
         let now = Instant::now();
-        assert_eq!(buckets.take(&1, limit(1.0, 100), now).remaining, 99);
+        for _ in 0..90 {
+            buckets.take(&1, limit(1.0, 100), now);
+        }
         let tightened = buckets.take(&1, limit(1.0, 5), now);
-        assert!(tightened.allowed);
-        assert_eq!(tightened.remaining, 4, "tokens are capped at the new burst");
+        assert!(!tightened.allowed, "90 used is more than a burst of 5");
+        assert_eq!(tightened.limit, 5);
+        let raised = buckets.take(&1, limit(1.0, 1000), now);
+        assert!(raised.allowed);
+        assert_eq!(
+            raised.remaining, 994,
+            "1000 less the 5 used under the old burst, less this one"
+        );
     }
 
     #[test]

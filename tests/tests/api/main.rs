@@ -5,6 +5,7 @@ mod categories;
 mod concurrency;
 mod errors;
 mod global_order;
+mod hardening;
 mod prompts;
 mod rebuild;
 mod runner;
