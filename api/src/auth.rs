@@ -12,6 +12,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use domain::access::{Permission, RateLimit, Role};
 use sha2::{Digest, Sha256};
+use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -143,15 +144,26 @@ async fn authenticate(
     let failures = &state.guards.auth_failures;
     failures.check(address)?;
     let secret = bearer_key(headers).map_err(|failure| failures.fail(address, failure))?;
+    match find_key(&state.pool, secret).await? {
+        Some(caller) => Ok(caller),
+        None => Err(failures.fail(address, AuthFailure::UnknownKey)),
+    }
+}
+
+/// The active key whose secret is `secret` (`aipm_` and 64 hex digits), as its caller.
+pub async fn find_key(pool: &PgPool, secret: &str) -> Result<Option<Caller>, ApiError> {
+    let Some(display_prefix) = secret.get(..DISPLAY_PREFIX_LEN) else {
+        return Ok(None);
+    };
     let candidates: Vec<KeyRow> = sqlx::query_as(
         "select key_id, name, tenant_id, role, key_hash, rate_limit_per_second, rate_limit_burst
          from api_key where key_prefix = $1 and revoked_at is null",
     )
-    .bind(&secret[..DISPLAY_PREFIX_LEN])
-    .fetch_all(&state.pool)
+    .bind(display_prefix)
+    .fetch_all(pool)
     .await?;
     let Some(key) = matching_key(&hash_key(secret), candidates) else {
-        return Err(failures.fail(address, AuthFailure::UnknownKey));
+        return Ok(None);
     };
     let role = key.role.parse::<Role>().map_err(ApiError::Internal)?;
     let rate_limit = match (key.rate_limit_per_second, key.rate_limit_burst) {
@@ -161,13 +173,13 @@ async fn authenticate(
         }),
         _ => None,
     };
-    Ok(Caller {
+    Ok(Some(Caller {
         key_id: key.key_id,
         key_name: key.name,
         tenant: key.tenant_id,
         role,
         rate_limit,
-    })
+    }))
 }
 
 /// The key of `Authorization: Bearer <key>`, if it has the shape of an aipm key.

@@ -272,6 +272,7 @@ impl<E: DomainProblem> From<CommandError<E>> for ApiError {
                 ApiError::NameTaken { what, name: key }
             }
             CommandError::Store(cause) => ApiError::Internal(cause),
+            CommandError::Unavailable(cause) => ApiError::Unavailable(cause),
         }
     }
 }

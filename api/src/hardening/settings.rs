@@ -52,7 +52,7 @@ impl Default for SecuritySettings {
             body_limit: crate::app::BODY_LIMIT,
             ingest_body_limit: 16 * 1024 * 1024,
             request_timeout: Some(Duration::from_secs(30)),
-            max_in_flight: Some(256),
+            max_in_flight: Some(64),
             max_streams: 1_000,
             cors_origins: Vec::new(),
             hsts: false,
@@ -94,7 +94,7 @@ pub struct SecurityArgs {
     pub request_timeout: Duration,
     /// Requests handled at once; beyond it requests are refused at once with 503 (0: no
     /// limit). Probes and event streams are exempt.
-    #[arg(long, env = "AIPM_MAX_IN_FLIGHT", default_value_t = 256)]
+    #[arg(long, env = "AIPM_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: usize,
     /// Event streams (SSE, WebSocket) open at once.
     #[arg(long, env = "AIPM_MAX_STREAMS", default_value_t = 1000)]

@@ -15,6 +15,12 @@ use uuid::Uuid;
 /// Upper bound for every wait, so that a bug fails instead of hanging.
 const DEADLINE: Duration = Duration::from_secs(10);
 
+/// Three at once, then one every 100 s: a limit a test exhausts and never sees refill.
+const THREE_THEN_ALMOST_NONE: RateLimit = RateLimit {
+    requests_per_second: 0.01,
+    burst: 3,
+};
+
 async fn spawn(security: SecuritySettings) -> TestApp {
     // Every other setting keeps its default, however many there are.
     #[allow(clippy::needless_update)]
@@ -23,6 +29,15 @@ async fn spawn(security: SecuritySettings) -> TestApp {
         ..api::Settings::default()
     };
     TestApp::spawn_with(settings).await
+}
+
+/// A GET without a key.
+async fn anonymous_get(app: &TestApp, path: &str) -> Response {
+    app.client
+        .get(format!("{}{path}", app.address))
+        .send()
+        .await
+        .expect("request")
 }
 
 fn header<'a>(response: &'a Response, name: &str) -> &'a str {
@@ -102,22 +117,12 @@ fn read_response(mut stream: TcpStream) -> (u16, Vec<(String, String)>, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_response_carries_the_security_headers() {
     let app = spawn(SecuritySettings::default()).await;
-    let probe = app
-        .client
-        .get(format!("{}/healthz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let probe = anonymous_get(&app, "/healthz").await;
     let read = app.get("/v1/prompts", &app.admin_key).await;
     let problem = app
         .get(&format!("/v1/prompts/{}", Uuid::new_v4()), &app.admin_key)
         .await;
-    let anonymous = app
-        .client
-        .get(format!("{}/v1/prompts", app.address))
-        .send()
-        .await
-        .unwrap();
+    let anonymous = anonymous_get(&app, "/v1/prompts").await;
     for response in [&probe, &read, &problem, &anonymous] {
         assert_eq!(header(response, "x-content-type-options"), "nosniff");
         assert_eq!(header(response, "x-frame-options"), "DENY");
@@ -138,12 +143,7 @@ async fn every_response_carries_the_security_headers() {
         ..SecuritySettings::default()
     })
     .await;
-    let probe = behind_tls
-        .client
-        .get(format!("{}/healthz", behind_tls.address))
-        .send()
-        .await
-        .unwrap();
+    let probe = anonymous_get(&behind_tls, "/healthz").await;
     assert_eq!(
         header(&probe, "strict-transport-security"),
         "max-age=31536000; includeSubDomains"
@@ -255,10 +255,7 @@ async fn bodies_over_the_limit_get_a_413_problem_and_write_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_over_its_rate_limit_gets_a_429_problem_with_rate_limit_headers() {
     let app = spawn(SecuritySettings {
-        rate_limit: Some(RateLimit {
-            requests_per_second: 0.01,
-            burst: 3,
-        }),
+        rate_limit: Some(THREE_THEN_ALMOST_NONE),
         ..SecuritySettings::default()
     })
     .await;
@@ -415,21 +412,13 @@ async fn rate_limits_are_for_admins_of_the_keys_tenant_and_must_make_sense() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failed_authentications_are_refused_before_any_key_lookup() {
     let app = spawn(SecuritySettings {
-        auth_failure_limit: Some(RateLimit {
-            requests_per_second: 0.01,
-            burst: 3,
-        }),
+        auth_failure_limit: Some(THREE_THEN_ALMOST_NONE),
         ..SecuritySettings::default()
     })
     .await;
     // Requests without a key guess nothing and are not counted.
     for _ in 0..5 {
-        let anonymous = app
-            .client
-            .get(format!("{}/v1/prompts", app.address))
-            .send()
-            .await
-            .unwrap();
+        let anonymous = anonymous_get(&app, "/v1/prompts").await;
         expect_problem(anonymous, StatusCode::UNAUTHORIZED, "unauthorized").await;
     }
     let guess = || format!("aipm_{}", Uuid::new_v4().simple().to_string().repeat(2));
@@ -468,12 +457,7 @@ async fn repeated_failed_authentications_are_refused_before_any_key_lookup() {
     .await;
     lock.rollback().await.unwrap();
 
-    let probe = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let probe = anonymous_get(&app, "/readyz").await;
     assert_eq!(
         probe.status(),
         StatusCode::OK,
@@ -509,12 +493,7 @@ async fn requests_beyond_the_in_flight_limit_are_shed_at_once_and_the_server_rec
     assert!(response.headers().get("x-request-id").is_some());
     expect_problem(response, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
     for probe in ["/healthz", "/readyz"] {
-        let response = app
-            .client
-            .get(format!("{}{probe}", app.address))
-            .send()
-            .await
-            .unwrap();
+        let response = anonymous_get(&app, probe).await;
         assert_eq!(response.status(), StatusCode::OK, "{probe} is never shed");
     }
 
@@ -585,12 +564,7 @@ async fn request_ids_are_echoed_or_generated_and_stored_with_the_events() {
         .send()
         .await
         .unwrap();
-    let anonymous = app
-        .client
-        .get(format!("{}/v1/nothing", app.address))
-        .send()
-        .await
-        .unwrap();
+    let anonymous = anonymous_get(&app, "/v1/nothing").await;
     for response in [&unsent, &too_long, &anonymous] {
         let generated = header(response, "x-request-id");
         assert!(Uuid::parse_str(generated).is_ok(), "{generated}");
