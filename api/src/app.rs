@@ -30,9 +30,10 @@ pub fn build_router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     crate::hardening::protect(routes, &state.guards)
         .layer(
-            // One line per answered request, inside the request-id span; failures are
-            // logged where they are understood, so not again here.
+            // One line per answered request, in the request-id span (the current one here);
+            // failures are logged where they are understood, so not again here.
             TraceLayer::new_for_http()
+                .make_span_with(|_: &axum::extract::Request| tracing::Span::current())
                 .on_response(
                     DefaultOnResponse::new()
                         .level(Level::INFO)

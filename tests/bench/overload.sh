@@ -4,6 +4,7 @@
 #
 #   tests/bench/overload.sh                 (release binaries are built first)
 #   RATES=4000,8000 tests/bench/overload.sh (offered rates; default: 2x and 4x the capacity measured first)
+#   PARTS=auth tests/bench/overload.sh      (only one part: overload or auth)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PG=postgres://postgres@127.0.0.1:5432
@@ -37,6 +38,8 @@ serve() {
 }
 stop() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; }
 
+PARTS=${PARTS:-overload auth}
+if [[ " $PARTS " == *" overload "* ]]; then
 echo "== capacity: create-prompts, 64 closed-loop clients"
 serve aipm_bench_overload
 capacity=$($LOAD http --url $URL --key "$KEY" --scenario create-prompts --clients 64 --duration 10 --warmup 2 \
@@ -54,19 +57,29 @@ for in_flight in ${IN_FLIGHT:-256 128 64 0}; do
   stop
 done
 
-echo "== the cost of authentication and rate limiting: 16 clients, alternating, 3 times"
-for run in 1 2 3; do
-  serve aipm_bench_overload
-  echo "{\"kind\":\"auth-config\",\"run\":$run,\"limiter\":\"on\"}" >> "$JSON"
-  for scenario in healthz read-prompt; do
-    $LOAD http --url $URL --key "$KEY" --scenario $scenario --clients 16 --duration 10 --warmup 2 --json "$JSON"
-  done
-  $LOAD auth-cost --database-url $PG/aipm_bench_overload --key "$KEY" --json "$JSON"
-  stop
-  # No default limit and no limit of its own: the limiter is skipped.
-  LIMIT_KEY=no serve aipm_bench_overload AIPM_RATE_LIMIT_RPS=0
-  echo "{\"kind\":\"auth-config\",\"run\":$run,\"limiter\":\"off\"}" >> "$JSON"
+fi
+
+# The read with the limiter on (the key's own, unreachable limit) and off (no default
+# and no limit of its own), on fresh servers, in alternating order.
+read_with_limiter() {
+  if [ "$1" = on ]; then
+    serve aipm_bench_overload
+  else
+    LIMIT_KEY=no serve aipm_bench_overload AIPM_RATE_LIMIT_RPS=0
+  fi
+  echo "{\"kind\":\"auth-config\",\"run\":$run,\"limiter\":\"$1\"}" >> "$JSON"
   $LOAD http --url $URL --key "$KEY" --scenario read-prompt --clients 16 --duration 10 --warmup 2 --json "$JSON"
+  if [ "$1" = on ]; then
+    $LOAD http --url $URL --key "$KEY" --scenario healthz --clients 16 --duration 10 --warmup 2 --json "$JSON"
+    $LOAD auth-cost --database-url $PG/aipm_bench_overload --key "$KEY" --json "$JSON"
+  fi
   stop
-done
+}
+if [[ " $PARTS " == *" auth "* ]]; then
+  echo "== the cost of authentication and rate limiting: 16 clients, 3 pairs in alternating order"
+  for run in 1 2 3; do
+    if [ $((run % 2)) = 1 ]; then order="on off"; else order="off on"; fi
+    for limiter in $order; do read_with_limiter $limiter; done
+  done
+fi
 psql_do postgres "drop database if exists aipm_bench_overload with (force)"
