@@ -78,12 +78,17 @@ pub struct ServeArgs {
     /// How long an Idempotency-Key is remembered (e.g. 24h, 90m, 3600).
     #[arg(long, env = "AIPM_IDEMPOTENCY_TTL", default_value = "24h", value_parser = crate::idempotency::parse_duration)]
     pub idempotency_ttl: std::time::Duration,
+    #[command(flatten)]
+    pub security: crate::hardening::SecurityArgs,
 }
 
 impl ServeArgs {
     /// The server configuration these arguments describe.
     pub fn settings(&self) -> crate::Settings {
-        let mut settings = crate::Settings::default();
+        let mut settings = crate::Settings {
+            security: self.security.settings(),
+            ..crate::Settings::default()
+        };
         settings.idempotency.ttl = self.idempotency_ttl;
         settings
     }

@@ -13,6 +13,8 @@
 //! - [`idempotency`]: `Idempotency-Key` on command endpoints.
 //! - [`db`]: connecting, creating the database and migrating.
 //! - [`settings`]: the server's configuration.
+//! - [`hardening`]: rate limits, brute-force protection, body limits, timeouts, load
+//!   shedding, CORS and security headers.
 
 pub mod app;
 pub mod audit_cli;
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod hardening;
 pub mod idempotency;
 pub mod request_id;
 pub mod routes;

@@ -15,6 +15,7 @@ use sqlx::PgPool;
 
 use crate::error::{ApiResult, DomainProblem};
 use crate::extract::CommandContext;
+use crate::hardening::Guards;
 use crate::settings::Settings;
 
 /// How long a command waits for the read models to show its effect before answering.
@@ -45,6 +46,8 @@ pub struct App {
     pub projections: Projections,
     /// Idempotency keys and the responses stored under them.
     pub idempotency: IdempotencyStore,
+    /// Rate limits, brute-force protection and the other request limits.
+    pub guards: Guards,
 }
 
 impl App {
@@ -64,6 +67,7 @@ impl App {
             read_records: store.aggregates(()),
             projections,
             idempotency,
+            guards: Guards::new(&settings.security),
         }
     }
 

@@ -25,7 +25,7 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
-pub struct KeyView {
+pub(crate) struct KeyView {
     id: Uuid,
     name: String,
     role: String,
@@ -33,10 +33,25 @@ pub struct KeyView {
     created_at: DateTime<Utc>,
     created_by: String,
     revoked_at: Option<DateTime<Utc>>,
+    /// The key's own rate limit (`requests_per_second`, `burst`); `null`: the default.
+    rate_limit: Option<sqlx::types::Json<serde_json::Value>>,
 }
 
 const KEY_COLUMNS: &str =
-    "key_id as id, name, role, key_prefix as prefix, created_at, created_by, revoked_at";
+    "key_id as id, name, role, key_prefix as prefix, created_at, created_by, revoked_at,
+     case when rate_limit_per_second is null then null
+          else json_build_object('requests_per_second', rate_limit_per_second, 'burst', rate_limit_burst) end as rate_limit";
+
+/// One key of `tenant`, as listed.
+pub(crate) async fn key_view(app: &AppState, id: Uuid, tenant: &str) -> ApiResult<KeyView> {
+    let sql = format!("select {KEY_COLUMNS} from api_key where key_id = $1 and tenant_id = $2");
+    sqlx::query_as(&sql)
+        .bind(id)
+        .bind(tenant)
+        .fetch_optional(&app.pool)
+        .await?
+        .ok_or(ApiError::NotFound("API key"))
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,13 +95,7 @@ async fn create_key(
     if !issued_now {
         return Err(not_replayable());
     }
-    let sql = format!("select {KEY_COLUMNS} from api_key where key_id = $1 and tenant_id = $2");
-    let view: KeyView = sqlx::query_as(&sql)
-        .bind(id)
-        .bind(&tenant)
-        .fetch_optional(&app.pool)
-        .await?
-        .ok_or(ApiError::NotFound("API key"))?;
+    let view = key_view(&app, id, &tenant).await?;
     let location = [(header::LOCATION, format!("/v1/keys/{id}"))];
     Ok((
         StatusCode::CREATED,

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod categories;
 pub mod keys;
 pub mod prompts;
+pub mod rate_limits;
 pub mod system;
 
 use crate::error::{ApiError, FieldError};

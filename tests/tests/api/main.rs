@@ -6,6 +6,7 @@ mod categories;
 mod concurrency;
 mod errors;
 mod global_order;
+mod hardening;
 mod idempotency;
 mod prompts;
 mod rebuild;
