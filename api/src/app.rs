@@ -3,11 +3,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tower_http::LatencyUnit;
+use tracing::Level;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
@@ -15,7 +16,7 @@ use crate::settings::Settings;
 use crate::state::{App, AppState};
 use crate::{openapi, routes};
 
-/// Largest accepted request body for commands.
+/// Largest accepted request body for commands by default (`AIPM_BODY_LIMIT`).
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
 /// The full router on a ready application state.
@@ -27,19 +28,33 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::prompts::router())
         .merge(routes::categories::router())
         .merge(routes::keys::router())
+        .merge(routes::audit::router())
+        .merge(routes::rate_limits::router())
         .split_for_parts();
     let document = openapi::finish(document);
-    api.route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        crate::idempotency::remember,
-    ))
-    .merge(routes::docs::router(&document))
-    .fallback(|| async { ApiError::NoRoute })
-    .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-    .layer(DefaultBodyLimit::max(BODY_LIMIT))
-    .layer(TraceLayer::new_for_http())
-    .layer(axum::middleware::from_fn(crate::request_id::assign))
-    .with_state(state)
+    let routes = api
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::idempotency::remember,
+        ))
+        .merge(routes::docs::router(&document))
+        .fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    crate::hardening::protect(routes, &state.guards)
+        .layer(
+            // One line per answered request, in the request-id span (the current one here);
+            // failures are logged where they are understood, so not again here.
+            TraceLayer::new_for_http()
+                .make_span_with(|_: &axum::extract::Request| tracing::Span::current())
+                .on_response(
+                    DefaultOnResponse::new()
+                        .level(Level::INFO)
+                        .latency_unit(LatencyUnit::Micros),
+                )
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
+        .layer(axum::middleware::from_fn(crate::request_id::assign))
+        .with_state(state)
 }
 
 /// Starts projections on `pool` and serves the API on `listener` until the process is

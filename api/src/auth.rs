@@ -1,17 +1,31 @@
 //! API keys: generating them, hashing them and authenticating requests with them.
+//!
+//! A key is `aipm_` and 64 hex digits. Its first characters (the display prefix) are not
+//! secret: they are shown in key listings and select the candidate rows; the SHA-256 of
+//! the whole key is then compared in constant time, so that nothing secret-derived is
+//! compared by a routine that stops at the first differing byte.
 
-use axum::extract::FromRequestParts;
-use axum::http::header;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use domain::access::{Permission, Role};
+use axum::http::{header, HeaderMap};
+use domain::access::{Permission, RateLimit, Role};
 use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::hardening::{AuthFailure, RateLimitSlot, RouteBudget};
 use crate::state::AppState;
 
 /// Every key starts with this, so that leaked keys are easy to scan for.
 pub const KEY_PREFIX: &str = "aipm_";
+/// Hex digits of a key after [`KEY_PREFIX`].
+const KEY_HEX_DIGITS: usize = 64;
+/// Characters of a key shown to identify it (and used to find it).
+const DISPLAY_PREFIX_LEN: usize = KEY_PREFIX.len() + 8;
 
 /// A freshly generated key: the secret is shown once and only its hash is stored.
 pub struct GeneratedKey {
@@ -27,7 +41,7 @@ pub fn generate_key() -> Result<GeneratedKey, getrandom::Error> {
     getrandom::fill(&mut bytes)?;
     let secret = format!("{KEY_PREFIX}{}", hex::encode(bytes));
     let hash = hash_key(&secret);
-    let display_prefix = secret.chars().take(KEY_PREFIX.len() + 8).collect();
+    let display_prefix = secret[..DISPLAY_PREFIX_LEN].to_string();
     Ok(GeneratedKey {
         secret,
         hash,
@@ -35,9 +49,7 @@ pub fn generate_key() -> Result<GeneratedKey, getrandom::Error> {
     })
 }
 
-/// SHA-256 of the whole key. Keys carry 256 bits of entropy, so a fast hash is enough; the
-/// lookup is by hash equality inside PostgreSQL's index, which does not reveal timing
-/// about the secret to the caller.
+/// SHA-256 of the whole key. Keys carry 256 bits of entropy, so a fast hash is enough.
 pub fn hash_key(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
@@ -49,6 +61,8 @@ pub struct Caller {
     pub key_name: String,
     pub tenant: String,
     pub role: Role,
+    /// The key's own rate limit, if it has one.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Caller {
@@ -75,35 +89,129 @@ impl Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
+    /// Authenticates the request and charges it to the key's rate limit.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let Some(secret) = header.and_then(|v| v.strip_prefix("Bearer ")).map(str::trim) else {
-            return Err(ApiError::Unauthorized);
-        };
-        if !secret.starts_with(KEY_PREFIX) || secret.len() > 128 {
-            return Err(ApiError::Unauthorized);
+        // Handlers may ask for the caller more than once (directly and through
+        // `CommandContext`): authenticate and charge once per request.
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
         }
-        let row: Option<(Uuid, String, String, String)> = sqlx::query_as(
-            "select key_id, name, tenant_id, role from api_key where key_hash = $1 and revoked_at is null",
-        )
-        .bind(hash_key(secret))
-        .fetch_optional(&state.pool)
-        .await?;
-        let Some((key_id, key_name, tenant, role)) = row else {
-            tracing::info!("authentication failed");
-            return Err(ApiError::Unauthorized);
-        };
-        let role = role.parse::<Role>().map_err(ApiError::Internal)?;
-        Ok(Caller {
-            key_id,
-            key_name,
-            tenant,
-            role,
-        })
+        let caller = authenticate(state, &parts.headers, client_address(parts)).await?;
+        let budget = parts.extensions.get::<RouteBudget>().copied().unwrap_or_default();
+        if let Some(outcome) = state
+            .guards
+            .rate_limits
+            .charge(caller.key_id, caller.rate_limit, budget)
+        {
+            if let Some(slot) = parts.extensions.get::<RateLimitSlot>() {
+                slot.record(outcome);
+            }
+            if !outcome.allowed {
+                return Err(ApiError::RateLimited {
+                    retry_after: outcome.retry_after_secs(),
+                });
+            }
+        }
+        parts.extensions.insert(caller.clone());
+        Ok(caller)
     }
+}
+
+/// The address the request came from (the TCP peer; forwarding headers are not trusted).
+pub fn client_address(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    key_id: Uuid,
+    name: String,
+    tenant_id: String,
+    role: String,
+    key_hash: String,
+    rate_limit_per_second: Option<f64>,
+    rate_limit_burst: Option<i32>,
+}
+
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    address: Option<IpAddr>,
+) -> Result<Caller, ApiError> {
+    let failures = &state.guards.auth_failures;
+    failures.check(address)?;
+    let secret = bearer_key(headers).map_err(|failure| failures.fail(address, failure))?;
+    match find_key(&state.pool, secret).await? {
+        Some(caller) => Ok(caller),
+        None => Err(failures.fail(address, AuthFailure::UnknownKey)),
+    }
+}
+
+/// The active key whose secret is `secret` (`aipm_` and 64 hex digits), as its caller.
+pub async fn find_key(pool: &PgPool, secret: &str) -> Result<Option<Caller>, ApiError> {
+    let Some(display_prefix) = secret.get(..DISPLAY_PREFIX_LEN) else {
+        return Ok(None);
+    };
+    let candidates: Vec<KeyRow> = sqlx::query_as(
+        "select key_id, name, tenant_id, role, key_hash, rate_limit_per_second, rate_limit_burst
+         from api_key where key_prefix = $1 and revoked_at is null",
+    )
+    .bind(display_prefix)
+    .fetch_all(pool)
+    .await?;
+    let Some(key) = matching_key(&hash_key(secret), candidates) else {
+        return Ok(None);
+    };
+    let role = key.role.parse::<Role>().map_err(ApiError::Internal)?;
+    let rate_limit = match (key.rate_limit_per_second, key.rate_limit_burst) {
+        (Some(requests_per_second), Some(burst)) => Some(RateLimit {
+            requests_per_second,
+            burst: u32::try_from(burst).unwrap_or(1),
+        }),
+        _ => None,
+    };
+    Ok(Some(Caller {
+        key_id: key.key_id,
+        key_name: key.name,
+        tenant: key.tenant_id,
+        role,
+        rate_limit,
+    }))
+}
+
+/// The key of `Authorization: Bearer <key>`, if it has the shape of an aipm key.
+fn bearer_key(headers: &HeaderMap) -> Result<&str, AuthFailure> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthFailure::MissingKey)?;
+    let secret = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or(AuthFailure::NotBearer)?;
+    let well_formed = secret.len() == KEY_PREFIX.len() + KEY_HEX_DIGITS
+        && secret.starts_with(KEY_PREFIX)
+        && secret[KEY_PREFIX.len()..].bytes().all(|b| b.is_ascii_hexdigit());
+    if well_formed {
+        Ok(secret)
+    } else {
+        Err(AuthFailure::MalformedKey)
+    }
+}
+
+/// The candidate whose hash equals `presented`, comparing every candidate in full.
+fn matching_key(presented: &str, candidates: Vec<KeyRow>) -> Option<KeyRow> {
+    let mut found = None;
+    for candidate in candidates {
+        if bool::from(candidate.key_hash.as_bytes().ct_eq(presented.as_bytes())) {
+            found = Some(candidate);
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -119,5 +227,52 @@ mod tests {
         assert_eq!(hash_key(&a.secret), a.hash);
         assert_ne!(hash_key(&b.secret), a.hash);
         assert!(a.secret.starts_with(&a.display_prefix));
+    }
+
+    fn bearer(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn only_bearer_tokens_shaped_like_keys_are_looked_up() {
+        let key = generate_key().unwrap().secret;
+        assert_eq!(bearer_key(&bearer(&format!("Bearer {key}"))), Ok(key.as_str()));
+        assert_eq!(bearer_key(&HeaderMap::new()), Err(AuthFailure::MissingKey));
+        assert_eq!(
+            bearer_key(&bearer(&format!("Basic {key}"))),
+            Err(AuthFailure::NotBearer)
+        );
+        assert_eq!(
+            bearer_key(&bearer("Bearer aipm_short")),
+            Err(AuthFailure::MalformedKey)
+        );
+        let not_hex = format!("{KEY_PREFIX}{}", "z".repeat(KEY_HEX_DIGITS));
+        assert_eq!(
+            bearer_key(&bearer(&format!("Bearer {not_hex}"))),
+            Err(AuthFailure::MalformedKey)
+        );
+    }
+
+    #[test]
+    fn the_matching_candidate_is_found_among_several() {
+        let row = |hash: &str| KeyRow {
+            key_id: Uuid::new_v4(),
+            name: hash.into(),
+            tenant_id: "acme".into(),
+            role: "viewer".into(),
+            key_hash: hash.into(),
+            rate_limit_per_second: None,
+            rate_limit_burst: None,
+        };
+        let wanted = hash_key("b");
+        let found = matching_key(
+            &wanted,
+            vec![row(&hash_key("a")), row(&wanted), row(&hash_key("c"))],
+        );
+        assert_eq!(found.map(|k| k.key_hash), Some(wanted.clone()));
+        assert!(matching_key(&wanted, vec![row(&hash_key("a"))]).is_none());
+        assert!(matching_key(&wanted, vec![]).is_none());
     }
 }

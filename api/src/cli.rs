@@ -60,6 +60,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ReplayCommand,
     },
+    /// Check the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -73,12 +78,17 @@ pub struct ServeArgs {
     /// How long an Idempotency-Key is remembered (e.g. 24h, 90m, 3600).
     #[arg(long, env = "AIPM_IDEMPOTENCY_TTL", default_value = "24h", value_parser = crate::idempotency::parse_duration)]
     pub idempotency_ttl: std::time::Duration,
+    #[command(flatten)]
+    pub security: crate::hardening::SecurityArgs,
 }
 
 impl ServeArgs {
     /// The server configuration these arguments describe.
     pub fn settings(&self) -> crate::Settings {
-        let mut settings = crate::Settings::default();
+        let mut settings = crate::Settings {
+            security: self.security.settings(),
+            ..crate::Settings::default()
+        };
         settings.idempotency.ttl = self.idempotency_ttl;
         settings
     }
@@ -113,6 +123,17 @@ pub enum ReplayCommand {
         /// Only this projection (default: all).
         #[arg(long)]
         projection: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the hash chains from the event log and compare them with the audit log;
+    /// exits non-zero naming the first entry that does not match.
+    Verify {
+        /// Only this tenant (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 
@@ -211,6 +232,16 @@ async fn run(cli: Cli) -> Result<(), String> {
                     report.events_per_second()
                 );
             }
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { tenant },
+        } => {
+            let pool = db::connect(&cli.database_url, 4)
+                .await
+                .map_err(|e| e.to_string())?;
+            let report = crate::audit_cli::verify(&pool, tenant.as_deref()).await?;
+            print!("{report}");
             Ok(())
         }
     }

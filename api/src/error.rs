@@ -5,6 +5,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use commands::CommandError;
 use domain::access::ApiKeyError;
+use domain::audit::ReadRecordError;
 use domain::category::CategoryError;
 use domain::prompt::PromptError;
 use domain::text::InvalidText;
@@ -64,6 +65,16 @@ pub enum ApiError {
          only once and is not stored: revoke that key and issue a new one"
     )]
     KeySecretNotReplayable { key_id: uuid::Uuid },
+    #[error("this API key has used up its rate limit; retry in {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    #[error("too many failed authentications from this address; retry in {retry_after} s")]
+    TooManyFailedAuthentications { retry_after: u64 },
+    #[error("the server is at capacity; retry shortly")]
+    Overloaded,
+    #[error("the server has as many event streams open as it allows; retry later")]
+    TooManyStreams,
+    #[error("the request took longer than {} s and was abandoned; a change it asked for may or may not have been made", after.as_secs_f64())]
+    Timeout { after: std::time::Duration },
     #[error("internal error")]
     Internal(String),
 }
@@ -99,7 +110,28 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused"),
             ApiError::IdempotencyInProgress { .. } => (StatusCode::CONFLICT, "idempotency-in-progress"),
             ApiError::KeySecretNotReplayable { .. } => (StatusCode::CONFLICT, "key-secret-not-replayable"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
+            ApiError::TooManyFailedAuthentications { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too-many-failed-authentications")
+            }
+            ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too-many-streams"),
+            ApiError::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl ApiError {
+    /// Seconds the client should wait before retrying, for `Retry-After`.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { retry_after }
+            | ApiError::TooManyFailedAuthentications { retry_after }
+            | ApiError::IdempotencyInProgress { retry_after } => Some(*retry_after),
+            ApiError::Overloaded => Some(1),
+            ApiError::TooManyStreams => Some(5),
+            _ => None,
         }
     }
 }
@@ -160,10 +192,10 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert(header::ETAG, etag);
             }
         }
-        if let ApiError::IdempotencyInProgress { retry_after } = self {
+        if let Some(seconds) = self.retry_after() {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
         }
         response
     }
@@ -251,7 +283,17 @@ impl DomainProblem for ApiKeyError {
     fn into_api_error(self) -> ApiError {
         match self {
             ApiKeyError::NotFound => ApiError::NotFound("API key"),
-            ApiKeyError::AlreadyExists | ApiKeyError::AlreadyRevoked => ApiError::Conflict(self.to_string()),
+            ApiKeyError::AlreadyExists | ApiKeyError::AlreadyRevoked | ApiKeyError::Revoked => {
+                ApiError::Conflict(self.to_string())
+            }
+        }
+    }
+}
+
+impl DomainProblem for ReadRecordError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            ReadRecordError::AlreadyRecorded => ApiError::Conflict(self.to_string()),
         }
     }
 }
@@ -275,6 +317,7 @@ impl<E: DomainProblem> From<CommandError<E>> for ApiError {
             }
             CommandError::AlreadyApplied => ApiError::Conflict(error.to_string()),
             CommandError::Store(cause) => ApiError::Internal(cause),
+            CommandError::Unavailable(cause) => ApiError::Unavailable(cause),
         }
     }
 }

@@ -1,17 +1,17 @@
 //! Request extractors shared by the handlers: JSON bodies whose rejections are problems,
 //! the metadata every command carries, and `If-Match`.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use commands::CommandMetadata;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::auth::Caller;
+use crate::auth::{client_address, Caller};
 use crate::error::ApiError;
+use crate::hardening::BodyLimit;
 use crate::idempotency::IdempotentRequest;
 use crate::request_id::RequestId;
 use crate::state::AppState;
@@ -24,7 +24,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let axum::Json(value) = axum::Json::<Value>::from_request(req, state).await?;
+        // The route group's limit, so that a 413 names the limit that applied.
+        let limit = req.extensions().get::<BodyLimit>().copied();
+        let value = match axum::Json::<Value>::from_request(req, state).await {
+            Ok(axum::Json(value)) => value,
+            Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::PayloadTooLarge {
+                    limit: limit.map_or(crate::app::BODY_LIMIT, |l| l.0),
+                })
+            }
+            Err(rejection) => return Err(rejection.into()),
+        };
         if let Some(field) = field_with_nul(&value, "body") {
             return Err(ApiError::invalid(field, NUL_MESSAGE));
         }
@@ -172,10 +182,7 @@ impl FromRequestParts<AppState> for CommandContext {
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_default();
-        let client_addr = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
+        let client_addr = client_address(parts).map(|a| a.to_string());
         let reason = header_text(headers, "x-reason")
             .map(|r| parse_reason(&r))
             .transpose()?;

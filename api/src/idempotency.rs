@@ -178,7 +178,10 @@ async fn read_body(parts: &Parts, body: Body) -> ApiResult<Bytes> {
     Bytes::from_request(limited, &()).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge {
-                limit: crate::app::BODY_LIMIT,
+                limit: parts
+                    .extensions
+                    .get::<crate::hardening::BodyLimit>()
+                    .map_or(crate::app::BODY_LIMIT, |limit| limit.0),
             }
         } else {
             ApiError::MalformedBody(rejection.body_text())

@@ -18,6 +18,7 @@ use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr};
 use utoipa::{Modify, OpenApi as _, PartialSchema, ToResponse, ToSchema};
 
 use crate::error::{FieldError, Problem};
+use crate::hardening::overload::PROBES;
 
 /// Name of the security scheme in `components.securitySchemes`.
 pub const BEARER: &str = "bearer";
@@ -54,6 +55,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
             UnsupportedMediaType,
             InvalidIdempotencyKey,
             Conflict,
+            TooManyRequests,
             Unavailable,
         )
     ),
@@ -61,7 +63,8 @@ const PROBLEM_JSON: &str = "application/problem+json";
     tags(
         (name = "prompts", description = "Prompts, their immutable versions and their labels"),
         (name = "categories", description = "Categories that group prompts"),
-        (name = "keys", description = "API keys of the caller's tenant (admins)"),
+        (name = "keys", description = "API keys of the caller's tenant and their rate limits (admins)"),
+        (name = "audit", description = "The tenant's hash-chained audit log (auditors and admins); reads are recorded"),
         (name = "system", description = "Probes and operational state"),
         (name = "docs", description = "This document and its interactive reader"),
     )
@@ -93,12 +96,13 @@ impl Modify for BearerScheme {
 
 /// Completes the document once every route is in it. Operations are protected unless their
 /// attribute says `security(())` (the probes and the docs): a protected operation requires
-/// the bearer scheme and can answer 401, 403 and 503 whatever its handler does, so those
-/// responses are added here rather than repeated on every handler. A public operation gets
+/// the bearer scheme and can answer 401, 403 and 429 whatever its handler does, so those
+/// responses are added here rather than repeated on every handler; so is 503, which every
+/// operation but the probes can answer when the server sheds load. A public operation gets
 /// `security: []`, which is how OpenAPI says "no authentication". Likewise, a command that
 /// takes `Idempotency-Key` can answer what the idempotency layer answers (400, 409, 422).
 pub fn finish(mut openapi: OpenApi) -> OpenApi {
-    for item in openapi.paths.paths.values_mut() {
+    for (path, item) in openapi.paths.paths.iter_mut() {
         let operations = [
             &mut item.get,
             &mut item.put,
@@ -117,6 +121,10 @@ pub fn finish(mut openapi: OpenApi) -> OpenApi {
                 operation.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
                 add_response::<Unauthorized>(operation, "401");
                 add_response::<Forbidden>(operation, "403");
+                add_response::<TooManyRequests>(operation, "429");
+            }
+            if !PROBES.contains(&path.as_str()) {
+                // Shedding and timeouts (`crate::hardening`) spare only the probes.
                 add_response::<Unavailable>(operation, "503");
             }
             if takes_header(operation, IDEMPOTENCY_KEY) {
@@ -210,7 +218,8 @@ problem_responses! {
     PayloadTooLarge => "The body is larger than the limit (`/problems/payload-too-large`).",
     UnsupportedMediaType => "The body was not sent as `Content-Type: application/json` (`/problems/unsupported-media-type`).",
     Conflict => "The change conflicts with the resource's state: a stale `If-Match` (`/problems/version-mismatch`, with `current_version` and the current `ETag`), a name already taken (`/problems/name-taken`), a change the current state forbids (`/problems/conflict`), a retry while the first request with its `Idempotency-Key` still runs (`/problems/idempotency-in-progress`, with `Retry-After`), or a retry of `POST /v1/keys`, whose secret is not kept (`/problems/key-secret-not-replayable`).",
-    Unavailable => "The database is unreachable; retry later (`/problems/unavailable`).",
+    TooManyRequests => "Over this key's rate limit (`/problems/rate-limited`, with `Retry-After` and `RateLimit-*` headers), or too many failed authentications from this address (`/problems/too-many-failed-authentications`, with `Retry-After`).",
+    Unavailable => "The database is unreachable (`/problems/unavailable`), the server is at capacity (`/problems/overloaded`, with `Retry-After`) or the request took too long (`/problems/timeout`); retry later.",
 }
 
 // Schemas of the validated text types of `domain`, which has no OpenAPI dependency of its own.

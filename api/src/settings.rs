@@ -7,4 +7,6 @@
 pub struct Settings {
     /// Idempotency keys: how long they live, how long an attempt holds one.
     pub idempotency: crate::idempotency::IdempotencySettings,
+    /// Rate limits, body limits, timeouts, shedding, CORS and security headers.
+    pub security: crate::hardening::SecuritySettings,
 }

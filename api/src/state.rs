@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use commands::{AggregateStore, Committed, EventStore, IdempotencyStore};
 use domain::access::{ApiKey, Tenant};
+use domain::audit::ReadRecord;
 use domain::category::PromptCategory;
 use domain::prompt::Prompt;
 use domain::Governed;
@@ -14,6 +15,7 @@ use sqlx::PgPool;
 
 use crate::error::{ApiResult, DomainProblem};
 use crate::extract::CommandContext;
+use crate::hardening::Guards;
 use crate::settings::Settings;
 
 /// How long a command waits for the read models to show its effect before answering.
@@ -38,10 +40,14 @@ pub struct App {
     pub categories: AggregateStore<PromptCategory>,
     pub keys: AggregateStore<ApiKey>,
     pub tenants: AggregateStore<Tenant>,
+    /// Records of reads of the audit log and key listings.
+    pub read_records: AggregateStore<ReadRecord>,
     /// The projections this process runs, for read-your-writes and lag.
     pub projections: Projections,
     /// Idempotency keys and the responses stored under them.
     pub idempotency: IdempotencyStore,
+    /// Rate limits, brute-force protection and the other request limits.
+    pub guards: Guards,
 }
 
 impl App {
@@ -58,8 +64,10 @@ impl App {
             categories: store.aggregates(()),
             keys: store.aggregates(()),
             tenants: store.aggregates(()),
+            read_records: store.aggregates(()),
             projections,
             idempotency,
+            guards: Guards::new(&settings.security),
         }
     }
 

@@ -96,3 +96,77 @@ fn without_a_subcommand_it_serves_on_the_address_from_the_environment() {
         .output();
     assert!(answered, "no answer on {address}");
 }
+
+#[test]
+fn audit_verify_exits_non_zero_naming_the_first_tampered_entry() {
+    let database = format!("aipm_test_cli_audit_{}", std::process::id());
+    let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    let psql = |sql: &str| {
+        let output = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(if sql.starts_with("drop database") {
+                "postgres"
+            } else {
+                &database
+            })
+            .arg("-qc")
+            .arg(sql)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let verify = |tenant: Option<&str>| {
+        let mut command = aipm();
+        command.env("DATABASE_URL", &url).args(["audit", "verify"]);
+        if let Some(tenant) = tenant {
+            command.args(["--tenant", tenant]);
+        }
+        command.output().unwrap()
+    };
+    // A tenant and its first key: two events, audited when the CLI brings the read models up.
+    let created = aipm()
+        .env("DATABASE_URL", &url)
+        .args([
+            "keys", "create", "--tenant", "acme", "--role", "admin", "--name", "ci",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+
+    let intact = verify(Some("acme"));
+    let stdout = String::from_utf8_lossy(&intact.stdout);
+    assert_eq!(intact.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("acme: ok, 2 entries, head #2 "), "{stdout}");
+
+    psql(
+        "begin; set local session_replication_role = replica;
+         update events set metadata = jsonb_set(metadata, '{actor_name}', '\"someone-else\"')
+         where aggregate_type = 'api_key'; commit;",
+    );
+    for tenant in [Some("acme"), None] {
+        let tampered = verify(tenant);
+        let stderr = String::from_utf8_lossy(&tampered.stderr);
+        assert_eq!(tampered.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("tenant acme does not match the event log at entry #2 (content differs)"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let stdout = String::from_utf8_lossy(&tampered.stdout);
+        assert!(stdout.contains("acme: MISMATCH at entry #2"), "{stdout}");
+    }
+    let unknown = verify(Some("nobody"));
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no events and no audit entries"));
+
+    psql(&format!("drop database if exists \"{database}\" with (force)"));
+}

@@ -61,6 +61,9 @@ pub enum CommandError<E: std::error::Error> {
     /// The database failed or returned something unreadable.
     #[error("event store failure: {0}")]
     Store(String),
+    /// No database connection in time, or the connection broke: a retry may succeed.
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The outcome of a successful command.
@@ -237,6 +240,9 @@ where
                     return Err(CommandError::NameTaken { scope, key })
                 }
                 Err(AppendError::AlreadyRecorded) => return Err(CommandError::AlreadyApplied),
+                Err(AppendError::Database(
+                    error @ (sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)),
+                )) => return Err(CommandError::Unavailable(error.to_string())),
                 Err(AppendError::Database(error)) => return Err(CommandError::Store(error.to_string())),
             }
         }
@@ -511,5 +517,8 @@ fn classify(error: sqlx::Error, claimed: &[(&'static str, String)]) -> AppendErr
 }
 
 fn store_error<E: std::error::Error>(error: AggregateError<E>) -> CommandError<E> {
-    CommandError::Store(error.to_string())
+    match error {
+        AggregateError::DatabaseConnectionError(cause) => CommandError::Unavailable(cause.to_string()),
+        other => CommandError::Store(other.to_string()),
+    }
 }

@@ -7,7 +7,7 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::governed::Governed;
-use crate::text::{DisplayName, Slug};
+use crate::text::{DisplayName, InvalidText, Slug};
 
 /// What an API key may do inside its tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -165,6 +165,43 @@ impl Governed for Tenant {
 // ---------------------------------------------------------------------------------------
 // API key
 
+/// A key's own request budget, replacing the server's default: a token bucket refilled at
+/// `requests_per_second` that holds at most `burst` requests.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub requests_per_second: f64,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// Highest accepted rate and burst: beyond them a limit means nothing.
+    pub const MAX: u32 = 1_000_000;
+
+    /// A rate above 0 (fractions allowed: 0.5 is one request every two seconds) and a
+    /// burst of at least 1, both at most [`RateLimit::MAX`].
+    pub fn new(requests_per_second: f64, burst: u32) -> Result<Self, InvalidText> {
+        if !(requests_per_second.is_finite()
+            && requests_per_second > 0.0
+            && requests_per_second <= f64::from(Self::MAX))
+        {
+            return Err(InvalidText::new(
+                "requests_per_second",
+                format!("must be more than 0 and at most {}", Self::MAX),
+            ));
+        }
+        if !(1..=Self::MAX).contains(&burst) {
+            return Err(InvalidText::new(
+                "burst",
+                format!("must be between 1 and {}", Self::MAX),
+            ));
+        }
+        Ok(Self {
+            requests_per_second,
+            burst,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum ApiKeyCommand {
     /// `key_hash` is the SHA-256 of the secret, computed by the caller: the secret itself
@@ -177,6 +214,12 @@ pub enum ApiKeyCommand {
         key_prefix: String,
     },
     RevokeApiKey,
+    /// Gives the key its own rate limit instead of the server's default.
+    SetRateLimit {
+        limit: RateLimit,
+    },
+    /// Returns the key to the server's default rate limit.
+    ClearRateLimit,
 }
 
 /// Stored in `events.event_type` by variant name: never rename one.
@@ -190,6 +233,11 @@ pub enum ApiKeyEvent {
         key_prefix: String,
     },
     ApiKeyRevoked,
+    ApiKeyRateLimitSet {
+        requests_per_second: f64,
+        burst: u32,
+    },
+    ApiKeyRateLimitCleared,
 }
 
 impl DomainEvent for ApiKeyEvent {
@@ -197,6 +245,8 @@ impl DomainEvent for ApiKeyEvent {
         match self {
             Self::ApiKeyIssued { .. } => "ApiKeyIssued",
             Self::ApiKeyRevoked => "ApiKeyRevoked",
+            Self::ApiKeyRateLimitSet { .. } => "ApiKeyRateLimitSet",
+            Self::ApiKeyRateLimitCleared => "ApiKeyRateLimitCleared",
         }
         .to_string()
     }
@@ -214,6 +264,8 @@ pub enum ApiKeyError {
     AlreadyExists,
     #[error("the API key is already revoked")]
     AlreadyRevoked,
+    #[error("the API key is revoked")]
+    Revoked,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -222,6 +274,9 @@ pub struct ApiKey {
     pub name: String,
     pub role: Option<Role>,
     pub revoked: bool,
+    /// Absent from snapshots taken before keys had their own limits.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Aggregate for ApiKey {
@@ -267,6 +322,26 @@ impl Aggregate for ApiKey {
                 sink.write(ApiKeyEvent::ApiKeyRevoked, self).await;
                 Ok(())
             }
+            ApiKeyCommand::SetRateLimit { .. } | ApiKeyCommand::ClearRateLimit if self.tenant.is_none() => {
+                Err(ApiKeyError::NotFound)
+            }
+            ApiKeyCommand::SetRateLimit { .. } | ApiKeyCommand::ClearRateLimit if self.revoked => {
+                Err(ApiKeyError::Revoked)
+            }
+            ApiKeyCommand::SetRateLimit { limit } => {
+                let event = ApiKeyEvent::ApiKeyRateLimitSet {
+                    requests_per_second: limit.requests_per_second,
+                    burst: limit.burst,
+                };
+                sink.write(event, self).await;
+                Ok(())
+            }
+            // Clearing a limit that is not set changes nothing, so it records nothing.
+            ApiKeyCommand::ClearRateLimit if self.rate_limit.is_none() => Ok(()),
+            ApiKeyCommand::ClearRateLimit => {
+                sink.write(ApiKeyEvent::ApiKeyRateLimitCleared, self).await;
+                Ok(())
+            }
         }
     }
 
@@ -280,6 +355,16 @@ impl Aggregate for ApiKey {
                 self.role = Some(role);
             }
             ApiKeyEvent::ApiKeyRevoked => self.revoked = true,
+            ApiKeyEvent::ApiKeyRateLimitSet {
+                requests_per_second,
+                burst,
+            } => {
+                self.rate_limit = Some(RateLimit {
+                    requests_per_second,
+                    burst,
+                })
+            }
+            ApiKeyEvent::ApiKeyRateLimitCleared => self.rate_limit = None,
         }
     }
 }
@@ -293,6 +378,7 @@ impl Governed for ApiKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cqrs_es::test::TestFramework;
 
     #[test]
     fn each_role_has_exactly_the_rights_it_names() {
@@ -306,6 +392,68 @@ mod tests {
         assert!(Role::Ingest.allows(Permission::IngestUsage));
         assert!(Role::Admin.allows(Permission::Operate));
         assert!(!Role::Auditor.allows(Permission::Operate));
+    }
+
+    fn issued() -> ApiKeyEvent {
+        ApiKeyEvent::ApiKeyIssued {
+            tenant: "acme".into(),
+            name: "ci".into(),
+            role: Role::Editor,
+            key_hash: "h".into(),
+            key_prefix: "aipm_0123".into(),
+        }
+    }
+
+    #[test]
+    fn a_key_gets_its_own_rate_limit_and_loses_it_again() {
+        let limit = RateLimit::new(2.5, 10).unwrap();
+        TestFramework::<ApiKey>::with(())
+            .given(vec![issued()])
+            .when(ApiKeyCommand::SetRateLimit { limit })
+            .then_expect_events(vec![ApiKeyEvent::ApiKeyRateLimitSet {
+                requests_per_second: 2.5,
+                burst: 10,
+            }]);
+        TestFramework::<ApiKey>::with(())
+            .given(vec![
+                issued(),
+                ApiKeyEvent::ApiKeyRateLimitSet {
+                    requests_per_second: 2.5,
+                    burst: 10,
+                },
+            ])
+            .when(ApiKeyCommand::ClearRateLimit)
+            .then_expect_events(vec![ApiKeyEvent::ApiKeyRateLimitCleared]);
+        TestFramework::<ApiKey>::with(())
+            .given(vec![issued()])
+            .when(ApiKeyCommand::ClearRateLimit)
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn revoked_or_unknown_keys_get_no_rate_limit() {
+        let limit = RateLimit::new(1.0, 1).unwrap();
+        TestFramework::<ApiKey>::with(())
+            .given(vec![issued(), ApiKeyEvent::ApiKeyRevoked])
+            .when(ApiKeyCommand::SetRateLimit { limit })
+            .then_expect_error(ApiKeyError::Revoked);
+        TestFramework::<ApiKey>::with(())
+            .given_no_previous_events()
+            .when(ApiKeyCommand::ClearRateLimit)
+            .then_expect_error(ApiKeyError::NotFound);
+    }
+
+    #[test]
+    fn rate_limits_must_be_positive_and_bounded() {
+        assert!(RateLimit::new(0.5, 1).is_ok());
+        assert_eq!(RateLimit::new(0.0, 1).unwrap_err().field, "requests_per_second");
+        assert_eq!(
+            RateLimit::new(f64::NAN, 1).unwrap_err().field,
+            "requests_per_second"
+        );
+        assert_eq!(RateLimit::new(2e6, 1).unwrap_err().field, "requests_per_second");
+        assert_eq!(RateLimit::new(1.0, 0).unwrap_err().field, "burst");
+        assert_eq!(RateLimit::new(1.0, 2_000_000).unwrap_err().field, "burst");
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! - [`prompt`]: prompts, their immutable versions and the labels that point at them.
 //! - [`category`]: prompt categories.
 //! - [`access`]: tenants and API keys with their roles.
+//! - [`audit`]: records of who read the audit log and key listings.
 //! - [`template`]: parsing `{{variable}}` placeholders.
 //! - [`position`]: the cursor into the one global order of events.
 //! - [`governed`]: what every aggregate here shares (its tenant, the unique names it holds).
 
 pub mod access;
+pub mod audit;
 pub mod category;
 pub mod governed;
 pub mod position;

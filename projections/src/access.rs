@@ -75,6 +75,27 @@ impl Projection for AccessProjection {
                             .execute(&mut *tx)
                             .await?;
                     }
+                    ApiKeyEvent::ApiKeyRateLimitSet {
+                        requests_per_second,
+                        burst,
+                    } => {
+                        sqlx::query(
+                            "update api_key set rate_limit_per_second = $2, rate_limit_burst = $3 where key_id = $1",
+                        )
+                        .bind(key_id)
+                        .bind(requests_per_second)
+                        .bind(i32::try_from(burst).unwrap_or(i32::MAX))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    ApiKeyEvent::ApiKeyRateLimitCleared => {
+                        sqlx::query(
+                            "update api_key set rate_limit_per_second = null, rate_limit_burst = null where key_id = $1",
+                        )
+                        .bind(key_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                 }
             }
         }

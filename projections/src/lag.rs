@@ -7,6 +7,7 @@ use crate::runner::Projection;
 
 /// One projection's position and distance from the head of the log.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProjectionLag {
     pub name: &'static str,
     /// The checkpoint as `<transaction>-<position>`.

@@ -9,11 +9,16 @@
 //! - [`catalog`]: prompts, their versions and categories (`prompt`, `prompt_version`,
 //!   `prompt_category`).
 //! - [`access`]: tenants and API keys (`tenant`, `api_key`).
+//! - [`audit`]: the hash-chained audit log (`audit_entry`), its verification against the
+//!   log and the permission history; [`canonical`]: the JSON form its hashes cover.
 //! - [`lag`]: how far each projection is behind the log.
 
 pub mod access;
+pub mod audit;
+pub mod canonical;
 pub mod catalog;
 pub mod cloudevent;
+pub mod csv;
 pub mod event;
 pub mod global_order;
 pub mod lag;
@@ -29,5 +34,6 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(access::AccessProjection),
         Arc::new(catalog::CatalogProjection),
+        Arc::new(audit::AuditProjection),
     ]
 }

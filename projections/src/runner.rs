@@ -70,6 +70,12 @@ pub trait Projection: Send + Sync + 'static {
         None
     }
 
+    /// Whether a command waits for this projection before answering (read-your-writes).
+    /// Read models whose readers wait for them instead say no, and cost commands nothing.
+    fn awaited_by_commands(&self) -> bool {
+        true
+    }
+
     /// Applies a batch of events, in global order, inside the runner's transaction.
     async fn apply(&self, tx: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ProjectionError>;
 }
@@ -195,6 +201,7 @@ pub struct Projections {
 struct Checkpoint {
     name: &'static str,
     aggregate_types: Option<&'static [&'static str]>,
+    awaited_by_commands: bool,
     applied: watch::Receiver<GlobalCursor>,
 }
 
@@ -253,6 +260,7 @@ impl Projections {
                 let checkpoint = Checkpoint {
                     name: projection.name(),
                     aggregate_types: projection.aggregate_types(),
+                    awaited_by_commands: projection.awaited_by_commands(),
                     applied,
                 };
                 tokio::spawn(run(pool.clone(), projection, sender, wake.clone()));
@@ -265,13 +273,40 @@ impl Projections {
     /// Waits until every projection that reads `aggregate_type` has applied the event at
     /// `cursor`. Returns false if that took longer than `timeout`.
     pub async fn wait_for(&self, aggregate_type: &str, cursor: GlobalCursor, timeout: Duration) -> bool {
-        let relevant = self.checkpoints.iter().filter(|c| {
-            c.aggregate_types
-                .is_none_or(|types| types.contains(&aggregate_type))
-        });
+        let relevant = self
+            .checkpoints
+            .iter()
+            .filter(|c| {
+                c.awaited_by_commands
+                    && c.aggregate_types
+                        .is_none_or(|types| types.contains(&aggregate_type))
+            })
+            .map(|c| c.applied.clone())
+            .collect();
+        Self::wait_all(relevant, cursor, timeout).await
+    }
+
+    /// Waits until the projection called `name` has applied the event at `cursor`. Returns
+    /// false if that took longer than `timeout` (or this process does not run it).
+    pub async fn wait_for_projection(&self, name: &str, cursor: GlobalCursor, timeout: Duration) -> bool {
+        let named: Vec<_> = self
+            .checkpoints
+            .iter()
+            .filter(|c| c.name == name)
+            .map(|c| c.applied.clone())
+            .collect();
+        !named.is_empty() && Self::wait_all(named, cursor, timeout).await
+    }
+
+    // Takes the receivers by value: a future borrowing the checkpoints through an iterator
+    // adapter would not be `Send` for every lifetime, which axum handlers require.
+    async fn wait_all(
+        checkpoints: Vec<watch::Receiver<GlobalCursor>>,
+        cursor: GlobalCursor,
+        timeout: Duration,
+    ) -> bool {
         let all = async {
-            for checkpoint in relevant {
-                let mut applied = checkpoint.applied.clone();
+            for mut applied in checkpoints {
                 if applied.wait_for(|applied| *applied >= cursor).await.is_err() {
                     return false;
                 }

@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::auth::{generate_key, Caller};
+use crate::auth::generate_key;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ChangeHeaders, CommandContext, CreateHeaders};
 use crate::idempotency::ReplayAs;
@@ -32,7 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// An API key, without its secret.
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
-pub struct KeyView {
+pub(crate) struct KeyView {
     id: Uuid,
     name: String,
     #[schema(value_type = RoleName)]
@@ -44,6 +44,17 @@ pub struct KeyView {
     /// The name of the key that issued it.
     created_by: String,
     revoked_at: Option<DateTime<Utc>>,
+    /// The key's own rate limit (`requests_per_second`, `burst`); `null`: the default.
+    #[schema(value_type = Option<KeyRateLimit>)]
+    rate_limit: Option<sqlx::types::Json<serde_json::Value>>,
+}
+
+/// A key's own rate limit.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes the JSON the access projection stores
+struct KeyRateLimit {
+    requests_per_second: f64,
+    burst: u32,
 }
 
 /// A newly issued key: `key` is the secret, shown in this response and nowhere else.
@@ -63,7 +74,20 @@ struct KeyList {
 }
 
 const KEY_COLUMNS: &str =
-    "key_id as id, name, role, key_prefix as prefix, created_at, created_by, revoked_at";
+    "key_id as id, name, role, key_prefix as prefix, created_at, created_by, revoked_at,
+     case when rate_limit_per_second is null then null
+          else json_build_object('requests_per_second', rate_limit_per_second, 'burst', rate_limit_burst) end as rate_limit";
+
+/// One key of `tenant`, as listed.
+pub(crate) async fn key_view(app: &AppState, id: Uuid, tenant: &str) -> ApiResult<KeyView> {
+    let sql = format!("select {KEY_COLUMNS} from api_key where key_id = $1 and tenant_id = $2");
+    sqlx::query_as(&sql)
+        .bind(id)
+        .bind(tenant)
+        .fetch_optional(&app.pool)
+        .await?
+        .ok_or(ApiError::NotFound("API key"))
+}
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -126,13 +150,7 @@ async fn create_key(
     if !issued_now {
         return Err(not_replayable());
     }
-    let sql = format!("select {KEY_COLUMNS} from api_key where key_id = $1 and tenant_id = $2");
-    let view: KeyView = sqlx::query_as(&sql)
-        .bind(id)
-        .bind(&tenant)
-        .fetch_optional(&app.pool)
-        .await?
-        .ok_or(ApiError::NotFound("API key"))?;
+    let view = key_view(&app, id, &tenant).await?;
     let location = [(header::LOCATION, format!("/v1/keys/{id}"))];
     Ok((
         StatusCode::CREATED,
@@ -142,15 +160,21 @@ async fn create_key(
     ))
 }
 
-/// `GET /v1/keys`: the tenant's keys, revoked ones included; never their secrets.
+/// `GET /v1/keys`: the tenant's keys, revoked ones included; never their secrets. The
+/// listing is recorded in the audit log.
 #[utoipa::path(
     get,
     path = "/v1/keys",
     tag = "keys",
-    responses((status = 200, description = "The tenant's keys, oldest first", body = KeyList))
+    responses(
+        (status = 200, description = "The tenant's keys, oldest first", body = KeyList),
+        (status = 422, response = ValidationFailed),
+    )
 )]
-async fn list_keys(State(app): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
+async fn list_keys(State(app): State<AppState>, context: CommandContext) -> ApiResult<impl IntoResponse> {
+    let caller = &context.caller;
     caller.require(Permission::ManageKeys)?;
+    crate::routes::audit::record_read(&app, &context, "api_keys", Default::default()).await?;
     let sql = format!("select {KEY_COLUMNS} from api_key where tenant_id = $1 order by key_id");
     let items: Vec<KeyView> = sqlx::query_as(&sql)
         .bind(&caller.tenant)

@@ -1,9 +1,11 @@
 //! One module per resource; each exposes `router()`.
 
+pub mod audit;
 pub mod categories;
 pub mod docs;
 pub mod keys;
 pub mod prompts;
+pub mod rate_limits;
 pub mod system;
 
 use crate::error::{ApiError, FieldError};

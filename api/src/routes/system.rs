@@ -4,7 +4,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use chrono::{DateTime, Utc};
 use domain::access::Permission;
 use serde_json::json;
 use utoipa::ToSchema;
@@ -48,24 +47,7 @@ struct Readiness {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 struct ProjectionLagList {
-    projections: Vec<ProjectionLag>,
-}
-
-/// One projection's position and distance from the head of the log
-/// (`projections::lag::ProjectionLag`).
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct ProjectionLag {
-    #[schema(example = "catalog")]
-    name: String,
-    /// The checkpoint as `<transaction>-<position>`.
-    #[schema(example = "1234-56")]
-    checkpoint: String,
-    /// Committed events not yet applied.
-    events_behind: i64,
-    /// Age of the oldest committed event not yet applied (0 when caught up).
-    seconds_behind: f64,
-    checkpoint_updated_at: Option<DateTime<Utc>>,
+    projections: Vec<projections::lag::ProjectionLag>,
 }
 
 /// `GET /healthz`: the process is up.

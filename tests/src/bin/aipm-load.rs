@@ -2,6 +2,8 @@
 //!
 //! - `http`: closed-loop HTTP load (N concurrent clients, each sending its next request as
 //!   soon as the previous one answered) against a running server, per client count.
+//! - `overload`: open-loop load at fixed arrival rates beyond capacity: what is admitted,
+//!   what is shed, the server's memory, and how it recovers.
 //! - `hot-prompt`: whether publishing a version costs more once a prompt has a long history.
 //! - `seed-events`: bulk-inserts synthetic prompt events straight into the event log.
 //! - `rebuild`: times rebuilding a read model from the event log.
@@ -45,6 +47,13 @@ enum Command {
     /// requests (any status) started within the measured window; `non-2xx` counts those
     /// answered with another status, `errors` the requests that got no answer at all.
     Http(HttpArgs),
+    /// Open-loop load at fixed arrival rates (requests are sent on schedule whether or not
+    /// earlier ones were answered, as independent clients would), for each rate: a short
+    /// closed-loop measurement before, the overload, and the same measurement after.
+    Overload(OverloadArgs),
+    /// What authenticating a request and charging its rate limit cost, in isolation: the
+    /// server's key lookup against the database, and the in-memory rate limiter.
+    AuthCost(AuthCostArgs),
     /// Publish latency on a prompt with a long history versus a fresh prompt.
     HotPrompt(HotPromptArgs),
     /// Bulk-insert synthetic prompt events into the event log of an aipm database.
@@ -69,6 +78,11 @@ enum Scenario {
     CreatePrompts,
     /// POST /v1/prompts/{id}/versions, each client to its own prompt.
     PublishVersions,
+    /// GET /v1/prompts/{id}, each client its own prompt: a small authenticated read.
+    ReadPrompt,
+    /// GET /healthz without a key: the same HTTP round trip without authentication,
+    /// rate limiting or a query.
+    Healthz,
 }
 
 impl Scenario {
@@ -76,6 +90,34 @@ impl Scenario {
         match self {
             Scenario::CreatePrompts => "create-prompts",
             Scenario::PublishVersions => "publish-versions",
+            Scenario::ReadPrompt => "read-prompt",
+            Scenario::Healthz => "healthz",
+        }
+    }
+
+    /// Whether each client works on a prompt of its own, created before measuring.
+    fn needs_prompt(self) -> bool {
+        matches!(self, Scenario::PublishVersions | Scenario::ReadPrompt)
+    }
+
+    /// The `n`th request of a client (`prefix` makes created names unique).
+    fn request(self, api: &Api, prompt: Option<&str>, prefix: &str, n: u64) -> reqwest::RequestBuilder {
+        let authorized = |builder: reqwest::RequestBuilder| builder.bearer_auth(&*api.key);
+        match (self, prompt) {
+            (Scenario::PublishVersions, Some(prompt)) => authorized(
+                api.client
+                    .post(api.url(&format!("/v1/prompts/{prompt}/versions")))
+                    .json(&json!({ "template": format!("Hello {{{{name}}}} #{n}") })),
+            ),
+            (Scenario::ReadPrompt, Some(prompt)) => {
+                authorized(api.client.get(api.url(&format!("/v1/prompts/{prompt}"))))
+            }
+            (Scenario::Healthz, _) => api.client.get(api.url("/healthz")),
+            _ => authorized(
+                api.client
+                    .post(api.url("/v1/prompts"))
+                    .json(&json!({ "name": format!("{prefix} #{n}") })),
+            ),
         }
     }
 }
@@ -101,6 +143,55 @@ struct HttpArgs {
     /// Send every request with a fresh `Idempotency-Key` (to measure what keys cost).
     #[arg(long)]
     idempotency_keys: bool,
+}
+
+#[derive(Debug, Args)]
+struct OverloadArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[arg(long, value_enum, default_value = "create-prompts")]
+    scenario: Scenario,
+    /// Offered requests per second, one measurement per value.
+    #[arg(long, value_delimiter = ',', required = true)]
+    rates: Vec<f64>,
+    /// Seconds of overload per rate.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Clients of the closed-loop measurements before and after the overload.
+    #[arg(long, default_value_t = 8)]
+    probe_clients: usize,
+    /// Seconds of each closed-loop measurement.
+    #[arg(long, default_value_t = 3.0)]
+    probe_duration: f64,
+    /// Requests the generator keeps unanswered at most; beyond it a scheduled request is
+    /// counted as not sent, so that the generator's own memory stays bounded.
+    #[arg(long, default_value_t = 20_000)]
+    max_outstanding: usize,
+    /// The server's process id, to sample its resident memory (Linux /proc).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Also append each result as a JSON line to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct AuthCostArgs {
+    /// The aipm database.
+    #[arg(long)]
+    database_url: String,
+    /// A key of that database (`aipm keys create ...`).
+    #[arg(long, env = "AIPM_KEY", hide_env_values = true)]
+    key: String,
+    /// Sequential key lookups timed.
+    #[arg(long, default_value_t = 10_000)]
+    samples: u32,
+    /// Rate-limiter charges timed, per key count.
+    #[arg(long, default_value_t = 2_000_000)]
+    charges: u32,
+    /// Also append the results as JSON lines to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +269,8 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Http(args) => http(args).await,
+        Command::Overload(args) => overload(args).await,
+        Command::AuthCost(args) => auth_cost(args).await,
         Command::HotPrompt(args) => hot_prompt(args).await,
         Command::SeedEvents(args) => seed_events(args).await,
         Command::Rebuild(args) => rebuild(args).await,
@@ -386,40 +479,15 @@ async fn http(args: HttpArgs) -> Result<()> {
         "clients", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "non-2xx", "errors"
     );
     for &clients in &args.clients {
-        let prompts = match args.scenario {
-            Scenario::CreatePrompts => vec![None; clients],
-            Scenario::PublishVersions => {
-                let creates = (0..clients).map(|i| {
-                    let api = api.clone();
-                    let name = format!("load {run_tag} c{clients} prompt {i}");
-                    async move { api.create_prompt(&name).await }
-                });
-                futures::future::try_join_all(creates)
-                    .await?
-                    .into_iter()
-                    .map(Some)
-                    .collect()
-            }
-        };
-        let measure_from = Instant::now() + warmup;
-        let deadline = measure_from + duration;
-        let mut tasks = tokio::task::JoinSet::new();
-        for (index, prompt) in prompts.into_iter().enumerate() {
-            let api = api.clone();
-            let prefix = format!("load {run_tag} c{clients} t{index}");
-            tasks.spawn(client_loop(
-                api,
-                args.scenario,
-                prefix,
-                prompt,
-                args.idempotency_keys,
-                (measure_from, deadline),
-            ));
-        }
-        let mut stats = ClientStats::default();
-        while let Some(joined) = tasks.join_next().await {
-            stats.merge(joined.map_err(|e| format!("a client task failed: {e}"))?);
-        }
+        let mut stats = closed_loop(
+            &api,
+            args.scenario,
+            clients,
+            &run_tag,
+            (warmup, duration),
+            args.idempotency_keys,
+        )
+        .await?;
         let requests = stats.latencies_us.len();
         let rate = requests as f64 / duration.as_secs_f64();
         let p = Percentiles::of(&mut stats.latencies_us);
@@ -458,6 +526,60 @@ async fn http(args: HttpArgs) -> Result<()> {
     Ok(())
 }
 
+/// `clients` closed-loop clients for `warmup` + `duration`; the stats of the measured part.
+async fn closed_loop(
+    api: &Api,
+    scenario: Scenario,
+    clients: usize,
+    run_tag: &str,
+    (warmup, duration): (Duration, Duration),
+    idempotency_keys: bool,
+) -> Result<ClientStats> {
+    let prompts = prepare_prompts(api, scenario, clients, &format!("{run_tag} c{clients}")).await?;
+    let measure_from = Instant::now() + warmup;
+    let deadline = measure_from + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, prompt) in prompts.into_iter().enumerate() {
+        let api = api.clone();
+        let prefix = format!("load {run_tag} c{clients} t{index}");
+        tasks.spawn(client_loop(
+            api,
+            scenario,
+            prefix,
+            prompt,
+            idempotency_keys,
+            (measure_from, deadline),
+        ));
+    }
+    let mut stats = ClientStats::default();
+    while let Some(joined) = tasks.join_next().await {
+        stats.merge(joined.map_err(|e| format!("a client task failed: {e}"))?);
+    }
+    Ok(stats)
+}
+
+/// One prompt per client when the scenario works on prompts, `None`s otherwise.
+async fn prepare_prompts(
+    api: &Api,
+    scenario: Scenario,
+    clients: usize,
+    tag: &str,
+) -> Result<Vec<Option<String>>> {
+    if !scenario.needs_prompt() {
+        return Ok(vec![None; clients]);
+    }
+    let creates = (0..clients).map(|i| {
+        let api = api.clone();
+        let name = format!("load {tag} prompt {i}");
+        async move { api.create_prompt(&name).await }
+    });
+    Ok(futures::future::try_join_all(creates)
+        .await?
+        .into_iter()
+        .map(Some)
+        .collect())
+}
+
 /// One closed-loop client: sends its next request as soon as the previous one answered,
 /// until `deadline`; records the requests started at or after `measure_from`.
 async fn client_loop(
@@ -469,25 +591,14 @@ async fn client_loop(
     (measure_from, deadline): (Instant, Instant),
 ) -> ClientStats {
     let mut stats = ClientStats::default();
-    let (url, create) = match (scenario, &prompt) {
-        (Scenario::PublishVersions, Some(prompt)) => {
-            (api.url(&format!("/v1/prompts/{prompt}/versions")), false)
-        }
-        _ => (api.url("/v1/prompts"), true),
-    };
     let mut n: u64 = 0;
     loop {
         n += 1;
-        let body = if create {
-            json!({ "name": format!("{prefix} #{n}") })
-        } else {
-            json!({ "template": format!("Hello {{{{name}}}} #{n}") })
-        };
         let started = Instant::now();
         if started >= deadline {
             break;
         }
-        let mut request = api.client.post(&url).bearer_auth(&*api.key).json(&body);
+        let mut request = scenario.request(&api, prompt.as_deref(), &prefix, n);
         if idempotency_keys {
             request = request.header("idempotency-key", Uuid::new_v4().to_string());
         }
@@ -528,6 +639,379 @@ async fn client_loop(
         }
     }
     stats
+}
+
+// ---------------------------------------------------------------------------------------
+// Overload
+
+/// What the requests of one open-loop phase got.
+#[derive(Default)]
+struct OpenLoopStats {
+    /// Latencies of 2xx answers (admitted and served).
+    admitted_us: Vec<u64>,
+    /// Latencies of `503 overloaded` answers (shed).
+    shed_us: Vec<u64>,
+    /// Other 503 answers: timed out, or no database connection in time.
+    unavailable: u64,
+    rate_limited: u64,
+    other_status: u64,
+    errors: u64,
+    /// Scheduled but not sent because `--max-outstanding` requests were unanswered.
+    not_sent: u64,
+    first_failure: Option<String>,
+}
+
+/// The open-loop phase of one rate.
+struct OpenLoopReport {
+    stats: OpenLoopStats,
+    scheduled: u64,
+    /// The most unanswered requests at once.
+    peak_outstanding: usize,
+    /// From the end of the load until every request sent had its answer.
+    drain: Duration,
+    peak_rss_kib: Option<u64>,
+}
+
+/// Resident memory of process `pid` in KiB (Linux).
+fn rss_kib(pid: Option<u32>) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or_else(|| "-".to_string(), |k| format!("{:.1}", k as f64 / 1024.0))
+}
+
+async fn overload(args: OverloadArgs) -> Result<()> {
+    let duration = seconds(args.duration, "duration")?;
+    let probe = seconds(args.probe_duration, "probe-duration")?;
+    if duration.is_zero() || args.rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
+        return Err("--duration and every --rates value must be more than 0".into());
+    }
+    if args.probe_clients == 0 || args.max_outstanding == 0 {
+        return Err("--probe-clients and --max-outstanding must be at least 1".into());
+    }
+    let api = Api::new(&args.server, args.max_outstanding.min(4096))?;
+    api.preflight().await?;
+    let run_tag = Uuid::new_v4().simple().to_string()[..8].to_string();
+    let warmup = Duration::from_secs(1);
+    println!(
+        "{} against {}: per rate, {} closed-loop clients for {:.1}s, {:.1}s of open-loop load, the same clients again",
+        args.scenario.name(),
+        api.base,
+        args.probe_clients,
+        probe.as_secs_f64(),
+        duration.as_secs_f64()
+    );
+    for &rate in &args.rates {
+        let tag = format!("{run_tag} r{rate}");
+        let rss_before = rss_kib(args.server_pid);
+        let mut before = closed_loop(
+            &api,
+            args.scenario,
+            args.probe_clients,
+            &format!("{tag} before"),
+            (warmup, probe),
+            false,
+        )
+        .await?;
+        let report = open_loop(&api, &args, rate, duration, &tag).await?;
+        let mut after = closed_loop(
+            &api,
+            args.scenario,
+            args.probe_clients,
+            &format!("{tag} after"),
+            (Duration::ZERO, probe),
+            false,
+        )
+        .await?;
+        let rss_after = rss_kib(args.server_pid);
+
+        let mut stats = report.stats;
+        let answered = stats.admitted_us.len()
+            + stats.shed_us.len()
+            + (stats.unavailable + stats.rate_limited + stats.other_status) as usize;
+        let admitted = Percentiles::of(&mut stats.admitted_us);
+        let shed = Percentiles::of(&mut stats.shed_us);
+        let sent = report.scheduled - stats.not_sent;
+        let shed_share = if sent == 0 {
+            0.0
+        } else {
+            stats.shed_us.len() as f64 / sent as f64
+        };
+        let seconds = duration.as_secs_f64();
+        let before_rate = before.latencies_us.len() as f64 / probe.as_secs_f64();
+        let after_rate = after.latencies_us.len() as f64 / probe.as_secs_f64();
+        let before_p = Percentiles::of(&mut before.latencies_us);
+        let after_p = Percentiles::of(&mut after.latencies_us);
+        println!(
+            "offered {rate:.0} req/s for {seconds:.0} s: {sent} sent, {} not sent (generator cap)",
+            stats.not_sent
+        );
+        println!(
+            "  admitted (2xx) {:>7} = {:>7.1}/s  p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms",
+            stats.admitted_us.len(),
+            stats.admitted_us.len() as f64 / seconds,
+            admitted.p50,
+            admitted.p99,
+            admitted.max
+        );
+        println!(
+            "  shed (503)     {:>7} = {:>6.1} %  p50 {:>8.2} ms  p99 {:>8.2} ms",
+            stats.shed_us.len(),
+            shed_share * 100.0,
+            shed.p50,
+            shed.p99
+        );
+        println!(
+            "  other 503 {}, 429 {}, other status {}, no answer {}; {answered} answered; at most {} unanswered at once; all answered {:.2} s after the load stopped",
+            stats.unavailable,
+            stats.rate_limited,
+            stats.other_status,
+            stats.errors,
+            report.peak_outstanding,
+            report.drain.as_secs_f64()
+        );
+        println!(
+            "  {} clients before: {before_rate:.1} req/s p50 {:.2} ms p99 {:.2} ms, non-2xx {} | after: {after_rate:.1} req/s p50 {:.2} ms p99 {:.2} ms, non-2xx {}",
+            args.probe_clients, before_p.p50, before_p.p99, before.non_2xx, after_p.p50, after_p.p99, after.non_2xx
+        );
+        println!(
+            "  server RSS MiB: before {}, peak during {}, after {}",
+            mib(rss_before),
+            mib(report.peak_rss_kib),
+            mib(rss_after)
+        );
+        if let Some(failure) = stats.first_failure.as_ref().or(after.first_failure.as_ref()) {
+            eprintln!("  first failure: {failure}");
+        }
+        if let Some(path) = &args.json {
+            append_json(
+                path,
+                &json!({
+                    "kind": "overload",
+                    "scenario": args.scenario.name(),
+                    "url": &*api.base,
+                    "offered_rps": rate,
+                    "duration_s": seconds,
+                    "sent": sent,
+                    "not_sent": stats.not_sent,
+                    "admitted": stats.admitted_us.len(),
+                    "admitted_rps": stats.admitted_us.len() as f64 / seconds,
+                    "admitted_p50_ms": admitted.p50,
+                    "admitted_p99_ms": admitted.p99,
+                    "admitted_max_ms": admitted.max,
+                    "shed": stats.shed_us.len(),
+                    "shed_share": shed_share,
+                    "shed_p50_ms": shed.p50,
+                    "shed_p99_ms": shed.p99,
+                    "unavailable": stats.unavailable,
+                    "rate_limited": stats.rate_limited,
+                    "other_status": stats.other_status,
+                    "errors": stats.errors,
+                    "peak_outstanding": report.peak_outstanding,
+                    "drain_s": report.drain.as_secs_f64(),
+                    "before": { "rps": before_rate, "p50_ms": before_p.p50, "p99_ms": before_p.p99, "non_2xx": before.non_2xx },
+                    "after": { "rps": after_rate, "p50_ms": after_p.p50, "p99_ms": after_p.p99, "non_2xx": after.non_2xx },
+                    "rss_mib": { "before": rss_before.map(|k| k as f64 / 1024.0), "peak": report.peak_rss_kib.map(|k| k as f64 / 1024.0), "after": rss_after.map(|k| k as f64 / 1024.0) },
+                    "at": now_rfc3339(),
+                }),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends requests at `rate` per second for `duration`, each on schedule whether or not
+/// earlier ones were answered, then waits until every one has its answer.
+async fn open_loop(
+    api: &Api,
+    args: &OverloadArgs,
+    rate: f64,
+    duration: Duration,
+    tag: &str,
+) -> Result<OpenLoopReport> {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    const PROMPTS: usize = 64;
+    let prompts: Arc<[Option<String>]> = prepare_prompts(api, args.scenario, PROMPTS, tag).await?.into();
+    let stats = Arc::new(Mutex::new(OpenLoopStats::default()));
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let peak_outstanding = Arc::new(AtomicUsize::new(0));
+    let peak_rss = Arc::new(AtomicU64::new(0));
+    let (stop_sampling, mut stopped) = tokio::sync::watch::channel(false);
+    let sampler = {
+        let peak_rss = peak_rss.clone();
+        let pid = args.server_pid;
+        tokio::spawn(async move {
+            loop {
+                if let Some(kib) = rss_kib(pid) {
+                    peak_rss.fetch_max(kib, Ordering::Relaxed);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stopped.changed() => break,
+                }
+            }
+        })
+    };
+
+    let prefix = format!("overload {tag}");
+    let start = Instant::now();
+    let end = start + duration;
+    let mut scheduled: u64 = 0;
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        ticker.tick().await;
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let due = (now.duration_since(start).as_secs_f64() * rate) as u64;
+        while scheduled < due {
+            scheduled += 1;
+            if outstanding.load(Ordering::Relaxed) >= args.max_outstanding {
+                lock(&stats).not_sent += 1;
+                continue;
+            }
+            let in_flight = outstanding.fetch_add(1, Ordering::Relaxed) + 1;
+            peak_outstanding.fetch_max(in_flight, Ordering::Relaxed);
+            let prompt = prompts[(scheduled as usize) % PROMPTS].as_deref();
+            let request = args.scenario.request(api, prompt, &prefix, scheduled);
+            let stats = stats.clone();
+            let outstanding = outstanding.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let outcome = match request.send().await {
+                    Ok(response) => {
+                        let status = response.status();
+                        response.bytes().await.map(|body| (status, body))
+                    }
+                    Err(error) => Err(error),
+                };
+                let latency = started.elapsed().as_micros() as u64;
+                let mut stats = lock(&stats);
+                match outcome {
+                    Ok((status, _)) if status.is_success() => stats.admitted_us.push(latency),
+                    Ok((StatusCode::SERVICE_UNAVAILABLE, body))
+                        if String::from_utf8_lossy(&body).contains("/problems/overloaded") =>
+                    {
+                        stats.shed_us.push(latency)
+                    }
+                    Ok((status, body)) => {
+                        match status {
+                            StatusCode::TOO_MANY_REQUESTS => stats.rate_limited += 1,
+                            StatusCode::SERVICE_UNAVAILABLE => stats.unavailable += 1,
+                            _ => stats.other_status += 1,
+                        }
+                        if stats.first_failure.is_none() {
+                            let text = String::from_utf8_lossy(&body);
+                            stats.first_failure = Some(format!("HTTP {status}: {}", excerpt(&text)));
+                        }
+                    }
+                    Err(error) => {
+                        stats.errors += 1;
+                        if stats.first_failure.is_none() {
+                            stats.first_failure = Some(format!("transport error: {}", chain(&error)));
+                        }
+                    }
+                }
+                drop(stats);
+                outstanding.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    }
+    let load_ended = Instant::now();
+    // Every request has an answer or a transport error within the client's 30 s timeout.
+    while outstanding.load(Ordering::Relaxed) > 0 && load_ended.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let drain = load_ended.elapsed();
+    let _ = stop_sampling.send(true);
+    let _ = sampler.await;
+    let stats = std::mem::take(&mut *lock(&stats));
+    Ok(OpenLoopReport {
+        stats,
+        scheduled,
+        peak_outstanding: peak_outstanding.load(Ordering::Relaxed),
+        drain,
+        peak_rss_kib: args.server_pid.map(|_| peak_rss.load(Ordering::Relaxed)),
+    })
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------
+// Auth cost
+
+async fn auth_cost(args: AuthCostArgs) -> Result<()> {
+    if args.samples == 0 || args.charges == 0 {
+        return Err("--samples and --charges must be at least 1".into());
+    }
+    let pool = api::db::connect(&args.database_url, 2)
+        .await
+        .map_err(|e| e.to_string())?;
+    let found = api::auth::find_key(&pool, &args.key)
+        .await
+        .map_err(|e| format!("key lookup failed: {e}"))?;
+    if found.is_none() {
+        return Err("the key is not an active key of that database".into());
+    }
+    // The lookup as every request does it: hash, one indexed query, constant-time compare.
+    let mut lookups = Vec::with_capacity(args.samples as usize);
+    for _ in 0..args.samples {
+        let started = Instant::now();
+        api::auth::find_key(&pool, &args.key)
+            .await
+            .map_err(|e| format!("key lookup failed: {e}"))?;
+        lookups.push(started.elapsed().as_micros() as u64);
+    }
+    let lookup = Percentiles::of(&mut lookups);
+    println!(
+        "key lookup, {} sequential: p50 {:.3} ms, p99 {:.3} ms, mean {:.3} ms",
+        args.samples, lookup.p50, lookup.p99, lookup.mean
+    );
+    let mut charges = Vec::new();
+    for keys in [1u32, 10_000] {
+        let limiter = api::hardening::RateLimiter::new(&api::hardening::SecuritySettings::default());
+        let ids: Vec<Uuid> = (0..keys).map(|_| Uuid::new_v4()).collect();
+        let limit = Some(domain::access::RateLimit {
+            requests_per_second: 1e6,
+            burst: 1_000_000,
+        });
+        let started = Instant::now();
+        for i in 0..args.charges {
+            let id = ids[(i % keys) as usize];
+            std::hint::black_box(limiter.charge(id, limit, api::hardening::RouteBudget::Standard));
+        }
+        let nanos = started.elapsed().as_nanos() as f64 / f64::from(args.charges);
+        println!(
+            "rate limiter, {keys} keys: {nanos:.0} ns per charge ({} charges, one thread)",
+            args.charges
+        );
+        charges.push(json!({ "keys": keys, "ns_per_charge": nanos }));
+    }
+    if let Some(path) = &args.json {
+        append_json(
+            path,
+            &json!({
+                "kind": "auth-cost",
+                "lookup_p50_ms": lookup.p50,
+                "lookup_p99_ms": lookup.p99,
+                "lookup_mean_ms": lookup.mean,
+                "limiter": charges,
+                "at": now_rfc3339(),
+            }),
+        )?;
+    }
+    Ok(())
 }
 
 async fn hot_prompt(args: HotPromptArgs) -> Result<()> {

@@ -1,10 +1,12 @@
 //! End-to-end tests: a real server on a fresh PostgreSQL database per test, over HTTP.
 
 mod access;
+mod audit;
 mod categories;
 mod concurrency;
 mod errors;
 mod global_order;
+mod hardening;
 mod idempotency;
 mod openapi;
 mod prompts;
