@@ -38,10 +38,44 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         if let Some(field) = field_with_nul(&value, "body") {
             return Err(ApiError::invalid(field, NUL_MESSAGE));
         }
-        T::deserialize(value).map(ApiJson).map_err(|error| {
-            ApiError::invalid("body", format!("Failed to deserialize the JSON body: {error}"))
-        })
+        match T::deserialize(&value) {
+            Ok(body) => Ok(ApiJson(body)),
+            // JSON has one kind of number, and `2.0` is the integer 2 (JSON Schema agrees),
+            // but serde refuses it for an integer field: read such numbers as integers.
+            Err(error) => match integral_floats_as_integers(&value).map(|value| T::deserialize(&value)) {
+                Some(Ok(body)) => Ok(ApiJson(body)),
+                _ => Err(ApiError::invalid(
+                    "body",
+                    format!("Failed to deserialize the JSON body: {error}"),
+                )),
+            },
+        }
     }
+}
+
+/// `value` with every number like `2.0` written as `2`, if it has any.
+fn integral_floats_as_integers(value: &Value) -> Option<Value> {
+    fn rewrite(value: &mut Value) -> bool {
+        match value {
+            Value::Number(number) => match number.as_f64() {
+                Some(float) if number.is_f64() && float.fract() == 0.0 && float.abs() < 9.0e15 => {
+                    // Exact: integers this small are exact in an f64.
+                    *number = serde_json::Number::from(float as i64);
+                    true
+                }
+                _ => false,
+            },
+            Value::Array(items) => items
+                .iter_mut()
+                .fold(false, |changed, item| rewrite(item) || changed),
+            Value::Object(fields) => fields
+                .values_mut()
+                .fold(false, |changed, item| rewrite(item) || changed),
+            Value::Null | Value::Bool(_) | Value::String(_) => false,
+        }
+    }
+    let mut rewritten = value.clone();
+    rewrite(&mut rewritten).then_some(rewritten)
 }
 
 /// What a client is told about text containing U+0000.
@@ -67,13 +101,22 @@ fn field_with_nul(value: &Value, path: &str) -> Option<String> {
     }
 }
 
-/// `axum::extract::Query` with problem+json rejections.
+/// `axum::extract::Query` with problem+json rejections; a parameter containing U+0000 is
+/// refused too, before it can reach PostgreSQL.
 pub struct ApiQuery<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Query(pairs) =
+            axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)?;
+        if let Some((name, _)) = pairs
+            .iter()
+            .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+        {
+            return Err(ApiError::invalid(name.clone(), NUL_MESSAGE));
+        }
         let axum::extract::Query(value) = axum::extract::Query::<T>::from_request_parts(parts, state).await?;
         Ok(ApiQuery(value))
     }

@@ -616,7 +616,12 @@ async fn sample_responses_match_the_document() {
     let problem = conforms(doc, Method::POST, "/v1/prompts/{prompt_id}/versions", nul).await;
     assert_eq!(problem["errors"][0]["field"], "body.template", "{problem}");
     let nul_query = get("/v1/prompts?q=%00".into()).await;
-    conforms(doc, Method::GET, "/v1/prompts", nul_query).await;
+    let problem = conforms(doc, Method::GET, "/v1/prompts", nul_query).await;
+    assert_eq!(problem["errors"][0]["field"], "q", "{problem}");
+    // `1.0` is a JSON integer as much as `1` is (JSON Schema's `integer` allows both).
+    let label = app.put(&p("/labels/staging"), key, json!({ "version": 1.0 })).await;
+    let prompt = conforms(doc, Method::PUT, "/v1/prompts/{prompt_id}/labels/{label}", label).await;
+    assert_eq!(prompt["labels"]["staging"], 1, "{prompt}");
 
     // Idempotent retries: the replay, a key reused for another request, a malformed key.
     let keyed = |body: Value| {
