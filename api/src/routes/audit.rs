@@ -191,7 +191,7 @@ struct AuditQuery {
     limit: Option<i64>,
     /// `json` (a page), `ndjson` or `csv` (a download of the whole filtered range); also
     /// chosen by `Accept`.
-    #[param(value_type = Option<AuditFormat>)]
+    #[param(value_type = Option<AuditFormat>, inline)]
     format: Option<String>,
 }
 

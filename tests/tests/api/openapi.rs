@@ -261,6 +261,17 @@ async fn every_documented_operation_is_served_and_secured_as_documented() {
         }
     }
     assert!(count >= 30, "only {count} operations documented");
+
+    // Every reference points at something in the document.
+    let text = document.to_string();
+    for (start, _) in text.match_indices("\"$ref\":\"") {
+        let reference = &text[start + "\"$ref\":\"".len()..];
+        let reference = &reference[..reference.find('"').expect("closing quote")];
+        assert!(
+            document.pointer(reference.trim_start_matches('#')).is_some(),
+            "{reference} is not in the document"
+        );
+    }
 }
 
 /// Checks `response` against what the document says `method path` answers: the status is
@@ -619,7 +630,9 @@ async fn sample_responses_match_the_document() {
     let problem = conforms(doc, Method::GET, "/v1/prompts", nul_query).await;
     assert_eq!(problem["errors"][0]["field"], "q", "{problem}");
     // `1.0` is a JSON integer as much as `1` is (JSON Schema's `integer` allows both).
-    let label = app.put(&p("/labels/staging"), key, json!({ "version": 1.0 })).await;
+    let label = app
+        .put(&p("/labels/staging"), key, json!({ "version": 1.0 }))
+        .await;
     let prompt = conforms(doc, Method::PUT, "/v1/prompts/{prompt_id}/labels/{label}", label).await;
     assert_eq!(prompt["labels"]["staging"], 1, "{prompt}");
 
