@@ -24,6 +24,7 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::prompts::router())
         .merge(routes::categories::router())
         .merge(routes::keys::router())
+        .merge(routes::feed::router())
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

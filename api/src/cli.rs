@@ -70,12 +70,16 @@ pub struct ServeArgs {
     /// Database connections in the pool.
     #[arg(long, env = "AIPM_DB_CONNECTIONS", default_value_t = 48)]
     pub db_connections: u32,
+    #[command(flatten)]
+    pub feed: crate::routes::feed::FeedSettings,
 }
 
 impl ServeArgs {
     /// The server configuration these arguments describe.
     pub fn settings(&self) -> crate::Settings {
-        crate::Settings::default()
+        crate::Settings {
+            feed: self.feed.clone(),
+        }
     }
 }
 
@@ -145,6 +149,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let ServeArgs {
                 listen,
                 db_connections,
+                ..
             } = &args;
             let pool = db::connect(&cli.database_url, *db_connections)
                 .await

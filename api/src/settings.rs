@@ -4,4 +4,7 @@
 /// The server's configuration. The command line fills it from flags and the environment
 /// (`aipm serve --help` lists them); `Settings::default()` is what a bare `aipm` runs with.
 #[derive(Debug, Clone, Default)]
-pub struct Settings {}
+pub struct Settings {
+    /// The live feed (`/v1/events/stream`, `/v1/events/ws`).
+    pub feed: crate::routes::feed::FeedSettings,
+}

@@ -9,11 +9,13 @@ use domain::access::{ApiKey, Tenant};
 use domain::category::PromptCategory;
 use domain::prompt::Prompt;
 use domain::Governed;
+use projections::feed::Feed;
 use projections::Projections;
 use sqlx::PgPool;
 
 use crate::error::{ApiResult, DomainProblem};
 use crate::extract::CommandContext;
+use crate::routes::feed::FeedSettings;
 use crate::settings::Settings;
 
 /// How long a command waits for the read models to show its effect before answering.
@@ -40,13 +42,17 @@ pub struct App {
     pub tenants: AggregateStore<Tenant>,
     /// The projections this process runs, for read-your-writes and lag.
     pub projections: Projections,
+    /// The live feed's shared tailer.
+    pub feed: Feed,
+    pub feed_settings: FeedSettings,
 }
 
 impl App {
     /// Starts the projections and builds the aggregate stores on `pool`.
-    pub fn start(pool: PgPool, _settings: &Settings) -> Self {
+    pub fn start(pool: PgPool, settings: &Settings) -> Self {
         let store = EventStore::new(pool.clone());
         let projections = Projections::spawn(pool.clone(), projections::all(), store.appended_signal());
+        let feed = Feed::start(pool.clone(), projections.wake_signal(), settings.feed.buffer);
         App {
             pool,
             prompts: store.aggregates(()),
@@ -54,6 +60,8 @@ impl App {
             keys: store.aggregates(()),
             tenants: store.aggregates(()),
             projections,
+            feed,
+            feed_settings: settings.feed.clone(),
         }
     }
 

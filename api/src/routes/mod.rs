@@ -1,6 +1,7 @@
 //! One module per resource; each exposes `router()`.
 
 pub mod categories;
+pub mod feed;
 pub mod keys;
 pub mod prompts;
 pub mod system;
