@@ -4,6 +4,7 @@ mod access;
 mod categories;
 mod concurrency;
 mod errors;
+mod feed;
 mod global_order;
 mod prompts;
 mod rebuild;
