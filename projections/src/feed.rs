@@ -127,6 +127,8 @@ pub struct Feed {
     /// Wakes an idle tailer when someone subscribes, so that its first live events are not
     /// held until the next poll.
     subscribed: Arc<Notify>,
+    /// Set when the server shuts down: every subscription ends.
+    closing: watch::Sender<bool>,
 }
 
 impl Feed {
@@ -150,7 +152,14 @@ impl Feed {
             live,
             ready,
             subscribed,
+            closing: watch::channel(false).0,
         }
+    }
+
+    /// Ends every subscription, present and future: their streams finish, so that a server
+    /// shutting down gracefully is not held open by subscribers that never leave.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Starts a subscription to the events matching `filter` after `after`.
@@ -173,6 +182,7 @@ impl Feed {
             history_done: false,
             live_started: false,
             ended: false,
+            closing: self.closing.subscribe(),
             _ready: self.ready.clone(),
         })
     }
@@ -207,6 +217,7 @@ pub struct Subscription {
     /// A live event has been received since the last (re)subscription.
     live_started: bool,
     ended: bool,
+    closing: watch::Receiver<bool>,
     /// Keeps the tailer running while this subscription lives.
     _ready: watch::Receiver<bool>,
 }
@@ -218,10 +229,11 @@ impl Subscription {
         self.delivered
     }
 
-    /// The next item; `None` once the stream has ended. Cancel-safe: dropping the future
+    /// The next item; `None` once the stream has ended, which it does after
+    /// [`FeedItem::TooSlow`], an error, or [`Feed::close`]. Cancel-safe: dropping the future
     /// loses nothing, so it can be raced against heartbeats.
     pub async fn next(&mut self) -> Result<Option<FeedItem>, FeedError> {
-        if self.ended {
+        if self.ended || *self.closing.borrow() {
             return Ok(None);
         }
         let next = self.next_item().await;
@@ -248,7 +260,11 @@ impl Subscription {
                 self.history = page.into();
                 continue;
             }
-            match self.live.recv().await {
+            let received = tokio::select! {
+                received = self.live.recv() => received,
+                _ = self.closing.wait_for(|closing| *closing) => return Ok(None),
+            };
+            match received {
                 Ok(event) => {
                     self.live_started = true;
                     if event.cursor <= self.delivered || !self.filter.matches(&event) {

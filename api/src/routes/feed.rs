@@ -231,7 +231,10 @@ async fn relay(mut socket: WebSocket, mut subscription: Subscription, heartbeat:
                     close_code::POLICY,
                     format!("consumer-too-slow; resume from {resume_from}"),
                 )),
-                Ok(None) => Step::Send(close(close_code::NORMAL, String::new())),
+                Ok(None) => Step::Send(close(
+                    close_code::AWAY,
+                    format!("server shutting down; resume from {}", subscription.resume_from()),
+                )),
                 Err(error) => Step::Send(close(
                     close_code::ERROR,
                     format!("feed interrupted ({}); resume from {}", error_kind(&error), subscription.resume_from()),

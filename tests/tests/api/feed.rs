@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use integration_tests::harness::{expect_problem, expect_status, TestApp};
+use integration_tests::harness::{expect_problem, expect_status, TestApp, TestDatabase};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -108,9 +108,14 @@ struct SseStream {
 impl SseStream {
     /// `GET path` with `key`, and `Last-Event-ID` if given; asserts a 200 event stream.
     async fn open(app: &TestApp, key: &str, path: &str, last_event_id: Option<&str>) -> Self {
+        Self::open_at(&app.address, key, path, last_event_id).await
+    }
+
+    /// [`SseStream::open`] on the server at `address`.
+    async fn open_at(address: &str, key: &str, path: &str, last_event_id: Option<&str>) -> Self {
         // No overall timeout: the response lasts as long as the test reads it.
         let client = reqwest::Client::new();
-        let mut request = client.get(format!("{}{path}", app.address)).bearer_auth(key);
+        let mut request = client.get(format!("{address}{path}")).bearer_auth(key);
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }
@@ -238,15 +243,14 @@ fn assert_delivered(received: &[Received], expected: &[Expected], tenant: &str) 
 
 type WebSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-fn ws_request(
-    app: &TestApp,
-    key: &str,
-    query: &str,
-) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    let url = format!(
-        "{}/v1/events/ws{query}",
-        app.address.replacen("http://", "ws://", 1)
-    );
+type WsRequest = tokio_tungstenite::tungstenite::handshake::client::Request;
+
+fn ws_request(app: &TestApp, key: &str, query: &str) -> WsRequest {
+    ws_request_at(&app.address, key, query)
+}
+
+fn ws_request_at(address: &str, key: &str, query: &str) -> WsRequest {
+    let url = format!("{}/v1/events/ws{query}", address.replacen("http://", "ws://", 1));
     let mut request = url.into_client_request().expect("request");
     request
         .headers_mut()
@@ -278,20 +282,16 @@ async fn ws_next<S>(socket: &mut WebSocketStream<S>) -> WsItem
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    loop {
-        let message = timeout(DEADLINE, socket.next()).await.expect("message in time");
-        match message {
-            None => return WsItem::Closed(None),
-            Some(Err(error)) => panic!("WebSocket error: {error}"),
-            Some(Ok(Message::Text(text))) => {
-                return WsItem::Event(serde_json::from_str(text.as_str()).expect("JSON text message"))
-            }
-            Some(Ok(Message::Ping(_))) => return WsItem::Ping,
-            Some(Ok(Message::Close(frame))) => {
-                return WsItem::Closed(frame.map(|f| (f.code, f.reason.to_string())))
-            }
-            Some(Ok(other)) => panic!("unexpected message {other:?}"),
+    let message = timeout(DEADLINE, socket.next()).await.expect("message in time");
+    match message {
+        None => WsItem::Closed(None),
+        Some(Err(error)) => panic!("WebSocket error: {error}"),
+        Some(Ok(Message::Text(text))) => {
+            WsItem::Event(serde_json::from_str(text.as_str()).expect("JSON text message"))
         }
+        Some(Ok(Message::Ping(_))) => WsItem::Ping,
+        Some(Ok(Message::Close(frame))) => WsItem::Closed(frame.map(|f| (f.code, f.reason.to_string()))),
+        Some(Ok(other)) => panic!("unexpected message {other:?}"),
     }
 }
 
@@ -821,4 +821,54 @@ async fn bad_requests_are_problems_before_any_stream_starts() {
         }
         other => panic!("expected a refused handshake, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutting_down_server_ends_its_streams_instead_of_waiting_for_them() {
+    let db = TestDatabase::create().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = format!("http://{}", listener.local_addr().expect("address"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let pool = db.pool.clone();
+    let server = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        api::app::serve_until(api::Settings::default(), pool, listener, shutdown).await
+    });
+    let (_, key) = api::cli::create_key(&db.pool, "acme", "admin", "shutdown")
+        .await
+        .expect("key");
+    let mut stream = SseStream::open_at(&address, &key, "/v1/events/stream", None).await;
+    let history = stream.take(2).await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_request_at(&address, &key, ""))
+        .await
+        .expect("WebSocket handshake");
+    assert_eq!(ws_event(&mut socket).await["type"], "aipm.tenant.TenantCreated");
+    assert_eq!(ws_event(&mut socket).await["type"], "aipm.api_key.ApiKeyIssued");
+
+    stop.send(()).expect("server running");
+    let ended = timeout(DEADLINE, async {
+        loop {
+            match stream.next_frame().await {
+                None => break,
+                Some(Frame::Comment(_)) => continue,
+                Some(other) => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream did not end");
+    match ws_next(&mut socket).await {
+        WsItem::Closed(Some((code, reason))) => {
+            assert_eq!(code, CloseCode::Away);
+            assert_eq!(
+                reason,
+                format!("server shutting down; resume from {}", history[1].id)
+            );
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    let finished = timeout(DEADLINE, server).await.expect("the server stops in time");
+    finished.expect("server task").expect("server");
 }
