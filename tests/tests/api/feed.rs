@@ -644,6 +644,35 @@ async fn events_written_while_a_subscriber_is_still_sending_history_follow_it() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_overflowing_the_buffer_while_sending_history_catches_up_from_the_log() {
+    let mut settings = api::Settings::default();
+    settings.feed.buffer = 8;
+    let app = TestApp::spawn_with(settings).await;
+    insert_probes(app.pool(), 1..=100).await;
+    let mut fast = SseStream::open(&app, &app.admin_key, "/v1/events/stream", None).await;
+    fast.take(102).await;
+    // Still sending its one history page (10 MB) when it stops reading after one event.
+    let mut replaying = slow_sse_stream(&app, "/v1/events/stream").await;
+    let mut received = replaying.take(1).await;
+
+    // Three times the buffer goes live meanwhile, one event at a time so that the fast
+    // subscriber keeps up: the replaying one has no live event yet, so this is not its
+    // fault, and it must not be cut off for it.
+    for n in 101..=124 {
+        insert_probes(app.pool(), n..=n).await;
+        assert_eq!(fast.next_message().await.data["data"]["n"], n);
+    }
+    let all = tenant_events(app.pool(), "acme", None, None, None).await;
+    received.extend(replaying.take(all.len() - 1).await);
+    assert_delivered(&received, &all, "acme");
+    let marker = app.create_prompt("marker").await;
+    assert_eq!(
+        replaying.next_message().await.data["aipmaggregateid"],
+        marker.as_str()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_disconnected_with_the_reason_and_resumes_where_it_stopped() {
     let mut settings = api::Settings::default();
     settings.feed.buffer = 8;
