@@ -312,6 +312,18 @@ where
     timeout(DEADLINE, event).await.expect("an event in time")
 }
 
+/// The next `n` events on `socket`.
+async fn ws_take<S>(socket: &mut WebSocketStream<S>, n: usize) -> Vec<Value>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut events = Vec::with_capacity(n);
+    for _ in 0..n {
+        events.push(ws_event(socket).await);
+    }
+    events
+}
+
 fn ws_expected(events: &[Value]) -> Vec<Expected> {
     events
         .iter()
@@ -498,11 +510,7 @@ async fn subscribers_joining_during_concurrent_writes_miss_nothing_and_repeat_no
         assert_delivered(&stream.take(expected.len()).await, &expected, "acme");
     }
     for socket in &mut websockets {
-        let mut events = Vec::new();
-        for _ in 0..expected.len() {
-            events.push(ws_event(socket).await);
-        }
-        assert_eq!(ws_expected(&events), expected);
+        assert_eq!(ws_expected(&ws_take(socket, expected.len()).await), expected);
     }
     // Nothing extra is queued behind them: the next message of each is the next event.
     let marker = app.create_prompt("marker").await;
@@ -529,19 +537,14 @@ async fn a_websocket_from_a_cursor_gets_the_events_after_it_then_live_ones() {
     assert_eq!(expected.len(), all.len() - 3);
 
     let mut socket = ws_connect(&app, &app.admin_key, &format!("?from={from}")).await;
-    let mut events = Vec::new();
-    for _ in 0..expected.len() {
-        events.push(ws_event(&mut socket).await);
-    }
-    assert_eq!(ws_expected(&events), expected);
+    assert_eq!(ws_expected(&ws_take(&mut socket, expected.len()).await), expected);
 
     let mut filtered = ws_connect(&app, &app.admin_key, "?event_type=PromptVersionPublished").await;
     let versions = tenant_events(app.pool(), "acme", None, Some(&["PromptVersionPublished"]), None).await;
-    let mut events = Vec::new();
-    for _ in 0..versions.len() {
-        events.push(ws_event(&mut filtered).await);
-    }
-    assert_eq!(ws_expected(&events), versions);
+    assert_eq!(
+        ws_expected(&ws_take(&mut filtered, versions.len()).await),
+        versions
+    );
 
     app.publish(&prompt, "three").await;
     let live = ws_event(&mut socket).await;
@@ -618,6 +621,37 @@ async fn insert_probes(pool: &PgPool, numbers: std::ops::RangeInclusive<i64>) {
         .expect("notify");
 }
 
+/// A server whose feed holds only `events` events for subscribers that are behind.
+async fn app_with_feed_buffer(events: usize) -> TestApp {
+    let mut settings = api::Settings::default();
+    settings.feed.buffer = events;
+    TestApp::spawn_with(settings).await
+}
+
+/// Inserts probes `numbers` one at a time, each once `follower` has received the one
+/// before: a subscriber that keeps up never falls behind, whatever the buffer.
+async fn insert_probes_in_step(
+    pool: &PgPool,
+    follower: &mut SseStream,
+    numbers: std::ops::RangeInclusive<i64>,
+) {
+    for n in numbers {
+        insert_probes(pool, n..=n).await;
+        assert_eq!(follower.next_message().await.data["data"]["n"], n);
+    }
+}
+
+/// Asserts that nothing else is queued on `stream`: a new event comes next.
+async fn assert_next_is_a_new_event(app: &TestApp, stream: &mut SseStream) {
+    let marker = app
+        .create_prompt(&format!("marker-{}", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!(
+        stream.next_message().await.data["aipmaggregateid"],
+        marker.as_str()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_written_while_a_subscriber_is_still_sending_history_follow_it() {
     let app = TestApp::spawn().await;
@@ -636,18 +670,12 @@ async fn events_written_while_a_subscriber_is_still_sending_history_follow_it() 
     assert_eq!(all.len(), 2 + 100 + 3);
     received.extend(stream.take(all.len() - 1).await);
     assert_delivered(&received, &all, "acme");
-    let marker = app.create_prompt("marker").await;
-    assert_eq!(
-        stream.next_message().await.data["aipmaggregateid"],
-        marker.as_str()
-    );
+    assert_next_is_a_new_event(&app, &mut stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_overflowing_the_buffer_while_sending_history_catches_up_from_the_log() {
-    let mut settings = api::Settings::default();
-    settings.feed.buffer = 8;
-    let app = TestApp::spawn_with(settings).await;
+    let app = app_with_feed_buffer(8).await;
     insert_probes(app.pool(), 1..=100).await;
     let mut fast = SseStream::open(&app, &app.admin_key, "/v1/events/stream", None).await;
     fast.take(102).await;
@@ -658,25 +686,16 @@ async fn a_subscriber_overflowing_the_buffer_while_sending_history_catches_up_fr
     // Three times the buffer goes live meanwhile, one event at a time so that the fast
     // subscriber keeps up: the replaying one has no live event yet, so this is not its
     // fault, and it must not be cut off for it.
-    for n in 101..=124 {
-        insert_probes(app.pool(), n..=n).await;
-        assert_eq!(fast.next_message().await.data["data"]["n"], n);
-    }
+    insert_probes_in_step(app.pool(), &mut fast, 101..=124).await;
     let all = tenant_events(app.pool(), "acme", None, None, None).await;
     received.extend(replaying.take(all.len() - 1).await);
     assert_delivered(&received, &all, "acme");
-    let marker = app.create_prompt("marker").await;
-    assert_eq!(
-        replaying.next_message().await.data["aipmaggregateid"],
-        marker.as_str()
-    );
+    assert_next_is_a_new_event(&app, &mut replaying).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_disconnected_with_the_reason_and_resumes_where_it_stopped() {
-    let mut settings = api::Settings::default();
-    settings.feed.buffer = 8;
-    let app = TestApp::spawn_with(settings).await;
+    let app = app_with_feed_buffer(8).await;
     let start = tenant_events(app.pool(), "acme", None, None, None).await;
 
     // Two consumers that stop reading after the history, one per protocol, and one that
@@ -687,19 +706,13 @@ async fn a_slow_consumer_is_disconnected_with_the_reason_and_resumes_where_it_st
         tokio_tungstenite::client_async(ws_request(&app, &app.admin_key, ""), small_socket(&app).await)
             .await
             .expect("WebSocket handshake");
-    let mut ws_received = Vec::new();
-    for _ in 0..start.len() {
-        ws_received.push(ws_event(&mut slow_ws).await);
-    }
+    let mut ws_received = ws_take(&mut slow_ws, start.len()).await;
     let mut fast = SseStream::open(&app, &app.admin_key, "/v1/events/stream", None).await;
     fast.take(start.len()).await;
 
     // 150 events of 100 kB, each written once the fast consumer has had the previous one:
     // it never falls behind, while the slow ones are 15 MB behind, far past any buffer.
-    for n in 1..=150 {
-        insert_probes(app.pool(), n..=n).await;
-        assert_eq!(fast.next_message().await.data["data"]["n"], n);
-    }
+    insert_probes_in_step(app.pool(), &mut fast, 1..=150).await;
     let all = tenant_events(app.pool(), "acme", None, None, None).await;
 
     // SSE: a prefix of the log, then a problem naming the cursor to resume from, then the end.
@@ -764,9 +777,7 @@ async fn a_slow_consumer_is_disconnected_with_the_reason_and_resumes_where_it_st
         format!("consumer-too-slow; resume from {ws_resume_from}")
     );
     let mut resumed = ws_connect(&app, &app.admin_key, &format!("?from={ws_resume_from}")).await;
-    for _ in ws_received.len()..all.len() {
-        ws_received.push(ws_event(&mut resumed).await);
-    }
+    ws_received.extend(ws_take(&mut resumed, all.len() - ws_received.len()).await);
     assert_eq!(ws_expected(&ws_received), all);
 }
 
