@@ -44,6 +44,7 @@ pub struct App {
     pub projections: Projections,
     /// The live feed's shared tailer.
     pub feed: Feed,
+    /// How the live feed's endpoints pace heartbeats.
     pub feed_settings: FeedSettings,
 }
 

@@ -13,19 +13,20 @@
 //! the database, page by page, until a page comes back short (instant `t1 > t0`), then
 //! takes live events, skipping any at or before the last cursor it delivered.
 //!
-//! - The tailer reads the global order in contiguous ranges and broadcasts each range in
-//!   order, so the live events a subscriber receives are exactly those after some cursor
-//!   `P`, where `P` is the end of the last range the tailer had *read* before `t0` (or where
-//!   it jumped to before `t0` while nobody listened; see `tail_once`).
-//! - Everything at or before `P` was readable before `t0`: the tailer only reads events of
-//!   transactions older than the oldest one running (`pg_snapshot_xmin`), and that bound
-//!   never moves back. So the last history page, read at `t1 > t0`, sees all of them:
-//!   history delivers every matching event in `(from, P]` and possibly more.
-//! - Live delivery covers everything after `P`. Together: no gap.
-//! - Both sources are in global order and history ends where live begins to be used; live
-//!   events at or before the last delivered cursor were either delivered by history or did
-//!   not match (history returned every matching event up to its end, so a matching event
-//!   before the last delivered one was delivered). Skipping them: no duplicate.
+//! - The tailer reads the global order in contiguous ranges and broadcasts their events
+//!   in order. Let `P` be the last event it broadcast before `t0` (or the end of the log it
+//!   moved to before `t0` while nobody listened; see `tail_once`). The subscriber receives
+//!   everything broadcast after `t0`: every event after `P`.
+//! - Every event at or before `P` had been read before `t0`, and the tailer only reads
+//!   events of transactions older than the oldest one still running
+//!   (`pg_snapshot_xmin`): those transactions had all ended, so nothing can appear at or
+//!   before `P` later. History's last page is read at `t1 > t0` and sees all of them:
+//!   history delivers every matching event in `(from, P]`, perhaps more.
+//! - History up to `P` and live after `P` together cover everything after `from`: no gap.
+//! - Live events at or before `D`, the last cursor delivered, are skipped. A matching
+//!   event at or before `D` was delivered by history (which returns every matching event
+//!   up to where it stopped, and `D` is within that); none after `D` was. So skipping
+//!   loses nothing and nothing is delivered twice.
 //!
 //! If the broadcast overflows before the subscriber took its first live event, the
 //! overflow happened while it was replaying history (a long replay under heavy writes), not
@@ -185,11 +186,6 @@ impl Feed {
             closing: self.closing.subscribe(),
             _ready: self.ready.clone(),
         })
-    }
-
-    /// Subscribers currently attached.
-    pub fn subscribers(&self) -> usize {
-        self.live.receiver_count()
     }
 }
 
