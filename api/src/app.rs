@@ -31,6 +31,7 @@ pub fn build_router(state: AppState) -> Router {
             state.clone(),
             crate::idempotency::remember,
         ))
+        .merge(routes::feed::router())
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     crate::hardening::protect(routes, &state.guards)
@@ -53,13 +54,28 @@ pub fn build_router(state: AppState) -> Router {
 /// Starts projections on `pool` and serves the API on `listener` until the process is
 /// asked to stop.
 pub async fn serve(settings: Settings, pool: PgPool, listener: TcpListener) -> std::io::Result<()> {
+    serve_until(settings, pool, listener, shutdown_signal()).await
+}
+
+/// [`serve`] until `shutdown` completes, then stops gracefully: live-feed subscriptions end
+/// (they would otherwise hold the server open for ever) and other requests finish.
+pub async fn serve_until(
+    settings: Settings,
+    pool: PgPool,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let state = AppState(Arc::new(App::start(pool, &settings)));
+    let feed = state.feed.clone();
     let router = build_router(state);
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        feed.close();
+    })
     .await
 }
 

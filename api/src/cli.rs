@@ -80,6 +80,8 @@ pub struct ServeArgs {
     pub idempotency_ttl: std::time::Duration,
     #[command(flatten)]
     pub security: crate::hardening::SecurityArgs,
+    #[command(flatten)]
+    pub feed: crate::routes::feed::FeedSettings,
 }
 
 impl ServeArgs {
@@ -87,6 +89,7 @@ impl ServeArgs {
     pub fn settings(&self) -> crate::Settings {
         let mut settings = crate::Settings {
             security: self.security.settings(),
+            feed: self.feed.clone(),
             ..crate::Settings::default()
         };
         settings.idempotency.ttl = self.idempotency_ttl;

@@ -9,4 +9,6 @@ pub struct Settings {
     pub idempotency: crate::idempotency::IdempotencySettings,
     /// Rate limits, body limits, timeouts, shedding, CORS and security headers.
     pub security: crate::hardening::SecuritySettings,
+    /// The live feed (`/v1/events/stream`, `/v1/events/ws`).
+    pub feed: crate::routes::feed::FeedSettings,
 }

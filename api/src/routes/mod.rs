@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod categories;
+pub mod feed;
 pub mod keys;
 pub mod prompts;
 pub mod rate_limits;

@@ -5,6 +5,7 @@ mod audit;
 mod categories;
 mod concurrency;
 mod errors;
+mod feed;
 mod global_order;
 mod hardening;
 mod idempotency;
