@@ -36,6 +36,8 @@ pub fn build_router(state: AppState) -> Router {
 /// asked to stop.
 pub async fn serve(settings: Settings, pool: PgPool, listener: TcpListener) -> std::io::Result<()> {
     let state = AppState(Arc::new(App::start(pool, &settings)));
+    // Open connections hold the state after the server stops; the feed stops with it.
+    let _relay = state.relay.as_ref().map(|relay| relay.stop_on_drop());
     let router = build_router(state);
     axum::serve(
         listener,

@@ -4,4 +4,15 @@
 /// The server's configuration. The command line fills it from flags and the environment
 /// (`aipm serve --help` lists them); `Settings::default()` is what a bare `aipm` runs with.
 #[derive(Debug, Clone, Default)]
-pub struct Settings {}
+pub struct Settings {
+    /// The NATS JetStream feed; `None` turns it off.
+    pub relay: Option<projections::relay::RelaySettings>,
+}
+
+impl Settings {
+    /// These settings with the NATS feed configured by `relay` (`None`: off).
+    pub fn with_relay(mut self, relay: Option<projections::relay::RelaySettings>) -> Self {
+        self.relay = relay;
+        self
+    }
+}

@@ -9,6 +9,7 @@ use domain::access::{ApiKey, Tenant};
 use domain::category::PromptCategory;
 use domain::prompt::Prompt;
 use domain::Governed;
+use projections::relay::Relay;
 use projections::Projections;
 use sqlx::PgPool;
 
@@ -40,13 +41,19 @@ pub struct App {
     pub tenants: AggregateStore<Tenant>,
     /// The projections this process runs, for read-your-writes and lag.
     pub projections: Projections,
+    /// The NATS feed, when configured. Commands never wait for it.
+    pub relay: Option<Relay>,
 }
 
 impl App {
     /// Starts the projections and builds the aggregate stores on `pool`.
-    pub fn start(pool: PgPool, _settings: &Settings) -> Self {
+    pub fn start(pool: PgPool, settings: &Settings) -> Self {
         let store = EventStore::new(pool.clone());
         let projections = Projections::spawn(pool.clone(), projections::all(), store.appended_signal());
+        let relay = settings
+            .relay
+            .clone()
+            .map(|relay| Relay::spawn(pool.clone(), relay, projections.wake_signal()));
         App {
             pool,
             prompts: store.aggregates(()),
@@ -54,6 +61,7 @@ impl App {
             keys: store.aggregates(()),
             tenants: store.aggregates(()),
             projections,
+            relay,
         }
     }
 

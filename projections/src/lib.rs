@@ -10,6 +10,7 @@
 //!   `prompt_category`).
 //! - [`access`]: tenants and API keys (`tenant`, `api_key`).
 //! - [`lag`]: how far each projection is behind the log.
+//! - [`relay`]: the NATS JetStream feed, published exactly once in global order.
 
 pub mod access;
 pub mod catalog;
@@ -17,6 +18,7 @@ pub mod cloudevent;
 pub mod event;
 pub mod global_order;
 pub mod lag;
+pub mod relay;
 pub mod runner;
 
 pub use event::StoredEvent;

@@ -119,6 +119,23 @@ pub async fn save_checkpoint(
     Ok(())
 }
 
+/// Whether events exist after `from` that are not readable yet, because an older
+/// transaction is still running: a reader that found nothing to read should look again soon.
+pub async fn pending_after(conn: &mut PgConnection, from: GlobalCursor) -> Result<bool, sqlx::Error> {
+    // Ordered and limited so that PostgreSQL walks the global-order index even with a
+    // generic plan; a bare EXISTS is planned as a sequential scan.
+    let pending = sqlx::query(
+        "select 1 from events where (transaction_id, position) > ($1::bigint::text::xid8, $2)
+         order by transaction_id, position limit 1",
+    )
+    .bind(from.transaction_id)
+    .bind(from.position)
+    .fetch_optional(conn)
+    .await?
+    .is_some();
+    Ok(pending)
+}
+
 /// What one [`step`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step {
@@ -142,17 +159,7 @@ pub async fn step(
     let from = checkpoint(&mut tx, projection.name()).await?;
     let events = global_order::read_for(&mut tx, from, batch_size, projection.aggregate_types()).await?;
     let Some(last) = events.last().map(|e| e.cursor) else {
-        // Ordered and limited so that PostgreSQL walks the global-order index even with a
-        // generic plan; a bare EXISTS is planned as a sequential scan.
-        let pending = sqlx::query(
-            "select 1 from events where (transaction_id, position) > ($1::bigint::text::xid8, $2)
-             order by transaction_id, position limit 1",
-        )
-        .bind(from.transaction_id)
-        .bind(from.position)
-        .fetch_optional(&mut *tx)
-        .await?
-        .is_some();
+        let pending = pending_after(&mut tx, from).await?;
         tx.rollback().await?;
         return Ok(Step {
             checkpoint: from,
@@ -189,6 +196,7 @@ pub async fn catch_up(pool: &PgPool, projection: &dyn Projection) -> Result<u64,
 #[derive(Clone)]
 pub struct Projections {
     checkpoints: Vec<Checkpoint>,
+    wake: Arc<watch::Sender<u64>>,
 }
 
 #[derive(Clone)]
@@ -259,7 +267,13 @@ impl Projections {
                 checkpoint
             })
             .collect();
-        Self { checkpoints }
+        Self { checkpoints, wake }
+    }
+
+    /// Changes whenever the runners are woken: an append here or in another process, or a
+    /// runner's commit. Other tailers of the log (the NATS relay) wait on it too.
+    pub fn wake_signal(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
     }
 
     /// Waits until every projection that reads `aggregate_type` has applied the event at
