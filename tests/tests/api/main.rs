@@ -7,4 +7,5 @@ mod errors;
 mod global_order;
 mod prompts;
 mod rebuild;
+mod relay;
 mod runner;
