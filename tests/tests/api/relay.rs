@@ -203,7 +203,8 @@ async fn every_event_reaches_the_stream_once_in_global_order_as_a_cloud_event() 
 /// Publishes `events` the way a relay that crashed after its acks but before its commit
 /// left them: in the stream, but not in its checkpoint. Without `Nats-Msg-Id`, so that
 /// JetStream's duplicate detection cannot hide a re-publish: only the relay's reading of
-/// the stream can keep them from appearing twice.
+/// the stream can keep them from appearing twice. The stream's duplicate window is shorter
+/// than the relay's, which the relay must correct.
 async fn publish_as_a_crashed_relay(settings: &RelaySettings, events: &[StoredEvent]) {
     let client = async_nats::connect(&settings.nats_url).await.expect("NATS");
     let context = async_nats::jetstream::new(client);
@@ -211,6 +212,7 @@ async fn publish_as_a_crashed_relay(settings: &RelaySettings, events: &[StoredEv
         .create_stream(async_nats::jetstream::stream::Config {
             name: settings.stream.clone(),
             subjects: vec![settings.subjects()],
+            duplicate_window: Duration::from_secs(30),
             ..Default::default()
         })
         .await
@@ -277,6 +279,17 @@ async fn a_relay_killed_at_any_moment_and_restarted_publishes_every_event_once()
     // What the "crashed" relay published is followed by the relay's own messages.
     assert!(!messages[early.len() - 3].headers.contains_key("Nats-Msg-Id"));
     assert!(messages[early.len() - 2].headers.contains_key("Nats-Msg-Id"));
+    let client = async_nats::connect(&settings.nats_url).await.expect("NATS");
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream(&settings.stream)
+        .await
+        .expect("stream");
+    let window = stream.info().await.expect("info").config.duplicate_window;
+    assert_eq!(
+        window,
+        Duration::from_secs(120),
+        "the relay widens the duplicate window"
+    );
     drop(relay);
     delete_stream(&settings).await;
 }
