@@ -56,13 +56,11 @@ pub const CONTENT_TYPE: &str = "application/cloudevents+json";
 
 /// How long a publish waits for its ack, and a JetStream API request for its answer.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
-/// The stream's duplicate window. A message can be sent twice only by a relay that has not
-/// read the stream's last message since the first copy was stored: within one batch
-/// attempt (its acks time out after `ACK_TIMEOUT`), or by a process taking over from one
-/// that died with messages still in flight on its connection (they arrive within seconds).
-/// Everything older is caught by reading the stream's last message (see the module docs),
-/// so that is the worst-case retry horizon; two minutes (JetStream's default) covers it
-/// many times over while keeping the server's table of recent ids small.
+/// The stream's duplicate window. It must cover the relay's worst-case retry horizon: a
+/// failed batch is retried after at most `MAX_RETRY` (10 s) and each attempt waits at most
+/// `ACK_TIMEOUT` (5 s) for its acks, so at most 15 s pass between a message's first send
+/// and its re-send. Two minutes (JetStream's default) covers that eight times over. Beyond
+/// any window, exactly-once rests on the stream itself (see the module docs).
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a start waits for the first connection before reporting NATS as down.
 const FIRST_CONNECT: Duration = Duration::from_secs(2);
