@@ -67,6 +67,8 @@ pub async fn serve_until(
 ) -> std::io::Result<()> {
     let state = AppState(Arc::new(App::start(pool, &settings)));
     let feed = state.feed.clone();
+    // Open connections hold the state after the server stops; the feed stops with it.
+    let _relay = state.relay.as_ref().map(|relay| relay.stop_on_drop());
     let router = build_router(state);
     axum::serve(
         listener,

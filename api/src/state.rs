@@ -11,6 +11,7 @@ use domain::category::PromptCategory;
 use domain::prompt::Prompt;
 use domain::Governed;
 use projections::feed::Feed;
+use projections::relay::Relay;
 use projections::Projections;
 use sqlx::PgPool;
 
@@ -54,6 +55,8 @@ pub struct App {
     pub feed: Feed,
     /// How the live feed's endpoints pace heartbeats.
     pub feed_settings: FeedSettings,
+    /// The NATS feed, when configured. Commands never wait for it.
+    pub relay: Option<Relay>,
 }
 
 impl App {
@@ -65,6 +68,10 @@ impl App {
             IdempotencyStore::new(pool.clone(), settings.idempotency.ttl, settings.idempotency.lease);
         crate::idempotency::spawn_cleanup(idempotency.clone(), settings.idempotency.cleanup_interval);
         let feed = Feed::start(pool.clone(), projections.wake_signal(), settings.feed.buffer);
+        let relay = settings
+            .relay
+            .clone()
+            .map(|relay| Relay::spawn(pool.clone(), relay, projections.wake_signal()));
         App {
             pool,
             prompts: store.aggregates(()),
@@ -77,6 +84,7 @@ impl App {
             guards: Guards::new(&settings.security),
             feed,
             feed_settings: settings.feed.clone(),
+            relay,
         }
     }
 

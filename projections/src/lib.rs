@@ -13,6 +13,7 @@
 //! - [`audit`]: the hash-chained audit log (`audit_entry`), its verification against the
 //!   log and the permission history; [`canonical`]: the JSON form its hashes cover.
 //! - [`lag`]: how far each projection is behind the log.
+//! - [`relay`]: the NATS JetStream feed, published exactly once in global order.
 
 pub mod access;
 pub mod audit;
@@ -24,6 +25,7 @@ pub mod event;
 pub mod feed;
 pub mod global_order;
 pub mod lag;
+pub mod relay;
 pub mod runner;
 
 pub use event::StoredEvent;

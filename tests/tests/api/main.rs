@@ -11,4 +11,5 @@ mod hardening;
 mod idempotency;
 mod prompts;
 mod rebuild;
+mod relay;
 mod runner;
