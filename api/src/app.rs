@@ -23,7 +23,7 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub fn build_router(state: AppState) -> Router {
     // Routes registered here through `utoipa_axum::routes!` are described in the OpenAPI
     // document by construction; `tests/api/openapi.rs` catches any that is not.
-    let (api, document) = OpenApiRouter::with_openapi(openapi::base())
+    let (api, mut document) = OpenApiRouter::with_openapi(openapi::base())
         .merge(routes::system::router())
         .merge(routes::prompts::router())
         .merge(routes::categories::router())
@@ -31,12 +31,16 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::audit::router())
         .merge(routes::rate_limits::router())
         .split_for_parts();
+    // The live feed stays outside the idempotency layer, as it is not a command.
+    let (feed, feed_document) = routes::feed::router().split_for_parts();
+    document.merge(feed_document);
     let document = openapi::finish(document);
     let routes = api
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::idempotency::remember,
         ))
+        .merge(feed)
         .merge(routes::docs::router(&document))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
@@ -60,13 +64,30 @@ pub fn build_router(state: AppState) -> Router {
 /// Starts projections on `pool` and serves the API on `listener` until the process is
 /// asked to stop.
 pub async fn serve(settings: Settings, pool: PgPool, listener: TcpListener) -> std::io::Result<()> {
+    serve_until(settings, pool, listener, shutdown_signal()).await
+}
+
+/// [`serve`] until `shutdown` completes, then stops gracefully: live-feed subscriptions end
+/// (they would otherwise hold the server open for ever) and other requests finish.
+pub async fn serve_until(
+    settings: Settings,
+    pool: PgPool,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let state = AppState(Arc::new(App::start(pool, &settings)));
+    let feed = state.feed.clone();
+    // Open connections hold the state after the server stops; the feed stops with it.
+    let _relay = state.relay.as_ref().map(|relay| relay.stop_on_drop());
     let router = build_router(state);
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        feed.close();
+    })
     .await
 }
 

@@ -29,7 +29,7 @@ pub struct Cli {
     )]
     pub database_url: String,
 
-    /// NATS server for the live event feed (optional).
+    /// NATS server for the live event feed; empty turns the feed off.
     #[arg(
         long,
         env = "NATS_URL",
@@ -80,17 +80,33 @@ pub struct ServeArgs {
     pub idempotency_ttl: std::time::Duration,
     #[command(flatten)]
     pub security: crate::hardening::SecurityArgs,
+    #[command(flatten)]
+    pub feed: crate::routes::feed::FeedSettings,
+    /// JetStream stream the event feed is published to.
+    #[arg(long, env = "AIPM_NATS_STREAM", default_value = projections::relay::DEFAULT_STREAM)]
+    pub nats_stream: String,
+    /// First subject tokens of the feed: `<prefix>.<tenant>.<aggregate_type>.<id>.<event_type>`.
+    #[arg(long, env = "AIPM_NATS_SUBJECT_PREFIX", default_value = projections::relay::DEFAULT_SUBJECT_PREFIX)]
+    pub nats_subject_prefix: String,
 }
 
 impl ServeArgs {
-    /// The server configuration these arguments describe.
-    pub fn settings(&self) -> crate::Settings {
+    /// The server configuration these arguments describe, with the NATS feed on `nats_url`
+    /// (off when empty).
+    pub fn settings(&self, nats_url: &str) -> Result<crate::Settings, String> {
+        let relay = projections::relay::RelaySettings::from_parts(
+            nats_url,
+            &self.nats_stream,
+            &self.nats_subject_prefix,
+        )?;
         let mut settings = crate::Settings {
             security: self.security.settings(),
+            feed: self.feed.clone(),
             ..crate::Settings::default()
-        };
+        }
+        .with_relay(relay);
         settings.idempotency.ttl = self.idempotency_ttl;
-        settings
+        Ok(settings)
     }
 }
 
@@ -168,6 +184,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     };
     match command {
         Command::Serve(args) => {
+            let settings = args.settings(&cli.nats_url)?;
             let ServeArgs {
                 listen,
                 db_connections,
@@ -180,7 +197,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e} (set AIPM_LISTEN)"))?;
             tracing::info!(address = %listen, "aipm is serving");
-            crate::serve(args.settings(), pool, listener)
+            crate::serve(settings, pool, listener)
                 .await
                 .map_err(|e| format!("server failed: {e}"))
         }

@@ -65,6 +65,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         (name = "categories", description = "Categories that group prompts"),
         (name = "keys", description = "API keys of the caller's tenant and their rate limits (admins)"),
         (name = "audit", description = "The tenant's hash-chained audit log (auditors and admins); reads are recorded"),
+        (name = "feed", description = "The tenant's live event feed (Server-Sent Events, WebSocket)"),
         (name = "system", description = "Probes and operational state"),
         (name = "docs", description = "This document and its interactive reader"),
     )

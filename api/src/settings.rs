@@ -9,4 +9,16 @@ pub struct Settings {
     pub idempotency: crate::idempotency::IdempotencySettings,
     /// Rate limits, body limits, timeouts, shedding, CORS and security headers.
     pub security: crate::hardening::SecuritySettings,
+    /// The live feed (`/v1/events/stream`, `/v1/events/ws`).
+    pub feed: crate::routes::feed::FeedSettings,
+    /// The NATS JetStream feed; `None` turns it off.
+    pub relay: Option<projections::relay::RelaySettings>,
+}
+
+impl Settings {
+    /// These settings with the NATS feed configured by `relay` (`None`: off).
+    pub fn with_relay(mut self, relay: Option<projections::relay::RelaySettings>) -> Self {
+        self.relay = relay;
+        self
+    }
 }

@@ -10,12 +10,15 @@ use domain::audit::ReadRecord;
 use domain::category::PromptCategory;
 use domain::prompt::Prompt;
 use domain::Governed;
+use projections::feed::Feed;
+use projections::relay::Relay;
 use projections::Projections;
 use sqlx::PgPool;
 
 use crate::error::{ApiResult, DomainProblem};
 use crate::extract::CommandContext;
 use crate::hardening::Guards;
+use crate::routes::feed::FeedSettings;
 use crate::settings::Settings;
 
 /// How long a command waits for the read models to show its effect before answering.
@@ -48,6 +51,12 @@ pub struct App {
     pub idempotency: IdempotencyStore,
     /// Rate limits, brute-force protection and the other request limits.
     pub guards: Guards,
+    /// The live feed's shared tailer.
+    pub feed: Feed,
+    /// How the live feed's endpoints pace heartbeats.
+    pub feed_settings: FeedSettings,
+    /// The NATS feed, when configured. Commands never wait for it.
+    pub relay: Option<Relay>,
 }
 
 impl App {
@@ -58,6 +67,11 @@ impl App {
         let idempotency =
             IdempotencyStore::new(pool.clone(), settings.idempotency.ttl, settings.idempotency.lease);
         crate::idempotency::spawn_cleanup(idempotency.clone(), settings.idempotency.cleanup_interval);
+        let feed = Feed::start(pool.clone(), projections.wake_signal(), settings.feed.buffer);
+        let relay = settings
+            .relay
+            .clone()
+            .map(|relay| Relay::spawn(pool.clone(), relay, projections.wake_signal()));
         App {
             pool,
             prompts: store.aggregates(()),
@@ -68,6 +82,9 @@ impl App {
             projections,
             idempotency,
             guards: Guards::new(&settings.security),
+            feed,
+            feed_settings: settings.feed.clone(),
+            relay,
         }
     }
 

@@ -47,3 +47,34 @@ pub async fn read_for(
         .fetch_all(conn)
         .await
 }
+
+/// Whether committed or in-flight events exist after `after` that [`read_after`] cannot
+/// return yet because an older transaction is still running; they will be readable soon.
+pub async fn pending_after(conn: &mut PgConnection, after: GlobalCursor) -> Result<bool, sqlx::Error> {
+    // Ordered and limited so that PostgreSQL walks the global-order index even with a
+    // generic plan; a bare EXISTS is planned as a sequential scan.
+    let pending = sqlx::query(
+        "select 1 from events where (transaction_id, position) > ($1::bigint::text::xid8, $2)
+         order by transaction_id, position limit 1",
+    )
+    .bind(after.transaction_id)
+    .bind(after.position)
+    .fetch_optional(conn)
+    .await?
+    .is_some();
+    Ok(pending)
+}
+
+/// The cursor of the last event [`read_after`] can return now ([`GlobalCursor::START`] for
+/// an empty log): every event at or before it has committed or rolled back for good.
+pub async fn settled_end(conn: &mut PgConnection) -> Result<GlobalCursor, sqlx::Error> {
+    let last: Option<(i64, i64)> = sqlx::query_as(
+        "select transaction_id::text::bigint, position from events
+         where transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+         order by events.transaction_id desc, events.position desc
+         limit 1",
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(last.map_or(GlobalCursor::START, |(t, p)| GlobalCursor::new(t, p)))
+}

@@ -3,13 +3,12 @@
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::runner::Projection;
-
 /// One projection's position and distance from the head of the log.
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProjectionLag {
-    pub name: &'static str,
+    /// The checkpoint's name: a projection's name, or `nats_relay:<stream>`.
+    pub name: String,
     /// The checkpoint as `<transaction>-<position>`.
     pub checkpoint: String,
     /// Committed events not yet applied.
@@ -19,12 +18,14 @@ pub struct ProjectionLag {
     pub checkpoint_updated_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-pub async fn lag(pool: &PgPool, projection: &dyn Projection) -> Result<ProjectionLag, sqlx::Error> {
+/// The lag of the checkpoint called `name` (a reader without a checkpoint yet is at the
+/// start of the log).
+pub async fn lag(pool: &PgPool, name: &str) -> Result<ProjectionLag, sqlx::Error> {
     let row: (i64, i64, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
         "select coalesce(c.transaction_id, 0), coalesce(c.position, 0), c.updated_at
          from (select 1) one left join projection_checkpoint c on c.projection_name = $1",
     )
-    .bind(projection.name())
+    .bind(name)
     .fetch_one(pool)
     .await?;
     let (events_behind, seconds_behind): (i64, f64) = sqlx::query_as(
@@ -36,7 +37,7 @@ pub async fn lag(pool: &PgPool, projection: &dyn Projection) -> Result<Projectio
     .fetch_one(pool)
     .await?;
     Ok(ProjectionLag {
-        name: projection.name(),
+        name: name.to_string(),
         checkpoint: format!("{}-{}", row.0, row.1),
         events_behind,
         seconds_behind: seconds_behind.max(0.0),

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`event`]: an event as read from the log, with its place in the global order.
 //! - [`cloudevent`]: the CloudEvents JSON form every live subscriber receives.
+//! - [`feed`]: the process's live feed for Server-Sent Events and WebSocket subscribers.
 //! - [`global_order`]: reading the log in one total order that never skips a late commit.
 //! - [`runner`]: tails the global order and applies it to each projection exactly once.
 //! - [`catalog`]: prompts, their versions and categories (`prompt`, `prompt_version`,
@@ -12,6 +13,7 @@
 //! - [`audit`]: the hash-chained audit log (`audit_entry`), its verification against the
 //!   log and the permission history; [`canonical`]: the JSON form its hashes cover.
 //! - [`lag`]: how far each projection is behind the log.
+//! - [`relay`]: the NATS JetStream feed, published exactly once in global order.
 
 pub mod access;
 pub mod audit;
@@ -20,8 +22,10 @@ pub mod catalog;
 pub mod cloudevent;
 pub mod csv;
 pub mod event;
+pub mod feed;
 pub mod global_order;
 pub mod lag;
+pub mod relay;
 pub mod runner;
 
 pub use event::StoredEvent;

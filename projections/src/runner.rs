@@ -148,17 +148,7 @@ pub async fn step(
     let from = checkpoint(&mut tx, projection.name()).await?;
     let events = global_order::read_for(&mut tx, from, batch_size, projection.aggregate_types()).await?;
     let Some(last) = events.last().map(|e| e.cursor) else {
-        // Ordered and limited so that PostgreSQL walks the global-order index even with a
-        // generic plan; a bare EXISTS is planned as a sequential scan.
-        let pending = sqlx::query(
-            "select 1 from events where (transaction_id, position) > ($1::bigint::text::xid8, $2)
-             order by transaction_id, position limit 1",
-        )
-        .bind(from.transaction_id)
-        .bind(from.position)
-        .fetch_optional(&mut *tx)
-        .await?
-        .is_some();
+        let pending = global_order::pending_after(&mut tx, from).await?;
         tx.rollback().await?;
         return Ok(Step {
             checkpoint: from,
@@ -195,6 +185,7 @@ pub async fn catch_up(pool: &PgPool, projection: &dyn Projection) -> Result<u64,
 #[derive(Clone)]
 pub struct Projections {
     checkpoints: Vec<Checkpoint>,
+    wake: Arc<watch::Sender<u64>>,
 }
 
 #[derive(Clone)]
@@ -267,7 +258,13 @@ impl Projections {
                 checkpoint
             })
             .collect();
-        Self { checkpoints }
+        Self { checkpoints, wake }
+    }
+
+    /// Changes whenever the runners are woken: after an append by this or another process,
+    /// and after a runner commits. Other tailers of the global order can wait on it.
+    pub fn wake_signal(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
     }
 
     /// Waits until every projection that reads `aggregate_type` has applied the event at

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the benchmarks in BENCHMARKS.md: the raw PostgreSQL insert ceiling (pgbench) and aipm
 # over HTTP at the same client counts, in the same run, several times; then publishing to
-# a prompt with a long history, and rebuilding a projection from a 1,000,000-event log.
+# a prompt with a long history, rebuilding a projection from a 1,000,000-event log, and the
+# NATS feed (relay throughput and latency against raw JetStream, commands with it on and off).
 #
 #   tests/bench/run.sh [runs]        (default 3 runs; results in bench-results/)
 set -euo pipefail
@@ -20,10 +21,11 @@ LOAD=target/release/aipm-load
 psql_do() { psql -h 127.0.0.1 -U postgres -d "$1" -qAtc "$2"; }
 
 # A fresh database for each server start, so runs do not inherit each other's data.
+# The NATS feed is off here; tests/bench/relay.sh measures it and its cost.
 serve() {
   local db=$1
   psql_do postgres "drop database if exists $db with (force)"
-  DATABASE_URL=$PG/$db AIPM_LISTEN=127.0.0.1:18080 RUST_LOG=warn $AIPM serve &
+  NATS_URL= DATABASE_URL=$PG/$db AIPM_LISTEN=127.0.0.1:18080 RUST_LOG=warn $AIPM serve &
   SERVER=$!
   for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
   local created
@@ -72,5 +74,7 @@ echo "== rebuilding 1,000,000 events"
 psql_do postgres "drop database if exists aipm_bench_rebuild with (force)"
 $LOAD seed-events --database-url $PG/aipm_bench_rebuild --events 1000000
 $LOAD rebuild --database-url $PG/aipm_bench_rebuild --runs 3 --json "$OUT/other.jsonl"
+
+tests/bench/relay.sh "$RUNS"
 
 for db in aipm_bench_pg aipm_bench_http aipm_bench_hot aipm_bench_rebuild; do psql_do postgres "drop database if exists $db with (force)"; done

@@ -75,15 +75,25 @@ impl Drop for PeerServer {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.server.abort();
+        if let Some(relay) = &self.settings.relay {
+            crate::nats::delete_stream_blocking(relay);
+        }
     }
+}
+
+/// What [`TestApp::spawn`] starts a server with: the NATS feed on the shared server, to a
+/// stream and subject prefix of the test's own (deleted when the `TestApp` is dropped).
+pub fn test_settings() -> api::Settings {
+    api::Settings::default().with_relay(Some(crate::nats::unique_relay_settings(&crate::nats::nats_url())))
 }
 
 impl TestApp {
     pub async fn spawn() -> Self {
-        Self::spawn_with(api::Settings::default()).await
+        Self::spawn_with(test_settings()).await
     }
 
-    /// A server configured with `settings`.
+    /// A server configured with `settings` (`api::Settings::default()`: no NATS feed). A
+    /// feed's stream is deleted when the `TestApp` is dropped.
     pub async fn spawn_with(settings: api::Settings) -> Self {
         let db = TestDatabase::create().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -2,3 +2,4 @@
 //! fresh PostgreSQL database, and a typed HTTP client for it.
 
 pub mod harness;
+pub mod nats;

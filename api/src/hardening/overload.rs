@@ -71,7 +71,13 @@ pub async fn admit(State(admission): State<Arc<Admission>>, mut request: Request
             };
             let permit = StreamPermit(Arc::new(permit));
             request.extensions_mut().insert(permit.clone());
-            return next.run(request).await.map(|body| held_until_done(body, permit));
+            let response = next.run(request).await;
+            // A refusal is answered whole: only a stream that started holds its place (and
+            // keeps its length-delimited body, which clients read before any upgrade).
+            if !response.status().is_success() {
+                return response;
+            }
+            return response.map(|body| held_until_done(body, permit));
         }
         Route::Probe => None,
         Route::Other => match &admission.in_flight {

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod categories;
 pub mod docs;
+pub mod feed;
 pub mod keys;
 pub mod prompts;
 pub mod rate_limits;

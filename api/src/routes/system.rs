@@ -41,9 +41,26 @@ struct Readiness {
     /// `ok` or `unreachable`.
     #[schema(example = "ok")]
     database: String,
+    /// The NATS feed's state and lag (only when ready).
+    nats_feed: Option<NatsFeed>,
 }
 
-/// Each projection's checkpoint and lag.
+/// The NATS feed, as `/readyz` reports it.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum NatsFeed {
+    /// The relay runs: its state and lag.
+    Relay(projections::relay::RelayReport),
+    /// `off` (not configured) or `unknown` (its lag could not be read).
+    Other {
+        #[schema(pattern = "^(off|unknown)$")]
+        status: String,
+    },
+}
+
+/// Each projection's checkpoint and lag; the NATS relay's entry, when it runs, adds its
+/// state (the fields of `RelayReport`).
 #[derive(ToSchema)]
 #[allow(dead_code)]
 struct ProjectionLagList {
@@ -62,7 +79,8 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: the database answers.
+/// `GET /readyz`: the database answers. The NATS feed is reported but does not decide
+/// readiness: commands work without it, and it catches up when NATS is back.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -77,7 +95,7 @@ async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
     match sqlx::query("select 1").execute(&app.pool).await {
         Ok(_) => (
             StatusCode::OK,
-            Json(json!({ "status": "ready", "database": "ok" })),
+            Json(json!({ "status": "ready", "database": "ok", "nats_feed": nats_feed(&app).await })),
         ),
         Err(error) => {
             tracing::warn!(%error, "readiness check failed");
@@ -101,7 +119,24 @@ async fn projection_lag(State(app): State<AppState>, caller: Caller) -> ApiResul
     caller.require(Permission::Operate)?;
     let mut items = Vec::new();
     for projection in projections::all() {
-        items.push(projections::lag::lag(&app.pool, projection.as_ref()).await?);
+        items.push(json!(projections::lag::lag(&app.pool, projection.name()).await?));
+    }
+    if let Some(relay) = &app.relay {
+        items.push(json!(relay.report(&app.pool).await?));
     }
     Ok(Json(json!({ "projections": items })))
+}
+
+/// The NATS feed's state and lag for `/readyz`.
+async fn nats_feed(app: &AppState) -> serde_json::Value {
+    match &app.relay {
+        None => json!({ "status": "off" }),
+        Some(relay) => match relay.report(&app.pool).await {
+            Ok(report) => json!(report),
+            Err(error) => {
+                tracing::warn!(%error, "could not read the NATS feed's lag");
+                json!({ "status": "unknown" })
+            }
+        },
+    }
 }

@@ -7,6 +7,9 @@
 //! - `hot-prompt`: whether publishing a version costs more once a prompt has a long history.
 //! - `seed-events`: bulk-inserts synthetic prompt events straight into the event log.
 //! - `rebuild`: times rebuilding a read model from the event log.
+//! - `relay`: the NATS feed: events/s the relay publishes from a seeded log, and
+//!   commit→subscriber latency while commands run at a steady rate, each against raw
+//!   JetStream publishing from this tool as a baseline.
 //!
 //! Every failure is one line on stderr and a non-zero exit code.
 
@@ -60,6 +63,16 @@ enum Command {
     SeedEvents(SeedArgs),
     /// Time rebuilding a projection from the event log.
     Rebuild(RebuildArgs),
+    /// The NATS feed: relay throughput and commit→subscriber latency, with baselines.
+    ///
+    /// Throughput: the log of `--database-url` is seeded up to `--events` events, then a
+    /// relay in this process publishes all of it to a new stream (timed until its
+    /// checkpoint reaches the end); the baseline publishes the same CloudEvents, encoded
+    /// beforehand, with as many acks in flight as the relay's batch. Latency (with `--url`):
+    /// commands at `--rate` against a running server whose feed goes to `--stream`; an
+    /// ordered push consumer measures receive time minus the event's `recorded_at`; the
+    /// baseline publishes at the same rate and measures receive time minus send time.
+    Relay(RelayArgs),
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +261,43 @@ struct RebuildArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+struct RelayArgs {
+    /// NATS server with JetStream.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Throughput: the aipm database to seed and relay from (created and migrated if missing).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Throughput: events in the log (seeded up to this count).
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+    /// Latency: base URL of a running aipm server whose feed goes to `--stream`.
+    #[arg(long)]
+    url: Option<String>,
+    /// Latency: API key with write permission.
+    #[arg(long, env = "AIPM_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// Latency: the server's stream (its AIPM_NATS_STREAM).
+    #[arg(long, default_value = "AIPM_EVENTS")]
+    stream: String,
+    /// Latency: commands per second.
+    #[arg(long, default_value_t = 500)]
+    rate: u32,
+    /// Latency: measured seconds of commands.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Measurements of each kind.
+    #[arg(long, default_value_t = 3)]
+    runs: u32,
+    /// Delete `--stream` at the end (a benchmark server's stream only).
+    #[arg(long)]
+    delete_stream: bool,
+    /// Also append the results as JSON lines to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -274,6 +324,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::HotPrompt(args) => hot_prompt(args).await,
         Command::SeedEvents(args) => seed_events(args).await,
         Command::Rebuild(args) => rebuild(args).await,
+        Command::Relay(args) => relay::run(args).await,
     }
 }
 
@@ -1455,4 +1506,404 @@ fn append_json(path: &Path, value: &Value) -> Result<()> {
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     writeln!(file, "{value}").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The NATS feed
+
+mod relay {
+    use std::time::{Duration, Instant};
+
+    use async_nats::jetstream::consumer::{push, DeliverPolicy};
+    use async_nats::jetstream::message::PublishMessage;
+    use async_nats::jetstream::{self, Context};
+    use domain::position::GlobalCursor;
+    use futures::StreamExt;
+    use projections::relay::{Relay, RelaySettings, CONTENT_TYPE};
+    use projections::{cloudevent, global_order};
+    use serde_json::{json, Value};
+    use uuid::Uuid;
+
+    use super::{
+        append_json, median, now_rfc3339, seconds, Api, Percentiles, RelayArgs, Result, SeedArgs, ServerArgs,
+    };
+
+    /// Acks in flight in the baseline: the relay's batch.
+    const WINDOW: usize = projections::runner::BATCH_SIZE as usize;
+    /// How long to wait for the last messages of a latency run.
+    const DRAIN: Duration = Duration::from_secs(10);
+
+    pub async fn run(args: RelayArgs) -> Result<()> {
+        if args.runs == 0 {
+            return Err("--runs must be at least 1".into());
+        }
+        if args.database_url.is_none() && args.url.is_none() {
+            return Err("give --database-url (throughput), --url and --key (latency), or both".into());
+        }
+        let client = async_nats::connect(&args.nats_url)
+            .await
+            .map_err(|e| format!("cannot reach NATS at {}: {e}", args.nats_url))?;
+        let context = jetstream::new(client.clone());
+        if let Some(url) = &args.database_url {
+            throughput(&args, url, &context).await?;
+        }
+        if let Some(url) = &args.url {
+            let key = args.key.clone().ok_or("--url needs --key (or AIPM_KEY)")?;
+            let api = Api::new(
+                &ServerArgs {
+                    url: url.clone(),
+                    key,
+                },
+                64,
+            )?;
+            api.preflight().await?;
+            latency(&args, &api, &client, &context).await?;
+            if args.delete_stream {
+                context
+                    .delete_stream(&args.stream)
+                    .await
+                    .map_err(|e| format!("deleting stream {}: {e}", args.stream))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A stream name of this run's own.
+    fn scratch(kind: &str) -> String {
+        format!("AIPM_BENCH_{kind}_{}", Uuid::new_v4().simple())
+    }
+
+    async fn throughput(args: &RelayArgs, url: &str, context: &Context) -> Result<()> {
+        let pool = api::db::connect(url, 4).await?;
+        let present: i64 = sqlx::query_scalar("select count(*) from events")
+            .fetch_one(&pool)
+            .await?;
+        if (present as u64) < args.events {
+            super::seed_events(SeedArgs {
+                database_url: url.to_string(),
+                events: args.events - present as u64,
+                versions_per_prompt: 9,
+                batch: 10_000,
+                tenant: "bench".into(),
+            })
+            .await?;
+        }
+        // The baseline's messages: the relay's, encoded beforehand so that only publishing
+        // is timed.
+        let mut conn = pool.acquire().await?;
+        let events = global_order::read_after(&mut conn, GlobalCursor::START, i64::MAX).await?;
+        drop(conn);
+        let last = events.last().map(|e| e.cursor).ok_or("the log is empty")?;
+        let prefix = "aipmbench.events";
+        let mut messages = Vec::with_capacity(events.len());
+        for event in &events {
+            messages.push((
+                cloudevent::nats_subject(prefix, event),
+                cloudevent::event_id(event),
+                cloudevent::to_json(event)?,
+            ));
+        }
+        drop(events);
+        println!(
+            "relay throughput: {} events in the log, {} runs",
+            messages.len(),
+            args.runs
+        );
+        println!(
+            "{:>4} {:>16} {:>16} {:>8}",
+            "run", "relay events/s", "raw JS msg/s", "share"
+        );
+        let (mut relayed, mut raw) = (Vec::new(), Vec::new());
+        for run in 1..=args.runs {
+            let stream = scratch("RAW");
+            context
+                .create_stream(jetstream::stream::Config {
+                    name: stream.clone(),
+                    subjects: vec![format!("{prefix}.{}.>", stream.to_lowercase())],
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("creating {stream}: {e}"))?;
+            let subject_prefix = format!("{prefix}.{}", stream.to_lowercase());
+            let started = Instant::now();
+            for window in messages.chunks(WINDOW) {
+                let mut acks = Vec::with_capacity(window.len());
+                for (subject, id, body) in window {
+                    let subject = format!("{subject_prefix}{}", &subject[prefix.len()..]);
+                    let message = PublishMessage::build()
+                        .payload(body.clone().into())
+                        .message_id(id)
+                        .header("Content-Type", CONTENT_TYPE);
+                    acks.push(context.send_publish(subject, message).await?);
+                }
+                for ack in acks {
+                    ack.await?;
+                }
+            }
+            let raw_rate = messages.len() as f64 / started.elapsed().as_secs_f64();
+            context.delete_stream(&stream).await?;
+
+            let settings = RelaySettings {
+                nats_url: args.nats_url.clone(),
+                stream: scratch("RELAY"),
+                subject_prefix: format!("aipmbench.relay.{}", Uuid::new_v4().simple()),
+            };
+            let (_wake, woken) = tokio::sync::watch::channel(0u64);
+            let started = Instant::now();
+            let relay = Relay::spawn(pool.clone(), settings.clone(), woken);
+            if !relay.wait_for(last, Duration::from_secs(3600)).await {
+                return Err(format!("the relay did not finish: {:?}", relay.status()).into());
+            }
+            let relay_rate = messages.len() as f64 / started.elapsed().as_secs_f64();
+            drop(relay);
+            context.delete_stream(&settings.stream).await?;
+            sqlx::query("delete from projection_checkpoint where projection_name = $1")
+                .bind(settings.checkpoint_name())
+                .execute(&pool)
+                .await?;
+            println!(
+                "{run:>4} {relay_rate:>16.0} {raw_rate:>16.0} {:>7.0}%",
+                100.0 * relay_rate / raw_rate
+            );
+            if let Some(path) = &args.json {
+                append_json(
+                    path,
+                    &json!({ "kind": "relay-throughput", "run": run, "events": messages.len(),
+                             "relay_events_per_second": relay_rate, "raw_messages_per_second": raw_rate,
+                             "at": now_rfc3339() }),
+                )?;
+            }
+            relayed.push(relay_rate);
+            raw.push(raw_rate);
+        }
+        println!(
+            "median: relay {:.0} events/s, raw JetStream {:.0} msg/s",
+            median(&mut relayed),
+            median(&mut raw)
+        );
+        Ok(())
+    }
+
+    /// The messages `stream` receives from now on, each with its receive time (wall clock
+    /// and monotonic) and its JSON body.
+    async fn subscribe(
+        client: &async_nats::Client,
+        context: &Context,
+        stream: &str,
+    ) -> Result<impl futures::Stream<Item = (chrono::DateTime<chrono::Utc>, Instant, Value)>> {
+        let consumer = context
+            .get_stream(stream)
+            .await
+            .map_err(|e| format!("stream {stream}: {e}"))?
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: client.new_inbox(),
+                deliver_policy: DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await?;
+        let messages = consumer.messages().await?;
+        Ok(messages.filter_map(|message| async move {
+            let received_at = chrono::Utc::now();
+            let received = Instant::now();
+            let message = message.ok()?;
+            let body: Value = serde_json::from_slice(&message.payload).ok()?;
+            Some((received_at, received, body))
+        }))
+    }
+
+    async fn latency(
+        args: &RelayArgs,
+        api: &Api,
+        client: &async_nats::Client,
+        context: &Context,
+    ) -> Result<()> {
+        let duration = seconds(args.duration, "duration")?;
+        if args.rate == 0 || duration.is_zero() {
+            return Err("--rate and --duration must be more than 0".into());
+        }
+        let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
+        wait_until_caught_up(api).await?;
+        println!(
+            "commit→subscriber latency: {} commands/s for {:.0}s, {} runs (ms)",
+            args.rate,
+            duration.as_secs_f64(),
+            args.runs
+        );
+        println!(
+            "{:>4} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>10} {:>10}",
+            "run", "events", "p50", "p99", "max", "raw p50", "raw p99", "cmd p50", "cmd p99"
+        );
+        let mut summary: Vec<[f64; 6]> = Vec::new();
+        for run in 1..=args.runs {
+            let tag = Uuid::new_v4().simple().to_string();
+            let feed = subscribe(client, context, &args.stream).await?;
+            let receiver = {
+                let tag = tag.clone();
+                tokio::spawn(async move {
+                    let mut latencies_us = Vec::new();
+                    let mut feed = std::pin::pin!(feed);
+                    while let Ok(Some((received_at, _, body))) =
+                        tokio::time::timeout(DRAIN, feed.next()).await
+                    {
+                        let ours = body["data"]["name"].as_str().is_some_and(|n| n.contains(&tag));
+                        let time = body["time"]
+                            .as_str()
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                        if let (true, Some(time)) = (ours, time) {
+                            let micros = (received_at - time.with_timezone(&chrono::Utc))
+                                .num_microseconds()
+                                .unwrap_or(0);
+                            latencies_us.push(micros.max(0) as u64);
+                        }
+                    }
+                    latencies_us
+                })
+            };
+            // Open loop: a command every `interval`, whether or not the previous answered.
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let deadline = Instant::now() + duration;
+            let mut commands = tokio::task::JoinSet::new();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                ticker.tick().await;
+                n += 1;
+                let api = api.clone();
+                let name = format!("feed {tag} #{n}");
+                commands.spawn(async move {
+                    let started = Instant::now();
+                    api.create_prompt(&name)
+                        .await
+                        .map(|_| started.elapsed().as_micros() as u64)
+                });
+            }
+            let mut command_us = Vec::new();
+            while let Some(done) = commands.join_next().await {
+                command_us.push(done.map_err(|e| format!("a command task failed: {e}"))??);
+            }
+            let sent = command_us.len();
+            // The receiver stops once nothing has arrived for DRAIN.
+            let mut latencies_us = receiver
+                .await
+                .map_err(|e| format!("the subscriber failed: {e}"))?;
+            if latencies_us.len() != sent {
+                return Err(format!(
+                    "sent {sent} commands but received {} of their events",
+                    latencies_us.len()
+                )
+                .into());
+            }
+            let feed_p = Percentiles::of(&mut latencies_us);
+            let command_p = Percentiles::of(&mut command_us);
+            let raw_p = raw_latency(client, context, args.rate, duration).await?;
+            println!(
+                "{run:>4} {sent:>8} {:>8.2} {:>8.2} {:>9.2} {:>8.2} {:>8.2} {:>10.2} {:>10.2}",
+                feed_p.p50, feed_p.p99, feed_p.max, raw_p.p50, raw_p.p99, command_p.p50, command_p.p99
+            );
+            if let Some(path) = &args.json {
+                append_json(
+                    path,
+                    &json!({ "kind": "relay-latency", "run": run, "rate": args.rate, "events": sent,
+                             "p50_ms": feed_p.p50, "p99_ms": feed_p.p99, "max_ms": feed_p.max,
+                             "raw_p50_ms": raw_p.p50, "raw_p99_ms": raw_p.p99,
+                             "command_p50_ms": command_p.p50, "command_p99_ms": command_p.p99, "at": now_rfc3339() }),
+                )?;
+            }
+            summary.push([
+                feed_p.p50,
+                feed_p.p99,
+                raw_p.p50,
+                raw_p.p99,
+                command_p.p50,
+                command_p.p99,
+            ]);
+        }
+        let column = |i: usize| median(&mut summary.iter().map(|row| row[i]).collect::<Vec<_>>());
+        println!(
+            "median: feed p50 {:.2} ms, p99 {:.2} ms; raw JetStream p50 {:.2} ms, p99 {:.2} ms; commands p50 {:.2} ms, p99 {:.2} ms",
+            column(0),
+            column(1),
+            column(2),
+            column(3),
+            column(4),
+            column(5)
+        );
+        Ok(())
+    }
+
+    /// Waits until the server's feed has published its whole log, so that a backlog left
+    /// by earlier load does not count as latency.
+    async fn wait_until_caught_up(api: &Api) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let readiness: Value = api.client.get(api.url("/readyz")).send().await?.json().await?;
+            let feed = &readiness["nats_feed"];
+            if feed["status"] == "off" {
+                return Err("the server's NATS feed is off: start it with NATS_URL set".into());
+            }
+            if feed["status"] == "ok" && feed["events_behind"] == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the server's feed did not catch up: {feed}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Publish → ordered consumer latency of raw JetStream at `rate` messages/s.
+    async fn raw_latency(
+        client: &async_nats::Client,
+        context: &Context,
+        rate: u32,
+        duration: Duration,
+    ) -> Result<Percentiles> {
+        let stream = scratch("LATENCY");
+        let subject = format!("aipmbench.latency.{}", stream.to_lowercase());
+        context
+            .create_stream(jetstream::stream::Config {
+                name: stream.clone(),
+                subjects: vec![subject.clone()],
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await?;
+        let feed = subscribe(client, context, &stream).await?;
+        let origin = Instant::now();
+        let receiver = tokio::spawn(async move {
+            let mut latencies_us = Vec::new();
+            let mut feed = std::pin::pin!(feed);
+            while let Ok(Some((_, received, body))) = tokio::time::timeout(DRAIN, feed.next()).await {
+                if let Some(sent_us) = body["sent_us"].as_u64() {
+                    let received_us = received.duration_since(origin).as_micros() as u64;
+                    latencies_us.push(received_us.saturating_sub(sent_us));
+                }
+            }
+            latencies_us
+        });
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let deadline = Instant::now() + duration;
+        let mut acks = tokio::task::JoinSet::new();
+        let mut sent = 0usize;
+        while Instant::now() < deadline {
+            ticker.tick().await;
+            let body = json!({ "sent_us": origin.elapsed().as_micros() as u64 }).to_string();
+            let ack = context.publish(subject.clone(), body.into()).await?;
+            acks.spawn(async move { ack.await.map(|_| ()) });
+            sent += 1;
+        }
+        while let Some(done) = acks.join_next().await {
+            done.map_err(|e| format!("an ack task failed: {e}"))??;
+        }
+        let mut latencies_us = receiver
+            .await
+            .map_err(|e| format!("the subscriber failed: {e}"))?;
+        context.delete_stream(&stream).await?;
+        if latencies_us.len() != sent {
+            return Err(format!("published {sent} messages but received {}", latencies_us.len()).into());
+        }
+        Ok(Percentiles::of(&mut latencies_us))
+    }
 }

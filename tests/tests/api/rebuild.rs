@@ -323,7 +323,8 @@ fn assert_reflects(dump: &Value, history: &History) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rebuilding_every_projection_reproduces_the_read_models_the_runners_built() {
-    let app = TestApp::spawn().await;
+    // Read models only: the NATS feed's checkpoint is not one of them.
+    let app = TestApp::spawn_with(api::Settings::default()).await;
     let history = write_history(&app).await;
     settle(app.pool()).await;
     let before = dump(app.pool()).await;
@@ -443,6 +444,8 @@ async fn after_a_rebuild_the_server_still_serves_and_new_commands_still_project(
     // Every projection has applied the whole log.
     let lag = expect_status(app.get("/v1/system/projections", key).await, StatusCode::OK).await;
     let lag = lag["projections"].as_array().expect("projections");
-    assert_eq!(lag.len(), projections::all().len());
-    assert!(lag.iter().all(|p| p["events_behind"] == 0), "{lag:?}");
+    for projection in projections::all() {
+        let listed = lag.iter().find(|p| p["name"] == projection.name());
+        assert_eq!(listed.map(|p| &p["events_behind"]), Some(&json!(0)), "{lag:?}");
+    }
 }

@@ -1,0 +1,425 @@
+//! The live feed over HTTP: `GET /v1/events/stream` (Server-Sent Events) and
+//! `GET /v1/events/ws` (WebSocket), both delivering the caller's tenant's events as
+//! CloudEvents JSON, history first and then live, resumable by cursor. The delivery
+//! guarantees (no gap, no duplicate, bounded memory) live in [`projections::feed`]; this
+//! module parses the request and frames each item for its protocol.
+//!
+//! These responses last as long as the client stays: request timeouts and overload limits
+//! must leave `/v1/events/` alone.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use domain::access::Permission;
+use domain::position::GlobalCursor;
+use projections::feed::{FeedError, FeedItem, Filter, Subscription};
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiQuery;
+use crate::openapi::{MalformedRequest, ValidationFailed};
+use crate::routes::Checks;
+use crate::state::AppState;
+
+/// Default for [`FeedSettings::buffer`].
+pub const DEFAULT_BUFFER: usize = 4_096;
+/// Default for [`FeedSettings::heartbeat_ms`].
+pub const DEFAULT_HEARTBEAT_MS: u64 = 15_000;
+/// The SSE `event:` name of every feed message. One fixed name, so that a browser needs
+/// one listener for all event types; the type itself is the CloudEvents `type`.
+pub const SSE_EVENT_NAME: &str = "cloudevent";
+/// Most entries in one filter list.
+const MAX_FILTER_ITEMS: usize = 32;
+/// Longest aggregate or event type name accepted in a filter.
+const MAX_FILTER_NAME: usize = 128;
+/// Largest message a WebSocket client may send; the feed is one-way, so only control
+/// frames are expected.
+const MAX_CLIENT_MESSAGE: usize = 4_096;
+
+/// The live feed's configuration (part of [`crate::Settings`], and flags of `aipm serve`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct FeedSettings {
+    /// Events the live feed holds for subscribers that are behind. A subscriber that falls
+    /// further behind is disconnected and told where to resume. Memory: this many events.
+    #[arg(
+        long = "feed-buffer",
+        env = "AIPM_FEED_BUFFER",
+        default_value_t = DEFAULT_BUFFER,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_048_576)
+    )]
+    pub buffer: usize,
+    /// Milliseconds between keep-alive comments (SSE) and pings (WebSocket) on the feed.
+    #[arg(
+        long = "feed-heartbeat-ms",
+        env = "AIPM_FEED_HEARTBEAT_MS",
+        default_value_t = DEFAULT_HEARTBEAT_MS,
+        value_parser = clap::value_parser!(u64).range(10..=3_600_000)
+    )]
+    pub heartbeat_ms: u64,
+}
+
+impl Default for FeedSettings {
+    fn default() -> Self {
+        Self {
+            buffer: DEFAULT_BUFFER,
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+        }
+    }
+}
+
+impl FeedSettings {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(server_sent_events))
+        .routes(routes!(websocket))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    /// Comma-separated aggregate types (at most 32).
+    #[param(
+        pattern = r"^\s*[A-Za-z0-9_.-]{1,128}\s*(,\s*[A-Za-z0-9_.-]{1,128}\s*){0,31}$",
+        example = "prompt"
+    )]
+    aggregate_type: Option<String>,
+    /// Comma-separated event types (at most 32).
+    #[param(
+        pattern = r"^\s*[A-Za-z0-9_.-]{1,128}\s*(,\s*[A-Za-z0-9_.-]{1,128}\s*){0,31}$",
+        example = "PromptVersionPublished"
+    )]
+    event_type: Option<String>,
+    /// Deliver events after this cursor (`<transaction>-<position>`).
+    #[param(pattern = r"^\s*([0-9]{1,18}-[0-9]{1,18})?\s*$", example = "812-40")]
+    from: Option<String>,
+}
+
+/// `GET /v1/events/stream`: the tenant's events as Server-Sent Events. `Last-Event-ID`
+/// (sent by a reconnecting `EventSource`) wins over `from`.
+#[utoipa::path(
+    get,
+    path = "/v1/events/stream",
+    tag = "feed",
+    params(
+        FeedQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor (what a reconnecting `EventSource` sends); wins over `from`"),
+    ),
+    responses(
+        (status = 200, description = "The tenant's events as Server-Sent Events, history first and then live: one `event: aipm` message per event, its CloudEvents JSON as `data` and its cursor as `id`. A stream that ends early sends `event: error` with a problem document.",
+            content_type = "text/event-stream", body = String),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn server_sent_events(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<FeedQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    caller.require(Permission::Read)?;
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::invalid("Last-Event-ID", "must be a cursor such as 812-40"))?,
+        ),
+    };
+    let (filter, from) = parse_request(&caller, query, last_event_id)?;
+    let subscription = app.feed.subscribe(filter, from).await.map_err(unavailable)?;
+    let messages = futures::stream::unfold(Some(subscription), |state| async move {
+        let mut subscription = state?;
+        let (message, rest) = match subscription.next().await {
+            Ok(Some(FeedItem::Event(event))) => (
+                Event::default()
+                    .id(event.cursor.to_string())
+                    .event(SSE_EVENT_NAME)
+                    .data(&event.document),
+                Some(subscription),
+            ),
+            Ok(Some(FeedItem::TooSlow { resume_from })) => {
+                (sse_problem(too_slow(resume_from), resume_from), None)
+            }
+            Ok(None) => return None,
+            Err(error) => {
+                let resume_from = subscription.resume_from();
+                (sse_problem(interrupted(&error, resume_from), resume_from), None)
+            }
+        };
+        Some((Ok::<_, Infallible>(message), rest))
+    });
+    let keep_alive = KeepAlive::new()
+        .interval(app.feed_settings.heartbeat())
+        .text("keep-alive");
+    // Proxies such as nginx would otherwise buffer the stream.
+    Ok((
+        [("x-accel-buffering", "no")],
+        Sse::new(messages).keep_alive(keep_alive),
+    )
+        .into_response())
+}
+
+/// The final SSE message of a stream that ends early: `event: error`, a problem+json
+/// document as data, and the resume cursor as `id` so that a reconnecting `EventSource`
+/// sends it back as `Last-Event-ID`.
+fn sse_problem(problem: serde_json::Value, resume_from: GlobalCursor) -> Event {
+    Event::default()
+        .id(resume_from.to_string())
+        .event("error")
+        .data(problem.to_string())
+}
+
+/// The problem a too-slow consumer receives. It has no `status`: the response it ends
+/// was a 200, and a problem's `status` must match the response's.
+fn too_slow(resume_from: GlobalCursor) -> serde_json::Value {
+    json!({
+        "type": "/problems/consumer-too-slow",
+        "title": "Consumer too slow",
+        "detail": format!(
+            "this subscriber fell more events behind the live feed than the server buffers; \
+             resume from {resume_from}"
+        ),
+        "resume_from": resume_from.to_string(),
+    })
+}
+
+/// The problem a subscriber receives when the feed itself failed (the database went away).
+fn interrupted(error: &FeedError, resume_from: GlobalCursor) -> serde_json::Value {
+    tracing::error!(%error, "live feed subscription failed");
+    json!({
+        "type": "/problems/unavailable",
+        "title": "Service Unavailable",
+        "detail": format!("the live feed was interrupted; resume from {resume_from}"),
+        "resume_from": resume_from.to_string(),
+    })
+}
+
+/// `GET /v1/events/ws`: the same feed over WebSocket, one CloudEvents JSON text message per
+/// event. The problems a request can have are answered before the upgrade.
+#[utoipa::path(
+    get,
+    path = "/v1/events/ws",
+    tag = "feed",
+    params(FeedQuery),
+    responses(
+        (status = 101, description = "Upgraded: one CloudEvents JSON text message per event, history first and then live"),
+        (status = 400, response = MalformedRequest),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn websocket(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<FeedQuery>,
+    permit: Option<axum::Extension<crate::hardening::StreamPermit>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    caller.require(Permission::Read)?;
+    let (filter, from) = parse_request(&caller, query, None)?;
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::MalformedBody(format!(
+            "this endpoint needs a WebSocket upgrade request: {}",
+            rejection.body_text()
+        ))
+    })?;
+    let subscription = app.feed.subscribe(filter, from).await.map_err(unavailable)?;
+    let heartbeat = app.feed_settings.heartbeat();
+    Ok(upgrade
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| async move {
+            // The socket outlives the upgrade response: its place among the open streams is
+            // held until it closes.
+            let _permit = permit;
+            relay(socket, subscription, heartbeat).await
+        }))
+}
+
+/// What the WebSocket loop does next.
+enum Step {
+    Send(Message),
+    Ping,
+    Stop,
+    Ignore,
+}
+
+/// Sends the subscription's items until it ends or the client goes; pings every
+/// `heartbeat`. A send waits for the client, so a slow client slows only itself, until
+/// the feed reports it too slow.
+async fn relay(mut socket: WebSocket, mut subscription: Subscription, heartbeat: Duration) {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    loop {
+        let step = tokio::select! {
+            item = subscription.next() => match item {
+                Ok(Some(FeedItem::Event(event))) => Step::Send(Message::Text(event.document.clone().into())),
+                Ok(Some(FeedItem::TooSlow { resume_from })) => Step::Send(close(
+                    close_code::POLICY,
+                    format!("consumer-too-slow; resume from {resume_from}"),
+                )),
+                Ok(None) => Step::Send(close(
+                    close_code::AWAY,
+                    format!("server shutting down; resume from {}", subscription.resume_from()),
+                )),
+                Err(error) => Step::Send(close(
+                    close_code::ERROR,
+                    format!("feed interrupted ({}); resume from {}", error_kind(&error), subscription.resume_from()),
+                )),
+            },
+            _ = ping.tick() => Step::Ping,
+            incoming = socket.recv() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Step::Stop,
+                // Pongs, or anything else a client says: the feed is one-way.
+                Some(Ok(_)) => Step::Ignore,
+            },
+        };
+        match step {
+            Step::Send(message) => {
+                let closing = matches!(message, Message::Close(_));
+                if socket.send(message).await.is_err() || closing {
+                    return;
+                }
+            }
+            Step::Ping => {
+                if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+            }
+            Step::Stop => return,
+            Step::Ignore => {}
+        }
+    }
+}
+
+fn close(code: u16, reason: String) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+/// A short, safe description for a close reason (which is limited to 123 bytes).
+fn error_kind(error: &FeedError) -> &'static str {
+    match error {
+        FeedError::Database(_) => "database unavailable",
+        FeedError::Encoding { .. } => "event not encodable",
+        FeedError::NotReady | FeedError::Stopped => "feed stopped",
+    }
+}
+
+fn unavailable(error: FeedError) -> ApiError {
+    match error {
+        FeedError::Database(error) => error.into(),
+        other => ApiError::Unavailable(other.to_string()),
+    }
+}
+
+/// The subscriber's filter and starting cursor, or every problem with the request.
+fn parse_request(
+    caller: &Caller,
+    query: FeedQuery,
+    last_event_id: Option<&str>,
+) -> Result<(Filter, GlobalCursor), ApiError> {
+    let mut checks = Checks::default();
+    let aggregate_types = parse_names(&mut checks, "aggregate_type", query.aggregate_type);
+    let event_types = parse_names(&mut checks, "event_type", query.event_type);
+    let from = parse_cursor(&mut checks, "from", query.from.as_deref());
+    let last_event_id = parse_cursor(&mut checks, "Last-Event-ID", last_event_id);
+    checks.finish()?;
+    let filter = Filter {
+        tenant_id: caller.tenant.clone(),
+        aggregate_types,
+        event_types,
+    };
+    Ok((filter, last_event_id.or(from).unwrap_or(GlobalCursor::START)))
+}
+
+fn parse_cursor(checks: &mut Checks, field: &str, value: Option<&str>) -> Option<GlobalCursor> {
+    let value = value?.trim();
+    if value.is_empty() {
+        return None;
+    }
+    match value.parse::<GlobalCursor>() {
+        Ok(cursor) => Some(cursor),
+        Err(message) => {
+            checks.fail(field, message);
+            None
+        }
+    }
+}
+
+/// A comma-separated list of type names; `None` when absent.
+fn parse_names(checks: &mut Checks, field: &str, value: Option<String>) -> Option<Vec<String>> {
+    let value = value?;
+    let names: Vec<String> = value.split(',').map(|name| name.trim().to_string()).collect();
+    if names.len() > MAX_FILTER_ITEMS {
+        checks.fail(field, format!("at most {MAX_FILTER_ITEMS} names"));
+        return None;
+    }
+    let valid = |name: &String| {
+        !name.is_empty()
+            && name.len() <= MAX_FILTER_NAME
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    if let Some(bad) = names.iter().find(|name| !valid(name)) {
+        checks.fail(
+            field,
+            format!(
+                "{bad:?} is not a type name: use letters, digits, '_', '-' or '.', \
+                 at most {MAX_FILTER_NAME} characters, names separated by commas"
+            ),
+        );
+        return None;
+    }
+    Some(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(names: &str) -> Result<Option<Vec<String>>, ApiError> {
+        let mut checks = Checks::default();
+        let parsed = parse_names(&mut checks, "event_type", Some(names.to_string()));
+        checks.finish().map(|()| parsed)
+    }
+
+    #[test]
+    fn filter_lists_are_comma_separated_names() {
+        assert_eq!(
+            parse("PromptCreated, PromptArchived").unwrap(),
+            Some(vec!["PromptCreated".to_string(), "PromptArchived".to_string()])
+        );
+        assert!(parse("").is_err());
+        assert!(parse("a,,b").is_err());
+        assert!(parse("Prompt Created").is_err());
+        assert!(parse(&vec!["a"; MAX_FILTER_ITEMS + 1].join(",")).is_err());
+    }
+
+    #[test]
+    fn the_too_slow_problem_names_where_to_resume() {
+        let problem = too_slow(GlobalCursor::new(812, 40));
+        assert_eq!(problem["type"], "/problems/consumer-too-slow");
+        assert_eq!(problem["resume_from"], "812-40");
+        assert!(problem.get("status").is_none());
+    }
+}
