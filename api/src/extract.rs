@@ -65,12 +65,20 @@ fn integral_floats_as_integers(value: &Value) -> Option<Value> {
                 }
                 _ => false,
             },
-            Value::Array(items) => items
-                .iter_mut()
-                .fold(false, |changed, item| rewrite(item) || changed),
-            Value::Object(fields) => fields
-                .values_mut()
-                .fold(false, |changed, item| rewrite(item) || changed),
+            Value::Array(items) => {
+                let mut changed = false;
+                for item in items {
+                    changed |= rewrite(item);
+                }
+                changed
+            }
+            Value::Object(fields) => {
+                let mut changed = false;
+                for item in fields.values_mut() {
+                    changed |= rewrite(item);
+                }
+                changed
+            }
             Value::Null | Value::Bool(_) | Value::String(_) => false,
         }
     }
