@@ -63,6 +63,11 @@ for run in $(seq 1 "$RUNS"); do
       --duration "$DURATION" --warmup 2 --json "$OUT/http.jsonl"
     stop
   done
+  # The same creates, each with a fresh Idempotency-Key.
+  serve aipm_bench_http
+  $LOAD http --url http://127.0.0.1:18080 --key "$KEY" --scenario create-prompts --idempotency-keys \
+    --clients "$CLIENTS" --duration "$DURATION" --warmup 2 --json "$OUT/http.jsonl"
+  stop
 done
 
 echo "== publishing to a prompt with 1,000 versions"
