@@ -201,11 +201,9 @@ impl Relay {
     /// events ([`crate::Projections::wake_signal`]); without a change the relay polls.
     pub fn spawn(pool: PgPool, settings: RelaySettings, wake: watch::Receiver<u64>) -> Self {
         // A connection of the relay's own, closed when the relay stops: stopping it is an
-        // abort, and sqlx 0.8 leaves a transaction open on a connection whose `begin` was
-        // cancelled while BEGIN was in flight. Back in a shared pool, such a connection
-        // would swallow the next command's append into a transaction that is later rolled
-        // back. Closed instead, PostgreSQL rolls back whatever the relay had open, as after
-        // a crash.
+        // abort, and closing the connection makes PostgreSQL roll back whatever the relay
+        // had open, as after a crash, without relying on the pool to clean up after an
+        // aborted task (see `runner::begin` for how that can go wrong).
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACK_TIMEOUT)
@@ -477,7 +475,7 @@ impl Worker {
         // only see transactions older than the oldest one holding an id, so holding one
         // while waiting for NATS would hold back every projection, and every command's
         // read-your-writes with them.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::runner::begin(&self.pool).await?;
         lock_projection(&mut tx, &self.checkpoint_name).await?;
         let saved = checkpoint(&mut tx, &self.checkpoint_name).await?;
         // Our own last commit is still the checkpoint: the stream's head is as we left it.

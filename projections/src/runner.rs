@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use domain::position::GlobalCursor;
 use sqlx::postgres::PgListener;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::watch;
 
 use crate::event::StoredEvent;
@@ -78,6 +78,20 @@ pub trait Projection: Send + Sync + 'static {
 
     /// Applies a batch of events, in global order, inside the runner's transaction.
     async fn apply(&self, tx: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ProjectionError>;
+}
+
+/// Opens a transaction that a cancelled caller cannot leave open on a pooled connection.
+///
+/// sqlx 0.8 returns a connection to its pool inside a transaction when `begin` is cancelled
+/// while its BEGIN is in flight: nothing rolls that transaction back, and the next statement
+/// on the connection (a command's append, say) runs inside it, is answered as done, and is
+/// lost. Here BEGIN runs in a task of its own and always completes; if the caller is gone by
+/// then, the transaction is dropped, which queues its rollback.
+pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin().await })
+        .await
+        .map_err(|error| sqlx::Error::Io(std::io::Error::other(format!("BEGIN task failed: {error}"))))?
 }
 
 /// Reads a projection's checkpoint (the start if it has none yet).
@@ -143,7 +157,7 @@ pub async fn step(
     projection: &dyn Projection,
     batch_size: i64,
 ) -> Result<Step, ProjectionError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = begin(pool).await?;
     lock_projection(&mut tx, projection.name()).await?;
     let from = checkpoint(&mut tx, projection.name()).await?;
     let events = global_order::read_for(&mut tx, from, batch_size, projection.aggregate_types()).await?;

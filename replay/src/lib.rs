@@ -45,7 +45,7 @@ pub async fn rebuild(
     progress: bool,
 ) -> Result<RebuildReport, ProjectionError> {
     let started = Instant::now();
-    let mut tx = pool.begin().await?;
+    let mut tx = projections::runner::begin(pool).await?;
     projections::runner::lock_projection(&mut tx, projection.name()).await?;
     let total: i64 = sqlx::query_scalar("select count(*) from events")
         .fetch_one(&mut *tx)

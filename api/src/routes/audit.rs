@@ -495,14 +495,8 @@ async fn verify_audit(State(app): State<AppState>, context: CommandContext) -> A
     context.caller.require(Permission::ReadAudit)?;
     let recorded = record_read(&app, &context, "audit_verify", BTreeMap::new()).await?;
     catch_up(&app, recorded).await;
-    // Its own task, so that a client hanging up cannot cancel it while it opens its
-    // transaction: sqlx would then return the connection to the pool inside a transaction
-    // that nothing commits, and the next command on it would be silently lost.
-    let pool = app.pool.clone();
-    let tenant = context.caller.tenant.clone();
-    let report = tokio::spawn(async move { audit::verify::verify(&pool, Some(&tenant)).await })
+    let report = audit::verify::verify(&app.pool, Some(&context.caller.tenant))
         .await
-        .map_err(|error| ApiError::Internal(format!("verification task failed: {error}")))?
         .map_err(projection_failure)?;
     let Some(tenant) = report.tenants.into_iter().next() else {
         return Err(ApiError::Internal("verification reported no tenant".into()));

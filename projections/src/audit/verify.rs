@@ -153,7 +153,7 @@ impl Progress {
 
 /// Verifies the chain of `tenant`, or of every tenant in the event log or the audit table.
 pub async fn verify(pool: &PgPool, tenant: Option<&str>) -> Result<VerifyReport, ProjectionError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::runner::begin(pool).await?;
     sqlx::query("set transaction isolation level repeatable read, read only")
         .execute(&mut *tx)
         .await?;

@@ -375,3 +375,38 @@ async fn concurrent_catch_ups_on_one_projection_apply_each_event_exactly_once() 
     assert_all_applied_once(&db.pool, projection.name(), events).await;
     assert_eq!(projection.attempts.load(Ordering::SeqCst), events as u64);
 }
+
+/// A transaction opened by a caller that is cancelled at any moment, even while its BEGIN
+/// is on the wire, never swallows the next statement run on the same pooled connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_begin_never_swallows_the_next_write_on_its_connection() {
+    let db = TestDatabase::create().await;
+    let single = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .expect("pool");
+    sqlx::query("create table written (n int primary key)")
+        .execute(&single)
+        .await
+        .expect("table");
+    for n in 0..200i32 {
+        // Cancel the opening after 0–399 µs: sometimes before BEGIN is sent, sometimes while
+        // it is in flight, sometimes after the transaction is open.
+        let wait = Duration::from_micros(((n as u64) * 37) % 400);
+        let _ = timeout(wait, projections::runner::begin(&single)).await;
+        sqlx::query("insert into written (n) values ($1)")
+            .bind(n)
+            .execute(&single)
+            .await
+            .expect("insert");
+        // Seen from another connection: the insert committed rather than joining a
+        // transaction left open.
+        let seen: i64 = sqlx::query_scalar("select count(*) from written where n = $1")
+            .bind(n)
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+        assert_eq!(seen, 1, "the insert after cancelled BEGIN #{n} was not committed");
+    }
+}
