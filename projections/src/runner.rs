@@ -89,6 +89,7 @@ pub trait Projection: Send + Sync + 'static {
 /// then, the transaction is dropped, which queues its rollback.
 pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     let pool = pool.clone();
+    #[allow(clippy::disallowed_methods)] // the one place it is safe: the task cannot be cancelled
     tokio::spawn(async move { pool.begin().await })
         .await
         .map_err(|error| sqlx::Error::Io(std::io::Error::other(format!("BEGIN task failed: {error}"))))?
