@@ -101,7 +101,8 @@ impl Modify for BearerScheme {
 /// responses are added here rather than repeated on every handler; so is 503, which every
 /// operation but the probes can answer when the server sheds load. A public operation gets
 /// `security: []`, which is how OpenAPI says "no authentication". Likewise, a command that
-/// takes `Idempotency-Key` can answer what the idempotency layer answers (400, 409, 422).
+/// takes `Idempotency-Key` can answer what the idempotency layer answers (400, 409, 422),
+/// and an operation with a request body what reading it answers (400, 413, 415).
 pub fn finish(mut openapi: OpenApi) -> OpenApi {
     for (path, item) in openapi.paths.paths.iter_mut() {
         let operations = [
@@ -127,6 +128,13 @@ pub fn finish(mut openapi: OpenApi) -> OpenApi {
             if !PROBES.contains(&path.as_str()) {
                 // Shedding and timeouts (`crate::hardening`) spare only the probes.
                 add_response::<Unavailable>(operation, "503");
+            }
+            if operation.request_body.is_some() {
+                // What reading a JSON body can answer (`crate::extract::ApiJson`) on any
+                // operation that takes one.
+                add_response::<MalformedRequest>(operation, "400");
+                add_response::<PayloadTooLarge>(operation, "413");
+                add_response::<UnsupportedMediaType>(operation, "415");
             }
             if takes_header(operation, IDEMPOTENCY_KEY) {
                 // What the idempotency layer answers on any command that sends the header.

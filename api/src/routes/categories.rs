@@ -18,10 +18,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{etag, ApiJson, ApiPath, ChangeHeaders, CommandContext, CreateHeaders};
-use crate::openapi::{
-    Conflict, MalformedRequest, NameText, NotFound, PayloadTooLarge, ReasonText, UnsupportedMediaType,
-    ValidationFailed,
-};
+use crate::openapi::{Conflict, NameText, NotFound, ReasonText, ValidationFailed};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -83,10 +80,7 @@ struct NameBody {
         (status = 201, description = "The new category", body = CategoryView, headers(
             ("ETag" = String, description = "The category's version"),
             ("Location" = String, description = "The category's URL"))),
-        (status = 400, response = MalformedRequest),
         (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
     )
 )]
@@ -168,11 +162,8 @@ async fn get_category(
     responses(
         (status = 200, description = "The renamed category", body = CategoryView,
             headers(("ETag" = String, description = "The category's version"))),
-        (status = 400, response = MalformedRequest),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
     )
 )]

@@ -18,10 +18,7 @@ use crate::auth::generate_key;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ChangeHeaders, CommandContext, CreateHeaders};
 use crate::idempotency::ReplayAs;
-use crate::openapi::{
-    Conflict, MalformedRequest, NameText, NotFound, PayloadTooLarge, ReasonText, RoleName,
-    UnsupportedMediaType, ValidationFailed,
-};
+use crate::openapi::{Conflict, NameText, NotFound, ReasonText, RoleName, ValidationFailed};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -111,9 +108,6 @@ struct CreateKeyBody {
     responses(
         (status = 201, description = "The key; its secret is shown only here", body = IssuedKey,
             headers(("Location" = String, description = "The key's URL"))),
-        (status = 400, response = MalformedRequest),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
     )
 )]

@@ -21,8 +21,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{etag, ApiJson, ApiPath, ApiQuery, ChangeHeaders, CommandContext, CreateHeaders};
 use crate::openapi::{
-    Conflict, JsonObject, MalformedRequest, NameText, NotFound, NoteText, PayloadTooLarge, ReasonText,
-    SlugText, UnsupportedMediaType, ValidationFailed,
+    Conflict, JsonObject, NameText, NotFound, NoteText, ReasonText, SlugText, ValidationFailed,
 };
 use crate::routes::{page_size, Checks};
 use crate::state::AppState;
@@ -131,10 +130,7 @@ struct CreatePromptBody {
         (status = 201, description = "The new prompt", body = PromptView, headers(
             ("ETag" = String, description = "The prompt's version"),
             ("Location" = String, description = "The prompt's URL"))),
-        (status = 400, response = MalformedRequest),
         (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
     )
 )]
@@ -395,11 +391,8 @@ struct UpdatePromptBody {
     responses(
         (status = 200, description = "The prompt after the change", body = PromptView,
             headers(("ETag" = String, description = "The prompt's version"))),
-        (status = 400, response = MalformedRequest),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
     )
 )]
@@ -447,11 +440,8 @@ struct MoveBody {
     responses(
         (status = 200, description = "The prompt after the change", body = PromptView,
             headers(("ETag" = String, description = "The prompt's version"))),
-        (status = 400, response = MalformedRequest),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
     )
 )]
@@ -499,11 +489,8 @@ struct TagsBody {
     responses(
         (status = 200, description = "The prompt after the change", body = PromptView,
             headers(("ETag" = String, description = "The prompt's version"))),
-        (status = 400, response = MalformedRequest),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
     )
 )]
@@ -665,11 +652,8 @@ struct PublishBody {
         (status = 201, description = "The new version", body = VersionView, headers(
             ("ETag" = String, description = "The prompt's version"),
             ("Location" = String, description = "The version's URL"))),
-        (status = 400, response = MalformedRequest),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
     )
 )]
@@ -843,11 +827,8 @@ struct LabelBody {
     responses(
         (status = 200, description = "The prompt after the change", body = PromptView,
             headers(("ETag" = String, description = "The prompt's version"))),
-        (status = 400, response = MalformedRequest),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
     )
 )]

@@ -14,9 +14,7 @@ use uuid::Uuid;
 
 use crate::error::ApiResult;
 use crate::extract::{ApiJson, ApiPath, ChangeHeaders, CommandContext};
-use crate::openapi::{
-    Conflict, MalformedRequest, NotFound, PayloadTooLarge, ReasonText, UnsupportedMediaType, ValidationFailed,
-};
+use crate::openapi::{Conflict, NotFound, ReasonText, ValidationFailed};
 use crate::routes::keys::{key_view, KeyView};
 use crate::state::AppState;
 
@@ -48,11 +46,8 @@ struct RateLimitBody {
     request_body = RateLimitBody,
     responses(
         (status = 200, description = "The key with its own limit", body = KeyView),
-        (status = 400, response = MalformedRequest),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
     )
 )]
