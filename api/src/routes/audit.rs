@@ -29,7 +29,7 @@ use uuid::Uuid;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, CommandContext};
 use crate::openapi::ValidationFailed;
-use crate::routes::{page_size, Checks};
+use crate::routes::{page_size, parse_instant, Checks};
 use crate::state::AppState;
 
 /// How long a read of the audit log waits for the audit projection to reach the moment of
@@ -231,16 +231,7 @@ impl Filters {
         let aggregate_id = text("aggregate_id", query.aggregate_id);
         let event_type = text("event_type", query.event_type);
         let request_id = text("request_id", query.request_id);
-        let mut time = |field: &str, value: Option<String>| {
-            let value = value?;
-            match DateTime::parse_from_rfc3339(&value) {
-                Ok(time) => Some(time.with_timezone(&Utc)),
-                Err(_) => {
-                    checks.fail(field, "must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z");
-                    None
-                }
-            }
-        };
+        let mut time = |field: &str, value: Option<String>| checks.check(parse_instant(field, &value?));
         let from = time("from", query.from);
         let to = time("to", query.to);
         if let (Some(from), Some(to)) = (from, to) {
@@ -534,14 +525,7 @@ async fn permission_history(
 ) -> ApiResult<impl IntoResponse> {
     context.caller.require(Permission::ReadAudit)?;
     let as_of = match query.as_of {
-        Some(text) => DateTime::parse_from_rfc3339(&text)
-            .map_err(|_| {
-                ApiError::invalid(
-                    "as_of",
-                    "must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z",
-                )
-            })?
-            .with_timezone(&Utc),
+        Some(text) => parse_instant("as_of", &text)?,
         None => Utc::now(),
     };
     let filters = BTreeMap::from([("as_of".to_string(), audit::format_time(as_of))]);

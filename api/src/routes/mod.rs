@@ -50,6 +50,13 @@ impl Checks {
     }
 }
 
+/// An instant given as RFC 3339 text in `field`.
+pub fn parse_instant(field: &str, text: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|instant| instant.with_timezone(&chrono::Utc))
+        .map_err(|_| ApiError::invalid(field, "must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z"))
+}
+
 /// Page size: `limit` when given (1..=max), else `default`.
 pub fn page_size(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
     match limit {

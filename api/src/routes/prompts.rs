@@ -324,14 +324,7 @@ async fn get_prompt(
             read_prompt(&app, &caller.tenant, id).await?,
         ));
     };
-    let at = DateTime::parse_from_rfc3339(&as_of)
-        .map_err(|_| {
-            ApiError::invalid(
-                "as_of",
-                "must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z",
-            )
-        })?
-        .with_timezone(&Utc);
+    let at = super::parse_instant("as_of", &as_of)?;
     let past = app.prompts.load_as_of(&id.to_string(), at).await?;
     let Some(past) = past.filter(|p| p.aggregate.tenant.as_deref() == Some(caller.tenant.as_str())) else {
         return Err(ApiError::NotFound("prompt"));
