@@ -48,11 +48,6 @@ use crate::{cloudevent, global_order, runner};
 /// Events one history query returns. Small, because a subscriber holds a whole page and
 /// an event can carry a large template.
 const HISTORY_PAGE: i64 = 128;
-/// How often the tailer looks when nothing wakes it, and how often an idle tailer (no
-/// subscriber) moves its cursor to the end of the log.
-const POLL_INTERVAL: Duration = Duration::from_millis(500);
-/// How soon the tailer looks again while events are held back by an older transaction.
-const PENDING_NAP: Duration = Duration::from_millis(5);
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// How long a new subscriber waits for a tailer that has not read the log yet.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -339,11 +334,7 @@ async fn tail(
                 if tailed.read as i64 == runner::BATCH_SIZE {
                     continue;
                 }
-                if tailed.pending || tailed.read > 0 {
-                    PENDING_NAP
-                } else {
-                    POLL_INTERVAL
-                }
+                runner::next_look(tailed.read, tailed.pending)
             }
             Err(error) => {
                 tracing::warn!(%error, "the live feed could not read the event log; retrying");
@@ -352,7 +343,7 @@ async fn tail(
         };
         if live.receiver_count() == 0 {
             // Nobody listens: appends need no reaction until the next poll or subscriber.
-            let _ = tokio::time::timeout(nap.max(POLL_INTERVAL), subscribed.notified()).await;
+            let _ = tokio::time::timeout(nap.max(runner::POLL_INTERVAL), subscribed.notified()).await;
         } else {
             tokio::select! {
                 _ = tokio::time::sleep(nap) => {}

@@ -45,7 +45,7 @@ use tokio::task::AbortHandle;
 use crate::event::StoredEvent;
 use crate::global_order::pending_after;
 use crate::lag::{self, ProjectionLag};
-use crate::runner::{checkpoint, lock_projection, save_checkpoint, BATCH_SIZE};
+use crate::runner::{checkpoint, lock_projection, next_look, save_checkpoint, BATCH_SIZE};
 use crate::{cloudevent, global_order};
 
 /// Stream name used when none is configured.
@@ -67,9 +67,6 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 const FIRST_CONNECT: Duration = Duration::from_secs(2);
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const MAX_RETRY: Duration = Duration::from_secs(10);
-const POLL_INTERVAL: Duration = Duration::from_millis(500);
-/// How long to wait for events held back by an older running transaction.
-const PENDING_NAP: Duration = Duration::from_millis(5);
 
 /// Where and how the feed is published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -363,13 +360,7 @@ impl Worker {
                     if step.published as i64 == BATCH_SIZE {
                         continue;
                     }
-                    // Events held back by an older transaction still in flight become
-                    // readable when it ends, which may not come with an append of its own.
-                    let nap = if step.pending || step.published > 0 {
-                        PENDING_NAP
-                    } else {
-                        POLL_INTERVAL
-                    };
+                    let nap = next_look(step.published, step.pending);
                     let _ = tokio::time::timeout(nap, self.wake.changed()).await;
                 }
                 Err(error) => {

@@ -25,10 +25,11 @@ use crate::global_order;
 pub const NOTIFY_CHANNEL: &str = "aipm_events";
 /// Events applied per transaction.
 pub const BATCH_SIZE: i64 = 2_000;
-const POLL_INTERVAL: Duration = Duration::from_millis(500);
-/// How long a runner waits for events held back by an older running transaction before
+/// How often a tailer of the log looks when nothing wakes it.
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a tailer waits for events held back by an older running transaction before
 /// looking again, unless an append or another runner's commit wakes it first.
-const PENDING_NAP: Duration = Duration::from_millis(5);
+pub(crate) const PENDING_NAP: Duration = Duration::from_millis(5);
 const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
@@ -179,6 +180,18 @@ pub async fn step(
         applied: events.len(),
         pending: false,
     })
+}
+
+/// How long a tailer of the log (a runner, the relay, the live feed) may wait before looking
+/// again after a batch that was not full: soon if it read something or events are held back
+/// by an older transaction still in flight (they become readable when it ends, which may not
+/// come with an append of its own), else until the poll interval.
+pub(crate) fn next_look(read: usize, pending: bool) -> Duration {
+    if pending || read > 0 {
+        PENDING_NAP
+    } else {
+        POLL_INTERVAL
+    }
 }
 
 /// Applies everything committed so far to `projection`; returns how many events it applied.
@@ -372,14 +385,7 @@ async fn run(
                 if step.applied as i64 == BATCH_SIZE {
                     continue;
                 }
-                // Events held back by an older transaction still in flight become readable
-                // when it ends, which may not come with an append of its own.
-                let nap = if step.pending || step.applied > 0 {
-                    PENDING_NAP
-                } else {
-                    POLL_INTERVAL
-                };
-                let _ = tokio::time::timeout(nap, wake.changed()).await;
+                let _ = tokio::time::timeout(next_look(step.applied, step.pending), wake.changed()).await;
             }
             Err(error) => {
                 tracing::error!(projection = projection.name(), %error, "projection failed; retrying");
