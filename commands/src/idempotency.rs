@@ -21,6 +21,17 @@
 //! A keyed request runs at most one command that appends events; its key is also stored in
 //! the events' metadata (`idempotency_key`).
 //!
+//! Durability: the claim, the stored response and a released claim commit without waiting
+//! for their WAL flush ([`ASYNC_COMMIT`]); only the append waits, as every command does.
+//! Should PostgreSQL crash and lose such a commit, the state falls back to one the design
+//! handles already:
+//! - A lost claim had no events appended under it: WAL is flushed in order, so the
+//!   append's own flush would have carried the earlier claim with it. The retry claims
+//!   afresh and runs the command.
+//! - A lost response leaves a claim without one, as a process dying after its commit does:
+//!   once the lease ends, the retry rebuilds the response from the outcome.
+//! - A lost release only makes the retry wait for the lease.
+//!
 //! Expiry: a row counts as absent once `expires_at` has passed (and no attempt holds it),
 //! and [`IdempotencyStore::delete_expired`] removes such rows; deleting a request deletes
 //! its outcome with it.
@@ -92,6 +103,9 @@ const DELETE_BATCH: i64 = 5_000;
 const CLAIM_ATTEMPTS: usize = 4;
 
 const KEY_MATCHES: &str = "tenant_id = $1 and owner_key_id = $2 and idempotency_key = $3";
+/// A row source that makes the statement's own transaction commit without waiting for its WAL
+/// flush (see the module documentation for why that is safe for these rows).
+const ASYNC_COMMIT: &str = "(select set_config('synchronous_commit', 'off', true)) as async_commit";
 
 impl IdempotencyStore {
     /// Keys live for `ttl`; an attempt holds its claim for `lease` at most, after which a
@@ -108,25 +122,27 @@ impl IdempotencyStore {
     pub async fn claim(&self, scope: &IdempotencyScope, fingerprint: &str) -> sqlx::Result<Claim> {
         for _ in 0..CLAIM_ATTEMPTS {
             let attempt = Uuid::new_v4();
-            let inserted: Option<Uuid> = sqlx::query_scalar(
+            let sql = format!(
                 "insert into idempotency_request
                      (tenant_id, owner_key_id, idempotency_key, fingerprint, resource_id, attempt,
                       locked_until, expires_at)
-                 values ($1, $2, $3, $4, $5, $6,
-                         now() + $7 * interval '1 second', now() + $8 * interval '1 second')
+                 select $1, $2, $3, $4, $5, $6,
+                        now() + $7 * interval '1 second', now() + $8 * interval '1 second'
+                 from {ASYNC_COMMIT}
                  on conflict (tenant_id, owner_key_id, idempotency_key) do nothing
-                 returning resource_id",
-            )
-            .bind(&scope.tenant)
-            .bind(&scope.owner)
-            .bind(&scope.key)
-            .bind(fingerprint)
-            .bind(Uuid::now_v7())
-            .bind(attempt)
-            .bind(self.lease.as_secs_f64())
-            .bind(self.ttl.as_secs_f64())
-            .fetch_optional(&self.pool)
-            .await?;
+                 returning resource_id"
+            );
+            let inserted: Option<Uuid> = sqlx::query_scalar(&sql)
+                .bind(&scope.tenant)
+                .bind(&scope.owner)
+                .bind(&scope.key)
+                .bind(fingerprint)
+                .bind(Uuid::now_v7())
+                .bind(attempt)
+                .bind(self.lease.as_secs_f64())
+                .bind(self.ttl.as_secs_f64())
+                .fetch_optional(&self.pool)
+                .await?;
             if let Some(resource_id) = inserted {
                 return Ok(Claim::Acquired(Attempt {
                     id: attempt,
@@ -222,6 +238,7 @@ impl IdempotencyStore {
         let sql = format!(
             "update idempotency_request
              set response_status = $5, response_headers = $6, response_body = $7, locked_until = now()
+             from {ASYNC_COMMIT}
              where {KEY_MATCHES} and attempt = $4 and response_status is null"
         );
         let done = sqlx::query(&sql)
@@ -242,6 +259,7 @@ impl IdempotencyStore {
     pub async fn release(&self, scope: &IdempotencyScope, attempt: Uuid) -> sqlx::Result<()> {
         let sql = format!(
             "update idempotency_request set locked_until = now()
+             from {ASYNC_COMMIT}
              where {KEY_MATCHES} and attempt = $4 and response_status is null"
         );
         sqlx::query(&sql)
