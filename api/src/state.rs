@@ -67,7 +67,12 @@ impl App {
         let idempotency =
             IdempotencyStore::new(pool.clone(), settings.idempotency.ttl, settings.idempotency.lease);
         crate::idempotency::spawn_cleanup(idempotency.clone(), settings.idempotency.cleanup_interval);
-        let feed = Feed::start(pool.clone(), projections.wake_signal(), settings.feed.buffer);
+        let feed = Feed::start(
+            pool.clone(),
+            projections.wake_signal(),
+            settings.feed.buffer,
+            settings.feed.max_lag(),
+        );
         let relay = settings
             .relay
             .clone()

@@ -4,8 +4,12 @@
 //!
 //! Memory is bounded whatever the subscribers do: the broadcast holds at most `capacity`
 //! events, shared by all subscribers, and a subscriber holds at most one history page. A
-//! subscriber that falls more than `capacity` events behind the live feed is told so
-//! ([`FeedItem::TooSlow`], with the cursor to resume from) and its stream ends.
+//! subscriber that falls more than `capacity` events behind the live feed (a burst of
+//! writes, or a moment of slow reading) goes back to reading the database from its cursor,
+//! as it did for its history, and rejoins the broadcast once it has caught up: it still gets
+//! every event once, in order. Only one that falls too far behind, whose next event is
+//! older than `max_lag` by then, is told so ([`FeedItem::TooSlow`], with the cursor to
+//! resume from) and its stream ends.
 //!
 //! # No gap, no duplicate
 //!
@@ -28,11 +32,11 @@
 //!   up to where it stopped, and `D` is within that); none after `D` was. So skipping
 //!   loses nothing and nothing is delivered twice.
 //!
-//! If the broadcast overflows before the subscriber took its first live event, the
-//! overflow happened while it was replaying history (a long replay under heavy writes), not
-//! because it reads slowly: it subscribes again and goes back to history from its last
-//! cursor, which by the same argument is gap-free. Overflow after live delivery has begun
-//! means the consumer reads slower than events arrive: it is disconnected.
+//! When the broadcast overflows, the subscriber subscribes again and goes back to history
+//! from its last cursor, which by the same argument is gap-free. Before its first live
+//! event the overflow happened while it was replaying history (a long replay under heavy
+//! writes); after it, the subscriber has fallen behind, and while it catches up from
+//! history it is disconnected if the events it is about to send are older than `max_lag`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -125,6 +129,7 @@ pub struct Feed {
     subscribed: Arc<Notify>,
     /// Set when the server shuts down: every subscription ends.
     closing: watch::Sender<bool>,
+    max_lag: Duration,
 }
 
 impl Feed {
@@ -132,7 +137,9 @@ impl Feed {
     /// [`runner::Projections::wake_signal`]); `capacity` is how many events the broadcast
     /// holds for subscribers that are behind (at least 1). The tailer stops once this value
     /// and every subscription made from it are gone.
-    pub fn start(pool: PgPool, wake: watch::Receiver<u64>, capacity: usize) -> Self {
+    /// A subscriber that has fallen behind the broadcast is disconnected once the event it
+    /// is about to send was recorded more than `max_lag` ago.
+    pub fn start(pool: PgPool, wake: watch::Receiver<u64>, capacity: usize, max_lag: Duration) -> Self {
         let (live, _) = broadcast::channel(capacity.max(1));
         let (ready_sender, ready) = watch::channel(false);
         let subscribed = Arc::new(Notify::new());
@@ -149,6 +156,7 @@ impl Feed {
             ready,
             subscribed,
             closing: watch::channel(false).0,
+            max_lag,
         }
     }
 
@@ -177,6 +185,8 @@ impl Feed {
             history: VecDeque::new(),
             history_done: false,
             live_started: false,
+            fell_behind: false,
+            max_lag: self.max_lag,
             ended: false,
             closing: self.closing.subscribe(),
             _ready: self.ready.clone(),
@@ -188,8 +198,8 @@ impl Feed {
 #[derive(Debug, Clone, PartialEq)]
 pub enum FeedItem {
     Event(Arc<FeedEvent>),
-    /// The subscriber fell more than the broadcast's capacity behind; the stream ends here
-    /// and can be resumed after `resume_from`.
+    /// The subscriber fell behind the broadcast and then further than the feed's maximum
+    /// lag; the stream ends here and can be resumed after `resume_from`.
     TooSlow {
         resume_from: GlobalCursor,
     },
@@ -207,6 +217,10 @@ pub struct Subscription {
     history_done: bool,
     /// A live event has been received since the last (re)subscription.
     live_started: bool,
+    /// The broadcast overflowed after live delivery had begun, and no live event has been
+    /// received since: the subscriber is catching up from history.
+    fell_behind: bool,
+    max_lag: Duration,
     ended: bool,
     closing: watch::Receiver<bool>,
     /// Keeps the tailer running while this subscription lives.
@@ -237,6 +251,13 @@ impl Subscription {
     async fn next_item(&mut self) -> Result<Option<FeedItem>, FeedError> {
         loop {
             if let Some(event) = self.history.pop_front() {
+                if self.fell_behind && self.lags_too_far(&event) {
+                    tracing::info!(resume_from = %self.delivered, "feed subscriber too far behind; disconnecting");
+                    self.ended = true;
+                    return Ok(Some(FeedItem::TooSlow {
+                        resume_from: self.delivered,
+                    }));
+                }
                 let event = FeedEvent::from_stored(&event).map_err(|source| FeedError::Encoding {
                     cursor: event.cursor,
                     source,
@@ -258,28 +279,33 @@ impl Subscription {
             match received {
                 Ok(event) => {
                     self.live_started = true;
+                    self.fell_behind = false;
                     if event.cursor <= self.delivered || !self.filter.matches(&event) {
                         continue;
                     }
                     self.delivered = event.cursor;
                     return Ok(Some(FeedItem::Event(event)));
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) if !self.live_started => {
-                    // Overflowed while replaying history: subscribe afresh and read the
-                    // rest from the database (see the module documentation).
-                    self.live = self.live.resubscribe();
-                    self.history_done = false;
-                }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::info!(missed, resume_from = %self.delivered, "feed subscriber too slow; disconnecting");
-                    self.ended = true;
-                    return Ok(Some(FeedItem::TooSlow {
-                        resume_from: self.delivered,
-                    }));
+                    // Subscribe afresh and read what was missed from the database (see the
+                    // module documentation).
+                    if self.live_started {
+                        tracing::debug!(missed, resume_from = %self.delivered, "feed subscriber fell behind; catching up from the log");
+                        self.fell_behind = true;
+                    }
+                    self.live = self.live.resubscribe();
+                    self.live_started = false;
+                    self.history_done = false;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Err(FeedError::Stopped),
             }
         }
+    }
+
+    /// Whether `event`, the next to send, was recorded more than the maximum lag ago.
+    fn lags_too_far(&self, event: &StoredEvent) -> bool {
+        let age = chrono::Utc::now().signed_duration_since(event.recorded_at);
+        age.to_std().is_ok_and(|age| age > self.max_lag)
     }
 
     /// The next page of the tenant's matching events after the last delivered one, in

@@ -37,6 +37,7 @@ use crate::state::AppState;
 pub const DEFAULT_BUFFER: usize = 4_096;
 /// Default for [`FeedSettings::heartbeat_ms`].
 pub const DEFAULT_HEARTBEAT_MS: u64 = 15_000;
+pub const DEFAULT_MAX_LAG_MS: u64 = 60_000;
 /// The SSE `event:` name of every feed message. One fixed name, so that a browser needs
 /// one listener for all event types; the type itself is the CloudEvents `type`.
 pub const SSE_EVENT_NAME: &str = "cloudevent";
@@ -68,6 +69,15 @@ pub struct FeedSettings {
         value_parser = clap::value_parser!(u64).range(10..=3_600_000)
     )]
     pub heartbeat_ms: u64,
+    /// How old the events a subscriber that fell behind the live buffer is catching up on
+    /// may be before it is disconnected as too slow.
+    #[arg(
+        long = "feed-max-lag-ms",
+        env = "AIPM_FEED_MAX_LAG_MS",
+        default_value_t = DEFAULT_MAX_LAG_MS,
+        value_parser = clap::value_parser!(u64).range(1..=86_400_000)
+    )]
+    pub max_lag_ms: u64,
 }
 
 impl Default for FeedSettings {
@@ -75,6 +85,7 @@ impl Default for FeedSettings {
         Self {
             buffer: DEFAULT_BUFFER,
             heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            max_lag_ms: DEFAULT_MAX_LAG_MS,
         }
     }
 }
@@ -82,6 +93,10 @@ impl Default for FeedSettings {
 impl FeedSettings {
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
+    }
+
+    pub fn max_lag(&self) -> Duration {
+        Duration::from_millis(self.max_lag_ms)
     }
 }
 
@@ -194,8 +209,7 @@ fn too_slow(resume_from: GlobalCursor) -> serde_json::Value {
         "type": "/problems/consumer-too-slow",
         "title": "Consumer too slow",
         "detail": format!(
-            "this subscriber fell more events behind the live feed than the server buffers; \
-             resume from {resume_from}"
+            "this subscriber fell too far behind the live feed; resume from {resume_from}"
         ),
         "resume_from": resume_from.to_string(),
     })

@@ -1,6 +1,7 @@
 //! The live feed over HTTP: Server-Sent Events and WebSocket subscribers get exactly their
 //! tenant's events, in global order, history then live, resumable by cursor without a gap
-//! or a duplicate; slow consumers are cut off with a reason and can resume.
+//! or a duplicate; subscribers that fall behind catch up from the log, and those that fall
+//! too far behind are cut off with a reason and can resume.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -628,6 +629,28 @@ async fn app_with_feed_buffer(events: usize) -> TestApp {
     TestApp::spawn_with(settings).await
 }
 
+/// Inserts probes `numbers` of tenant acme in one transaction, so that the feed reads and
+/// broadcasts them together, and wakes the server's feed.
+async fn insert_probe_burst(pool: &PgPool, numbers: std::ops::RangeInclusive<i64>) {
+    sqlx::query(
+        "insert into events
+             (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, tenant_id)
+         select 'FeedProbe', 'probe', n, 'Probed', '1.0.0',
+                jsonb_build_object('Probed', jsonb_build_object('n', n, 'blob', repeat('x', 100000))),
+                '{}', 'acme'
+         from generate_series($1::bigint, $2::bigint) as n",
+    )
+    .bind(numbers.start())
+    .bind(numbers.end())
+    .execute(pool)
+    .await
+    .expect("insert");
+    sqlx::query("select pg_notify('aipm_events', '')")
+        .execute(pool)
+        .await
+        .expect("notify");
+}
+
 /// Inserts probes `numbers` one at a time, each once `follower` has received the one
 /// before: a subscriber that keeps up never falls behind, whatever the buffer.
 async fn insert_probes_in_step(
@@ -694,8 +717,38 @@ async fn a_subscriber_overflowing_the_buffer_while_sending_history_catches_up_fr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_consumer_is_disconnected_with_the_reason_and_resumes_where_it_stopped() {
+async fn a_burst_larger_than_the_buffer_reaches_subscribers_that_keep_reading() {
     let app = app_with_feed_buffer(8).await;
+    let start = tenant_events(app.pool(), "acme", None, None, None).await;
+    let mut sse = SseStream::open(&app, &app.admin_key, "/v1/events/stream", None).await;
+    let mut received = sse.take(start.len()).await;
+    let mut ws = ws_connect(&app, &app.admin_key, "").await;
+    let mut ws_received = ws_take(&mut ws, start.len()).await;
+    // Both are live: they have had an event from the broadcast.
+    app.create_prompt("before-the-burst").await;
+    received.extend(sse.take(1).await);
+    ws_received.extend(ws_take(&mut ws, 1).await);
+
+    // Twelve times the buffer, committed together: the feed broadcasts them faster than
+    // any subscriber takes them, so both fall behind and catch up from the log.
+    insert_probe_burst(app.pool(), 1..=100).await;
+    let all = tenant_events(app.pool(), "acme", None, None, None).await;
+    assert_eq!(all.len(), start.len() + 1 + 100);
+    received.extend(sse.take(all.len() - received.len()).await);
+    assert_delivered(&received, &all, "acme");
+    assert_next_is_a_new_event(&app, &mut sse).await;
+    // The WebSocket was not read meanwhile: it fell further behind, not too far.
+    ws_received.extend(ws_take(&mut ws, all.len() - ws_received.len()).await);
+    assert_eq!(ws_expected(&ws_received), all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_disconnected_with_the_reason_and_resumes_where_it_stopped() {
+    const MAX_LAG: Duration = Duration::from_millis(500);
+    let mut settings = api::Settings::default();
+    settings.feed.buffer = 8;
+    settings.feed.max_lag_ms = MAX_LAG.as_millis() as u64;
+    let app = TestApp::spawn_with(settings).await;
     let start = tenant_events(app.pool(), "acme", None, None, None).await;
 
     // Two consumers that stop reading after the history, one per protocol, and one that
@@ -714,6 +767,8 @@ async fn a_slow_consumer_is_disconnected_with_the_reason_and_resumes_where_it_st
     // it never falls behind, while the slow ones are 15 MB behind, far past any buffer.
     insert_probes_in_step(app.pool(), &mut fast, 1..=150).await;
     let all = tenant_events(app.pool(), "acme", None, None, None).await;
+    // By the time they read again, what they would catch up on is older than the lag allowed.
+    tokio::time::sleep(MAX_LAG * 2).await;
 
     // SSE: a prefix of the log, then a problem naming the cursor to resume from, then the end.
     let problem = loop {
