@@ -22,8 +22,8 @@
 //!   moved to before `t0` while nobody listened; see `tail_once`). The subscriber receives
 //!   everything broadcast after `t0`: every event after `P`.
 //! - Every event at or before `P` had been read before `t0`, and the tailer only reads
-//!   events of transactions older than the oldest one still running
-//!   (`pg_snapshot_xmin`): those transactions had all ended, so nothing can appear at or
+//!   events of transactions older than the oldest one still running in this database
+//!   ([`global_order`]): those had all ended, so nothing can appear at or
 //!   before `P` later. History's last page is read at `t1 > t0` and sees all of them:
 //!   history delivers every matching event in `(from, P]`, perhaps more.
 //! - History up to `P` and live after `P` together cover everything after `from`: no gap.
@@ -318,7 +318,7 @@ impl Subscription {
              from events
              where tenant_id = $1
                and (transaction_id, position) > ($2::bigint::text::xid8, $3)
-               and transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+               and transaction_id < (select events_horizon())
                and ($4::text[] is null or aggregate_type = any($4))
                and ($5::text[] is null or event_type = any($5))
              order by events.transaction_id, events.position

@@ -1,10 +1,12 @@
 //! Reading the event log in its one global order.
 //!
 //! Events are ordered by `(transaction_id, position)` and a reader only takes events of
-//! transactions older than the oldest transaction still running
-//! (`pg_snapshot_xmin(pg_current_snapshot())`). Every such transaction has committed or
-//! rolled back, so nothing can later appear before the reader's cursor: no event that
-//! commits late is ever skipped, and writers never wait for readers or each other.
+//! transactions older than the oldest transaction still running in this database
+//! (`events_horizon()`, migration `20261127000005_events_horizon.sql`). Every such
+//! transaction has committed or rolled back, so nothing can later appear before the
+//! reader's cursor: no event that commits late is ever skipped, and writers never wait for
+//! readers or each other. Transactions in other databases of the cluster cannot write
+//! events here and do not hold readers back.
 
 use domain::position::GlobalCursor;
 use sqlx::PgConnection;
@@ -34,7 +36,7 @@ pub async fn read_for(
                 metadata::text as metadata, tenant_id, transaction_id::text::bigint as transaction_id, position, recorded_at
          from events
          where (transaction_id, position) > ($1::bigint::text::xid8, $2)
-           and transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+           and transaction_id < (select events_horizon())
          -- Qualified: the bare names would sort by the casted output column, which no
          -- index provides, and PostgreSQL would sort everything after the cursor.
          order by events.transaction_id, events.position
@@ -70,7 +72,7 @@ pub async fn pending_after(conn: &mut PgConnection, after: GlobalCursor) -> Resu
 pub async fn settled_end(conn: &mut PgConnection) -> Result<GlobalCursor, sqlx::Error> {
     let last: Option<(i64, i64)> = sqlx::query_as(
         "select transaction_id::text::bigint, position from events
-         where transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+         where transaction_id < (select events_horizon())
          order by events.transaction_id desc, events.position desc
          limit 1",
     )

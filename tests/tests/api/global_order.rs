@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::position::GlobalCursor;
-use integration_tests::harness::TestDatabase;
+use integration_tests::harness::{expect_status, TestApp, TestDatabase};
 use projections::global_order::read_after;
+use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
@@ -319,4 +320,73 @@ async fn a_tailing_reader_sees_every_committed_event_once_in_a_stable_order_desp
         .iter()
         .filter(|s| s.aggregate_id.starts_with("b-"))
         .all(|s| s.cursor.position > late_max_position));
+}
+
+/// A connection to another database of the same cluster, inside a transaction that holds
+/// a transaction id (as any writing transaction does) until it is dropped.
+async fn transaction_in_another_database() -> PgConnection {
+    let url = format!("{}/postgres", integration_tests::harness::server_url());
+    let mut other = PgConnection::connect(&url).await.expect("connect to postgres");
+    sqlx::query("begin").execute(&mut other).await.expect("begin");
+    sqlx::query("select pg_current_xact_id()")
+        .execute(&mut other)
+        .await
+        .expect("take a transaction id");
+    other
+}
+
+async fn insert_probe(pool: &PgPool, aggregate_id: &str) {
+    sqlx::query(INSERT)
+        .bind(aggregate_id)
+        .bind(1i64)
+        .bind(json!({}))
+        .execute(pool)
+        .await
+        .expect("insert");
+}
+
+async fn readable_ids(url: &str) -> Vec<String> {
+    let mut conn = PgConnection::connect(url).await.expect("connect");
+    read_after(&mut conn, GlobalCursor::START, 1_000)
+        .await
+        .expect("read_after")
+        .into_iter()
+        .map(|event| event.aggregate_id)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_transaction_open_in_another_database_holds_no_reader_back() {
+    let db = TestDatabase::create().await;
+    let _other = transaction_in_another_database().await;
+    // Younger than the other database's open transaction, and committed.
+    insert_probe(&db.pool, "after-the-other").await;
+    assert_eq!(readable_ids(&db.url).await, ["after-the-other"]);
+}
+
+#[tokio::test]
+async fn a_transaction_open_in_this_database_still_holds_readers_back() {
+    let db = TestDatabase::create().await;
+    // It has written nothing yet, but it could still insert events before the probe.
+    let mut open = db.pool.begin().await.expect("begin");
+    sqlx::query("select pg_current_xact_id()")
+        .execute(&mut *open)
+        .await
+        .expect("take a transaction id");
+    insert_probe(&db.pool, "after-the-open-one").await;
+    assert!(readable_ids(&db.url).await.is_empty());
+
+    open.commit().await.expect("commit");
+    assert_eq!(readable_ids(&db.url).await, ["after-the-open-one"]);
+}
+
+#[tokio::test]
+async fn commands_show_their_effect_while_another_database_has_a_long_transaction() {
+    let app = TestApp::spawn().await;
+    let _other = transaction_in_another_database().await;
+    let id = app.create_prompt("during-a-long-transaction").await;
+    // Read your writes: the read model has it as soon as the command has answered.
+    let response = app.get(&format!("/v1/prompts/{id}"), &app.admin_key).await;
+    let read = expect_status(response, StatusCode::OK).await;
+    assert_eq!(read["name"], "during-a-long-transaction");
 }
