@@ -7,10 +7,10 @@
 -- every projection, the feeds and every command's read-your-writes wait. A transaction in
 -- another database cannot write to this `events` table, so it is left out here.
 --
--- The database of a running transaction is read from pg_stat_get_activity. When it cannot
--- be read (the role lacks pg_read_all_stats and the transaction is another role's, a
--- prepared transaction, or one that ended meanwhile) the transaction counts as this
--- database's: the horizon can only be too early, never too late.
+-- The database of a running transaction is read from pg_stat_get_activity, whose
+-- transaction ids and database ids any role may read. A transaction not found there (a
+-- prepared transaction, or one that ended meanwhile) counts as this database's: the
+-- horizon can only be too early, never too late.
 --
 -- Readers call it as `(select events_horizon())`, so that it is computed once per query; it
 -- is stable, so it sees the snapshot of the query that calls it.
