@@ -22,10 +22,12 @@
 //!   moved to before `t0` while nobody listened; see `tail_once`). The subscriber receives
 //!   everything broadcast after `t0`: every event after `P`.
 //! - Every event at or before `P` had been read before `t0`, and the tailer only reads
-//!   events of transactions older than the oldest one still running in this database
-//!   ([`global_order`]): those had all ended, so nothing can appear at or
-//!   before `P` later. History's last page is read at `t1 > t0` and sees all of them:
-//!   history delivers every matching event in `(from, P]`, perhaps more.
+//!   events of transactions that had ended ([`global_order`]), so nothing can appear at or
+//!   before `P` later. The tailer marks `P` settled before broadcasting it (or before
+//!   checking for subscribers), and history reads everything up to that mark (as well as
+//!   below the database's horizon). History's last page is read at `t1 > t0`, so it sees
+//!   a mark at or after `P`: history delivers every matching event in `(from, P]`,
+//!   perhaps more.
 //! - History up to `P` and live after `P` together cover everything after `from`: no gap.
 //! - Live events at or before `D`, the last cursor delivered, are skipped. A matching
 //!   event at or before `D` was delivered by history (which returns every matching event
@@ -130,6 +132,8 @@ pub struct Feed {
     /// Set when the server shuts down: every subscription ends.
     closing: watch::Sender<bool>,
     max_lag: Duration,
+    /// A cursor at or before which the tailer found every event settled.
+    settled: watch::Receiver<GlobalCursor>,
 }
 
 impl Feed {
@@ -143,10 +147,12 @@ impl Feed {
         let (live, _) = broadcast::channel(capacity.max(1));
         let (ready_sender, ready) = watch::channel(false);
         let subscribed = Arc::new(Notify::new());
+        let (settled_sender, settled) = watch::channel(GlobalCursor::START);
         tokio::spawn(tail(
             pool.clone(),
             live.clone(),
             ready_sender,
+            settled_sender,
             wake,
             subscribed.clone(),
         ));
@@ -157,6 +163,7 @@ impl Feed {
             subscribed,
             closing: watch::channel(false).0,
             max_lag,
+            settled,
         }
     }
 
@@ -187,6 +194,7 @@ impl Feed {
             live_started: false,
             fell_behind: false,
             max_lag: self.max_lag,
+            settled: self.settled.clone(),
             ended: false,
             closing: self.closing.subscribe(),
             _ready: self.ready.clone(),
@@ -221,6 +229,7 @@ pub struct Subscription {
     /// received since: the subscriber is catching up from history.
     fell_behind: bool,
     max_lag: Duration,
+    settled: watch::Receiver<GlobalCursor>,
     ended: bool,
     closing: watch::Receiver<bool>,
     /// Keeps the tailer running while this subscription lives.
@@ -309,8 +318,13 @@ impl Subscription {
     }
 
     /// The next page of the tenant's matching events after the last delivered one, in
-    /// global order, of transactions that have ended.
+    /// global order, of transactions that have ended: below this database's horizon, or at
+    /// or before what the tailer found settled. The horizon alone could be earlier than
+    /// events the tailer has broadcast already (should a transaction of another database
+    /// end while it is being computed, it counts as this one's), which would leave a gap
+    /// between history and live; the tailer's own mark closes it.
     async fn read_history(&self) -> Result<Vec<StoredEvent>, sqlx::Error> {
+        let settled = *self.settled.borrow();
         sqlx::query_as(
             "select aggregate_type, aggregate_id, sequence, event_type, event_version,
                     payload::text as payload, metadata::text as metadata, tenant_id,
@@ -318,7 +332,8 @@ impl Subscription {
              from events
              where tenant_id = $1
                and (transaction_id, position) > ($2::bigint::text::xid8, $3)
-               and transaction_id < (select events_horizon())
+               and (transaction_id < (select events_horizon())
+                    or (transaction_id, position) <= ($7::bigint::text::xid8, $8))
                and ($4::text[] is null or aggregate_type = any($4))
                and ($5::text[] is null or event_type = any($5))
              order by events.transaction_id, events.position
@@ -330,6 +345,8 @@ impl Subscription {
         .bind(self.filter.aggregate_types.as_deref())
         .bind(self.filter.event_types.as_deref())
         .bind(HISTORY_PAGE)
+        .bind(settled.transaction_id)
+        .bind(settled.position)
         .fetch_all(&self.pool)
         .await
     }
@@ -347,6 +364,7 @@ async fn tail(
     pool: PgPool,
     live: broadcast::Sender<Arc<FeedEvent>>,
     ready: watch::Sender<bool>,
+    settled: watch::Sender<GlobalCursor>,
     mut wake: watch::Receiver<u64>,
     subscribed: Arc<Notify>,
 ) {
@@ -354,7 +372,7 @@ async fn tail(
     // `ready` is closed once the `Feed` and every subscription are gone.
     while !ready.is_closed() {
         wake.mark_unchanged();
-        let nap = match tail_once(&pool, &live, &mut position).await {
+        let nap = match tail_once(&pool, &live, &settled, &mut position).await {
             Ok(tailed) => {
                 ready.send_if_modified(|ready| !std::mem::replace(ready, true));
                 if tailed.read as i64 == runner::BATCH_SIZE {
@@ -393,14 +411,27 @@ async fn tail(
 async fn tail_once(
     pool: &PgPool,
     live: &broadcast::Sender<Arc<FeedEvent>>,
+    settled: &watch::Sender<GlobalCursor>,
     position: &mut Option<GlobalCursor>,
 ) -> Result<Tailed, FeedError> {
+    // Announced before anyone can act on it (the subscriber-count check, the broadcast),
+    // so that a subscriber's history reaches at least as far as the broadcast it missed.
+    let announce = |cursor: GlobalCursor| {
+        settled.send_if_modified(|settled| {
+            let moved = cursor > *settled;
+            if moved {
+                *settled = cursor;
+            }
+            moved
+        });
+    };
     let mut conn = pool.acquire().await?;
     let from = match *position {
         Some(from) if live.receiver_count() > 0 => from,
         current => {
             let end = global_order::settled_end(&mut conn).await?;
             let end = current.map_or(end, |current| current.max(end));
+            announce(end);
             if live.receiver_count() == 0 || current.is_none() {
                 *position = Some(end);
                 return Ok(Tailed {
@@ -418,6 +449,7 @@ async fn tail_once(
         return Ok(Tailed { read: 0, pending });
     };
     drop(conn);
+    announce(last);
     let encoded = events
         .iter()
         .map(|event| {

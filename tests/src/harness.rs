@@ -12,6 +12,19 @@ pub fn server_url() -> String {
     std::env::var("AIPM_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
+/// A connection to another database of the same cluster, inside a transaction that holds
+/// a transaction id (as any writing transaction does) until it is dropped.
+pub async fn transaction_in_another_database() -> PgConnection {
+    let url = format!("{}/postgres", server_url());
+    let mut other = PgConnection::connect(&url).await.expect("connect to postgres");
+    sqlx::query("begin").execute(&mut other).await.expect("begin");
+    sqlx::query("select pg_current_xact_id()")
+        .execute(&mut other)
+        .await
+        .expect("take a transaction id");
+    other
+}
+
 /// A fresh, migrated database that is dropped when this value is.
 pub struct TestDatabase {
     pub name: String,

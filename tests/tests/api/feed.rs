@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use integration_tests::harness::{expect_problem, expect_status, TestApp, TestDatabase};
+use integration_tests::harness::{
+    expect_problem, expect_status, transaction_in_another_database, TestApp, TestDatabase,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -966,4 +968,20 @@ async fn a_shutting_down_server_ends_its_streams_instead_of_waiting_for_them() {
     }
     let finished = timeout(DEADLINE, server).await.expect("the server stops in time");
     finished.expect("server task").expect("server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_transaction_in_another_database_holds_no_feed_back() {
+    let app = TestApp::spawn().await;
+    let _other = transaction_in_another_database().await;
+    let mut stream = SseStream::open(&app, &app.admin_key, "/v1/events/stream", None).await;
+    let mut received = Vec::new();
+    // Written while the other transaction is open: history, then live.
+    app.create_prompt("history").await;
+    let history = tenant_events(app.pool(), "acme", None, None, None).await;
+    received.extend(stream.take(history.len()).await);
+    app.create_prompt("live").await;
+    let all = tenant_events(app.pool(), "acme", None, None, None).await;
+    received.extend(stream.take(all.len() - history.len()).await);
+    assert_delivered(&received, &all, "acme");
 }

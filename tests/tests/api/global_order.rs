@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::position::GlobalCursor;
-use integration_tests::harness::{expect_status, TestApp, TestDatabase};
+use integration_tests::harness::{expect_status, transaction_in_another_database, TestApp, TestDatabase};
 use projections::global_order::read_after;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -320,19 +320,6 @@ async fn a_tailing_reader_sees_every_committed_event_once_in_a_stable_order_desp
         .iter()
         .filter(|s| s.aggregate_id.starts_with("b-"))
         .all(|s| s.cursor.position > late_max_position));
-}
-
-/// A connection to another database of the same cluster, inside a transaction that holds
-/// a transaction id (as any writing transaction does) until it is dropped.
-async fn transaction_in_another_database() -> PgConnection {
-    let url = format!("{}/postgres", integration_tests::harness::server_url());
-    let mut other = PgConnection::connect(&url).await.expect("connect to postgres");
-    sqlx::query("begin").execute(&mut other).await.expect("begin");
-    sqlx::query("select pg_current_xact_id()")
-        .execute(&mut other)
-        .await
-        .expect("take a transaction id");
-    other
 }
 
 async fn insert_probe(pool: &PgPool, aggregate_id: &str) {
