@@ -618,6 +618,11 @@ async fn insert_probes(pool: &PgPool, numbers: std::ops::RangeInclusive<i64>) {
             .await
             .expect("insert");
     }
+    wake_feed(pool).await;
+}
+
+/// Wakes the server's feed as an append through the server would.
+async fn wake_feed(pool: &PgPool) {
     sqlx::query("select pg_notify('aipm_events', '')")
         .execute(pool)
         .await
@@ -647,10 +652,7 @@ async fn insert_probe_burst(pool: &PgPool, numbers: std::ops::RangeInclusive<i64
     .execute(pool)
     .await
     .expect("insert");
-    sqlx::query("select pg_notify('aipm_events', '')")
-        .execute(pool)
-        .await
-        .expect("notify");
+    wake_feed(pool).await;
 }
 
 /// Inserts probes `numbers` one at a time, each once `follower` has received the one
