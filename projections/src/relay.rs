@@ -19,6 +19,9 @@
 //!   *n* of a batch only if it directly follows message *n − 1*. A message lost in flight
 //!   (a NATS restart mid-batch) makes the ones after it fail instead of leaving a gap, and
 //!   the relay resumes from what the stream really holds.
+//! - Every message carries `Aipm-Database`, this database's identity: a stream whose last
+//!   message came from another database's log is refused (its cursor says nothing of this
+//!   log, and resuming after it would skip events), and the relay reports why.
 //!
 //! # Never in the way of commands
 //! Commands never wait for the relay (read-your-writes waits only for read models). While
@@ -54,6 +57,8 @@ pub const DEFAULT_STREAM: &str = "AIPM_EVENTS";
 pub const DEFAULT_SUBJECT_PREFIX: &str = "aipm.events";
 /// `Content-Type` of every message: a CloudEvent in structured mode.
 pub const CONTENT_TYPE: &str = "application/cloudevents+json";
+/// The header naming the database (`database_identity`) whose log a message belongs to.
+pub const DATABASE_HEADER: &str = "Aipm-Database";
 
 /// How long a publish waits for its ack, and a JetStream API request for its answer.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -228,6 +233,7 @@ impl Relay {
             nats: None,
             stream: None,
             head: None,
+            database: None,
         };
         let task = tokio::spawn(worker.run()).abort_handle();
         Self {
@@ -300,6 +306,11 @@ enum RelayError {
         cursor: GlobalCursor,
         source: serde_json::Error,
     },
+    #[error(
+        "stream {stream} holds the events of another aipm database ({other}); \
+         give each database its own AIPM_NATS_STREAM"
+    )]
+    ForeignStream { stream: String, other: String },
 }
 
 fn nats(context: &'static str) -> impl FnOnce(async_nats::Error) -> RelayError {
@@ -333,6 +344,8 @@ struct Worker {
     /// The stream's head as of this process's last commit; `None` when it must be read
     /// from the stream again.
     head: Option<StreamHead>,
+    /// This database's identity (`database_identity`), stamped on every message.
+    database: Option<String>,
 }
 
 impl Worker {
@@ -466,6 +479,15 @@ impl Worker {
         // only see transactions older than the oldest one holding an id, so holding one
         // while waiting for NATS would hold back every projection, and every command's
         // read-your-writes with them.
+        let database = match &self.database {
+            Some(database) => database.clone(),
+            None => {
+                let database: String = sqlx::query_scalar("select id::text from database_identity")
+                    .fetch_one(&self.pool)
+                    .await?;
+                self.database.insert(database).clone()
+            }
+        };
         let mut tx = crate::runner::begin(&self.pool).await?;
         lock_projection(&mut tx, &self.checkpoint_name).await?;
         let saved = checkpoint(&mut tx, &self.checkpoint_name).await?;
@@ -473,7 +495,7 @@ impl Worker {
         // Otherwise (a start, a failure, another process's turn) ask the stream.
         let head = match self.head.take() {
             Some(head) if head.cursor == saved => head,
-            _ => read_head(&stream, saved).await?,
+            _ => read_head(&stream, &database, saved).await?,
         };
         let events = global_order::read_for(&mut tx, head.cursor, BATCH_SIZE, None).await?;
         if events.is_empty() {
@@ -485,7 +507,7 @@ impl Worker {
             });
         }
 
-        let outcome = publish(&context, &self.settings.subject_prefix, head, &events).await;
+        let outcome = publish(&context, &self.settings.subject_prefix, &database, head, &events).await;
         let reached = match outcome.last_acked {
             Some(sequence) => StreamHead {
                 sequence,
@@ -569,8 +591,9 @@ async fn ensure_stream(context: &Context, settings: &RelaySettings) -> Result<St
 /// The stream's last sequence and the log position it stands for: the `aipmcursor` of its
 /// last message; the start of the log if the stream never held a message (new, or deleted
 /// and re-created: it is filled from the start); `saved` if the last message is gone
-/// (purged or aged out) or was not published by aipm.
-async fn read_head(stream: &Stream, saved: GlobalCursor) -> Result<StreamHead, RelayError> {
+/// (purged or aged out) or was not published by aipm. A last message stamped by another
+/// database (`database` is this one's) is an error: its cursor says nothing of this log.
+async fn read_head(stream: &Stream, database: &str, saved: GlobalCursor) -> Result<StreamHead, RelayError> {
     let info = stream
         .get_info()
         .await
@@ -583,14 +606,25 @@ async fn read_head(stream: &Stream, saved: GlobalCursor) -> Result<StreamHead, R
         });
     }
     let cursor = match stream.get_raw_message(sequence).await {
-        Ok(message) => relayed_cursor(&message.payload).unwrap_or_else(|| {
-            tracing::warn!(
-                stream = %info.config.name,
-                sequence,
-                "the stream's last message was not published by aipm; resuming from the checkpoint"
-            );
-            saved
-        }),
+        Ok(message) => {
+            // Messages of versions that did not stamp them count as this database's.
+            if let Some(other) = message.headers.get(DATABASE_HEADER) {
+                if other.as_str() != database {
+                    return Err(RelayError::ForeignStream {
+                        stream: info.config.name.clone(),
+                        other: other.to_string(),
+                    });
+                }
+            }
+            relayed_cursor(&message.payload).unwrap_or_else(|| {
+                tracing::warn!(
+                    stream = %info.config.name,
+                    sequence,
+                    "the stream's last message was not published by aipm; resuming from the checkpoint"
+                );
+                saved
+            })
+        }
         Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => saved,
         Err(error) => return Err(nats("reading the stream's last message")(error.into())),
     };
@@ -620,7 +654,13 @@ struct Published {
 
 /// Sends every event of the batch without waiting, then awaits the acks in order. Only
 /// the acked prefix counts: a message after a failed one may not be in the stream.
-async fn publish(context: &Context, prefix: &str, head: StreamHead, events: &[StoredEvent]) -> Published {
+async fn publish(
+    context: &Context,
+    prefix: &str,
+    database: &str,
+    head: StreamHead,
+    events: &[StoredEvent],
+) -> Published {
     let mut acks = Vec::with_capacity(events.len());
     let mut send_error = None;
     for (index, event) in events.iter().enumerate() {
@@ -638,7 +678,8 @@ async fn publish(context: &Context, prefix: &str, head: StreamHead, events: &[St
             .payload(body.into())
             .message_id(cloudevent::event_id(event))
             .expected_last_sequence(head.sequence + index as u64)
-            .header("Content-Type", CONTENT_TYPE);
+            .header("Content-Type", CONTENT_TYPE)
+            .header(DATABASE_HEADER, database);
         match context
             .send_publish(cloudevent::nats_subject(prefix, event), message)
             .await

@@ -9,7 +9,7 @@ use integration_tests::harness::{expect_status, last_event_cursor, TestApp};
 use integration_tests::nats::{
     self, delete_stream, read_stream, unique_relay_settings, FeedMessage, NatsServer,
 };
-use projections::relay::{Relay, RelaySettings, CONTENT_TYPE};
+use projections::relay::{Relay, RelaySettings, CONTENT_TYPE, DATABASE_HEADER};
 use projections::{cloudevent, global_order, StoredEvent};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -348,4 +348,56 @@ async fn the_server_starts_and_serves_while_nats_is_down_and_the_feed_catches_up
     nats_server.start_again().await;
     wait_until_caught_up(&app).await;
     assert_stream_is_the_log(app.pool(), &relay_settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_fed_from_another_database_is_refused_not_mixed() {
+    let first = TestApp::spawn().await;
+    first.create_prompt("first-log").await;
+    wait_until_caught_up(&first).await;
+    let settings = first.settings.relay.clone().expect("a feed");
+    let first_database: String = sqlx::query_scalar("select id::text from database_identity")
+        .fetch_one(first.pool())
+        .await
+        .expect("identity");
+    let published = read_stream(&settings).await;
+    assert!(published
+        .iter()
+        .all(|m| m.headers.get(DATABASE_HEADER) == Some(&first_database)));
+
+    // Another database whose feed is pointed at the same stream, by mistake.
+    let second = TestApp::spawn_with(api::Settings::default().with_relay(Some(settings.clone()))).await;
+    second.create_prompt("second-log").await;
+    let deadline = Instant::now() + DEADLINE;
+    let refused = loop {
+        let feed = feed_readiness(&second).await;
+        if feed["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("another aipm database"))
+        {
+            break feed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second relay was not refused: {feed}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(
+        refused["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains(&first_database) && error.contains("AIPM_NATS_STREAM")),
+        "{refused}"
+    );
+    // The stream still holds the first log alone, and the first relay carries on.
+    let after: Vec<u64> = read_stream(&settings)
+        .await
+        .iter()
+        .map(|m| m.stream_sequence)
+        .collect();
+    let before: Vec<u64> = published.iter().map(|m| m.stream_sequence).collect();
+    assert_eq!(after, before);
+    first.create_prompt("first-log-again").await;
+    wait_until_caught_up(&first).await;
+    assert_stream_is_the_log(first.pool(), &settings).await;
 }
