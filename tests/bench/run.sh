@@ -2,7 +2,8 @@
 # Runs the benchmarks in BENCHMARKS.md: the raw PostgreSQL insert ceiling (pgbench) and aipm
 # over HTTP at the same client counts, in the same run, several times; then publishing to
 # a prompt with a long history, rebuilding a projection from a 1,000,000-event log, and the
-# NATS feed (relay throughput and latency against raw JetStream, commands with it on and off).
+# NATS feed (relay throughput and latency against raw JetStream, commands with it on and off),
+# and the HTTP live feed's reading rate.
 #
 #   tests/bench/run.sh [runs]        (default 3 runs; results in bench-results/)
 set -euo pipefail
@@ -81,5 +82,6 @@ $LOAD seed-events --database-url $PG/aipm_bench_rebuild --events 1000000
 $LOAD rebuild --database-url $PG/aipm_bench_rebuild --runs 3 --json "$OUT/other.jsonl"
 
 tests/bench/relay.sh "$RUNS"
+tests/bench/feed.sh "$RUNS"
 
 for db in aipm_bench_pg aipm_bench_http aipm_bench_hot aipm_bench_rebuild; do psql_do postgres "drop database if exists $db with (force)"; done
