@@ -474,11 +474,6 @@ impl Worker {
             }
         };
 
-        // No transaction id is taken until the checkpoint is written, just before the
-        // commit: locking, reading and publishing are read-only. Readers of the global order
-        // only see transactions older than the oldest one holding an id, so holding one
-        // while waiting for NATS would hold back every projection, and every command's
-        // read-your-writes with them.
         let database = match &self.database {
             Some(database) => database.clone(),
             None => {
@@ -488,6 +483,12 @@ impl Worker {
                 self.database.insert(database).clone()
             }
         };
+
+        // No transaction id is taken until the checkpoint is written, just before the
+        // commit: locking, reading and publishing are read-only. Readers of the global order
+        // only see transactions older than the oldest one holding an id, so holding one
+        // while waiting for NATS would hold back every projection, and every command's
+        // read-your-writes with them.
         let mut tx = crate::runner::begin(&self.pool).await?;
         lock_projection(&mut tx, &self.checkpoint_name).await?;
         let saved = checkpoint(&mut tx, &self.checkpoint_name).await?;
