@@ -747,6 +747,55 @@ async fn a_burst_larger_than_the_buffer_reaches_subscribers_that_keep_reading() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_falling_behind_again_and_again_miss_nothing_and_repeat_nothing() {
+    // A buffer of two events: concurrent writers' batches overflow it over and over, so
+    // subscribers that keep reading fall behind and catch up from the log many times.
+    let app = Arc::new(app_with_feed_buffer(2).await);
+    let writers = 4;
+    let versions = 14;
+    let total = tenant_events(app.pool(), "acme", None, None, None).await.len() + writers * (1 + versions);
+    let mut sse = Vec::new();
+    for _ in 0..2 {
+        let stream = SseStream::open(&app, &app.admin_key, "/v1/events/stream", None).await;
+        sse.push(tokio::spawn(async move {
+            let mut stream = stream;
+            stream.take(total).await
+        }));
+    }
+    let mut socket = ws_connect(&app, &app.admin_key, "").await;
+    let websocket = tokio::spawn(async move { ws_take(&mut socket, total).await });
+
+    let writing: Vec<_> = (0..writers)
+        .map(|writer| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let prompt = app.create_prompt(&format!("writer-{writer}")).await;
+                for version in 0..versions {
+                    app.publish(&prompt, &format!("version {version}")).await;
+                }
+            })
+        })
+        .collect();
+    for writer in writing {
+        writer.await.expect("writer");
+    }
+    let expected = tenant_events(app.pool(), "acme", None, None, None).await;
+    assert_eq!(expected.len(), total);
+    for reader in sse {
+        let received = timeout(DEADLINE, reader)
+            .await
+            .expect("SSE in time")
+            .expect("reader");
+        assert_delivered(&received, &expected, "acme");
+    }
+    let received = timeout(DEADLINE, websocket)
+        .await
+        .expect("WebSocket in time")
+        .expect("reader");
+    assert_eq!(ws_expected(&received), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_disconnected_with_the_reason_and_resumes_where_it_stopped() {
     const MAX_LAG: Duration = Duration::from_millis(500);
     let mut settings = api::Settings::default();
