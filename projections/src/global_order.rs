@@ -25,60 +25,22 @@ pub async fn read_after(
 /// Like [`read_after`], but only events of `aggregate_types` (when given) carry their
 /// payload; the others come with a `null` payload. A reader must still see every event to
 /// advance past it, but need not transfer what it will skip.
-///
-/// It first reads below the cluster's oldest running transaction, which costs nothing to
-/// find; only when that yields nothing does it work out this database's own horizon
-/// (`events_horizon()` reads every session's status), which differs only while a
-/// transaction of another database is running. Both are safe: every event below either
-/// has settled.
 pub async fn read_for(
     conn: &mut PgConnection,
     after: GlobalCursor,
     limit: i64,
     aggregate_types: Option<&[&str]>,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let below_cluster_horizon = read_below(
-        &mut *conn,
-        READ_BELOW_CLUSTER_HORIZON,
-        after,
-        limit,
-        aggregate_types,
-    )
-    .await?;
-    if !below_cluster_horizon.is_empty() {
-        return Ok(below_cluster_horizon);
-    }
-    read_below(conn, READ_BELOW_DATABASE_HORIZON, after, limit, aggregate_types).await
-}
-
-macro_rules! read_below_horizon {
-    ($horizon:literal) => {
-        concat!(
-            "select aggregate_type, aggregate_id, sequence, event_type, event_version,
+    let sql = "select aggregate_type, aggregate_id, sequence, event_type, event_version,
                 case when $4::text[] is null or aggregate_type = any($4) then payload::text else 'null' end as payload,
                 metadata::text as metadata, tenant_id, transaction_id::text::bigint as transaction_id, position, recorded_at
-             from events
-             where (transaction_id, position) > ($1::bigint::text::xid8, $2)
-               and transaction_id < ",
-            $horizon,
-            "
-             -- Qualified: the bare names would sort by the casted output column, which no
-             -- index provides, and PostgreSQL would sort everything after the cursor.
-             order by events.transaction_id, events.position
-             limit $3"
-        )
-    };
-}
-const READ_BELOW_CLUSTER_HORIZON: &str = read_below_horizon!("pg_snapshot_xmin(pg_current_snapshot())");
-const READ_BELOW_DATABASE_HORIZON: &str = read_below_horizon!("(select events_horizon())");
-
-async fn read_below(
-    conn: &mut PgConnection,
-    sql: &'static str,
-    after: GlobalCursor,
-    limit: i64,
-    aggregate_types: Option<&[&str]>,
-) -> Result<Vec<StoredEvent>, sqlx::Error> {
+         from events
+         where (transaction_id, position) > ($1::bigint::text::xid8, $2)
+           and transaction_id < (select events_horizon())
+         -- Qualified: the bare names would sort by the casted output column, which no
+         -- index provides, and PostgreSQL would sort everything after the cursor.
+         order by events.transaction_id, events.position
+         limit $3";
     sqlx::query_as(sql)
         .bind(after.transaction_id)
         .bind(after.position)
