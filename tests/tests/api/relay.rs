@@ -368,21 +368,13 @@ async fn a_stream_fed_from_another_database_is_refused_not_mixed() {
     // Another database whose feed is pointed at the same stream, by mistake.
     let second = TestApp::spawn_with(api::Settings::default().with_relay(Some(settings.clone()))).await;
     second.create_prompt("second-log").await;
-    let deadline = Instant::now() + DEADLINE;
-    let refused = loop {
-        let feed = feed_readiness(&second).await;
-        if feed["last_error"]
+    let refused = wait_for_feed(&second, "refused the stream", |report| {
+        report["last_error"]
             .as_str()
             .is_some_and(|error| error.contains("another aipm database"))
-        {
-            break feed;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the second relay was not refused: {feed}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    })
+    .await;
+    assert_eq!(feed_readiness(&second).await["last_error"], refused["last_error"]);
     assert!(
         refused["last_error"]
             .as_str()
