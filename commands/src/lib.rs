@@ -2,16 +2,17 @@
 //! appending the events they decide on to the PostgreSQL event store.
 //!
 //! # Layout
-//! - [`idempotency`]: idempotency keys: claims, stored responses, and the outcome each
-//!   keyed command records atomically with its events.
-//! - [`metadata`]: who issued a command, from where and why; stored on every event.
+//! - [`metadata`]: who issued a command, from where and why; stored on every event. The
+//!   bottom of the crate: the other modules use it and nothing else of each other.
+//! - [`idempotency`]: idempotency keys: claims and stored responses.
 //! - [`store`]: the event store: one-statement appends that return each event's place in
-//!   the global order, snapshots, the aggregate cache and optimistic concurrency.
+//!   the global order, snapshots, the aggregate cache, optimistic concurrency, and the
+//!   outcome each keyed command records atomically with its events.
 
 pub mod idempotency;
 pub mod metadata;
 pub mod store;
 
-pub use idempotency::{IdempotencyScope, IdempotencyStore};
-pub use metadata::CommandMetadata;
+pub use idempotency::IdempotencyStore;
+pub use metadata::{CommandMetadata, IdempotencyScope};
 pub use store::{AggregateStore, CommandError, Committed, EventStore};

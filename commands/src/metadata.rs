@@ -1,10 +1,18 @@
-//! Command metadata: stored as a JSON object of strings on every event a command produces.
+//! Command metadata: stored as a JSON object of strings on every event a command produces,
+//! and the scope of the idempotency key it may carry.
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::idempotency::IdempotencyScope;
+/// Who may replay an idempotency key: the tenant and the API key (`owner`) that sent it,
+/// and the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyScope {
+    pub tenant: String,
+    pub owner: String,
+    pub key: String,
+}
 
 /// Who issued a command, on whose behalf, from where and why.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,8 +22,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::idempotency::IdempotencyScope;
-use crate::metadata::CommandMetadata;
+use crate::metadata::{CommandMetadata, IdempotencyScope};
 
 /// A snapshot is written every this many events of one aggregate, so that loading a
 /// prompt with thousands of versions reads at most this many events after its snapshot.
@@ -268,7 +267,7 @@ where
         &self,
         scope: &IdempotencyScope,
     ) -> Result<Option<Committed<A::Event>>, CommandError<A::Error>> {
-        crate::idempotency::recorded(&self.store.pool, A::TYPE, scope)
+        recorded(&self.store.pool, A::TYPE, scope)
             .await
             .map_err(CommandError::Store)
     }
@@ -401,6 +400,52 @@ where
             .map_err(|error| classify(error, &claims.claimed))?;
         Ok((GlobalCursor::new(row.0, row.1), row.2))
     }
+}
+
+/// The result of the command committed under `scope`, rebuilt from its events; `None` if
+/// none was. An outcome of another aggregate type is an error: one keyed request runs one
+/// appending command.
+async fn recorded<E: serde::de::DeserializeOwned>(
+    pool: &PgPool,
+    aggregate_type: &str,
+    scope: &IdempotencyScope,
+) -> Result<Option<Committed<E>>, String> {
+    let rows: Vec<(String, i64, Value, i64, i64, DateTime<Utc>)> = sqlx::query_as(
+        "select o.aggregate_type, o.last_sequence, e.payload,
+                e.transaction_id::text::bigint, e.position, e.recorded_at
+         from idempotency_outcome o
+         join events e on e.aggregate_type = o.aggregate_type and e.aggregate_id = o.aggregate_id
+                      and e.sequence between o.first_sequence and o.last_sequence
+         where o.tenant_id = $1 and o.owner_key_id = $2 and o.idempotency_key = $3
+         order by e.sequence",
+    )
+    .bind(&scope.tenant)
+    .bind(&scope.owner)
+    .bind(&scope.key)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    let Some((recorded_type, version, _, transaction_id, position, recorded_at)) = rows.last().cloned()
+    else {
+        return Ok(None);
+    };
+    if recorded_type != aggregate_type {
+        return Err(format!(
+            "idempotency key {:?} recorded a {recorded_type} command, not a {aggregate_type} one",
+            scope.key
+        ));
+    }
+    let events = rows
+        .into_iter()
+        .map(|row| serde_json::from_value(row.2))
+        .collect::<Result<Vec<E>, _>>()
+        .map_err(|e| format!("unreadable {aggregate_type} event: {e}"))?;
+    Ok(Some(Committed {
+        version: version as u64,
+        cursor: Some(GlobalCursor::new(transaction_id, position)),
+        recorded_at: Some(recorded_at),
+        events,
+    }))
 }
 
 /// A point-in-time read of an aggregate.
