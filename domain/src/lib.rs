@@ -8,12 +8,15 @@
 //! - [`access`]: tenants and API keys with their roles.
 //! - [`audit`]: records of who read the audit log and key listings.
 //! - [`template`]: parsing `{{variable}}` placeholders.
+//! - [`text`]: validated text values; [`fields`]: reading raw input into them with every
+//!   invalid field reported at once.
 //! - [`position`]: the cursor into the one global order of events.
 //! - [`governed`]: what every aggregate here shares (its tenant, the unique names it holds).
 
 pub mod access;
 pub mod audit;
 pub mod category;
+pub mod fields;
 pub mod governed;
 pub mod position;
 pub mod prompt;

@@ -1,5 +1,7 @@
 //! The `Prompt` aggregate: a named prompt, its immutable numbered versions and the labels
-//! (`production`, `staging`, …) that point at them.
+//! (`production`, `staging`, …) that point at them; [`diff`] compares two versions.
+
+pub mod diff;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -9,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::fields::{self, Invalid};
 use crate::governed::{Governed, NameClaims};
 use crate::template::extract_variables;
 use crate::text::{parse_line, DisplayName, InvalidText, Slug};
@@ -17,6 +20,10 @@ use crate::text::{parse_line, DisplayName, InvalidText, Slug};
 pub const PROMPT_NAME_SCOPE: &str = "prompt_name";
 /// Most tags one prompt may carry.
 pub const MAX_TAGS: usize = 32;
+/// Longest description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 2_000;
+/// Longest version message, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 2_000;
 
 /// A template with its variables, checked to have balanced placeholders.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +68,20 @@ pub fn parse_note(field: &'static str, value: &str, max_chars: usize) -> Result<
 /// A model reference such as `openai/gpt-4o`.
 pub fn parse_model(value: &str) -> Result<String, InvalidText> {
     parse_line("model", value, 200)
+}
+
+/// Tags (`field`): each a [`Slug`]; duplicates count once.
+pub fn parse_tags(field: &'static str, tags: &[String]) -> Result<BTreeSet<Slug>, Invalid> {
+    fields::each(tags, |tag| Slug::parse(field, tag)).map(|tags| tags.into_iter().collect())
+}
+
+/// Model parameters: a JSON object, or absent (`null` too).
+pub fn parse_params(params: Option<Value>) -> Result<Option<Value>, InvalidText> {
+    match params {
+        None | Some(Value::Null) => Ok(None),
+        Some(params @ Value::Object(_)) => Ok(Some(params)),
+        Some(_) => Err(InvalidText::new("params", "must be a JSON object")),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
