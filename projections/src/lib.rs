@@ -12,6 +12,11 @@
 //! - [`access`]: tenants and API keys (`tenant`, `api_key`).
 //! - [`audit`]: the hash-chained audit log (`audit_entry`), its verification against the
 //!   log and the permission history; [`canonical`]: the JSON form its hashes cover.
+//!
+//! Each projection owns its tables and the queries that read them: `<projection>/mod.rs`
+//! applies events, `<projection>/queries.rs` answers the API's questions with view types.
+//! - [`history`]: an aggregate's events with their metadata, read from the log itself.
+//! - [`page`]: keyset pagination shared by the listings.
 //! - [`lag`]: how far each projection is behind the log.
 //! - [`relay`]: the NATS JetStream feed, published exactly once in global order.
 
@@ -24,7 +29,9 @@ pub mod csv;
 pub mod event;
 pub mod feed;
 pub mod global_order;
+pub mod history;
 pub mod lag;
+pub mod page;
 pub mod relay;
 pub mod runner;
 

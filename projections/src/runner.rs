@@ -141,6 +141,16 @@ pub async fn save_checkpoint(
     Ok(())
 }
 
+/// Tells every process on the database that events were appended, so that their runners
+/// look at once instead of at their next poll.
+pub async fn announce_appends(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("select pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// What one [`step`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step {
@@ -248,11 +258,7 @@ impl Projections {
         let notify_pool = pool.clone();
         tokio::spawn(async move {
             while to_announce.changed().await.is_ok() {
-                let notified = sqlx::query("select pg_notify($1, '')")
-                    .bind(NOTIFY_CHANNEL)
-                    .execute(&notify_pool)
-                    .await;
-                if let Err(error) = notified {
+                if let Err(error) = announce_appends(&notify_pool).await {
                     tracing::warn!(%error, "could not announce an append to other processes");
                 }
                 // NOTIFY serialises commits on a global lock: announce at most this often,

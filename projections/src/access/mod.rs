@@ -1,4 +1,7 @@
 //! `tenant` and `api_key`: who may call the API. Low volume, so applied event by event.
+//! This module applies events to the tables; [`queries`] reads them.
+
+pub mod queries;
 
 use async_trait::async_trait;
 use cqrs_es::Aggregate;

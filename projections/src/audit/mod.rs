@@ -23,9 +23,11 @@
 //! empty (`Default`) state. Event types this build cannot fold or decode get `null`.
 //!
 //! The same functions build the entries here and in [`verify`], which recomputes the chain
-//! from the event log and compares it with the table.
+//! from the event log and compares it with the table. [`queries`] reads the entries;
+//! [`permissions`] folds the key events into who held which role at an instant.
 
 pub mod permissions;
+pub mod queries;
 pub mod verify;
 
 use std::collections::{HashMap, HashSet};

@@ -1,8 +1,11 @@
 //! `prompt`, `prompt_version` and `prompt_category`: the prompt catalogue as the API reads it.
+//! This module applies events to the tables; [`queries`] reads them.
 //!
 //! A batch is folded in memory (the rows it touches are loaded once, changed event by
 //! event, and written back with one statement per table), so applying it costs a handful
 //! of round trips however many events it holds. That is what makes a rebuild fast.
+
+pub mod queries;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
