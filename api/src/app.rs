@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tower_http::LatencyUnit;
 use tracing::Level;
+use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
@@ -16,14 +17,13 @@ use crate::settings::Settings;
 use crate::state::{App, AppState};
 use crate::{openapi, routes};
 
-/// Largest accepted request body for commands by default (`AIPM_BODY_LIMIT`).
-pub const BODY_LIMIT: usize = 1024 * 1024;
-
 /// The full router on a ready application state.
 pub fn build_router(state: AppState) -> Router {
     // Routes registered here through `utoipa_axum::routes!` are described in the OpenAPI
     // document by construction; `tests/api/openapi.rs` catches any that is not.
-    let (api, mut document) = OpenApiRouter::with_openapi(openapi::base())
+    let mut base = openapi::base();
+    base.merge(routes::docs::DocsApi::openapi());
+    let (api, mut document) = OpenApiRouter::with_openapi(base)
         .merge(routes::system::router())
         .merge(routes::prompts::router())
         .merge(routes::categories::router())
@@ -37,7 +37,7 @@ pub fn build_router(state: AppState) -> Router {
     let document = openapi::finish(document);
     let routes = api
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.idempotency_gate(),
             crate::idempotency::remember,
         ))
         .merge(feed)

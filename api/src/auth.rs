@@ -6,19 +6,20 @@
 //! compared by a routine that stops at the first differing byte.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use domain::access::{Permission, RateLimit, Role};
+use projections::access::queries::{self as keys, ActiveKey};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::hardening::{AuthFailure, RateLimitSlot, RouteBudget};
-use crate::state::AppState;
+use crate::hardening::{AuthFailure, Guards, RateLimitSlot, RouteBudget};
 
 /// Every key starts with this, so that leaked keys are easy to scan for.
 pub const KEY_PREFIX: &str = "aipm_";
@@ -86,22 +87,54 @@ impl Caller {
     }
 }
 
-impl FromRequestParts<AppState> for Caller {
+/// What authenticating a request takes: the keys' read model and the limiters. Any
+/// application state that can hand one out ([`FromRef`]) can have [`Caller`]s extracted.
+#[derive(Clone)]
+pub struct Authenticator {
+    pool: PgPool,
+    guards: Arc<Guards>,
+}
+
+impl Authenticator {
+    pub fn new(pool: PgPool, guards: Arc<Guards>) -> Self {
+        Self { pool, guards }
+    }
+
+    async fn authenticate(&self, headers: &HeaderMap, address: Option<IpAddr>) -> Result<Caller, ApiError> {
+        let failures = &self.guards.auth_failures;
+        failures.check(address)?;
+        let secret = bearer_key(headers).map_err(|failure| failures.fail(address, failure))?;
+        match find_key(&self.pool, secret).await? {
+            Some(caller) => Ok(caller),
+            None => Err(failures.fail(address, AuthFailure::UnknownKey)),
+        }
+    }
+}
+
+impl<S> FromRequestParts<S> for Caller
+where
+    S: Send + Sync,
+    Authenticator: FromRef<S>,
+{
     type Rejection = ApiError;
 
     /// Authenticates the request and charges it to the key's rate limit.
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         // Handlers may ask for the caller more than once (directly and through
         // `CommandContext`): authenticate and charge once per request.
         if let Some(caller) = parts.extensions.get::<Caller>() {
             return Ok(caller.clone());
         }
-        let caller = authenticate(state, &parts.headers, client_address(parts)).await?;
+        let authenticator = Authenticator::from_ref(state);
+        let caller = authenticator
+            .authenticate(&parts.headers, client_address(parts))
+            .await?;
         let budget = parts.extensions.get::<RouteBudget>().copied().unwrap_or_default();
-        if let Some(outcome) = state
-            .guards
-            .rate_limits
-            .charge(caller.key_id, caller.rate_limit, budget)
+        if let Some(outcome) =
+            authenticator
+                .guards
+                .rate_limits
+                .charge(caller.key_id, caller.rate_limit, budget)
         {
             if let Some(slot) = parts.extensions.get::<RateLimitSlot>() {
                 slot.record(outcome);
@@ -125,43 +158,12 @@ pub fn client_address(parts: &Parts) -> Option<IpAddr> {
         .map(|c| c.0.ip())
 }
 
-#[derive(sqlx::FromRow)]
-struct KeyRow {
-    key_id: Uuid,
-    name: String,
-    tenant_id: String,
-    role: String,
-    key_hash: String,
-    rate_limit_per_second: Option<f64>,
-    rate_limit_burst: Option<i32>,
-}
-
-async fn authenticate(
-    state: &AppState,
-    headers: &HeaderMap,
-    address: Option<IpAddr>,
-) -> Result<Caller, ApiError> {
-    let failures = &state.guards.auth_failures;
-    failures.check(address)?;
-    let secret = bearer_key(headers).map_err(|failure| failures.fail(address, failure))?;
-    match find_key(&state.pool, secret).await? {
-        Some(caller) => Ok(caller),
-        None => Err(failures.fail(address, AuthFailure::UnknownKey)),
-    }
-}
-
 /// The active key whose secret is `secret` (`aipm_` and 64 hex digits), as its caller.
 pub async fn find_key(pool: &PgPool, secret: &str) -> Result<Option<Caller>, ApiError> {
     let Some(display_prefix) = secret.get(..DISPLAY_PREFIX_LEN) else {
         return Ok(None);
     };
-    let candidates: Vec<KeyRow> = sqlx::query_as(
-        "select key_id, name, tenant_id, role, key_hash, rate_limit_per_second, rate_limit_burst
-         from api_key where key_prefix = $1 and revoked_at is null",
-    )
-    .bind(display_prefix)
-    .fetch_all(pool)
-    .await?;
+    let candidates = keys::active_keys_with_prefix(pool, display_prefix).await?;
     let Some(key) = matching_key(&hash_key(secret), candidates) else {
         return Ok(None);
     };
@@ -204,7 +206,7 @@ fn bearer_key(headers: &HeaderMap) -> Result<&str, AuthFailure> {
 }
 
 /// The candidate whose hash equals `presented`, comparing every candidate in full.
-fn matching_key(presented: &str, candidates: Vec<KeyRow>) -> Option<KeyRow> {
+fn matching_key(presented: &str, candidates: Vec<ActiveKey>) -> Option<ActiveKey> {
     let mut found = None;
     for candidate in candidates {
         if bool::from(candidate.key_hash.as_bytes().ct_eq(presented.as_bytes())) {
@@ -257,7 +259,7 @@ mod tests {
 
     #[test]
     fn the_matching_candidate_is_found_among_several() {
-        let row = |hash: &str| KeyRow {
+        let row = |hash: &str| ActiveKey {
             key_id: Uuid::new_v4(),
             name: hash.into(),
             tenant_id: "acme".into(),

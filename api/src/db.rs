@@ -96,3 +96,8 @@ async fn create_database_if_missing(options: &PgConnectOptions, target: &str) ->
     conn.close().await.map_err(unreachable)?;
     Ok(())
 }
+
+/// Whether the database answers, for the readiness probe.
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("select 1").execute(pool).await.map(|_| ())
+}

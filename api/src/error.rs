@@ -7,6 +7,7 @@ use commands::CommandError;
 use domain::access::ApiKeyError;
 use domain::audit::ReadRecordError;
 use domain::category::CategoryError;
+use domain::fields::Invalid;
 use domain::prompt::PromptError;
 use domain::text::InvalidText;
 use serde::Serialize;
@@ -80,6 +81,9 @@ pub enum ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// What a client is told about text containing U+0000.
+pub const NUL_MESSAGE: &str = "must not contain the NUL character (U+0000)";
 
 impl ApiError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -207,6 +211,21 @@ impl From<InvalidText> for ApiError {
     }
 }
 
+impl From<Invalid> for ApiError {
+    fn from(invalid: Invalid) -> Self {
+        ApiError::Validation(
+            invalid
+                .into_errors()
+                .into_iter()
+                .map(|error| FieldError {
+                    field: error.field.into(),
+                    message: error.reason,
+                })
+                .collect(),
+        )
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         match error {
@@ -217,7 +236,7 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::Database(ref database)
                 if matches!(database.code().as_deref(), Some("22021" | "22P05")) =>
             {
-                ApiError::invalid("query", crate::extract::NUL_MESSAGE)
+                ApiError::invalid("query", NUL_MESSAGE)
             }
             other => ApiError::Internal(other.to_string()),
         }
@@ -232,7 +251,7 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 ApiError::PayloadTooLarge {
-                    limit: crate::app::BODY_LIMIT,
+                    limit: crate::settings::BODY_LIMIT,
                 }
             }
             other => ApiError::MalformedBody(other.body_text()),

@@ -10,11 +10,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::auth::{client_address, Caller};
-use crate::error::ApiError;
+use crate::error::{ApiError, NUL_MESSAGE};
 use crate::hardening::BodyLimit;
 use crate::idempotency::IdempotentRequest;
 use crate::request_id::RequestId;
-use crate::state::AppState;
 
 /// `axum::Json`, but a malformed, mistyped or oversized body is a problem+json error, and so
 /// is text containing U+0000, which PostgreSQL can store neither in `text` nor in `jsonb`.
@@ -30,7 +29,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             Ok(axum::Json(value)) => value,
             Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 return Err(ApiError::PayloadTooLarge {
-                    limit: limit.map_or(crate::app::BODY_LIMIT, |l| l.0),
+                    limit: limit.map_or(crate::settings::BODY_LIMIT, |l| l.0),
                 })
             }
             Err(rejection) => return Err(rejection.into()),
@@ -85,9 +84,6 @@ fn integral_floats_as_integers(value: &Value) -> Option<Value> {
     let mut rewritten = value.clone();
     rewrite(&mut rewritten).then_some(rewritten)
 }
-
-/// What a client is told about text containing U+0000.
-pub const NUL_MESSAGE: &str = "must not contain the NUL character (U+0000)";
 
 /// The path (`body.params.key`) of the first string or key in `value` that contains U+0000.
 fn field_with_nul(value: &Value, path: &str) -> Option<String> {
@@ -218,10 +214,14 @@ fn parse_reason(reason: &str) -> Result<String, ApiError> {
     Ok(reason.to_string())
 }
 
-impl FromRequestParts<AppState> for CommandContext {
+impl<S> FromRequestParts<S> for CommandContext
+where
+    S: Send + Sync,
+    Caller: FromRequestParts<S, Rejection = ApiError>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let idempotency = parts.extensions.get::<IdempotentRequest>().cloned();
         let caller = match &idempotency {
             Some(request) => request.caller.clone(), // authenticated when it claimed the key
@@ -289,4 +289,63 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 /// The `ETag` of a resource at `version`.
 pub fn etag(version: u64) -> [(header::HeaderName, String); 1] {
     [(header::ETAG, format!("\"{version}\""))]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::post;
+    use axum::Router;
+    use tower::ServiceExt;
+
+    use crate::hardening::{ingestion_routes, protect, Guards};
+    use crate::settings::SecuritySettings;
+
+    async fn post_bytes(app: &Router, path: &str, size: usize) -> (StatusCode, serde_json::Value) {
+        let body = serde_json::to_vec(&serde_json::json!({ "data": "x".repeat(size) })).unwrap();
+        let request = Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn ingestion_routes_take_larger_bodies_than_command_routes() {
+        let settings = SecuritySettings {
+            body_limit: 1_000,
+            ingest_body_limit: 10_000,
+            ..SecuritySettings::default()
+        };
+        let guards = Guards::new(&settings);
+        let echo = || post(|ApiJson(value): ApiJson<serde_json::Value>| async move { axum::Json(value) });
+        let routes = Router::new().route("/v1/prompts", echo()).merge(ingestion_routes(
+            Router::new().route("/v1/usage", echo()),
+            &settings,
+        ));
+        let app = protect(routes, &guards);
+
+        let (status, problem) = post_bytes(&app, "/v1/prompts", 5_000).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(problem["type"], "/problems/payload-too-large");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("1000 bytes"),
+            "{problem}"
+        );
+        assert_eq!(post_bytes(&app, "/v1/usage", 5_000).await.0, StatusCode::OK);
+        let (status, problem) = post_bytes(&app, "/v1/usage", 20_000).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            problem["detail"].as_str().unwrap().contains("10000 bytes"),
+            "{problem}"
+        );
+    }
 }

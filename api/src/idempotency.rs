@@ -20,27 +20,23 @@
 //! Responses of 5xx, 408 and 429 are not stored: the claim is released and a retry runs
 //! again (safe, since a committed outcome is found rather than re-applied).
 
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{to_bytes, Body, Bytes};
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use commands::idempotency::{Attempt, Claim, IdempotencyScope, IdempotencyStore, StoredResponse};
-use commands::{AggregateStore, CommandError, Committed};
-use domain::Governed;
 use futures::FutureExt;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult, DomainProblem};
-use crate::state::AppState;
+use crate::auth::{Authenticator, Caller};
+use crate::error::{ApiError, ApiResult};
 
 /// The request header carrying the key.
 pub const HEADER: &str = "idempotency-key";
@@ -53,28 +49,6 @@ pub const MAX_KEY_LEN: usize = 255;
 const REPLAYED_HEADERS: [HeaderName; 3] = [header::CONTENT_TYPE, header::ETAG, header::LOCATION];
 /// Largest response body kept for replay (command responses are far smaller).
 const MAX_STORED_BODY: usize = 16 * 1024 * 1024;
-
-/// How long keys live and how long an attempt may hold one.
-#[derive(Debug, Clone)]
-pub struct IdempotencySettings {
-    /// A key is forgotten this long after its first use (`AIPM_IDEMPOTENCY_TTL`).
-    pub ttl: Duration,
-    /// An attempt that has not answered after this long is presumed dead, and a retry takes
-    /// it over. Longer than any request takes.
-    pub lease: Duration,
-    /// How often expired keys are deleted.
-    pub cleanup_interval: Duration,
-}
-
-impl Default for IdempotencySettings {
-    fn default() -> Self {
-        Self {
-            ttl: Duration::from_secs(24 * 60 * 60),
-            lease: Duration::from_secs(30),
-            cleanup_interval: Duration::from_secs(5 * 60),
-        }
-    }
-}
 
 /// A request holding the claim on its idempotency key; [`crate::extract::CommandContext`]
 /// takes the caller and the key from it.
@@ -96,8 +70,22 @@ impl ReplayAs {
     }
 }
 
+/// What the middleware needs: the keys' store, and authentication (a key is scoped to the
+/// API key that sent it).
+#[derive(Clone)]
+pub struct IdempotencyGate {
+    pub store: IdempotencyStore,
+    pub authenticator: Authenticator,
+}
+
+impl FromRef<IdempotencyGate> for Authenticator {
+    fn from_ref(gate: &IdempotencyGate) -> Self {
+        gate.authenticator.clone()
+    }
+}
+
 /// Middleware for the command routes: see the module doc.
-pub async fn remember(State(app): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn remember(State(gate): State<IdempotencyGate>, request: Request, next: Next) -> Response {
     if !is_command(request.method()) || !request.uri().path().starts_with("/v1/") {
         return next.run(request).await;
     }
@@ -106,7 +94,7 @@ pub async fn remember(State(app): State<AppState>, request: Request, next: Next)
         Ok(None) => return next.run(request).await,
         Err(error) => return error.into_response(),
     };
-    claim_and_run(app, key, request, next)
+    claim_and_run(gate, key, request, next)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -139,16 +127,21 @@ fn parse_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
-async fn claim_and_run(app: AppState, key: String, request: Request, next: Next) -> ApiResult<Response> {
+async fn claim_and_run(
+    gate: IdempotencyGate,
+    key: String,
+    request: Request,
+    next: Next,
+) -> ApiResult<Response> {
     let (mut parts, body) = request.into_parts();
-    let caller = Caller::from_request_parts(&mut parts, &app).await?;
+    let caller = Caller::from_request_parts(&mut parts, &gate).await?;
     let body = read_body(&parts, body).await?;
     let scope = IdempotencyScope {
         tenant: caller.tenant.clone(),
         owner: caller.key_id.to_string(),
         key,
     };
-    match app.idempotency.claim(&scope, &fingerprint(&parts, &body)).await? {
+    match gate.store.claim(&scope, &fingerprint(&parts, &body)).await? {
         Claim::Mismatch => Err(ApiError::IdempotencyKeyReused),
         Claim::InFlight { retry_after } => Err(ApiError::IdempotencyInProgress {
             retry_after: retry_after.as_secs().max(1),
@@ -162,7 +155,7 @@ async fn claim_and_run(app: AppState, key: String, request: Request, next: Next)
             });
             let request = Request::from_parts(parts, Body::from(body));
             // Runs to the end even if the client hangs up: its retry gets the stored answer.
-            let run = run_and_store(app, scope, attempt, request, next).in_current_span();
+            let run = run_and_store(gate.store, scope, attempt, request, next).in_current_span();
             tokio::spawn(run)
                 .await
                 .map_err(|error| ApiError::Internal(format!("idempotent request task failed: {error}")))
@@ -181,7 +174,7 @@ async fn read_body(parts: &Parts, body: Body) -> ApiResult<Bytes> {
                 limit: parts
                     .extensions
                     .get::<crate::hardening::BodyLimit>()
-                    .map_or(crate::app::BODY_LIMIT, |limit| limit.0),
+                    .map_or(crate::settings::BODY_LIMIT, |limit| limit.0),
             }
         } else {
             ApiError::MalformedBody(rejection.body_text())
@@ -212,17 +205,17 @@ fn fingerprint(parts: &Parts, body: &[u8]) -> String {
 }
 
 async fn run_and_store(
-    app: AppState,
+    store: IdempotencyStore,
     scope: IdempotencyScope,
     attempt: Attempt,
     request: Request,
     next: Next,
 ) -> Response {
     let release = |reason: &'static str| {
-        let app = app.clone();
+        let store = store.clone();
         let scope = scope.clone();
         async move {
-            if let Err(error) = app.idempotency.release(&scope, attempt.id).await {
+            if let Err(error) = store.release(&scope, attempt.id).await {
                 tracing::warn!(%error, reason, "could not release an idempotency key; it frees itself when its lease ends");
             }
         }
@@ -252,7 +245,7 @@ async fn run_and_store(
         release("an unreadable replacement response").await;
         return ApiError::Internal("the replay response could not be rendered".into()).into_response();
     };
-    match app.idempotency.complete(&scope, attempt.id, &stored).await {
+    match store.complete(&scope, attempt.id, &stored).await {
         Ok(true) => {}
         Ok(false) => tracing::info!("another attempt took this idempotency key over; it stores the answer"),
         // The claim is kept until its lease ends; the retry after that rebuilds the answer
@@ -294,37 +287,6 @@ fn replay(stored: StoredResponse) -> Response {
     response
 }
 
-/// Runs a command once per idempotency key: for a keyed request whose key an earlier attempt
-/// may have committed under, returns that attempt's result instead of running `command`
-/// again. Without a key, just runs it.
-pub async fn apply_once<A>(
-    store: &AggregateStore<A>,
-    request: Option<&IdempotentRequest>,
-    command: impl Future<Output = Result<Committed<A::Event>, CommandError<A::Error>>>,
-) -> ApiResult<Committed<A::Event>>
-where
-    A: Governed + 'static,
-    A::Command: Clone,
-    A::Error: DomainProblem,
-{
-    let Some(request) = request else {
-        return Ok(command.await?);
-    };
-    if request.attempt.resumed {
-        if let Some(committed) = store.recorded(&request.scope).await? {
-            return Ok(committed);
-        }
-    }
-    match command.await {
-        Ok(committed) => Ok(committed),
-        // An attempt that overlapped this one may have committed first; its result wins.
-        Err(error) => match store.recorded(&request.scope).await {
-            Ok(Some(committed)) => Ok(committed),
-            _ => Err(error.into()),
-        },
-    }
-}
-
 /// Deletes expired keys every `every`, for as long as the runtime runs.
 pub fn spawn_cleanup(store: IdempotencyStore, every: Duration) {
     tokio::spawn(async move {
@@ -341,46 +303,9 @@ pub fn spawn_cleanup(store: IdempotencyStore, every: Duration) {
     });
 }
 
-/// Parses a duration such as `86400`, `90s`, `15m`, `24h` or `7d` (no unit: seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
-    };
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 60 * 60,
-        "d" => 24 * 60 * 60,
-        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
-    };
-    let seconds = number
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale))
-        .filter(|&s| s > 0)
-        .ok_or_else(|| {
-            format!("{text:?}: expected a positive whole number with an optional unit, e.g. 24h")
-        })?;
-    Ok(Duration::from_secs(seconds))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_take_an_optional_unit_and_must_be_positive() {
-        assert_eq!(parse_duration("86400"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
-        for bad in ["", "0", "h", "-1h", "1.5h", "1w", "99999999999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn keys_are_one_header_of_visible_ascii_up_to_255_characters() {

@@ -1,24 +1,23 @@
 //! The aipm HTTP API and command-line interface. This crate is the composition root: it
 //! wires the write side (`commands`) and the read side (`projections`) together.
 //!
-//! # Layout
-//! - [`cli`]: the `aipm` command line (`serve`, `keys`, `replay`, `audit`) and configuration;
-//!   [`audit_cli`]: `aipm audit verify`.
-//! - [`app`]: the router, middleware and server loop.
-//! - [`routes`]: one module per resource; handlers stay thin.
-//! - [`auth`]: API keys and the authenticated [`auth::Caller`].
-//! - [`extract`]: JSON, path and query extractors whose rejections are problems, command
-//!   metadata and `If-Match`.
-//! - [`error`]: problem+json errors.
-//! - [`idempotency`]: `Idempotency-Key` on command endpoints.
-//! - [`openapi`]: the OpenAPI document generated from the routes (`/openapi.json`, `/docs`).
-//! - [`db`]: connecting, creating the database and migrating.
-//! - [`settings`]: the server's configuration.
+//! # Layout, bottom to top
+//! Each module imports only modules listed above it.
+//! - [`settings`]: what a server is configured with (limits, the feed, idempotency).
+//! - [`error`]: problem+json errors; [`telemetry`], [`request_id`]: logging and request ids;
+//!   [`db`]: connecting, creating the database and migrating.
 //! - [`hardening`]: rate limits, brute-force protection, body limits, timeouts, load
 //!   shedding, CORS and security headers.
+//! - [`auth`]: API keys and the authenticated [`auth::Caller`].
+//! - [`idempotency`]: `Idempotency-Key` on command endpoints.
+//! - [`extract`]: JSON, path and query extractors whose rejections are problems, command
+//!   metadata and `If-Match`; [`openapi`]: the document's shared parts.
+//! - [`state`]: the application context, and running a command through it.
+//! - [`routes`]: one module per resource; handlers stay thin.
+//! - [`app`]: the router, middleware and server loop.
+//! - [`cli`]: the `aipm` command line (`serve`, `keys`, `replay`, `audit`).
 
 pub mod app;
-pub mod audit_cli;
 pub mod auth;
 pub mod cli;
 pub mod db;

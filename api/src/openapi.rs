@@ -37,12 +37,6 @@ const PROBLEM_JSON: &str = "application/problem+json";
             (`application/problem+json`) with a stable `type`. Resources carry their version as \
             `ETag`; send it back as `If-Match` to make a change conditional."
     ),
-    paths(
-        crate::routes::docs::openapi_json,
-        crate::routes::docs::docs_page,
-        crate::routes::docs::docs_index,
-        crate::routes::docs::docs_asset,
-    ),
     components(
         schemas(Problem<'static>, FieldError),
         responses(
@@ -72,7 +66,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
 )]
 struct ApiDoc;
 
-/// The document before any route is added: information, components and the docs routes.
+/// The document before any route is added: information and shared components.
 pub fn base() -> OpenApi {
     ApiDoc::openapi()
 }
@@ -320,47 +314,5 @@ impl PartialSchema for JsonObject {
 impl ToSchema for JsonObject {
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
         schemas.push(("JsonValue".into(), JsonValue::schema()));
-    }
-}
-
-/// A role an API key can have.
-#[derive(ToSchema)]
-#[serde(rename_all = "lowercase")]
-#[allow(dead_code)]
-pub enum RoleName {
-    Admin,
-    Editor,
-    Viewer,
-    Auditor,
-    Ingest,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_role_schema_lists_every_role() {
-        let schema = serde_json::to_value(RoleName::schema()).unwrap();
-        let names: Vec<&str> = schema["enum"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|name| name.as_str().unwrap())
-            .collect();
-        let roles: Vec<&str> = domain::access::Role::ALL.iter().map(|r| r.as_str()).collect();
-        assert_eq!(names, roles);
-    }
-
-    #[test]
-    fn public_operations_state_that_they_need_no_key() {
-        let document = serde_json::to_value(finish(base())).unwrap();
-        let docs_page = &document["paths"]["/docs"]["get"];
-        assert_eq!(docs_page["security"], serde_json::json!([]));
-        assert!(docs_page["responses"].get("401").is_none());
-        assert_eq!(
-            document["components"]["securitySchemes"][BEARER]["scheme"],
-            "bearer"
-        );
     }
 }

@@ -1,10 +1,13 @@
-//! The application context every handler receives.
+//! The application context every handler receives, and how a command runs through it:
+//! once per idempotency key, then waiting for the read models it affects.
 
+use std::future::Future;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
-use commands::{AggregateStore, Committed, EventStore, IdempotencyStore};
+use axum::extract::FromRef;
+use commands::{AggregateStore, CommandError, Committed, EventStore, IdempotencyStore};
 use domain::access::{ApiKey, Tenant};
 use domain::audit::ReadRecord;
 use domain::category::PromptCategory;
@@ -15,11 +18,12 @@ use projections::relay::Relay;
 use projections::Projections;
 use sqlx::PgPool;
 
+use crate::auth::Authenticator;
 use crate::error::{ApiResult, DomainProblem};
 use crate::extract::CommandContext;
 use crate::hardening::Guards;
-use crate::routes::feed::FeedSettings;
-use crate::settings::Settings;
+use crate::idempotency::{IdempotencyGate, IdempotentRequest};
+use crate::settings::{FeedSettings, Settings};
 
 /// How long a command waits for the read models to show its effect before answering.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,7 +54,9 @@ pub struct App {
     /// Idempotency keys and the responses stored under them.
     pub idempotency: IdempotencyStore,
     /// Rate limits, brute-force protection and the other request limits.
-    pub guards: Guards,
+    pub guards: Arc<Guards>,
+    /// Finds the caller of a request by its key.
+    pub authenticator: Authenticator,
     /// The live feed's shared tailer.
     pub feed: Feed,
     /// How the live feed's endpoints pace heartbeats.
@@ -77,7 +83,10 @@ impl App {
             .relay
             .clone()
             .map(|relay| Relay::spawn(pool.clone(), relay, projections.wake_signal()));
+        let guards = Arc::new(Guards::new(&settings.security));
         App {
+            authenticator: Authenticator::new(pool.clone(), guards.clone()),
+            guards,
             pool,
             prompts: store.aggregates(()),
             categories: store.aggregates(()),
@@ -86,7 +95,6 @@ impl App {
             read_records: store.aggregates(()),
             projections,
             idempotency,
-            guards: Guards::new(&settings.security),
             feed,
             feed_settings: settings.feed.clone(),
             relay,
@@ -108,7 +116,7 @@ impl App {
         A::Error: DomainProblem,
     {
         let run = store.execute(aggregate_id, command, context.expected_version, &context.metadata);
-        let committed = crate::idempotency::apply_once(store, context.idempotency.as_ref(), run).await?;
+        let committed = apply_once(store, context.idempotency.as_ref(), run).await?;
         Ok(self.settle(A::TYPE, committed).await)
     }
 
@@ -126,8 +134,16 @@ impl App {
         A::Error: DomainProblem,
     {
         let run = store.create(aggregate_id, command, &context.metadata);
-        let committed = crate::idempotency::apply_once(store, context.idempotency.as_ref(), run).await?;
+        let committed = apply_once(store, context.idempotency.as_ref(), run).await?;
         Ok(self.settle(A::TYPE, committed).await)
+    }
+
+    /// What the idempotency middleware works with.
+    pub fn idempotency_gate(&self) -> IdempotencyGate {
+        IdempotencyGate {
+            store: self.idempotency.clone(),
+            authenticator: self.authenticator.clone(),
+        }
     }
 
     /// Waits until every projection of `aggregate_type` has applied the command's events.
@@ -142,5 +158,42 @@ impl App {
             }
         }
         committed
+    }
+}
+
+impl FromRef<AppState> for Authenticator {
+    fn from_ref(state: &AppState) -> Self {
+        state.authenticator.clone()
+    }
+}
+
+/// Runs a command once per idempotency key: for a keyed request whose key an earlier attempt
+/// may have committed under, returns that attempt's result instead of running `command`
+/// again. Without a key, just runs it.
+async fn apply_once<A>(
+    store: &AggregateStore<A>,
+    request: Option<&IdempotentRequest>,
+    command: impl Future<Output = Result<Committed<A::Event>, CommandError<A::Error>>>,
+) -> ApiResult<Committed<A::Event>>
+where
+    A: Governed + 'static,
+    A::Command: Clone,
+    A::Error: DomainProblem,
+{
+    let Some(request) = request else {
+        return Ok(command.await?);
+    };
+    if request.attempt.resumed {
+        if let Some(committed) = store.recorded(&request.scope).await? {
+            return Ok(committed);
+        }
+    }
+    match command.await {
+        Ok(committed) => Ok(committed),
+        // An attempt that overlapped this one may have committed first; its result wins.
+        Err(error) => match store.recorded(&request.scope).await {
+            Ok(Some(committed)) => Ok(committed),
+            _ => Err(error.into()),
+        },
     }
 }

@@ -1,5 +1,7 @@
 //! The `aipm` command line. Configuration comes from flags or the environment, with
-//! defaults that work against the local PostgreSQL.
+//! defaults that work against the local PostgreSQL. [`audit`]: `aipm audit verify`.
+
+pub mod audit;
 
 use std::process::ExitCode;
 
@@ -76,12 +78,12 @@ pub struct ServeArgs {
     #[arg(long, env = "AIPM_DB_CONNECTIONS", default_value_t = 48)]
     pub db_connections: u32,
     /// How long an Idempotency-Key is remembered (e.g. 24h, 90m, 3600).
-    #[arg(long, env = "AIPM_IDEMPOTENCY_TTL", default_value = "24h", value_parser = crate::idempotency::parse_duration)]
+    #[arg(long, env = "AIPM_IDEMPOTENCY_TTL", default_value = "24h", value_parser = crate::settings::idempotency::parse_duration)]
     pub idempotency_ttl: std::time::Duration,
     #[command(flatten)]
-    pub security: crate::hardening::SecurityArgs,
+    pub security: crate::settings::SecurityArgs,
     #[command(flatten)]
-    pub feed: crate::routes::feed::FeedSettings,
+    pub feed: crate::settings::FeedSettings,
     /// JetStream stream the event feed is published to.
     #[arg(long, env = "AIPM_NATS_STREAM", default_value = projections::relay::DEFAULT_STREAM)]
     pub nats_stream: String,
@@ -257,7 +259,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let pool = db::connect(&cli.database_url, 4)
                 .await
                 .map_err(|e| e.to_string())?;
-            let report = crate::audit_cli::verify(&pool, tenant.as_deref()).await?;
+            let report = audit::verify(&pool, tenant.as_deref()).await?;
             print!("{report}");
             Ok(())
         }
@@ -345,10 +347,7 @@ async fn publish(pool: &PgPool) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
     }
-    sqlx::query("select pg_notify($1, '')")
-        .bind(projections::runner::NOTIFY_CHANNEL)
-        .execute(pool)
+    projections::runner::announce_appends(pool)
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
+        .map_err(|e| e.to_string())
 }

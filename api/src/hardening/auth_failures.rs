@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use domain::access::RateLimit;
 
-use super::settings::SecuritySettings;
 use super::token_bucket::KeyedBuckets;
 use crate::error::ApiError;
+use crate::settings::SecuritySettings;
 
 /// Why a request did not authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

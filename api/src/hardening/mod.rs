@@ -2,7 +2,8 @@
 //! protection of authentication, body limits, request timeouts, shedding of load beyond
 //! capacity, CORS and security headers.
 //!
-//! - [`settings`]: what is configurable, and the `aipm serve` flags for it.
+//! What is configurable lives in [`crate::settings::security`].
+//!
 //! - [`token_bucket`]: the in-memory, bounded buckets the limiters share.
 //! - [`rate_limit`]: per-key budgets and the `RateLimit-*` headers.
 //! - [`auth_failures`]: failed authentications per client address.
@@ -16,7 +17,6 @@ pub mod auth_failures;
 pub mod headers;
 pub mod overload;
 pub mod rate_limit;
-pub mod settings;
 pub mod token_bucket;
 
 use std::sync::Arc;
@@ -27,10 +27,11 @@ use axum::http::{header, HeaderName, Method};
 use axum::{Extension, Router};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::settings::SecuritySettings;
+
 pub use auth_failures::{AuthFailure, AuthFailureLimiter};
 pub use overload::StreamPermit;
 pub use rate_limit::{RateLimitSlot, RateLimiter, RouteBudget};
-pub use settings::{SecurityArgs, SecuritySettings};
 
 /// The largest body the route accepts, for the 413 problem to name.
 #[derive(Debug, Clone, Copy)]
@@ -130,63 +131,4 @@ fn cors(origins: &[axum::http::HeaderValue]) -> Option<CorsLayer> {
             ])
             .max_age(Duration::from_secs(600)),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::body::Body;
-    use axum::extract::Request;
-    use axum::http::StatusCode;
-    use axum::routing::post;
-    use tower::ServiceExt;
-
-    use crate::extract::ApiJson;
-
-    async fn post_bytes(app: &Router, path: &str, size: usize) -> (StatusCode, serde_json::Value) {
-        let body = serde_json::to_vec(&serde_json::json!({ "data": "x".repeat(size) })).unwrap();
-        let request = Request::builder()
-            .method("POST")
-            .uri(path)
-            .header("content-type", "application/json")
-            .body(Body::from(body))
-            .unwrap();
-        let response = app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or_default())
-    }
-
-    #[tokio::test]
-    async fn ingestion_routes_take_larger_bodies_than_command_routes() {
-        let settings = SecuritySettings {
-            body_limit: 1_000,
-            ingest_body_limit: 10_000,
-            ..SecuritySettings::default()
-        };
-        let guards = Guards::new(&settings);
-        let echo = || post(|ApiJson(value): ApiJson<serde_json::Value>| async move { axum::Json(value) });
-        let routes = Router::new().route("/v1/prompts", echo()).merge(ingestion_routes(
-            Router::new().route("/v1/usage", echo()),
-            &settings,
-        ));
-        let app = protect(routes, &guards);
-
-        let (status, problem) = post_bytes(&app, "/v1/prompts", 5_000).await;
-        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(problem["type"], "/problems/payload-too-large");
-        assert!(
-            problem["detail"].as_str().unwrap().contains("1000 bytes"),
-            "{problem}"
-        );
-        assert_eq!(post_bytes(&app, "/v1/usage", 5_000).await.0, StatusCode::OK);
-        let (status, problem) = post_bytes(&app, "/v1/usage", 20_000).await;
-        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-        assert!(
-            problem["detail"].as_str().unwrap().contains("10000 bytes"),
-            "{problem}"
-        );
-    }
 }

@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::settings::SecuritySettings;
 use crate::error::ApiError;
+use crate::settings::SecuritySettings;
 
 /// Paths under this prefix are long-lived event streams.
 pub const STREAM_PREFIX: &str = "/v1/events/";

@@ -18,8 +18,8 @@ use axum::response::Response;
 use domain::access::RateLimit;
 use uuid::Uuid;
 
-use super::settings::SecuritySettings;
 use super::token_bucket::{KeyedBuckets, Outcome};
+use crate::settings::SecuritySettings;
 
 /// Which budget a route draws on. Ingestion routes set [`RouteBudget::Ingestion`] through
 /// [`super::ingestion_routes`]; every other route uses the standard one.

@@ -15,12 +15,13 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use domain::access::Permission;
 use domain::audit::{ReadRecord, ReadRecordCommand};
+use domain::fields::AllValid;
 use domain::position::GlobalCursor;
-use futures::StreamExt;
-use projections::audit::{self, ChainedEntry, ENTRY_COLUMNS, ENTRY_FIELDS};
+use domain::text::InvalidText;
+use projections::audit::queries::{self as entries, AuditFilter};
+use projections::audit::{self, ChainedEntry, ENTRY_FIELDS};
 use serde::Deserialize;
 use serde_json::json;
-use sqlx::{Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -29,7 +30,7 @@ use uuid::Uuid;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, CommandContext};
 use crate::openapi::ValidationFailed;
-use crate::routes::{page_size, parse_instant, Checks};
+use crate::routes::{page_size, parse_instant};
 use crate::state::AppState;
 
 /// How long a read of the audit log waits for the audit projection to reach the moment of
@@ -202,74 +203,87 @@ enum Format {
     Csv,
 }
 
-/// The checked filters of a listing.
-struct Filters {
-    actor: Option<String>,
-    aggregate_type: Option<String>,
-    aggregate_id: Option<String>,
-    event_type: Option<String>,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-    request_id: Option<String>,
-    after: Option<i64>,
+/// The checked request of a listing: which entries, how many, in which format.
+struct Listing {
+    filter: AuditFilter,
     limit: Option<i64>,
     format: Format,
 }
 
-impl Filters {
-    fn parse(query: AuditQuery, headers: &HeaderMap) -> ApiResult<Self> {
-        let mut checks = Checks::default();
-        let mut text = |field: &str, value: Option<String>| match value {
-            Some(value) if value.is_empty() || value.chars().count() > MAX_FILTER_CHARS => {
-                checks.fail(field, format!("must be 1 to {MAX_FILTER_CHARS} characters"));
-                None
-            }
-            value => value,
-        };
-        let actor = text("actor", query.actor);
-        let aggregate_type = text("aggregate_type", query.aggregate_type);
-        let aggregate_id = text("aggregate_id", query.aggregate_id);
-        let event_type = text("event_type", query.event_type);
-        let request_id = text("request_id", query.request_id);
-        let mut time = |field: &str, value: Option<String>| checks.check(parse_instant(field, &value?));
-        let from = time("from", query.from);
-        let to = time("to", query.to);
-        if let (Some(from), Some(to)) = (from, to) {
-            if from > to {
-                checks.fail("to", "must not be before from");
-            }
+/// A text filter: 1 to [`MAX_FILTER_CHARS`] characters when given.
+fn filter_text(field: &'static str, value: Option<String>) -> Result<Option<String>, InvalidText> {
+    match value {
+        Some(value) if value.is_empty() || value.chars().count() > MAX_FILTER_CHARS => Err(InvalidText::new(
+            field,
+            format!("must be 1 to {MAX_FILTER_CHARS} characters"),
+        )),
+        value => Ok(value),
+    }
+}
+
+type Range = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// `from` and `to`, each an instant when given, `to` not before `from`.
+fn time_range(from: Option<String>, to: Option<String>) -> Result<Range, domain::fields::Invalid> {
+    let instant = |field, value: Option<String>| value.map(|text| parse_instant(field, &text)).transpose();
+    let (from, to) = (instant("from", from), instant("to", to)).all_valid()?;
+    if let (Some(from), Some(to)) = (from, to) {
+        if from > to {
+            return Err(InvalidText::new("to", "must not be before from").into());
         }
-        let after = match query.cursor.as_deref().map(str::parse::<i64>) {
-            None => None,
-            Some(Ok(sequence)) if sequence >= 0 => Some(sequence),
-            Some(_) => {
-                checks.fail("cursor", "must be the next_cursor of a previous page");
-                None
-            }
-        };
-        let format = match (query.format.as_deref(), accepted(headers)) {
-            (Some("json"), _) | (None, None) => Format::Page,
-            (Some("ndjson"), _) | (None, Some(Format::Ndjson)) => Format::Ndjson,
-            (Some("csv"), _) | (None, Some(Format::Csv)) => Format::Csv,
-            (None, Some(Format::Page)) => Format::Page,
-            (Some(_), _) => {
-                checks.fail("format", "must be json, ndjson or csv");
-                Format::Page
-            }
-        };
-        let limit = match format {
-            Format::Page => checks.check(page_size(query.limit, 100, 1_000)),
-            // A download is the whole filtered range unless limited.
-            _ => match query.limit {
-                Some(limit) if limit < 1 => {
-                    checks.fail("limit", "must be at least 1");
-                    None
-                }
-                limit => limit,
-            },
-        };
-        checks.finish()?;
-        Ok(Self {
+    }
+    Ok((from, to))
+}
+
+fn chain_cursor(cursor: Option<&str>) -> Result<Option<i64>, InvalidText> {
+    match cursor.map(str::parse::<i64>) {
+        None => Ok(None),
+        Some(Ok(sequence)) if sequence >= 0 => Ok(Some(sequence)),
+        Some(_) => Err(InvalidText::new(
+            "cursor",
+            "must be the next_cursor of a previous page",
+        )),
+    }
+}
+
+fn download_format(format: Option<&str>, headers: &HeaderMap) -> Result<Format, InvalidText> {
+    match (format, accepted(headers)) {
+        (Some("json"), _) | (None, None) => Ok(Format::Page),
+        (Some("ndjson"), _) | (None, Some(Format::Ndjson)) => Ok(Format::Ndjson),
+        (Some("csv"), _) | (None, Some(Format::Csv)) => Ok(Format::Csv),
+        (None, Some(Format::Page)) => Ok(Format::Page),
+        (Some(_), _) => Err(InvalidText::new("format", "must be json, ndjson or csv")),
+    }
+}
+
+/// A page's size (default 100, at most 1000); a download is the whole range unless limited.
+fn listing_limit(format: Format, limit: Option<i64>) -> Result<Option<i64>, InvalidText> {
+    match (format, limit) {
+        (Format::Page, limit) => page_size(limit, 100, 1_000).map(Some),
+        (_, Some(limit)) if limit < 1 => Err(InvalidText::new("limit", "must be at least 1")),
+        (_, limit) => Ok(limit),
+    }
+}
+
+impl Listing {
+    fn parse(query: AuditQuery, headers: &HeaderMap) -> ApiResult<Self> {
+        let format = download_format(query.format.as_deref(), headers);
+        // An unknown format is reported; the limit is then checked as a page's.
+        let limit = listing_limit(*format.as_ref().unwrap_or(&Format::Page), query.limit);
+        let (actor, aggregate_type, aggregate_id, event_type, request_id, (from, to), after, format, limit) =
+            (
+                filter_text("actor", query.actor),
+                filter_text("aggregate_type", query.aggregate_type),
+                filter_text("aggregate_id", query.aggregate_id),
+                filter_text("event_type", query.event_type),
+                filter_text("request_id", query.request_id),
+                time_range(query.from, query.to),
+                chain_cursor(query.cursor.as_deref()),
+                format,
+                limit,
+            )
+                .all_valid()?;
+        let filter = AuditFilter {
             actor,
             aggregate_type,
             aggregate_id,
@@ -278,27 +292,31 @@ impl Filters {
             to,
             request_id,
             after,
+        };
+        Ok(Self {
+            filter,
             limit,
             format,
         })
     }
 
-    /// The filters as the reader gave them, for the record of the read.
+    /// The request as the reader gave it, for the record of the read.
     fn described(&self) -> BTreeMap<String, String> {
+        let filter = &self.filter;
         let mut described = BTreeMap::new();
         let mut put = |name: &str, value: Option<String>| {
             if let Some(value) = value {
                 described.insert(name.to_string(), value);
             }
         };
-        put("actor", self.actor.clone());
-        put("aggregate_type", self.aggregate_type.clone());
-        put("aggregate_id", self.aggregate_id.clone());
-        put("event_type", self.event_type.clone());
-        put("from", self.from.map(audit::format_time));
-        put("to", self.to.map(audit::format_time));
-        put("request_id", self.request_id.clone());
-        put("cursor", self.after.map(|a| a.to_string()));
+        put("actor", filter.actor.clone());
+        put("aggregate_type", filter.aggregate_type.clone());
+        put("aggregate_id", filter.aggregate_id.clone());
+        put("event_type", filter.event_type.clone());
+        put("from", filter.from.map(audit::format_time));
+        put("to", filter.to.map(audit::format_time));
+        put("request_id", filter.request_id.clone());
+        put("cursor", filter.after.map(|a| a.to_string()));
         put("limit", self.limit.map(|l| l.to_string()));
         let format = match self.format {
             Format::Page => "json",
@@ -307,51 +325,6 @@ impl Filters {
         };
         put("format", Some(format.to_string()));
         described
-    }
-
-    /// The query for `tenant`'s entries that match, in chain order. Only the filters given
-    /// become conditions, so that PostgreSQL plans each combination with its index.
-    fn query(&self, tenant: &str, limit: Option<i64>) -> QueryBuilder<'static, Postgres> {
-        let mut query = QueryBuilder::new(format!(
-            "select {ENTRY_COLUMNS} from audit_entry where tenant_id = "
-        ));
-        query.push_bind(tenant.to_string());
-        if let Some(actor) = &self.actor {
-            query.push(" and (actor_key_id = ");
-            query.push_bind(actor.clone());
-            query.push(" or actor_name = ");
-            query.push_bind(actor.clone());
-            query.push(")");
-        }
-        for (column, value) in [
-            ("aggregate_type", &self.aggregate_type),
-            ("aggregate_id", &self.aggregate_id),
-            ("event_type", &self.event_type),
-            ("request_id", &self.request_id),
-        ] {
-            if let Some(value) = value {
-                query.push(format!(" and {column} = "));
-                query.push_bind(value.clone());
-            }
-        }
-        if let Some(from) = self.from {
-            query.push(" and recorded_at >= ");
-            query.push_bind(from);
-        }
-        if let Some(to) = self.to {
-            query.push(" and recorded_at < ");
-            query.push_bind(to);
-        }
-        if let Some(after) = self.after {
-            query.push(" and chain_seq > ");
-            query.push_bind(after);
-        }
-        query.push(" order by chain_seq");
-        if let Some(limit) = limit {
-            query.push(" limit ");
-            query.push_bind(limit);
-        }
-        query
     }
 }
 
@@ -389,48 +362,36 @@ async fn list_audit(
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> ApiResult<Response> {
     context.caller.require(Permission::ReadAudit)?;
-    let filters = Filters::parse(query, &headers)?;
-    let recorded = record_read(&app, &context, "audit_log", filters.described()).await?;
+    let listing = Listing::parse(query, &headers)?;
+    let recorded = record_read(&app, &context, "audit_log", listing.described()).await?;
     catch_up(&app, recorded).await;
-    let tenant = context.caller.tenant.clone();
-    if filters.format != Format::Page {
-        return Ok(download(&app, &tenant, &filters));
+    let tenant = &context.caller.tenant;
+    if listing.format != Format::Page {
+        return Ok(download(&app, tenant, &listing));
     }
-    let limit = filters.limit.unwrap_or(100);
-    let mut entries: Vec<ChainedEntry> = filters
-        .query(&tenant, Some(limit + 1))
-        .build_query_as()
-        .fetch_all(&app.pool)
-        .await?;
-    let next_cursor = if entries.len() as i64 > limit {
-        entries.truncate(limit as usize);
-        entries.last().map(|e| e.entry.sequence)
-    } else {
-        None
-    };
-    let items: Vec<serde_json::Value> = entries.iter().map(ChainedEntry::to_json).collect();
-    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })).into_response())
+    let limit = listing.limit.unwrap_or(100);
+    let page = entries::page(&app.pool, tenant, &listing.filter, limit).await?;
+    let items: Vec<serde_json::Value> = page.items.iter().map(ChainedEntry::to_json).collect();
+    Ok(Json(json!({ "items": items, "next_cursor": page.next_cursor })).into_response())
 }
 
 /// Streams the filtered range as NDJSON or CSV. Rows go from the database cursor to the
 /// client in chunks through a small buffer, so memory stays flat whatever the range. A
 /// database failure mid-way aborts the response, so a cut-off download never looks whole.
-fn download(app: &AppState, tenant: &str, filters: &Filters) -> Response {
-    let (content_type, extension) = match filters.format {
+fn download(app: &AppState, tenant: &str, listing: &Listing) -> Response {
+    let (content_type, extension) = match listing.format {
         Format::Csv => ("text/csv; charset=utf-8", "csv"),
         _ => ("application/x-ndjson", "ndjson"),
     };
-    let csv = filters.format == Format::Csv;
-    let mut query = filters.query(tenant, filters.limit);
-    let pool = app.pool.clone();
+    let csv = listing.format == Format::Csv;
+    let mut rows = entries::stream(app.pool.clone(), tenant, &listing.filter, listing.limit);
     let (chunks, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(STREAM_BUFFER);
     tokio::spawn(async move {
-        let mut rows = query.build_query_as::<ChainedEntry>().fetch(&pool);
         let mut chunk = String::with_capacity(STREAM_CHUNK);
         if csv {
             projections::csv::push_record(&mut chunk, ENTRY_FIELDS.iter().map(|f| Some(*f)));
         }
-        while let Some(row) = rows.next().await {
+        while let Some(row) = rows.recv().await {
             match row {
                 Ok(entry) if csv => {
                     let fields = entry.csv_fields();

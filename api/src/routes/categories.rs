@@ -4,11 +4,11 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use chrono::{DateTime, Utc};
 use domain::access::Permission;
 use domain::category::CategoryCommand;
 use domain::text::DisplayName;
-use serde::{Deserialize, Serialize};
+use projections::catalog::queries::{self as catalog, CategoryView};
+use serde::Deserialize;
 use serde_json::json;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -27,19 +27,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_category, rename_category, delete_category))
 }
 
-/// A category of prompts.
-#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
-struct CategoryView {
-    id: Uuid,
-    name: String,
-    /// Prompts in the category; it can be deleted only when this is 0.
-    prompt_count: i64,
-    /// The category's version, also sent as `ETag`.
-    version: i64,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
 /// The tenant's categories, by name.
 #[derive(ToSchema)]
 #[allow(dead_code)] // describes the JSON `list_categories` builds
@@ -48,15 +35,9 @@ struct CategoryList {
 }
 
 async fn read_category(app: &AppState, tenant: &str, id: Uuid) -> ApiResult<CategoryView> {
-    sqlx::query_as(
-        "select category_id as id, name, prompt_count, version, created_at, updated_at
-         from prompt_category where category_id = $1 and tenant_id = $2",
-    )
-    .bind(id)
-    .bind(tenant)
-    .fetch_optional(&app.pool)
-    .await?
-    .ok_or(ApiError::NotFound("category"))
+    catalog::category(&app.pool, tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound("category"))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -119,13 +100,7 @@ async fn create_category(
 )]
 async fn list_categories(State(app): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
     caller.require(Permission::Read)?;
-    let items: Vec<CategoryView> = sqlx::query_as(
-        "select category_id as id, name, prompt_count, version, created_at, updated_at
-         from prompt_category where tenant_id = $1 order by lower(name), category_id",
-    )
-    .bind(&caller.tenant)
-    .fetch_all(&app.pool)
-    .await?;
+    let items = catalog::categories(&app.pool, &caller.tenant).await?;
     Ok(Json(json!({ "items": items })))
 }
 

@@ -15,7 +15,13 @@ use utoipa_swagger_ui::Config;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiPath;
+use crate::openapi::NotFound;
 use crate::state::AppState;
+
+/// The docs routes' part of the document (they are served outside the documented router).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(openapi_json, docs_page, docs_index, docs_asset))]
+pub struct DocsApi;
 
 /// Where the document is served.
 pub const OPENAPI_PATH: &str = "/openapi.json";
@@ -109,7 +115,7 @@ pub(crate) async fn docs_index(State(docs): State<Arc<Docs>>) -> ApiResult<impl 
     responses(
         (status = 200, description = "The file", content(
             ("text/html"), ("text/css"), ("text/javascript"), ("image/png"), ("application/octet-stream"))),
-        (status = 404, response = crate::openapi::NotFound),
+        (status = 404, response = NotFound),
     )
 )]
 pub(crate) async fn docs_asset(
@@ -127,4 +133,26 @@ fn swagger_file(docs: &Docs, name: &str) -> ApiResult<impl IntoResponse + use<>>
         [(header::CONTENT_TYPE, file.content_type)],
         file.bytes.into_owned(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::OpenApi as _;
+
+    use super::*;
+    use crate::openapi::{base, finish, BEARER};
+
+    #[test]
+    fn public_operations_state_that_they_need_no_key() {
+        let mut document = base();
+        document.merge(DocsApi::openapi());
+        let document = serde_json::to_value(finish(document)).unwrap();
+        let docs_page = &document["paths"]["/docs"]["get"];
+        assert_eq!(docs_page["security"], serde_json::json!([]));
+        assert!(docs_page["responses"].get("401").is_none());
+        assert_eq!(
+            document["components"]["securitySchemes"][BEARER]["scheme"],
+            "bearer"
+        );
+    }
 }

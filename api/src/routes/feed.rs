@@ -18,7 +18,9 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use domain::access::Permission;
+use domain::fields::AllValid;
 use domain::position::GlobalCursor;
+use domain::text::InvalidText;
 use projections::feed::{FeedError, FeedItem, Filter, Subscription};
 use serde::Deserialize;
 use serde_json::json;
@@ -30,14 +32,8 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiQuery;
 use crate::openapi::{MalformedRequest, ValidationFailed};
-use crate::routes::Checks;
 use crate::state::AppState;
 
-/// Default for [`FeedSettings::buffer`].
-pub const DEFAULT_BUFFER: usize = 4_096;
-/// Default for [`FeedSettings::heartbeat_ms`].
-pub const DEFAULT_HEARTBEAT_MS: u64 = 15_000;
-pub const DEFAULT_MAX_LAG_MS: u64 = 60_000;
 /// The SSE `event:` name of every feed message. One fixed name, so that a browser needs
 /// one listener for all event types; the type itself is the CloudEvents `type`.
 pub const SSE_EVENT_NAME: &str = "cloudevent";
@@ -48,57 +44,6 @@ const MAX_FILTER_NAME: usize = 128;
 /// Largest message a WebSocket client may send; the feed is one-way, so only control
 /// frames are expected.
 const MAX_CLIENT_MESSAGE: usize = 4_096;
-
-/// The live feed's configuration (part of [`crate::Settings`], and flags of `aipm serve`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct FeedSettings {
-    /// Events the live feed holds for subscribers that are behind. A subscriber that falls
-    /// further behind is disconnected and told where to resume. Memory: this many events.
-    #[arg(
-        long = "feed-buffer",
-        env = "AIPM_FEED_BUFFER",
-        default_value_t = DEFAULT_BUFFER,
-        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_048_576)
-    )]
-    pub buffer: usize,
-    /// Milliseconds between keep-alive comments (SSE) and pings (WebSocket) on the feed.
-    #[arg(
-        long = "feed-heartbeat-ms",
-        env = "AIPM_FEED_HEARTBEAT_MS",
-        default_value_t = DEFAULT_HEARTBEAT_MS,
-        value_parser = clap::value_parser!(u64).range(10..=3_600_000)
-    )]
-    pub heartbeat_ms: u64,
-    /// How old the events a subscriber that fell behind the live buffer is catching up on
-    /// may be before it is disconnected as too slow.
-    #[arg(
-        long = "feed-max-lag-ms",
-        env = "AIPM_FEED_MAX_LAG_MS",
-        default_value_t = DEFAULT_MAX_LAG_MS,
-        value_parser = clap::value_parser!(u64).range(1..=86_400_000)
-    )]
-    pub max_lag_ms: u64,
-}
-
-impl Default for FeedSettings {
-    fn default() -> Self {
-        Self {
-            buffer: DEFAULT_BUFFER,
-            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
-            max_lag_ms: DEFAULT_MAX_LAG_MS,
-        }
-    }
-}
-
-impl FeedSettings {
-    pub fn heartbeat(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_ms)
-    }
-
-    pub fn max_lag(&self) -> Duration {
-        Duration::from_millis(self.max_lag_ms)
-    }
-}
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -351,12 +296,13 @@ fn parse_request(
     query: FeedQuery,
     last_event_id: Option<&str>,
 ) -> Result<(Filter, GlobalCursor), ApiError> {
-    let mut checks = Checks::default();
-    let aggregate_types = parse_names(&mut checks, "aggregate_type", query.aggregate_type);
-    let event_types = parse_names(&mut checks, "event_type", query.event_type);
-    let from = parse_cursor(&mut checks, "from", query.from.as_deref());
-    let last_event_id = parse_cursor(&mut checks, "Last-Event-ID", last_event_id);
-    checks.finish()?;
+    let (aggregate_types, event_types, from, last_event_id) = (
+        parse_names("aggregate_type", query.aggregate_type),
+        parse_names("event_type", query.event_type),
+        parse_cursor("from", query.from.as_deref()),
+        parse_cursor("Last-Event-ID", last_event_id),
+    )
+        .all_valid()?;
     let filter = Filter {
         tenant_id: caller.tenant.clone(),
         aggregate_types,
@@ -365,27 +311,27 @@ fn parse_request(
     Ok((filter, last_event_id.or(from).unwrap_or(GlobalCursor::START)))
 }
 
-fn parse_cursor(checks: &mut Checks, field: &str, value: Option<&str>) -> Option<GlobalCursor> {
-    let value = value?.trim();
-    if value.is_empty() {
-        return None;
-    }
-    match value.parse::<GlobalCursor>() {
-        Ok(cursor) => Some(cursor),
-        Err(message) => {
-            checks.fail(field, message);
-            None
-        }
-    }
+fn parse_cursor(field: &'static str, value: Option<&str>) -> Result<Option<GlobalCursor>, InvalidText> {
+    let Some(value) = value.map(str::trim).filter(|value| !value.is_empty()) else {
+        return Ok(None);
+    };
+    value
+        .parse::<GlobalCursor>()
+        .map(Some)
+        .map_err(|message| InvalidText::new(field, message))
 }
 
 /// A comma-separated list of type names; `None` when absent.
-fn parse_names(checks: &mut Checks, field: &str, value: Option<String>) -> Option<Vec<String>> {
-    let value = value?;
+fn parse_names(field: &'static str, value: Option<String>) -> Result<Option<Vec<String>>, InvalidText> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
     let names: Vec<String> = value.split(',').map(|name| name.trim().to_string()).collect();
     if names.len() > MAX_FILTER_ITEMS {
-        checks.fail(field, format!("at most {MAX_FILTER_ITEMS} names"));
-        return None;
+        return Err(InvalidText::new(
+            field,
+            format!("at most {MAX_FILTER_ITEMS} names"),
+        ));
     }
     let valid = |name: &String| {
         !name.is_empty()
@@ -395,26 +341,23 @@ fn parse_names(checks: &mut Checks, field: &str, value: Option<String>) -> Optio
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
     };
     if let Some(bad) = names.iter().find(|name| !valid(name)) {
-        checks.fail(
+        return Err(InvalidText::new(
             field,
             format!(
                 "{bad:?} is not a type name: use letters, digits, '_', '-' or '.', \
                  at most {MAX_FILTER_NAME} characters, names separated by commas"
             ),
-        );
-        return None;
+        ));
     }
-    Some(names)
+    Ok(Some(names))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(names: &str) -> Result<Option<Vec<String>>, ApiError> {
-        let mut checks = Checks::default();
-        let parsed = parse_names(&mut checks, "event_type", Some(names.to_string()));
-        checks.finish().map(|()| parsed)
+    fn parse(names: &str) -> Result<Option<Vec<String>>, InvalidText> {
+        parse_names("event_type", Some(names.to_string()))
     }
 
     #[test]

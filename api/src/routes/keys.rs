@@ -4,10 +4,10 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
-use chrono::{DateTime, Utc};
 use domain::access::{ApiKeyCommand, ApiKeyEvent, Permission, Role};
 use domain::text::DisplayName;
-use serde::{Deserialize, Serialize};
+use projections::access::queries::{self as access, KeyView, RoleName};
+use serde::Deserialize;
 use serde_json::json;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -18,40 +18,13 @@ use crate::auth::generate_key;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ChangeHeaders, CommandContext, CreateHeaders};
 use crate::idempotency::ReplayAs;
-use crate::openapi::{Conflict, NameText, NotFound, ReasonText, RoleName, ValidationFailed};
+use crate::openapi::{Conflict, NameText, NotFound, ReasonText, ValidationFailed};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_key, list_keys))
         .routes(routes!(revoke_key))
-}
-
-/// An API key, without its secret.
-#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
-pub(crate) struct KeyView {
-    id: Uuid,
-    name: String,
-    #[schema(value_type = RoleName)]
-    role: String,
-    /// The first characters of the key, to recognise it by.
-    #[schema(example = "aipm_1a2b3c4d")]
-    prefix: String,
-    created_at: DateTime<Utc>,
-    /// The name of the key that issued it.
-    created_by: String,
-    revoked_at: Option<DateTime<Utc>>,
-    /// The key's own rate limit (`requests_per_second`, `burst`); `null`: the default.
-    #[schema(value_type = Option<KeyRateLimit>)]
-    rate_limit: Option<sqlx::types::Json<serde_json::Value>>,
-}
-
-/// A key's own rate limit.
-#[derive(ToSchema)]
-#[allow(dead_code)] // describes the JSON the access projection stores
-struct KeyRateLimit {
-    requests_per_second: f64,
-    burst: u32,
 }
 
 /// A newly issued key: `key` is the secret, shown in this response and nowhere else.
@@ -70,18 +43,9 @@ struct KeyList {
     items: Vec<KeyView>,
 }
 
-const KEY_COLUMNS: &str =
-    "key_id as id, name, role, key_prefix as prefix, created_at, created_by, revoked_at,
-     case when rate_limit_per_second is null then null
-          else json_build_object('requests_per_second', rate_limit_per_second, 'burst', rate_limit_burst) end as rate_limit";
-
 /// One key of `tenant`, as listed.
 pub(crate) async fn key_view(app: &AppState, id: Uuid, tenant: &str) -> ApiResult<KeyView> {
-    let sql = format!("select {KEY_COLUMNS} from api_key where key_id = $1 and tenant_id = $2");
-    sqlx::query_as(&sql)
-        .bind(id)
-        .bind(tenant)
-        .fetch_optional(&app.pool)
+    access::key(&app.pool, tenant, id)
         .await?
         .ok_or(ApiError::NotFound("API key"))
 }
@@ -169,11 +133,7 @@ async fn list_keys(State(app): State<AppState>, context: CommandContext) -> ApiR
     let caller = &context.caller;
     caller.require(Permission::ManageKeys)?;
     crate::routes::audit::record_read(&app, &context, "api_keys", Default::default()).await?;
-    let sql = format!("select {KEY_COLUMNS} from api_key where tenant_id = $1 order by key_id");
-    let items: Vec<KeyView> = sqlx::query_as(&sql)
-        .bind(&caller.tenant)
-        .fetch_all(&app.pool)
-        .await?;
+    let items = access::keys(&app.pool, &caller.tenant).await?;
     Ok(Json(json!({ "items": items })))
 }
 

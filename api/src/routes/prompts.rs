@@ -1,17 +1,24 @@
 //! Prompts, their versions and labels.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, Utc};
+use commands::Committed;
+use cqrs_es::Aggregate;
 use domain::access::Permission;
-use domain::prompt::{parse_model, parse_note, Prompt, PromptCommand, PromptEvent, Template};
-use domain::text::{DisplayName, Slug};
+use domain::fields::AllValid;
+use domain::prompt::diff::{VersionContent, VersionDiff};
+use domain::prompt::{
+    parse_model, parse_note, parse_params, parse_tags, Prompt, PromptCommand, PromptEvent, Template,
+    MAX_DESCRIPTION_CHARS, MAX_MESSAGE_CHARS,
+};
+use domain::text::{DisplayName, InvalidText, Slug};
+use projections::catalog::queries::{self as catalog, PromptFilter, PromptView, Resolved, VersionView};
+use projections::history;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -23,11 +30,11 @@ use crate::extract::{etag, ApiJson, ApiPath, ApiQuery, ChangeHeaders, CommandCon
 use crate::openapi::{
     Conflict, JsonObject, NameText, NotFound, NoteText, ReasonText, SlugText, ValidationFailed,
 };
-use crate::routes::{page_size, Checks};
+use crate::routes::{page_size, parse_instant};
 use crate::state::AppState;
 
-const MAX_DESCRIPTION_CHARS: usize = 2_000;
-const MAX_MESSAGE_CHARS: usize = 2_000;
+/// Longest substring a listing searches names for, in characters.
+const MAX_QUERY_CHARS: usize = 200;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -46,58 +53,40 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(history))
 }
 
-/// A prompt as the API shows it.
-#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
-pub struct PromptView {
-    id: Uuid,
-    name: String,
-    category: Option<Uuid>,
-    description: String,
-    tags: Vec<String>,
-    archived: bool,
-    /// The newest version's number (0: none published yet).
-    latest_version: i32,
-    /// Each label and the version it points at.
-    #[schema(value_type = BTreeMap<String, i32>, example = json!({"production": 2}))]
-    labels: Value,
-    /// The aggregate version, also sent as the `ETag`.
-    version: i64,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-const PROMPT_COLUMNS: &str = "prompt_id as id, name, category_id as category, description, tags, archived, \
-     latest_version, labels, version, created_at, updated_at";
-
-async fn read_prompt(app: &AppState, tenant: &str, id: Uuid) -> ApiResult<PromptView> {
-    let sql = format!("select {PROMPT_COLUMNS} from prompt where prompt_id = $1 and tenant_id = $2");
-    sqlx::query_as(&sql)
-        .bind(id)
-        .bind(tenant)
-        .fetch_optional(&app.pool)
-        .await?
-        .ok_or(ApiError::NotFound("prompt"))
-}
-
 fn respond(status: StatusCode, view: PromptView) -> impl IntoResponse {
     let location = [(header::LOCATION, format!("/v1/prompts/{}", view.id))];
     (status, etag(view.version as u64), location, Json(view))
 }
 
-async fn category_exists(app: &AppState, tenant: &str, category: Uuid) -> ApiResult<bool> {
-    let found: Option<i32> =
-        sqlx::query_scalar("select 1 from prompt_category where category_id = $1 and tenant_id = $2")
-            .bind(category)
-            .bind(tenant)
-            .fetch_optional(&app.pool)
-            .await?;
-    Ok(found.is_some())
+/// A prompt of the caller's tenant, from the catalogue.
+async fn read_prompt(app: &AppState, tenant: &str, id: Uuid) -> ApiResult<PromptView> {
+    catalog::prompt(&app.pool, tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound("prompt"))
 }
 
-fn parse_tags(checks: &mut Checks, tags: &[String]) -> BTreeSet<Slug> {
-    tags.iter()
-        .filter_map(|t| checks.check(Slug::parse("tags", t)))
-        .collect()
+/// A version of a prompt of the caller's tenant, from the catalogue.
+async fn read_version(app: &AppState, tenant: &str, id: Uuid, version: i32) -> ApiResult<VersionView> {
+    catalog::version(&app.pool, tenant, id, version)
+        .await?
+        .ok_or(ApiError::NotFound("version"))
+}
+
+/// Whether a category named in a request exists: `true` when none is named.
+async fn category_known(app: &AppState, tenant: &str, category: Option<Uuid>) -> ApiResult<bool> {
+    match category {
+        Some(category) => Ok(catalog::category_exists(&app.pool, tenant, category).await?),
+        None => Ok(true),
+    }
+}
+
+/// Refuses a category named in a request that the tenant does not have.
+fn category_must_exist(known: bool) -> Result<(), InvalidText> {
+    if known {
+        Ok(())
+    } else {
+        Err(InvalidText::new("category", "no such category"))
+    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -119,6 +108,25 @@ struct CreatePromptBody {
     reason: Option<String>,
 }
 
+impl CreatePromptBody {
+    fn into_command(self, tenant: &str, category_known: bool) -> Result<PromptCommand, ApiError> {
+        let (name, description, tags, ()) = (
+            DisplayName::parse("name", &self.name),
+            parse_note("description", &self.description, MAX_DESCRIPTION_CHARS),
+            parse_tags("tags", &self.tags),
+            category_must_exist(category_known),
+        )
+            .all_valid()?;
+        Ok(PromptCommand::CreatePrompt {
+            tenant: tenant.to_string(),
+            name,
+            category: self.category,
+            description,
+            tags,
+        })
+    }
+}
+
 /// `POST /v1/prompts`: create a prompt.
 #[utoipa::path(
     post,
@@ -137,69 +145,35 @@ struct CreatePromptBody {
 async fn create_prompt(
     State(app): State<AppState>,
     context: CommandContext,
-    ApiJson(body): ApiJson<CreatePromptBody>,
+    ApiJson(mut body): ApiJson<CreatePromptBody>,
 ) -> ApiResult<impl IntoResponse> {
     context.caller.require(Permission::Write)?;
-    let context = context.with_reason(body.reason)?;
-    let tenant = context.caller.tenant.clone();
-    let mut checks = Checks::default();
-    let name = checks.check(DisplayName::parse("name", &body.name));
-    let description = checks.check(parse_note(
-        "description",
-        &body.description,
-        MAX_DESCRIPTION_CHARS,
-    ));
-    let tags = parse_tags(&mut checks, &body.tags);
-    if let Some(category) = body.category {
-        if !category_exists(&app, &tenant, category).await? {
-            checks.fail("category", "no such category");
-        }
-    }
-    checks.finish()?;
-    let (Some(name), Some(description)) = (name, description) else {
-        return Err(ApiError::invalid("body", "invalid"));
-    };
+    let context = context.with_reason(body.reason.take())?;
+    let known = category_known(&app, &context.caller.tenant, body.category).await?;
+    let command = body.into_command(&context.caller.tenant, known)?;
     let id = context.new_id();
-    let command = PromptCommand::CreatePrompt {
-        tenant: tenant.clone(),
-        name,
-        category: body.category,
-        description,
-        tags,
-    };
     let committed = app
         .create(&app.prompts, &id.to_string(), command, &context)
         .await?;
-    // The new prompt is exactly what its one event says; no need to read it back.
-    let (
-        Some(PromptEvent::PromptCreated {
-            name,
-            category,
-            description,
-            tags,
-            ..
-        }),
-        Some(recorded_at),
-    ) = (committed.events.into_iter().next(), committed.recorded_at)
-    else {
-        return Err(ApiError::Internal(
-            "creating a prompt recorded no PromptCreated".into(),
-        ));
-    };
-    let view = PromptView {
+    Ok(respond(StatusCode::CREATED, created(id, committed)?))
+}
+
+/// The prompt a create committed: exactly what its events say, with no need to read it back.
+fn created(id: Uuid, committed: Committed<PromptEvent>) -> ApiResult<PromptView> {
+    let recorded_at = committed
+        .recorded_at
+        .ok_or_else(|| ApiError::Internal("creating a prompt recorded no event".into()))?;
+    let mut prompt = Prompt::default();
+    for event in committed.events {
+        prompt.apply(event);
+    }
+    Ok(PromptView::from_state(
         id,
-        name,
-        category,
-        description,
-        tags,
-        archived: false,
-        latest_version: 0,
-        labels: json!({}),
-        version: committed.version as i64,
-        created_at: recorded_at,
-        updated_at: recorded_at,
-    };
-    Ok(respond(StatusCode::CREATED, view))
+        prompt,
+        committed.version,
+        recorded_at,
+        recorded_at,
+    ))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -232,6 +206,30 @@ struct PromptPage {
     next_cursor: Option<Uuid>,
 }
 
+impl ListQuery {
+    fn into_filter(self) -> Result<PromptFilter, ApiError> {
+        let limit = page_size(self.limit, 50, 500)?;
+        if self
+            .q
+            .as_ref()
+            .is_some_and(|q| q.chars().count() > MAX_QUERY_CHARS)
+        {
+            return Err(ApiError::invalid(
+                "q",
+                format!("must be at most {MAX_QUERY_CHARS} characters"),
+            ));
+        }
+        Ok(PromptFilter {
+            category: self.category,
+            tag: self.tag,
+            archived: self.archived,
+            name_contains: self.q,
+            after: self.cursor,
+            limit,
+        })
+    }
+}
+
 /// `GET /v1/prompts`: list prompts, oldest first, with filters and cursor pagination.
 #[utoipa::path(
     get,
@@ -249,44 +247,8 @@ async fn list_prompts(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult<impl IntoResponse> {
     caller.require(Permission::Read)?;
-    let limit = page_size(query.limit, 50, 500)?;
-    if query.q.as_ref().is_some_and(|q| q.chars().count() > 200) {
-        return Err(ApiError::invalid("q", "must be at most 200 characters"));
-    }
-    let pattern = query.q.map(|q| {
-        format!(
-            "%{}%",
-            q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
-        )
-    });
-    let sql = format!(
-        "select {PROMPT_COLUMNS} from prompt
-         where tenant_id = $1
-           and ($2::uuid is null or category_id = $2)
-           and ($3::text is null or $3 = any(tags))
-           and ($4::bool is null or archived = $4)
-           and ($5::text is null or name ilike $5)
-           and ($6::uuid is null or prompt_id > $6)
-         order by prompt_id
-         limit $7"
-    );
-    let mut items: Vec<PromptView> = sqlx::query_as(&sql)
-        .bind(&caller.tenant)
-        .bind(query.category)
-        .bind(query.tag)
-        .bind(query.archived)
-        .bind(pattern)
-        .bind(query.cursor)
-        .bind(limit + 1)
-        .fetch_all(&app.pool)
-        .await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|p| p.id)
-    } else {
-        None
-    };
-    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+    let filter = query.into_filter()?;
+    Ok(Json(catalog::prompts(&app.pool, &caller.tenant, &filter).await?))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -324,25 +286,12 @@ async fn get_prompt(
             read_prompt(&app, &caller.tenant, id).await?,
         ));
     };
-    let at = super::parse_instant("as_of", &as_of)?;
+    let at = parse_instant("as_of", &as_of)?;
     let past = app.prompts.load_as_of(&id.to_string(), at).await?;
     let Some(past) = past.filter(|p| p.aggregate.tenant.as_deref() == Some(caller.tenant.as_str())) else {
         return Err(ApiError::NotFound("prompt"));
     };
-    let prompt: Prompt = past.aggregate;
-    let view = PromptView {
-        id,
-        name: prompt.name,
-        category: prompt.category,
-        description: prompt.description,
-        tags: prompt.tags.into_iter().collect(),
-        archived: prompt.archived,
-        latest_version: prompt.latest_version as i32,
-        labels: json!(prompt.labels),
-        version: past.version as i64,
-        created_at: past.created_at,
-        updated_at: past.updated_at,
-    };
+    let view = PromptView::from_state(id, past.aggregate, past.version, past.created_at, past.updated_at);
     Ok(respond(StatusCode::OK, view))
 }
 
@@ -353,7 +302,6 @@ async fn change_prompt(
     command: PromptCommand,
     context: &CommandContext,
 ) -> ApiResult<impl IntoResponse> {
-    context.caller.require(Permission::Write)?;
     app.execute(&app.prompts, &id.to_string(), command, context)
         .await?;
     Ok(respond(
@@ -372,6 +320,19 @@ struct UpdatePromptBody {
     /// Why; stored with the change (as `X-Reason`).
     #[schema(value_type = Option<ReasonText>)]
     reason: Option<String>,
+}
+
+impl UpdatePromptBody {
+    fn into_command(self) -> Result<PromptCommand, ApiError> {
+        let (name, description) = (
+            self.name.map(|n| DisplayName::parse("name", &n)).transpose(),
+            self.description
+                .map(|d| parse_note("description", &d, MAX_DESCRIPTION_CHARS))
+                .transpose(),
+        )
+            .all_valid()?;
+        Ok(PromptCommand::UpdatePromptMetadata { name, description })
+    }
 }
 
 /// `PATCH /v1/prompts/{id}`: change name and/or description.
@@ -393,24 +354,11 @@ async fn update_prompt(
     State(app): State<AppState>,
     context: CommandContext,
     ApiPath(id): ApiPath<Uuid>,
-    ApiJson(body): ApiJson<UpdatePromptBody>,
+    ApiJson(mut body): ApiJson<UpdatePromptBody>,
 ) -> ApiResult<impl IntoResponse> {
-    let context = context.with_reason(body.reason)?;
-    let mut checks = Checks::default();
-    let name = body
-        .name
-        .and_then(|n| checks.check(DisplayName::parse("name", &n)));
-    let description = body
-        .description
-        .and_then(|d| checks.check(parse_note("description", &d, MAX_DESCRIPTION_CHARS)));
-    checks.finish()?;
-    change_prompt(
-        &app,
-        id,
-        PromptCommand::UpdatePromptMetadata { name, description },
-        &context,
-    )
-    .await
+    context.caller.require(Permission::Write)?;
+    let context = context.with_reason(body.reason.take())?;
+    change_prompt(&app, id, body.into_command()?, &context).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -444,21 +392,13 @@ async fn move_prompt(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<MoveBody>,
 ) -> ApiResult<impl IntoResponse> {
+    context.caller.require(Permission::Write)?;
     let context = context.with_reason(body.reason)?;
-    if let Some(category) = body.category {
-        if !category_exists(&app, &context.caller.tenant, category).await? {
-            return Err(ApiError::invalid("category", "no such category"));
-        }
-    }
-    change_prompt(
-        &app,
-        id,
-        PromptCommand::MovePromptToCategory {
-            category: body.category,
-        },
-        &context,
-    )
-    .await
+    category_must_exist(category_known(&app, &context.caller.tenant, body.category).await?)?;
+    let command = PromptCommand::MovePromptToCategory {
+        category: body.category,
+    };
+    change_prompt(&app, id, command, &context).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -493,10 +433,9 @@ async fn tag_prompt(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<TagsBody>,
 ) -> ApiResult<impl IntoResponse> {
+    context.caller.require(Permission::Write)?;
     let context = context.with_reason(body.reason)?;
-    let mut checks = Checks::default();
-    let tags = parse_tags(&mut checks, &body.tags);
-    checks.finish()?;
+    let tags = parse_tags("tags", &body.tags)?;
     change_prompt(&app, id, PromptCommand::TagPrompt { tags }, &context).await
 }
 
@@ -519,16 +458,9 @@ async fn untag_prompt(
     context: CommandContext,
     ApiPath((id, tag)): ApiPath<(Uuid, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    let tag = Slug::parse("tag", &tag)?;
-    change_prompt(
-        &app,
-        id,
-        PromptCommand::UntagPrompt {
-            tags: BTreeSet::from([tag]),
-        },
-        &context,
-    )
-    .await
+    context.caller.require(Permission::Write)?;
+    let tags = parse_tags("tag", &[tag])?;
+    change_prompt(&app, id, PromptCommand::UntagPrompt { tags }, &context).await
 }
 
 /// `POST /v1/prompts/{id}/archive`: archive a prompt.
@@ -550,6 +482,7 @@ async fn archive_prompt(
     context: CommandContext,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<impl IntoResponse> {
+    context.caller.require(Permission::Write)?;
     change_prompt(&app, id, PromptCommand::ArchivePrompt, &context).await
 }
 
@@ -572,39 +505,8 @@ async fn restore_prompt(
     context: CommandContext,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<impl IntoResponse> {
+    context.caller.require(Permission::Write)?;
     change_prompt(&app, id, PromptCommand::RestorePrompt, &context).await
-}
-
-/// A version as the API shows it.
-#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
-struct VersionView {
-    prompt_id: Uuid,
-    #[schema(minimum = 1)]
-    version: i32,
-    template: String,
-    /// The template's `{{variable}}` names, in order of first appearance.
-    variables: Vec<String>,
-    model: Option<String>,
-    #[schema(value_type = Option<Object>)]
-    params: Option<Value>,
-    message: String,
-    created_at: DateTime<Utc>,
-    /// The name of the key that published it.
-    created_by: String,
-}
-
-const VERSION_COLUMNS: &str =
-    "prompt_id, version, template, variables, model, params, message, created_at, created_by";
-
-async fn read_version(app: &AppState, tenant: &str, id: Uuid, version: i32) -> ApiResult<VersionView> {
-    let sql = format!("select {VERSION_COLUMNS} from prompt_version where prompt_id = $1 and version = $2 and tenant_id = $3");
-    sqlx::query_as(&sql)
-        .bind(id)
-        .bind(version)
-        .bind(tenant)
-        .fetch_optional(&app.pool)
-        .await?
-        .ok_or(ApiError::NotFound("version"))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -634,6 +536,24 @@ struct PublishBody {
     reason: Option<String>,
 }
 
+impl PublishBody {
+    fn into_command(self) -> Result<PromptCommand, ApiError> {
+        let (template, model, message, params) = (
+            Template::parse(&self.template),
+            self.model.map(|m| parse_model(&m)).transpose(),
+            parse_note("message", &self.message, MAX_MESSAGE_CHARS),
+            parse_params(self.params),
+        )
+            .all_valid()?;
+        Ok(PromptCommand::PublishPromptVersion {
+            template,
+            model,
+            params,
+            message,
+        })
+    }
+}
+
 /// `POST /v1/prompts/{id}/versions`: publish a new immutable version.
 #[utoipa::path(
     post,
@@ -654,64 +574,26 @@ async fn publish_version(
     State(app): State<AppState>,
     context: CommandContext,
     ApiPath(id): ApiPath<Uuid>,
-    ApiJson(body): ApiJson<PublishBody>,
+    ApiJson(mut body): ApiJson<PublishBody>,
 ) -> ApiResult<impl IntoResponse> {
     context.caller.require(Permission::Write)?;
-    let context = context.with_reason(body.reason)?;
-    let mut checks = Checks::default();
-    let template = checks.check(Template::parse(&body.template));
-    let model = body.model.and_then(|m| checks.check(parse_model(&m)));
-    let message = checks.check(parse_note("message", &body.message, MAX_MESSAGE_CHARS));
-    let params = match body.params {
-        None | Some(Value::Null) => None,
-        Some(params @ Value::Object(_)) => Some(params),
-        Some(_) => {
-            checks.fail("params", "must be a JSON object");
-            None
-        }
-    };
-    checks.finish()?;
-    let (Some(template), Some(message)) = (template, message) else {
-        return Err(ApiError::invalid("body", "invalid"));
-    };
-    let command = PromptCommand::PublishPromptVersion {
-        template,
-        model,
-        params,
-        message,
-    };
+    let context = context.with_reason(body.reason.take())?;
     let committed = app
-        .execute(&app.prompts, &id.to_string(), command, &context)
+        .execute(&app.prompts, &id.to_string(), body.into_command()?, &context)
         .await?;
     // The version is exactly what its event says; no need to read it back.
-    let (
-        Some(PromptEvent::PromptVersionPublished {
-            version,
-            template,
-            variables,
-            model,
-            params,
-            message,
-        }),
-        Some(created_at),
-    ) = (committed.events.into_iter().next(), committed.recorded_at)
-    else {
+    let published = committed.events.into_iter().next().zip(committed.recorded_at);
+    let Some(view) = published.and_then(|(event, created_at)| {
+        VersionView::published(id, event, created_at, context.metadata.actor_name.clone())
+    }) else {
         return Err(ApiError::Internal(
             "publishing recorded no PromptVersionPublished".into(),
         ));
     };
-    let view = VersionView {
-        prompt_id: id,
-        version: version as i32,
-        template,
-        variables,
-        model,
-        params,
-        message,
-        created_at,
-        created_by: context.metadata.actor_name.clone(),
-    };
-    let location = [(header::LOCATION, format!("/v1/prompts/{id}/versions/{version}"))];
+    let location = [(
+        header::LOCATION,
+        format!("/v1/prompts/{id}/versions/{}", view.version),
+    )];
     Ok((StatusCode::CREATED, etag(committed.version), location, Json(view)))
 }
 
@@ -756,24 +638,10 @@ async fn list_versions(
     caller.require(Permission::Read)?;
     read_prompt(&app, &caller.tenant, id).await?;
     let limit = page_size(query.limit, 100, 1000)?;
-    let sql = format!(
-        "select {VERSION_COLUMNS} from prompt_version where prompt_id = $1 and tenant_id = $2 and version > $3
-         order by version limit $4"
-    );
-    let mut items: Vec<VersionView> = sqlx::query_as(&sql)
-        .bind(id)
-        .bind(&caller.tenant)
-        .bind(query.after.unwrap_or(0))
-        .bind(limit + 1)
-        .fetch_all(&app.pool)
-        .await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|v| v.version)
-    } else {
-        None
-    };
-    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+    let after = query.after.unwrap_or(0);
+    Ok(Json(
+        catalog::versions(&app.pool, &caller.tenant, id, after, limit).await?,
+    ))
 }
 
 /// `GET /v1/prompts/{id}/versions/{version}`: one version.
@@ -831,18 +699,13 @@ async fn move_label(
     ApiPath((id, label)): ApiPath<(Uuid, String)>,
     ApiJson(body): ApiJson<LabelBody>,
 ) -> ApiResult<impl IntoResponse> {
+    context.caller.require(Permission::Write)?;
     let context = context.with_reason(body.reason)?;
-    let label = Slug::parse("label", &label)?;
-    change_prompt(
-        &app,
-        id,
-        PromptCommand::MovePromptLabel {
-            label,
-            version: body.version,
-        },
-        &context,
-    )
-    .await
+    let command = PromptCommand::MovePromptLabel {
+        label: Slug::parse("label", &label)?,
+        version: body.version,
+    };
+    change_prompt(&app, id, command, &context).await
 }
 
 /// `DELETE /v1/prompts/{id}/labels/{label}`: remove a label.
@@ -864,6 +727,7 @@ async fn remove_label(
     context: CommandContext,
     ApiPath((id, label)): ApiPath<(Uuid, String)>,
 ) -> ApiResult<impl IntoResponse> {
+    context.caller.require(Permission::Write)?;
     let label = Slug::parse("label", &label)?;
     change_prompt(&app, id, PromptCommand::RemovePromptLabel { label }, &context).await
 }
@@ -875,19 +739,6 @@ struct ResolveQuery {
     /// The label to resolve (default `production`).
     #[param(value_type = Option<SlugText>)]
     label: Option<String>,
-}
-
-/// The version a label points at.
-#[derive(Serialize, sqlx::FromRow, ToSchema)]
-struct Resolved {
-    prompt_id: Uuid,
-    label: String,
-    version: i32,
-    template: String,
-    variables: Vec<String>,
-    model: Option<String>,
-    #[schema(value_type = Option<Object>)]
-    params: Option<Value>,
 }
 
 /// `GET /v1/prompts/{id}/resolve?label=production`: the version a label points at, in one
@@ -908,21 +759,10 @@ async fn resolve(
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
     ApiQuery(query): ApiQuery<ResolveQuery>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Json<Resolved>> {
     caller.require(Permission::Read)?;
     let label = Slug::parse("label", query.label.as_deref().unwrap_or("production"))?;
-    let resolved: Option<Resolved> = sqlx::query_as(
-        "select v.prompt_id, $3::text as label, v.version, v.template, v.variables, v.model, v.params
-         from prompt p
-         join prompt_version v on v.prompt_id = p.prompt_id and v.version = (p.labels ->> $3)::int
-         where p.prompt_id = $1 and p.tenant_id = $2",
-    )
-    .bind(id)
-    .bind(&caller.tenant)
-    .bind(label.as_ref())
-    .fetch_optional(&app.pool)
-    .await?;
-    match resolved {
+    match catalog::resolve(&app.pool, &caller.tenant, id, label.as_ref()).await? {
         Some(resolved) => Ok(Json(resolved)),
         None => {
             read_prompt(&app, &caller.tenant, id).await?;
@@ -1005,6 +845,26 @@ struct VariablesChange {
     to: Vec<String>,
 }
 
+fn content(version: &VersionView) -> VersionContent<'_> {
+    VersionContent {
+        version: version.version as u32,
+        template: &version.template,
+        model: version.model.as_deref(),
+        params: version.params.as_ref(),
+        variables: &version.variables,
+    }
+}
+
+/// What `diff` answers: the versions compared and what changed between them.
+#[derive(Serialize)]
+struct DiffAnswer {
+    prompt_id: Uuid,
+    from: i32,
+    to: i32,
+    #[serde(flatten)]
+    diff: VersionDiff,
+}
+
 /// `GET /v1/prompts/{id}/diff?from=1&to=2`: template line diff and changed parameters.
 #[utoipa::path(
     get,
@@ -1026,47 +886,13 @@ async fn diff(
     caller.require(Permission::Read)?;
     let from = read_version(&app, &caller.tenant, id, query.from).await?;
     let to = read_version(&app, &caller.tenant, id, query.to).await?;
-    let text_diff = similar::TextDiff::from_lines(&from.template, &to.template);
-    let lines: Vec<Value> = text_diff
-        .iter_all_changes()
-        .map(|change| {
-            let op = match change.tag() {
-                similar::ChangeTag::Equal => "equal",
-                similar::ChangeTag::Delete => "delete",
-                similar::ChangeTag::Insert => "insert",
-            };
-            json!({ "op": op, "text": change.value().trim_end_matches('\n') })
-        })
-        .collect();
-    let unified = text_diff
-        .unified_diff()
-        .context_radius(3)
-        .header(&format!("v{}", from.version), &format!("v{}", to.version))
-        .to_string();
-    Ok(Json(json!({
-        "prompt_id": id,
-        "from": from.version,
-        "to": to.version,
-        "template": { "lines": lines, "unified": unified },
-        "params": changed_params(from.params.as_ref(), to.params.as_ref()),
-        "model": { "from": from.model, "to": to.model, "changed": from.model != to.model },
-        "variables": { "from": from.variables, "to": to.variables },
-    })))
-}
-
-/// Keys whose value differs between two parameter objects, with both values.
-fn changed_params(from: Option<&Value>, to: Option<&Value>) -> Vec<Value> {
-    let as_map = |v: Option<&Value>| -> BTreeMap<String, Value> {
-        v.and_then(Value::as_object)
-            .map(|o| o.clone().into_iter().collect())
-            .unwrap_or_default()
-    };
-    let (from, to) = (as_map(from), as_map(to));
-    let keys: BTreeSet<&String> = from.keys().chain(to.keys()).collect();
-    keys.into_iter()
-        .filter(|k| from.get(*k) != to.get(*k))
-        .map(|k| json!({ "key": k, "from": from.get(k), "to": to.get(k) }))
-        .collect()
+    let diff = VersionDiff::between(content(&from), content(&to));
+    Ok(Json(DiffAnswer {
+        prompt_id: id,
+        from: from.version,
+        to: to.version,
+        diff,
+    }))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -1080,8 +906,11 @@ struct HistoryQuery {
     limit: Option<i64>,
 }
 
+// The types below describe the JSON `history` builds (`projections::history`).
+
 /// One event of a prompt with who, when, why and from where.
-#[derive(Serialize, sqlx::FromRow, ToSchema)]
+#[derive(ToSchema)]
+#[allow(dead_code)]
 struct HistoryRow {
     /// The event's number within the prompt, from 1.
     sequence: i64,
@@ -1091,25 +920,12 @@ struct HistoryRow {
     event_version: String,
     recorded_at: DateTime<Utc>,
     /// The event's place in the global order, `<transaction>-<position>`.
-    #[sqlx(skip)]
     cursor: String,
-    #[serde(skip)]
-    transaction_id: i64,
-    #[serde(skip)]
-    position: i64,
-    #[serde(skip)]
-    metadata: Value,
     /// The key that made the change: `{key_id, name}`.
-    #[sqlx(skip)]
-    #[schema(value_type = Actor)]
-    actor: Value,
-    #[sqlx(skip)]
+    actor: Actor,
     request_id: Option<String>,
-    #[sqlx(skip)]
     reason: Option<String>,
-    #[sqlx(skip)]
     client_addr: Option<String>,
-    #[sqlx(skip)]
     user_agent: Option<String>,
     /// The event's fields.
     #[schema(value_type = Object)]
@@ -1153,41 +969,18 @@ async fn history(
 ) -> ApiResult<impl IntoResponse> {
     caller.require(Permission::Read)?;
     let limit = page_size(query.limit, 100, 1000)?;
-    let mut items: Vec<HistoryRow> = sqlx::query_as(
-        "select sequence, event_type, event_version, recorded_at, transaction_id::text::bigint as transaction_id,
-                position, metadata, payload as data
-         from events
-         where aggregate_type = 'prompt' and aggregate_id = $1 and tenant_id = $2 and sequence > $3
-         order by sequence limit $4",
+    let after = query.after.unwrap_or(0);
+    let page = history::events(
+        &app.pool,
+        &caller.tenant,
+        Prompt::TYPE,
+        &id.to_string(),
+        after,
+        limit,
     )
-    .bind(id.to_string())
-    .bind(&caller.tenant)
-    .bind(query.after.unwrap_or(0))
-    .bind(limit + 1)
-    .fetch_all(&app.pool)
     .await?;
-    if items.is_empty() && query.after.unwrap_or(0) == 0 {
+    if page.items.is_empty() && after == 0 {
         return Err(ApiError::NotFound("prompt"));
     }
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|e| e.sequence)
-    } else {
-        None
-    };
-    for item in &mut items {
-        let meta = |key: &str| item.metadata.get(key).and_then(Value::as_str).map(str::to_string);
-        item.actor = json!({ "key_id": meta("actor_key_id"), "name": meta("actor_name") });
-        item.request_id = meta("request_id");
-        item.reason = meta("reason");
-        item.client_addr = meta("client_addr");
-        item.user_agent = meta("user_agent");
-        item.cursor = format!("{}-{}", item.transaction_id, item.position);
-        // Stored payloads are tagged with the variant name, which `event_type` already says.
-        item.data = match item.data.get(&item.event_type) {
-            Some(inner) => inner.clone(),
-            None => json!({}),
-        };
-    }
-    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+    Ok(Json(page))
 }

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use domain::access::{ApiKeyCommand, Permission, RateLimit};
+use projections::access::queries::KeyView;
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -15,7 +16,7 @@ use uuid::Uuid;
 use crate::error::ApiResult;
 use crate::extract::{ApiJson, ApiPath, ChangeHeaders, CommandContext};
 use crate::openapi::{Conflict, NotFound, ReasonText, ValidationFailed};
-use crate::routes::keys::{key_view, KeyView};
+use crate::routes::keys::key_view;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {

@@ -92,7 +92,7 @@ async fn healthz() -> impl IntoResponse {
     )
 )]
 async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
-    match sqlx::query("select 1").execute(&app.pool).await {
+    match crate::db::ping(&app.pool).await {
         Ok(_) => (
             StatusCode::OK,
             Json(json!({ "status": "ready", "database": "ok", "nats_feed": nats_feed(&app).await })),

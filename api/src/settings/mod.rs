@@ -1,16 +1,32 @@
 //! Everything a running server is configured with, gathered in one value so that the
-//! command line, the tests and the server agree on it.
+//! command line, the tests and the server agree on it. The bottom of the crate: every other
+//! module may read settings, and settings import none of them.
+//!
+//! - [`security`]: rate limits, body limits, timeouts, shedding, CORS and security headers.
+//! - [`feed`]: the live feed over HTTP.
+//! - [`idempotency`]: how long idempotency keys live.
+
+pub mod feed;
+pub mod idempotency;
+pub mod security;
+
+pub use feed::FeedSettings;
+pub use idempotency::IdempotencySettings;
+pub use security::{SecurityArgs, SecuritySettings};
+
+/// Largest accepted request body for commands by default (`AIPM_BODY_LIMIT`).
+pub const BODY_LIMIT: usize = 1024 * 1024;
 
 /// The server's configuration. The command line fills it from flags and the environment
 /// (`aipm serve --help` lists them); `Settings::default()` is what a bare `aipm` runs with.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
     /// Idempotency keys: how long they live, how long an attempt holds one.
-    pub idempotency: crate::idempotency::IdempotencySettings,
+    pub idempotency: IdempotencySettings,
     /// Rate limits, body limits, timeouts, shedding, CORS and security headers.
-    pub security: crate::hardening::SecuritySettings,
+    pub security: SecuritySettings,
     /// The live feed (`/v1/events/stream`, `/v1/events/ws`).
-    pub feed: crate::routes::feed::FeedSettings,
+    pub feed: FeedSettings,
     /// The NATS JetStream feed; `None` turns it off.
     pub relay: Option<projections::relay::RelaySettings>,
 }

@@ -12,7 +12,7 @@ pub struct SecuritySettings {
     /// Each API key's budget on command and read routes, unless the key has its own limit;
     /// `None`: unlimited.
     pub rate_limit: Option<RateLimit>,
-    /// Each API key's budget on ingestion routes (see [`super::ingestion_routes`]).
+    /// Each API key's budget on ingestion routes (see [`crate::hardening::ingestion_routes`]).
     pub ingest_rate_limit: Option<RateLimit>,
     /// Failed authentications allowed per client address before it is refused outright.
     pub auth_failure_limit: Option<RateLimit>,
@@ -49,7 +49,7 @@ impl Default for SecuritySettings {
                 requests_per_second: 10.0 / 60.0,
                 burst: 20,
             }),
-            body_limit: crate::app::BODY_LIMIT,
+            body_limit: super::BODY_LIMIT,
             ingest_body_limit: 16 * 1024 * 1024,
             request_timeout: Some(Duration::from_secs(30)),
             max_in_flight: Some(64),

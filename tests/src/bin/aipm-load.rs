@@ -1031,7 +1031,7 @@ async fn auth_cost(args: AuthCostArgs) -> Result<()> {
     );
     let mut charges = Vec::new();
     for keys in [1u32, 10_000] {
-        let limiter = api::hardening::RateLimiter::new(&api::hardening::SecuritySettings::default());
+        let limiter = api::hardening::RateLimiter::new(&api::settings::SecuritySettings::default());
         let ids: Vec<Uuid> = (0..keys).map(|_| Uuid::new_v4()).collect();
         let limit = Some(domain::access::RateLimit {
             requests_per_second: 1e6,

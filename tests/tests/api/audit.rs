@@ -153,7 +153,7 @@ async fn every_event_becomes_one_chained_entry_with_who_why_and_what_changed() {
     let after = entries(&app, &auditor, "").await;
     assert_eq!(after[head as usize - 1]["hash"], report["head"]["hash"]);
     assert_eq!(report["stored_head"]["sequence"], head);
-    assert!(api::audit_cli::verify(app.pool(), Some("acme"))
+    assert!(api::cli::audit::verify(app.pool(), Some("acme"))
         .await
         .is_ok_and(|out| out.contains("acme: ok")));
 }
@@ -591,18 +591,18 @@ impl Tampered {
             .as_str()
             .is_some_and(|d| d.contains(&format!("#{sequence}"))));
 
-        let failure = api::audit_cli::verify(self.app.pool(), Some("acme"))
+        let failure = api::cli::audit::verify(self.app.pool(), Some("acme"))
             .await
             .expect_err("the CLI fails");
         assert!(
             failure.contains(&format!("entry #{sequence} ({cli_kind})")),
             "{failure}"
         );
-        let every_tenant = api::audit_cli::verify(self.app.pool(), None)
+        let every_tenant = api::cli::audit::verify(self.app.pool(), None)
             .await
             .expect_err("the CLI fails for all tenants too");
         assert!(every_tenant.contains("tenant acme"), "{every_tenant}");
-        let beta = api::audit_cli::verify(self.app.pool(), Some("beta")).await;
+        let beta = api::cli::audit::verify(self.app.pool(), Some("beta")).await;
         assert!(beta.is_ok(), "{beta:?}");
         report
     }

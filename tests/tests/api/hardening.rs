@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use api::hardening::SecuritySettings;
+use api::settings::SecuritySettings;
 use domain::access::RateLimit;
 use integration_tests::harness::{expect_problem, expect_status, TestApp};
 use reqwest::{Method, Response, StatusCode};

@@ -184,7 +184,7 @@ async fn every_route_the_router_serves_is_in_the_document() {
 /// A server whose brute-force limit lets the many keyless requests of these tests reach
 /// the routes instead of answering them 429.
 async fn spawn() -> TestApp {
-    let security = api::hardening::SecuritySettings {
+    let security = api::settings::SecuritySettings {
         auth_failure_limit: None,
         ..Default::default()
     };
