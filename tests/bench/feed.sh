@@ -9,27 +9,22 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${1:-3}
 EVENTS=${EVENTS:-200000}
-PG=postgres://postgres@127.0.0.1:5432
 DB=aipm_bench_sse
 PORT=18084
-
-cargo build --release -p api -p integration-tests --bin aipm --bin aipm-load
-AIPM=target/release/aipm
-psql_do() { psql -h 127.0.0.1 -U postgres -d "$1" -qAtc "$2"; }
-
-SERVER=""
+. tests/bench/common.sh
 cleanup() {
-  if [ -n "$SERVER" ]; then kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; fi
+  stop
   psql_do postgres "drop database if exists $DB with (force)"
 }
 trap cleanup EXIT
 
+# The server is started on the seeded log (not a fresh database).
 psql_do postgres "drop database if exists $DB with (force)"
-target/release/aipm-load seed-events --database-url "$PG/$DB" --events "$EVENTS" --tenant bench 2>/dev/null
-NATS_URL= DATABASE_URL="$PG/$DB" AIPM_LISTEN="127.0.0.1:$PORT" RUST_LOG=warn $AIPM serve &
+"$LOAD" seed-events --database-url "$PG/$DB" --events "$EVENTS" --tenant bench 2>/dev/null
+NATS_URL= DATABASE_URL="$PG/$DB" AIPM_LISTEN="127.0.0.1:$PORT" RUST_LOG=warn "$AIPM" serve &
 SERVER=$!
 for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.2; done
-KEY=$(DATABASE_URL="$PG/$DB" $AIPM keys create --tenant bench --role admin --name feed | tail -n 1)
+KEY=$(DATABASE_URL="$PG/$DB" "$AIPM" keys create --tenant bench --role admin --name feed | tail -n 1)
 TOTAL=$(psql_do "$DB" "select count(*) from events where tenant_id = 'bench'")
 
 for run in $(seq 1 "$RUNS"); do

@@ -6,39 +6,19 @@
 # and the HTTP live feed's reading rate.
 #
 #   tests/bench/run.sh [runs]        (default 3 runs; results in bench-results/)
+#   AIPM_BIN=… LOAD_BIN=… tests/bench/run.sh    (another build's binaries; see common.sh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${1:-3}
 CLIENTS=${CLIENTS:-1,8,64}
 DURATION=${DURATION:-10}
-PG=postgres://postgres@127.0.0.1:5432
 OUT=bench-results
 mkdir -p "$OUT"
 : > "$OUT/http.jsonl"; : > "$OUT/pgbench.txt"; : > "$OUT/other.jsonl"
-
-cargo build --release -p api -p integration-tests --bin aipm --bin aipm-load
-AIPM=target/release/aipm
-LOAD=target/release/aipm-load
-psql_do() { psql -h 127.0.0.1 -U postgres -d "$1" -qAtc "$2"; }
-
-# A fresh database for each server start, so runs do not inherit each other's data.
-# The NATS feed is off here; tests/bench/relay.sh measures it and its cost.
-serve() {
-  local db=$1
-  psql_do postgres "drop database if exists $db with (force)"
-  NATS_URL= DATABASE_URL=$PG/$db AIPM_LISTEN=127.0.0.1:18080 RUST_LOG=warn $AIPM serve &
-  SERVER=$!
-  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
-  local created
-  created=$(DATABASE_URL=$PG/$db $AIPM keys create --tenant bench --role admin --name load)
-  KEY=$(echo "$created" | tail -n 1)
-  KEY_ID=$(echo "$created" | sed -n 's/^key id: //p')
-  # The benchmarks measure the server, not one key's budget: the load key gets a limit it
-  # never reaches (the limiter still runs on every request).
-  curl -sf -X PUT "http://127.0.0.1:18080/v1/keys/$KEY_ID/rate-limit" -H "Authorization: Bearer $KEY" \
-    -H 'Content-Type: application/json' -d '{"requests_per_second":1000000,"burst":1000000}' >/dev/null
-}
-stop() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; }
+. tests/bench/common.sh
+trap stop EXIT
+# A fresh database for each server start, so runs do not inherit each other's data. The
+# NATS feed is off here; tests/bench/relay.sh measures it and its cost.
 
 for run in $(seq 1 "$RUNS"); do
   echo "== run $run of $RUNS"
@@ -59,20 +39,20 @@ for run in $(seq 1 "$RUNS"); do
   done
 
   for scenario in create-prompts publish-versions; do
-    serve aipm_bench_http
+    serve aipm_bench_http 18080
     $LOAD http --url http://127.0.0.1:18080 --key "$KEY" --scenario $scenario --clients "$CLIENTS" \
       --duration "$DURATION" --warmup 2 --json "$OUT/http.jsonl"
     stop
   done
   # The same creates, each with a fresh Idempotency-Key.
-  serve aipm_bench_http
+  serve aipm_bench_http 18080
   $LOAD http --url http://127.0.0.1:18080 --key "$KEY" --scenario create-prompts --idempotency-keys \
     --clients "$CLIENTS" --duration "$DURATION" --warmup 2 --json "$OUT/http.jsonl"
   stop
 done
 
 echo "== publishing to a prompt with 1,000 versions"
-serve aipm_bench_hot
+serve aipm_bench_hot 18080
 $LOAD hot-prompt --url http://127.0.0.1:18080 --key "$KEY" --versions 1000 --samples 300 --database-url $PG/aipm_bench_hot --json "$OUT/other.jsonl"
 stop
 
@@ -81,6 +61,7 @@ psql_do postgres "drop database if exists aipm_bench_rebuild with (force)"
 $LOAD seed-events --database-url $PG/aipm_bench_rebuild --events 1000000
 $LOAD rebuild --database-url $PG/aipm_bench_rebuild --runs 3 --json "$OUT/other.jsonl"
 
+stop
 tests/bench/relay.sh "$RUNS"
 tests/bench/feed.sh "$RUNS"
 

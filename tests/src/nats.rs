@@ -37,8 +37,13 @@ async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectErr
 
 /// Deletes the feed's stream; a stream or server already gone is not an error.
 pub async fn delete_stream(settings: &RelaySettings) {
-    if let Ok(client) = connect(&settings.nats_url).await {
-        let _ = jetstream::new(client).delete_stream(&settings.stream).await;
+    delete_stream_named(&settings.nats_url, &settings.stream).await;
+}
+
+/// Deletes the stream `stream` of the NATS server at `nats_url`, if both are there.
+pub async fn delete_stream_named(nats_url: &str, stream: &str) {
+    if let Ok(client) = connect(nats_url).await {
+        let _ = jetstream::new(client).delete_stream(stream).await;
     }
 }
 

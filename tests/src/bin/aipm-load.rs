@@ -73,6 +73,18 @@ enum Command {
     /// ordered push consumer measures receive time minus the event's `recorded_at`; the
     /// baseline publishes at the same rate and measures receive time minus send time.
     Relay(RelayArgs),
+    /// Delete a JetStream stream (one a benchmark made), if it exists.
+    DeleteStream(DeleteStreamArgs),
+}
+
+#[derive(Debug, Args)]
+struct DeleteStreamArgs {
+    /// NATS server with JetStream.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// The stream's name.
+    #[arg(long)]
+    stream: String,
 }
 
 #[derive(Debug, Args)]
@@ -290,9 +302,6 @@ struct RelayArgs {
     /// Measurements of each kind.
     #[arg(long, default_value_t = 3)]
     runs: u32,
-    /// Delete `--stream` at the end (a benchmark server's stream only).
-    #[arg(long)]
-    delete_stream: bool,
     /// Also append the results as JSON lines to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -325,6 +334,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::SeedEvents(args) => seed_events(args).await,
         Command::Rebuild(args) => rebuild(args).await,
         Command::Relay(args) => relay::run(args).await,
+        Command::DeleteStream(args) => relay::delete_stream(args).await,
     }
 }
 
@@ -1525,7 +1535,8 @@ mod relay {
     use uuid::Uuid;
 
     use super::{
-        append_json, median, now_rfc3339, seconds, Api, Percentiles, RelayArgs, Result, SeedArgs, ServerArgs,
+        append_json, median, now_rfc3339, seconds, Api, DeleteStreamArgs, Percentiles, RelayArgs, Result, SeedArgs,
+        ServerArgs,
     };
 
     /// Acks in flight in the baseline: the relay's batch.
@@ -1558,13 +1569,12 @@ mod relay {
             )?;
             api.preflight().await?;
             latency(&args, &api, &client, &context).await?;
-            if args.delete_stream {
-                context
-                    .delete_stream(&args.stream)
-                    .await
-                    .map_err(|e| format!("deleting stream {}: {e}", args.stream))?;
-            }
         }
+        Ok(())
+    }
+
+    pub async fn delete_stream(args: DeleteStreamArgs) -> Result<()> {
+        integration_tests::nats::delete_stream_named(&args.nats_url, &args.stream).await;
         Ok(())
     }
 
