@@ -21,6 +21,8 @@ pub enum StartError {
     #[error("cannot apply migrations to {target}: {cause}")]
     Migration { target: String, cause: String },
     #[error("{0}")]
+    LogAheadOfCluster(LogAheadOfCluster),
+    #[error("{0}")]
     Other(String),
 }
 
@@ -49,10 +51,91 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StartErr
             cause: e.to_string(),
         })?;
     MIGRATOR.run(&pool).await.map_err(|e| StartError::Migration {
-        target,
+        target: target.clone(),
         cause: e.to_string(),
     })?;
+    if let Some(ahead) = log_ahead_of_cluster(&pool)
+        .await
+        .map_err(|e| StartError::Unreachable {
+            target,
+            cause: e.to_string(),
+        })?
+    {
+        return Err(StartError::LogAheadOfCluster(ahead));
+    }
     Ok(pool)
+}
+
+/// An event log holding transaction ids this PostgreSQL cluster has not handed out yet.
+///
+/// Readers order the log by `(transaction_id, position)` and the ids of new events come
+/// from the cluster's counter. After a restore into another cluster (or a counter that
+/// went back), new events would sort before those already read, and no projection, feed or
+/// audit would ever see them: aipm refuses to start until the counter is past the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogAheadOfCluster {
+    /// The log's highest transaction id.
+    pub highest: i64,
+    /// The next id the cluster hands out.
+    pub next: i64,
+}
+
+impl LogAheadOfCluster {
+    /// Ids to consume so that the next one is past the log's.
+    pub fn gap(&self) -> i64 {
+        self.highest - self.next + 1
+    }
+
+    /// `pg_resetwal`'s `-e` and `-x` for a next id past the log's: `-x` at the start of a
+    /// commit-log segment (a multiple of 1,048,576), which PostgreSQL creates when it gets
+    /// there.
+    pub fn reset_arguments(&self) -> (i64, i64) {
+        const SEGMENT: i64 = 1 << 20;
+        let target = self.highest + 1;
+        let epoch = target >> 32;
+        let xid = ((target & 0xFFFF_FFFF) + SEGMENT - 1) / SEGMENT * SEGMENT;
+        if xid > 0xFFFF_FFFF {
+            (epoch + 1, SEGMENT)
+        } else {
+            (epoch, xid.max(SEGMENT))
+        }
+    }
+}
+
+impl std::fmt::Display for LogAheadOfCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (epoch, xid) = self.reset_arguments();
+        write!(
+            f,
+            "the event log's highest transaction id ({highest}) is not below this PostgreSQL \
+             cluster's next one ({next}): the database was restored into another cluster, or the \
+             cluster's transaction counter went back. New events would sort before those already \
+             in the log and never reach the read models, the audit log or the feeds, so aipm does \
+             not start. Advance the counter past {highest}, then start again: in psql on this \
+             database, run `do $$ begin for i in 1..{gap} loop perform pg_current_xact_id(); commit; \
+             end loop; end $$;` (one transaction per id), or, with PostgreSQL stopped, \
+             `pg_resetwal -e {epoch} -x {xid} <data directory>` as its owner. README, \"Restoring \
+             the database\", has the details",
+            highest = self.highest,
+            next = self.next,
+            gap = self.gap(),
+        )
+    }
+}
+
+/// The log's highest transaction id and the cluster's next, when the first is not below the
+/// second.
+pub async fn log_ahead_of_cluster(pool: &PgPool) -> Result<Option<LogAheadOfCluster>, sqlx::Error> {
+    let (highest, next): (Option<i64>, i64) = sqlx::query_as(
+        "select (select transaction_id::text::bigint from events
+                 order by transaction_id desc, position desc limit 1),
+                pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(highest
+        .filter(|&highest| highest >= next)
+        .map(|highest| LogAheadOfCluster { highest, next }))
 }
 
 async fn create_database_if_missing(options: &PgConnectOptions, target: &str) -> Result<(), StartError> {
@@ -100,4 +183,33 @@ async fn create_database_if_missing(options: &PgConnectOptions, target: &str) ->
 /// Whether the database answers, for the readiness probe.
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("select 1").execute(pool).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_remedy_moves_the_counter_past_the_log_to_a_segment_start() {
+        let ahead = LogAheadOfCluster {
+            highest: 238_303,
+            next: 740,
+        };
+        assert_eq!(ahead.gap(), 237_564);
+        assert_eq!(ahead.reset_arguments(), (0, 1_048_576));
+        let far = LogAheadOfCluster {
+            highest: (3 << 32) + 5_000_000,
+            next: 740,
+        };
+        assert_eq!(far.reset_arguments(), (3, 5 * 1_048_576));
+        let end_of_epoch = LogAheadOfCluster {
+            highest: (1 << 32) - 2,
+            next: 740,
+        };
+        assert_eq!(end_of_epoch.reset_arguments(), (1, 1_048_576));
+        for ahead in [ahead, far, end_of_epoch] {
+            let (epoch, xid) = ahead.reset_arguments();
+            assert!((epoch << 32) + xid > ahead.highest);
+        }
+    }
 }

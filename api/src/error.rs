@@ -4,9 +4,10 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use commands::CommandError;
+use cqrs_es::Aggregate;
 use domain::access::ApiKeyError;
 use domain::audit::ReadRecordError;
-use domain::category::CategoryError;
+use domain::category::{CategoryError, PromptCategory};
 use domain::fields::Invalid;
 use domain::prompt::PromptError;
 use domain::text::InvalidText;
@@ -45,6 +46,8 @@ pub enum ApiError {
     VersionMismatch { expected: u64, current: u64 },
     #[error("{0}")]
     Conflict(String),
+    #[error("the resource is being changed by others at the same time; retry")]
+    Contended,
     #[error("the {what} {name:?} is already taken in this tenant")]
     NameTaken { what: &'static str, name: String },
     #[error("{0}")]
@@ -105,6 +108,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
             ApiError::VersionMismatch { .. } => (StatusCode::CONFLICT, "version-mismatch"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Contended => (StatusCode::CONFLICT, "contended"),
             ApiError::NameTaken { .. } => (StatusCode::CONFLICT, "name-taken"),
             ApiError::RuleViolated(_) => (StatusCode::UNPROCESSABLE_ENTITY, "rule-violated"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-route"),
@@ -133,12 +137,17 @@ impl ApiError {
             ApiError::RateLimited { retry_after }
             | ApiError::TooManyFailedAuthentications { retry_after }
             | ApiError::IdempotencyInProgress { retry_after } => Some(*retry_after),
-            ApiError::Overloaded => Some(1),
+            ApiError::Overloaded | ApiError::Contended => Some(1),
             ApiError::TooManyStreams => Some(5),
             _ => None,
         }
     }
 }
+
+/// Marks a response whose request may well succeed if sent again unchanged (a lost race, a
+/// busy server): such an answer is never stored under an idempotency key.
+#[derive(Debug, Clone, Copy)]
+pub struct Retryable;
 
 /// An RFC 7807 problem: the body of every error response.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -200,6 +209,7 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+            response.extensions_mut().insert(Retryable);
         }
         response
     }
@@ -293,7 +303,7 @@ impl DomainProblem for CategoryError {
     fn into_api_error(self) -> ApiError {
         match self {
             CategoryError::NotFound => ApiError::NotFound("category"),
-            CategoryError::AlreadyExists | CategoryError::NotEmpty(_) => ApiError::Conflict(self.to_string()),
+            CategoryError::AlreadyExists => ApiError::Conflict(self.to_string()),
         }
     }
 }
@@ -325,7 +335,7 @@ impl<E: DomainProblem> From<CommandError<E>> for ApiError {
             CommandError::VersionMismatch { expected, current } => {
                 ApiError::VersionMismatch { expected, current }
             }
-            CommandError::Contended => ApiError::Conflict(error.to_string()),
+            CommandError::Contended => ApiError::Contended,
             CommandError::NameTaken { scope, key } => {
                 let what = match scope.as_str() {
                     domain::prompt::PROMPT_NAME_SCOPE => "prompt name",
@@ -334,6 +344,16 @@ impl<E: DomainProblem> From<CommandError<E>> for ApiError {
                 };
                 ApiError::NameTaken { what, name: key }
             }
+            CommandError::NoSuchReference { scope, target } => match scope.as_str() {
+                PromptCategory::TYPE => ApiError::invalid("category", "no such category"),
+                _ => ApiError::RuleViolated(format!("there is no {scope} {target}")),
+            },
+            CommandError::StillReferenced { scope, count } => match scope.as_str() {
+                PromptCategory::TYPE => ApiError::Conflict(format!(
+                    "the category still holds {count} prompt(s); move them first"
+                )),
+                _ => ApiError::Conflict(format!("the {scope} is still referred to by {count}")),
+            },
             CommandError::AlreadyApplied => ApiError::Conflict(error.to_string()),
             CommandError::Store(cause) => ApiError::Internal(cause),
             CommandError::Unavailable(cause) => ApiError::Unavailable(cause),

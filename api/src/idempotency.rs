@@ -17,8 +17,10 @@
 //!   ([`apply_once`]) instead of running again, so the response is rendered from the
 //!   committed outcome.
 //!
-//! Responses of 5xx, 408 and 429 are not stored: the claim is released and a retry runs
-//! again (safe, since a committed outcome is found rather than re-applied).
+//! Responses worth retrying are not stored (5xx, 408, 429, and any marked
+//! [`crate::error::Retryable`], such as a command that lost its race against concurrent
+//! writers): the claim is released and a retry runs again (safe, since a committed outcome is
+//! found rather than re-applied).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -36,7 +38,7 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::auth::{Authenticator, Caller};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Retryable};
 
 /// The request header carrying the key.
 pub const HEADER: &str = "idempotency-key";
@@ -228,6 +230,7 @@ async fn run_and_store(
     if status.is_server_error()
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
+        || response.extensions().get::<Retryable>().is_some()
     {
         release("a response worth retrying").await;
         return response;

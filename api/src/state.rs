@@ -1,10 +1,10 @@
-//! The application context every handler receives, and how a command runs through it:
-//! once per idempotency key, then waiting for the read models it affects.
+//! The application context every handler receives, and how a command runs through it: once
+//! per idempotency key. The read models a command affects are written in its transaction
+//! (inline projections), so its answer and the caller's next read see them at once.
 
 use std::future::Future;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::FromRef;
 use commands::{AggregateStore, CommandError, Committed, EventStore, IdempotencyStore};
@@ -13,6 +13,7 @@ use domain::audit::ReadRecord;
 use domain::category::PromptCategory;
 use domain::prompt::Prompt;
 use domain::Governed;
+use projections::audit::anchor::{self, AnchorSettings};
 use projections::feed::Feed;
 use projections::relay::Relay;
 use projections::Projections;
@@ -24,9 +25,6 @@ use crate::extract::CommandContext;
 use crate::hardening::Guards;
 use crate::idempotency::{IdempotencyGate, IdempotentRequest};
 use crate::settings::{FeedSettings, Settings};
-
-/// How long a command waits for the read models to show its effect before answering.
-const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One context object rather than many extractors: every handler gets the same view.
 #[derive(Clone)]
@@ -49,7 +47,7 @@ pub struct App {
     pub tenants: AggregateStore<Tenant>,
     /// Records of reads of the audit log and key listings.
     pub read_records: AggregateStore<ReadRecord>,
-    /// The projections this process runs, for read-your-writes and lag.
+    /// The projections this process runs with runners, for readers that wait for them.
     pub projections: Projections,
     /// Idempotency keys and the responses stored under them.
     pub idempotency: IdempotencyStore,
@@ -63,12 +61,14 @@ pub struct App {
     pub feed_settings: FeedSettings,
     /// The NATS feed, when configured. Commands never wait for it.
     pub relay: Option<Relay>,
+    /// Where the audit chains are anchored, when configured.
+    pub anchors: Option<AnchorSettings>,
 }
 
 impl App {
     /// Starts the projections and builds the aggregate stores on `pool`.
     pub fn start(pool: PgPool, settings: &Settings) -> Self {
-        let store = EventStore::new(pool.clone());
+        let store = EventStore::new(pool.clone(), projections::inline());
         let projections = Projections::spawn(pool.clone(), projections::all(), store.appended_signal());
         let idempotency =
             IdempotencyStore::new(pool.clone(), settings.idempotency.ttl, settings.idempotency.lease);
@@ -83,6 +83,9 @@ impl App {
             .relay
             .clone()
             .map(|relay| Relay::spawn(pool.clone(), relay, projections.wake_signal()));
+        if let Some(anchors) = &settings.anchors {
+            anchor::spawn_periodic(pool.clone(), anchors.clone());
+        }
         let guards = Arc::new(Guards::new(&settings.security));
         App {
             authenticator: Authenticator::new(pool.clone(), guards.clone()),
@@ -98,11 +101,11 @@ impl App {
             feed,
             feed_settings: settings.feed.clone(),
             relay,
+            anchors: settings.anchors.clone(),
         }
     }
 
-    /// Runs a command and waits until the read models show its effect, so that the
-    /// caller's next read sees it (read-your-writes).
+    /// Runs a command, once per idempotency key.
     pub async fn execute<A>(
         &self,
         store: &AggregateStore<A>,
@@ -116,8 +119,7 @@ impl App {
         A::Error: DomainProblem,
     {
         let run = store.execute(aggregate_id, command, context.expected_version, &context.metadata);
-        let committed = apply_once(store, context.idempotency.as_ref(), run).await?;
-        Ok(self.settle(A::TYPE, committed).await)
+        apply_once(store, context.idempotency.as_ref(), run).await
     }
 
     /// [`execute`](Self::execute) for an aggregate whose id the server just generated.
@@ -134,8 +136,7 @@ impl App {
         A::Error: DomainProblem,
     {
         let run = store.create(aggregate_id, command, &context.metadata);
-        let committed = apply_once(store, context.idempotency.as_ref(), run).await?;
-        Ok(self.settle(A::TYPE, committed).await)
+        apply_once(store, context.idempotency.as_ref(), run).await
     }
 
     /// What the idempotency middleware works with.
@@ -144,20 +145,6 @@ impl App {
             store: self.idempotency.clone(),
             authenticator: self.authenticator.clone(),
         }
-    }
-
-    /// Waits until every projection of `aggregate_type` has applied the command's events.
-    async fn settle<E>(&self, aggregate_type: &str, committed: Committed<E>) -> Committed<E> {
-        if let Some(cursor) = committed.cursor {
-            if !self
-                .projections
-                .wait_for(aggregate_type, cursor, READ_YOUR_WRITES_TIMEOUT)
-                .await
-            {
-                tracing::warn!(%cursor, "read models did not catch up in time; the response may precede them");
-            }
-        }
-        committed
     }
 }
 

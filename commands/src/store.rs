@@ -3,10 +3,11 @@
 //! cqrs-es supplies the aggregate model (`Aggregate::handle`/`apply`, `EventSink`) and
 //! postgres-es the loading of events and snapshots. Appending is our own: postgres-es
 //! writes one INSERT per event inside BEGIN/COMMIT and cannot tell the caller where the
-//! events landed in the global order, which read-your-writes needs. Here an append is a
-//! single statement (events, unique-name claims, the snapshot and the idempotency outcome
-//! together), so it is atomic without an explicit transaction and returns the global cursor
-//! of its last event.
+//! events landed in the global order. Here one statement appends the events together with
+//! the unique-name claims, the snapshot and the idempotency outcome, and returns each
+//! event's place in the global order. The inline projections that read the aggregate's
+//! type ([`eventlog::Projection::inline`]) then apply the events in the same transaction,
+//! so the read models a command affects are written when it commits, never after.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,8 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{AggregateError, DomainEvent, EventStore as _};
 use domain::position::GlobalCursor;
-use domain::{Governed, NameClaims};
+use domain::{Claims, Governed};
+use eventlog::{Projection, ProjectionError, StoredEvent};
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -53,6 +55,13 @@ pub enum CommandError<E: std::error::Error> {
     /// A per-tenant unique name is taken.
     #[error("the {scope} {key:?} is already taken")]
     NameTaken { scope: String, key: String },
+    /// The change refers to an aggregate of type `scope` (with id `target`) that does not
+    /// exist, or no longer does.
+    #[error("there is no {scope} {target}")]
+    NoSuchReference { scope: String, target: String },
+    /// The change would delete an aggregate of type `scope` that `count` others still refer to.
+    #[error("the {scope} is still referred to by {count}")]
+    StillReferenced { scope: String, count: i64 },
     /// A command with this idempotency key has already been committed (see
     /// [`AggregateStore::recorded`] for its result).
     #[error("a command with this idempotency key has already been applied")]
@@ -83,13 +92,18 @@ pub struct Committed<E> {
 #[derive(Clone)]
 pub struct EventStore {
     pool: PgPool,
+    /// Projections applied in the transaction of each append of a type they read.
+    inline: Arc<Vec<Arc<dyn Projection>>>,
     appended: Arc<watch::Sender<u64>>,
 }
 
 impl EventStore {
-    pub fn new(pool: PgPool) -> Self {
+    /// The store on `pool`, applying `inline` projections with every append of a type they
+    /// read (`projections::inline()`: leaving one out leaves its read model behind the log).
+    pub fn new(pool: PgPool, inline: Vec<Arc<dyn Projection>>) -> Self {
         Self {
             pool,
+            inline: Arc::new(inline),
             appended: Arc::new(watch::channel(0).0),
         }
     }
@@ -215,7 +229,7 @@ where
                     events,
                 });
             }
-            let claims = before.name_claims(&events);
+            let claims = before.claims(&events);
             match self
                 .append(aggregate_id, version, &aggregate, &events, &claims, metadata)
                 .await
@@ -239,13 +253,38 @@ where
                     return Err(CommandError::NameTaken { scope, key })
                 }
                 Err(AppendError::AlreadyRecorded) => return Err(CommandError::AlreadyApplied),
+                Err(AppendError::NoSuchReference { scope, target }) => {
+                    return Err(CommandError::NoSuchReference { scope, target })
+                }
+                Err(AppendError::StillReferenced { scope }) => {
+                    let count = self
+                        .references_to(&metadata.tenant, &scope, aggregate_id)
+                        .await
+                        .map_err(|e| CommandError::Store(e.to_string()))?;
+                    return Err(CommandError::StillReferenced { scope, count });
+                }
                 Err(AppendError::Database(
                     error @ (sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)),
                 )) => return Err(CommandError::Unavailable(error.to_string())),
                 Err(AppendError::Database(error)) => return Err(CommandError::Store(error.to_string())),
+                Err(error @ AppendError::Projection(_)) => {
+                    return Err(CommandError::Store(error.to_string()))
+                }
             }
         }
         Err(CommandError::Contended)
+    }
+
+    /// How many aggregates of `tenant` refer to `target` in `scope`.
+    async fn references_to(&self, tenant: &str, scope: &str, target: &str) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "select count(*) from reference where tenant_id = $1 and scope = $2 and target_id = $3",
+        )
+        .bind(tenant)
+        .bind(scope)
+        .bind(target)
+        .fetch_one(&self.store.pool)
+        .await
     }
 
     /// The current state and version of an aggregate (version 0: never written).
@@ -343,7 +382,7 @@ where
         version: u64,
         after: &A,
         events: &[A::Event],
-        claims: &NameClaims,
+        claims: &Claims,
         metadata: &CommandMetadata,
     ) -> Result<(GlobalCursor, DateTime<Utc>), AppendError> {
         let sequences: Vec<i64> = (1..=events.len() as i64).map(|i| version as i64 + i).collect();
@@ -354,16 +393,10 @@ where
             .map(serde_json::to_value)
             .collect::<Result<Vec<Value>, _>>()?;
         let metadata_json = serde_json::to_value(metadata.to_map())?;
-        let (released_scopes, released_keys): (Vec<&str>, Vec<&str>) = claims
-            .released
-            .iter()
-            .map(|(scope, key)| (*scope, key.as_str()))
-            .unzip();
-        let (claimed_scopes, claimed_keys): (Vec<&str>, Vec<&str>) = claims
-            .claimed
-            .iter()
-            .map(|(scope, key)| (*scope, key.as_str()))
-            .unzip();
+        let (released_scopes, released_keys) = scoped(&claims.released);
+        let (claimed_scopes, claimed_keys) = scoped(&claims.claimed);
+        let (referenced_scopes, referenced_targets) = scoped(&claims.referenced);
+        let (unreferenced_scopes, unreferenced_targets) = scoped(&claims.unreferenced);
         let new_version = version + events.len() as u64;
         let crosses_snapshot = new_version / SNAPSHOT_EVERY > version / SNAPSHOT_EVERY;
         let snapshot = if crosses_snapshot {
@@ -372,13 +405,17 @@ where
             None
         };
 
-        let statement = append_statement(
-            !claims.released.is_empty(),
-            !claims.claimed.is_empty(),
-            snapshot.is_some(),
-            metadata.idempotency_key.is_some(),
-        );
-        let row: (i64, i64, DateTime<Utc>) = sqlx::query_as(statement)
+        let statement = append_statement(Parts {
+            release_names: !claims.released.is_empty(),
+            claim_names: !claims.claimed.is_empty(),
+            snapshot: snapshot.is_some(),
+            outcome: metadata.idempotency_key.is_some(),
+            register: !claims.registered.is_empty(),
+            unregister: !claims.unregistered.is_empty(),
+            refer: !claims.referenced.is_empty(),
+            unrefer: !claims.unreferenced.is_empty(),
+        });
+        let query = sqlx::query_as(statement)
             .bind(A::TYPE)
             .bind(aggregate_id)
             .bind(&sequences)
@@ -395,10 +432,40 @@ where
             .bind(new_version as i64)
             .bind(&metadata.idempotency_key)
             .bind(&metadata.actor_key_id)
-            .fetch_one(&self.store.pool)
-            .await
-            .map_err(|error| classify(error, &claims.claimed))?;
-        Ok((GlobalCursor::new(row.0, row.1), row.2))
+            .bind(&claims.registered)
+            .bind(&claims.unregistered)
+            .bind(&referenced_scopes)
+            .bind(&referenced_targets)
+            .bind(&unreferenced_scopes)
+            .bind(&unreferenced_targets);
+        let inline: Vec<&Arc<dyn Projection>> =
+            self.store.inline.iter().filter(|p| p.reads(A::TYPE)).collect();
+        let classified = |error| classify(error, claims);
+        let placed: Vec<(i64, i64, DateTime<Utc>)> = if inline.is_empty() {
+            // One statement: atomic without a transaction of its own.
+            query.fetch_all(&self.store.pool).await.map_err(classified)?
+        } else {
+            let mut tx = eventlog::begin(&self.store.pool).await?;
+            let placed = query.fetch_all(&mut *tx).await.map_err(classified)?;
+            let stored = stored_events::<A>(
+                aggregate_id,
+                version,
+                events,
+                &payloads,
+                &metadata_json,
+                &metadata.tenant,
+                &placed,
+            );
+            for projection in inline {
+                projection.apply(&mut tx, &stored).await?;
+            }
+            tx.commit().await?;
+            placed
+        };
+        let Some(&(transaction_id, position, recorded_at)) = placed.last() else {
+            return Err(AppendError::Database(sqlx::Error::RowNotFound));
+        };
+        Ok((GlobalCursor::new(transaction_id, position), recorded_at))
     }
 }
 
@@ -448,6 +515,40 @@ async fn recorded<E: serde::de::DeserializeOwned>(
     }))
 }
 
+/// The events of one append as the log holds them, for the inline projections; `placed`
+/// is each event's place in the global order and time, in sequence order.
+fn stored_events<A: Governed>(
+    aggregate_id: &str,
+    version: u64,
+    events: &[A::Event],
+    payloads: &[Value],
+    metadata: &Value,
+    tenant: &str,
+    placed: &[(i64, i64, DateTime<Utc>)],
+) -> Vec<StoredEvent> {
+    let metadata = metadata.to_string();
+    events
+        .iter()
+        .zip(payloads)
+        .zip(placed)
+        .enumerate()
+        .map(
+            |(index, ((event, payload), &(transaction_id, position, recorded_at)))| StoredEvent {
+                cursor: GlobalCursor::new(transaction_id, position),
+                aggregate_type: A::TYPE.to_string(),
+                aggregate_id: aggregate_id.to_string(),
+                sequence: version as i64 + index as i64 + 1,
+                event_type: event.event_type(),
+                event_version: event.event_version(),
+                payload: payload.to_string(),
+                metadata: metadata.clone(),
+                tenant_id: tenant.to_string(),
+                recorded_at,
+            },
+        )
+        .collect()
+}
+
 /// A point-in-time read of an aggregate.
 #[derive(Debug, Clone)]
 pub struct AsOf<A> {
@@ -457,9 +558,12 @@ pub struct AsOf<A> {
     pub updated_at: DateTime<Utc>,
 }
 
-// One statement, so one implicit transaction and one round trip: release and claim unique
-// names, refresh the snapshot when due, record the outcome under the command's idempotency
-// key, append the events, return the last event's cursor.
+// One statement, so one round trip: release and claim unique names, register the
+// aggregate as referable or unregister it, move its references, refresh the snapshot when
+// due, record the outcome under the command's idempotency key, append the events, return
+// each event's place in the global order. A reference to an unregistered target, or the
+// unregistering of a target still referred to, fails the statement on a foreign key: checked
+// against committed and in-flight changes alike, so racing commands cannot both pass.
 // Parts a change does not need are left out, so that PostgreSQL never plans a join over
 // all of a tenant's names for a command that touches none. Parameters keep their numbers
 // in every variant (their types are sent with the statement).
@@ -487,21 +591,77 @@ const RECORD_OUTCOME: &str = "recorded as (
         (tenant_id, owner_key_id, idempotency_key, aggregate_type, aggregate_id, first_sequence, last_sequence)
     values ($8, $16, $15, $1, $2, ($3::bigint[])[1], $14)
 ), ";
+const REGISTER: &str = "registered as (
+    insert into referable (tenant_id, scope, target_id) select $8, r.scope, $2 from unnest($17::text[]) as r(scope)
+), ";
+const UNREGISTER: &str = "unregistered as (
+    delete from referable where tenant_id = $8 and scope = any($18::text[]) and target_id = $2
+), ";
+const REFER: &str = "referred as (
+    insert into reference (tenant_id, scope, target_id, owner_id)
+    select $8, r.scope, r.target_id, $2 from unnest($19::text[], $20::text[]) as r(scope, target_id)
+), ";
+const UNREFER: &str = "unreferred as (
+    delete from reference c
+    using unnest($21::text[], $22::text[]) as r(scope, target_id)
+    where c.tenant_id = $8 and c.scope = r.scope and c.target_id = r.target_id and c.owner_id = $2
+), ";
 const APPEND_EVENTS: &str = "appended as (
     insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, tenant_id)
     select $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $7, $8
     from unnest($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) as e(sequence, event_type, event_version, payload)
-    returning transaction_id, position, recorded_at
+    returning sequence, transaction_id, position, recorded_at
 )
-select transaction_id::text::bigint, position, recorded_at from appended order by position desc limit 1";
+select transaction_id::text::bigint, position, recorded_at from appended order by sequence";
 
-/// The append statement for a change that releases names, claims names, writes a snapshot
-/// and/or records an idempotency outcome (indexed by those four bits).
+/// The optional parts of an append.
+#[derive(Debug, Clone, Copy)]
+struct Parts {
+    release_names: bool,
+    claim_names: bool,
+    snapshot: bool,
+    outcome: bool,
+    register: bool,
+    unregister: bool,
+    refer: bool,
+    unrefer: bool,
+}
+
+impl Parts {
+    /// Which parts, as the index of their statement among all combinations.
+    fn bits(self) -> usize {
+        [
+            self.release_names,
+            self.claim_names,
+            self.snapshot,
+            self.outcome,
+            self.register,
+            self.unregister,
+            self.refer,
+            self.unrefer,
+        ]
+        .iter()
+        .enumerate()
+        .map(|(bit, on)| usize::from(*on) << bit)
+        .sum()
+    }
+}
+
+/// The append statement of every combination of parts, indexed by [`Parts::bits`].
 static APPEND_VARIANTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-    (0..16)
+    let parts = [
+        RELEASE_NAMES,
+        CLAIM_NAMES,
+        WRITE_SNAPSHOT,
+        RECORD_OUTCOME,
+        REGISTER,
+        UNREGISTER,
+        REFER,
+        UNREFER,
+    ];
+    (0..1usize << parts.len())
         .map(|bits| {
             let mut sql = String::from("with ");
-            let parts = [RELEASE_NAMES, CLAIM_NAMES, WRITE_SNAPSHOT, RECORD_OUTCOME];
             for (bit, part) in parts.iter().enumerate() {
                 if bits & (1 << bit) != 0 {
                     sql.push_str(part);
@@ -513,24 +673,40 @@ static APPEND_VARIANTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::
         .collect()
 });
 
-fn append_statement(releases: bool, claims: bool, snapshot: bool, outcome: bool) -> &'static str {
-    let bits = usize::from(releases)
-        | usize::from(claims) << 1
-        | usize::from(snapshot) << 2
-        | usize::from(outcome) << 3;
-    &APPEND_VARIANTS[bits]
+fn append_statement(parts: Parts) -> &'static str {
+    &APPEND_VARIANTS[parts.bits()]
+}
+
+/// Claims as the statement binds them: their scopes and their keys.
+fn scoped<'a>(claims: &'a [(&'static str, String)]) -> (Vec<&'static str>, Vec<&'a str>) {
+    claims.iter().map(|(scope, key)| (*scope, key.as_str())).unzip()
 }
 
 #[derive(Debug, thiserror::Error)]
 enum AppendError {
+    #[error("an inline projection failed: {0}")]
+    Projection(ProjectionError),
     #[error("the next sequence number was taken by a concurrent writer")]
     SequenceTaken,
     #[error("name taken")]
     NameTaken { scope: String, key: String },
     #[error("an outcome is already recorded under this idempotency key")]
     AlreadyRecorded,
+    #[error("no {scope} {target} to refer to")]
+    NoSuchReference { scope: String, target: String },
+    #[error("the {scope} is still referred to")]
+    StillReferenced { scope: String },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+}
+
+impl From<ProjectionError> for AppendError {
+    fn from(error: ProjectionError) -> Self {
+        match error {
+            ProjectionError::Database(error) => AppendError::Database(error),
+            other => AppendError::Projection(other),
+        }
+    }
 }
 
 impl From<serde_json::Error> for AppendError {
@@ -539,23 +715,36 @@ impl From<serde_json::Error> for AppendError {
     }
 }
 
-fn classify(error: sqlx::Error, claimed: &[(&'static str, String)]) -> AppendError {
+fn classify(error: sqlx::Error, claims: &Claims) -> AppendError {
     if let sqlx::Error::Database(db) = &error {
-        if db.code().as_deref() == Some("23505") {
-            match db.constraint() {
-                Some("events_pkey") => return AppendError::SequenceTaken,
-                Some("idempotency_outcome_pkey") => return AppendError::AlreadyRecorded,
-                Some("unique_claim_pkey") => {
-                    // PostgreSQL names the conflicting key in the detail; with one claim per
-                    // command in practice, the first claim is the one that collided.
-                    let (scope, key) = claimed.first().cloned().unwrap_or(("name", String::new()));
-                    return AppendError::NameTaken {
+        match (db.code().as_deref(), db.constraint()) {
+            (Some("23505"), Some("events_pkey")) => return AppendError::SequenceTaken,
+            (Some("23505"), Some("idempotency_outcome_pkey")) => return AppendError::AlreadyRecorded,
+            (Some("23505"), Some("unique_claim_pkey")) => {
+                // PostgreSQL names the conflicting key in the detail; with one claim per
+                // command in practice, the first claim is the one that collided.
+                let (scope, key) = claims.claimed.first().cloned().unwrap_or(("name", String::new()));
+                return AppendError::NameTaken {
+                    scope: scope.to_string(),
+                    key,
+                };
+            }
+            // A foreign key of `reference`: names the referencing table whichever side broke
+            // it, so the side is told by what the change did. (No aggregate both refers to
+            // something and stops being referable in one change.)
+            (Some("23503"), Some("reference_target_fkey")) => {
+                if let Some(scope) = claims.unregistered.first() {
+                    return AppendError::StillReferenced {
                         scope: scope.to_string(),
-                        key,
                     };
                 }
-                _ => {}
+                let (scope, target) = claims.referenced.first().cloned().unwrap_or(("", String::new()));
+                return AppendError::NoSuchReference {
+                    scope: scope.to_string(),
+                    target,
+                };
             }
+            _ => {}
         }
     }
     AppendError::Database(error)

@@ -4,7 +4,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-use crate::governed::{Governed, NameClaims};
+use crate::governed::{Claims, Governed};
 use crate::text::DisplayName;
 
 /// Scope of the per-tenant unique category name.
@@ -19,10 +19,8 @@ pub enum CategoryCommand {
     RenameCategory {
         name: DisplayName,
     },
-    /// `prompt_count` is looked up by the caller: a category may be deleted only when empty.
-    DeleteCategory {
-        prompt_count: u64,
-    },
+    /// Refused by the write side while a prompt is in the category (see [`Governed::claims`]).
+    DeleteCategory,
 }
 
 /// Stored in `events.event_type` by variant name: never rename one.
@@ -54,8 +52,6 @@ pub enum CategoryError {
     NotFound,
     #[error("a category with this id already exists")]
     AlreadyExists,
-    #[error("the category still holds {0} prompt(s); move them first")]
-    NotEmpty(u64),
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,10 +103,7 @@ impl Aggregate for PromptCategory {
                 }
                 Ok(())
             }
-            CategoryCommand::DeleteCategory { prompt_count } if prompt_count > 0 => {
-                Err(CategoryError::NotEmpty(prompt_count))
-            }
-            CategoryCommand::DeleteCategory { .. } => {
+            CategoryCommand::DeleteCategory => {
                 sink.write(CategoryEvent::CategoryDeleted, self).await;
                 Ok(())
             }
@@ -134,20 +127,26 @@ impl Governed for PromptCategory {
         self.tenant.as_deref()
     }
 
-    fn name_claims(&self, events: &[CategoryEvent]) -> NameClaims {
+    /// The category's name, unique per tenant; and prompts may refer to it from its
+    /// creation until its deletion, which fails while any does.
+    fn claims(&self, events: &[CategoryEvent]) -> Claims {
         let mut current = self.name.clone();
-        let mut claims = NameClaims::default();
+        let mut claims = Claims::default();
         for event in events {
             match event {
                 CategoryEvent::CategoryCreated { name, .. } => {
-                    claims = claims.claim(CATEGORY_NAME_SCOPE, name);
+                    claims = claims.claim(CATEGORY_NAME_SCOPE, name).register(Self::TYPE);
                     current = name.clone();
                 }
                 CategoryEvent::CategoryRenamed { name } => {
                     claims = claims.rename(CATEGORY_NAME_SCOPE, &current, name);
                     current = name.clone();
                 }
-                CategoryEvent::CategoryDeleted => claims = claims.release(CATEGORY_NAME_SCOPE, &current),
+                CategoryEvent::CategoryDeleted => {
+                    claims = claims
+                        .release(CATEGORY_NAME_SCOPE, &current)
+                        .unregister(Self::TYPE);
+                }
             }
         }
         claims
@@ -167,11 +166,17 @@ mod tests {
     }
 
     #[test]
-    fn a_category_that_holds_prompts_cannot_be_deleted() {
+    fn a_category_is_referable_from_its_creation_until_its_deletion() {
+        let claims = PromptCategory::default().claims(&[created()]);
+        assert_eq!(claims.registered, vec![PromptCategory::TYPE]);
+        let mut category = PromptCategory::default();
+        category.apply(created());
         TestFramework::<PromptCategory>::with(())
             .given(vec![created()])
-            .when(CategoryCommand::DeleteCategory { prompt_count: 2 })
-            .then_expect_error(CategoryError::NotEmpty(2));
+            .when(CategoryCommand::DeleteCategory)
+            .then_expect_events(vec![CategoryEvent::CategoryDeleted]);
+        let claims = category.claims(&[CategoryEvent::CategoryDeleted]);
+        assert_eq!(claims.unregistered, vec![PromptCategory::TYPE]);
     }
 
     #[test]
@@ -184,7 +189,7 @@ mod tests {
             .then_expect_error(CategoryError::NotFound);
         let mut category = PromptCategory::default();
         category.apply(created());
-        let claims = category.name_claims(&[CategoryEvent::CategoryDeleted]);
+        let claims = category.claims(&[CategoryEvent::CategoryDeleted]);
         assert_eq!(
             claims.released,
             vec![(CATEGORY_NAME_SCOPE, "support".to_string())]

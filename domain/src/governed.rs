@@ -2,7 +2,9 @@
 
 use cqrs_es::Aggregate;
 
-/// An aggregate that belongs to one tenant and may hold names that are unique per tenant.
+/// An aggregate that belongs to one tenant, and whose changes may take rules that span
+/// aggregates: names unique per tenant, and references to other aggregates that must exist
+/// (and then cannot be deleted while referred to).
 pub trait Governed: Aggregate + Clone {
     /// The tenant owning this instance; `None` until its first event.
     ///
@@ -10,22 +12,33 @@ pub trait Governed: Aggregate + Clone {
     /// command ever reveals that another tenant's aggregate exists.
     fn tenant(&self) -> Option<&str>;
 
-    /// The per-tenant unique names that `events` (about to be applied to `self`) take and
-    /// release. They are stored in the same statement as the events, so two prompts can
-    /// never commit the same name.
-    fn name_claims(&self, _events: &[Self::Event]) -> NameClaims {
-        NameClaims::default()
+    /// What `events` (about to be applied to `self`) claim and release. The write side
+    /// stores it in the same statement as the events, so that two prompts can never commit
+    /// the same name, and a prompt can never enter a category that is being deleted.
+    fn claims(&self, _events: &[Self::Event]) -> Claims {
+        Claims::default()
     }
 }
 
-/// Names claimed and released by one change, each as `(scope, key)`.
+/// What one change claims and releases. Each entry is `(scope, key)`: for a name, the scope
+/// of its uniqueness and the name; for a reference, the referred aggregate's type and id.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct NameClaims {
+pub struct Claims {
+    /// Names taken; another aggregate of the tenant holding one makes the change fail.
     pub claimed: Vec<(&'static str, String)>,
+    /// Names given up.
     pub released: Vec<(&'static str, String)>,
+    /// Scopes in which this aggregate becomes something others may refer to.
+    pub registered: Vec<&'static str>,
+    /// Scopes in which it stops being one; the change fails while anything refers to it.
+    pub unregistered: Vec<&'static str>,
+    /// Aggregates this one starts referring to; the change fails if one is not registered.
+    pub referenced: Vec<(&'static str, String)>,
+    /// Aggregates this one stops referring to.
+    pub unreferenced: Vec<(&'static str, String)>,
 }
 
-impl NameClaims {
+impl Claims {
     /// Claims `key` (compared case-insensitively) in `scope`.
     pub fn claim(mut self, scope: &'static str, key: &str) -> Self {
         self.claimed.push((scope, key.to_lowercase()));
@@ -44,6 +57,45 @@ impl NameClaims {
             self
         } else {
             self.release(scope, old).claim(scope, new)
+        }
+    }
+
+    /// Makes this aggregate referable in `scope` (normally its own type).
+    pub fn register(mut self, scope: &'static str) -> Self {
+        self.registered.push(scope);
+        self
+    }
+
+    /// Makes this aggregate no longer referable in `scope`.
+    pub fn unregister(mut self, scope: &'static str) -> Self {
+        self.unregistered.push(scope);
+        self
+    }
+
+    /// Refers to `target` in `scope`.
+    pub fn refer(mut self, scope: &'static str, target: &str) -> Self {
+        self.referenced.push((scope, target.to_string()));
+        self
+    }
+
+    /// Stops referring to `target` in `scope`.
+    pub fn unrefer(mut self, scope: &'static str, target: &str) -> Self {
+        self.unreferenced.push((scope, target.to_string()));
+        self
+    }
+
+    /// Moves a reference in `scope` from `old` to `new` (either may be none).
+    pub fn move_reference(self, scope: &'static str, old: Option<&str>, new: Option<&str>) -> Self {
+        if old == new {
+            return self;
+        }
+        let claims = match old {
+            Some(old) => self.unrefer(scope, old),
+            None => self,
+        };
+        match new {
+            Some(new) => claims.refer(scope, new),
+            None => claims,
         }
     }
 }

@@ -11,7 +11,8 @@
 //! - [`text`]: validated text values; [`fields`]: reading raw input into them with every
 //!   invalid field reported at once.
 //! - [`position`]: the cursor into the one global order of events.
-//! - [`governed`]: what every aggregate here shares (its tenant, the unique names it holds).
+//! - [`governed`]: what every aggregate here shares (its tenant, the names it holds unique,
+//!   the aggregates it refers to).
 
 pub mod access;
 pub mod audit;
@@ -23,4 +24,4 @@ pub mod prompt;
 pub mod template;
 pub mod text;
 
-pub use governed::{Governed, NameClaims};
+pub use governed::{Claims, Governed};

@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::event::StoredEvent;
+use eventlog::StoredEvent;
 
 /// `specversion` of every message.
 pub const SPEC_VERSION: &str = "1.0";
@@ -41,10 +41,12 @@ pub const SPEC_VERSION: &str = "1.0";
 /// the CloudEvents `id` and the JetStream `Nats-Msg-Id`, so a re-published event is
 /// recognised as a duplicate.
 pub fn event_id(event: &StoredEvent) -> String {
-    format!(
-        "{}-{}-{}",
-        event.aggregate_type, event.aggregate_id, event.sequence
-    )
+    identity(&event.aggregate_type, &event.aggregate_id, event.sequence)
+}
+
+/// The `id` of the event number `sequence` of an aggregate: `<type>-<id>-<sequence>`.
+pub fn identity(aggregate_type: &str, aggregate_id: &str, sequence: i64) -> String {
+    format!("{aggregate_type}-{aggregate_id}-{sequence}")
 }
 
 /// `<prefix>.<tenant>.<aggregate_type>.<aggregate_id>.<event_type>`, with any character NATS
@@ -66,13 +68,25 @@ pub fn nats_subject(prefix: &str, event: &StoredEvent) -> String {
         &event.event_type,
     ] {
         subject.push('.');
-        subject.extend(token.chars().map(|c| match c {
-            '.' | '*' | '>' => '_',
-            c if c.is_whitespace() => '_',
-            c => c,
-        }));
+        push_subject_token(&mut subject, token);
     }
     subject
+}
+
+/// `text` as one token of a NATS subject: any character NATS gives a meaning to (`.`, `*`,
+/// `>`, whitespace) replaced by `_`.
+pub fn subject_token(text: &str) -> String {
+    let mut token = String::with_capacity(text.len());
+    push_subject_token(&mut token, text);
+    token
+}
+
+fn push_subject_token(out: &mut String, text: &str) {
+    out.extend(text.chars().map(|c| match c {
+        '.' | '*' | '>' => '_',
+        c if c.is_whitespace() => '_',
+        c => c,
+    }));
 }
 
 #[derive(Serialize)]

@@ -48,8 +48,8 @@ use domain::position::GlobalCursor;
 use sqlx::PgPool;
 use tokio::sync::{broadcast, watch, Notify};
 
-use crate::event::StoredEvent;
 use crate::{cloudevent, global_order, runner};
+use eventlog::StoredEvent;
 
 /// Events one history query returns. Small, because a subscriber holds a whole page and
 /// an event can carry a large template.
@@ -200,6 +200,22 @@ impl Feed {
             _ready: self.ready.clone(),
         })
     }
+}
+
+/// Whether `tenant` has an event at `cursor`: every cursor a subscriber is given (an
+/// event's `id`, a `resume_from`) names one. One that does not was never handed out by this
+/// log, or was lost with it (a restore from an older backup, a failover to a standby that
+/// had not received it); resuming after it would skip events or misplace them.
+pub async fn tenant_event_at(pool: &PgPool, tenant: &str, cursor: GlobalCursor) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "select exists (select 1 from events
+                        where transaction_id = $1::bigint::text::xid8 and position = $2 and tenant_id = $3)",
+    )
+    .bind(cursor.transaction_id)
+    .bind(cursor.position)
+    .bind(tenant)
+    .fetch_one(pool)
+    .await
 }
 
 /// What a subscription yields.

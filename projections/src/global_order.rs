@@ -11,7 +11,7 @@
 use domain::position::GlobalCursor;
 use sqlx::PgConnection;
 
-use crate::event::StoredEvent;
+use eventlog::StoredEvent;
 
 /// Up to `limit` committed events after `after`, in global order.
 pub async fn read_after(
@@ -31,16 +31,43 @@ pub async fn read_for(
     limit: i64,
     aggregate_types: Option<&[&str]>,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let sql = "select aggregate_type, aggregate_id, sequence, event_type, event_version,
-                case when $4::text[] is null or aggregate_type = any($4) then payload::text else 'null' end as payload,
-                metadata::text as metadata, tenant_id, transaction_id::text::bigint as transaction_id, position, recorded_at
-         from events
-         where (transaction_id, position) > ($1::bigint::text::xid8, $2)
-           and transaction_id < (select events_horizon())
-         -- Qualified: the bare names would sort by the casted output column, which no
-         -- index provides, and PostgreSQL would sort everything after the cursor.
-         order by events.transaction_id, events.position
-         limit $3";
+    read(conn, READ_SETTLED.as_str(), after, limit, aggregate_types).await
+}
+
+/// Like [`read_for`], but every committed event, up to the newest, whether or not older
+/// transactions are still running. Only for a reader that no event can reach late: the
+/// rebuild of an inline projection, which holds its tables' locks, so a transaction that
+/// would write them is either committed before it reads or waits until it is done.
+pub async fn read_committed_for(
+    conn: &mut PgConnection,
+    after: GlobalCursor,
+    limit: i64,
+    aggregate_types: Option<&[&str]>,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    read(conn, READ_COMMITTED.as_str(), after, limit, aggregate_types).await
+}
+
+const SELECT_AFTER: &str = "select aggregate_type, aggregate_id, sequence, event_type, event_version,
+        case when $4::text[] is null or aggregate_type = any($4) then payload::text else 'null' end as payload,
+        metadata::text as metadata, tenant_id, transaction_id::text::bigint as transaction_id, position, recorded_at
+    from events
+    where (transaction_id, position) > ($1::bigint::text::xid8, $2)";
+// Qualified: the bare names would sort by the casted output column, which no index
+// provides, and PostgreSQL would sort everything after the cursor.
+const ORDERED: &str = " order by events.transaction_id, events.position limit $3";
+static READ_SETTLED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("{SELECT_AFTER} and transaction_id < (select events_horizon()){ORDERED}")
+});
+static READ_COMMITTED: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{SELECT_AFTER}{ORDERED}"));
+
+async fn read(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    after: GlobalCursor,
+    limit: i64,
+    aggregate_types: Option<&[&str]>,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
     sqlx::query_as(sql)
         .bind(after.transaction_id)
         .bind(after.position)

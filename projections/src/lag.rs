@@ -9,13 +9,27 @@ use sqlx::PgPool;
 pub struct ProjectionLag {
     /// The checkpoint's name: a projection's name, or `nats_relay:<stream>`.
     pub name: String,
-    /// The checkpoint as `<transaction>-<position>`.
+    /// The checkpoint as `<transaction>-<position>`; `inline` for a projection written in the
+    /// transaction of the events it reads, which is never behind.
     pub checkpoint: String,
     /// Committed events not yet applied.
     pub events_behind: i64,
     /// Age of the oldest committed event not yet applied (0 when caught up).
     pub seconds_behind: f64,
     pub checkpoint_updated_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl ProjectionLag {
+    /// The lag of an inline projection: none.
+    pub fn inline(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            checkpoint: "inline".to_string(),
+            events_behind: 0,
+            seconds_behind: 0.0,
+            checkpoint_updated_at: None,
+        }
+    }
 }
 
 /// The lag of the checkpoint called `name` (a reader without a checkpoint yet is at the

@@ -2,7 +2,6 @@
 //! from it.
 //!
 //! # Layout
-//! - [`event`]: an event as read from the log, with its place in the global order.
 //! - [`cloudevent`]: the CloudEvents JSON form every live subscriber receives.
 //! - [`feed`]: the process's live feed for Server-Sent Events and WebSocket subscribers.
 //! - [`global_order`]: reading the log in one total order that never skips a late commit.
@@ -26,7 +25,6 @@ pub mod canonical;
 pub mod catalog;
 pub mod cloudevent;
 pub mod csv;
-pub mod event;
 pub mod feed;
 pub mod global_order;
 pub mod history;
@@ -35,8 +33,8 @@ pub mod page;
 pub mod relay;
 pub mod runner;
 
-pub use event::StoredEvent;
-pub use runner::{Projection, ProjectionError, Projections};
+pub use eventlog::{Projection, ProjectionError, StoredEvent};
+pub use runner::Projections;
 
 use std::sync::Arc;
 
@@ -47,4 +45,13 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(catalog::CatalogProjection),
         Arc::new(audit::AuditProjection),
     ]
+}
+
+/// The projections the write side applies in the transaction that appends their events
+/// (`commands::EventStore::new` takes them); the others have runners.
+pub fn inline() -> Vec<Arc<dyn Projection>> {
+    all()
+        .into_iter()
+        .filter(|projection| projection.inline())
+        .collect()
 }

@@ -22,6 +22,12 @@
 //! - Every message carries `Aipm-Database`, this database's identity: a stream whose last
 //!   message came from another database's log is refused (its cursor says nothing of this
 //!   log, and resuming after it would skip events), and the relay reports why.
+//! - Before resuming after the stream's last message, the relay checks that this log holds
+//!   that very event at that cursor. After a restore from an older backup, a point-in-time
+//!   recovery or a failover to a standby that had not received the newest events, it does
+//!   not: the stream is ahead of the log, the cursor's transaction id may be handed out again
+//!   for other events, and resuming would skip or misplace them. The relay then stops
+//!   publishing and says why (`/readyz`, `/v1/system/projections`).
 //!
 //! # Never in the way of commands
 //! Commands never wait for the relay (read-your-writes waits only for read models). While
@@ -41,15 +47,15 @@ use chrono::{DateTime, Utc};
 use domain::position::GlobalCursor;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use crate::event::StoredEvent;
 use crate::global_order::pending_after;
 use crate::lag::{self, ProjectionLag};
 use crate::runner::{checkpoint, lock_projection, next_look, save_checkpoint, BATCH_SIZE};
 use crate::{cloudevent, global_order};
+use eventlog::StoredEvent;
 
 /// Stream name used when none is configured.
 pub const DEFAULT_STREAM: &str = "AIPM_EVENTS";
@@ -205,7 +211,7 @@ impl Relay {
         // A connection of the relay's own, closed when the relay stops: stopping it is an
         // abort, and closing the connection makes PostgreSQL roll back whatever the relay
         // had open, as after a crash, without relying on the pool to clean up after an
-        // aborted task (see `runner::begin` for how that can go wrong).
+        // aborted task (see `eventlog::begin` for how that can go wrong).
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACK_TIMEOUT)
@@ -311,6 +317,18 @@ enum RelayError {
          give each database its own AIPM_NATS_STREAM"
     )]
     ForeignStream { stream: String, other: String },
+    #[error(
+        "stream {stream} ends with event {event} at cursor {cursor}, which this event log does not \
+         hold: the database was restored from an older backup or failed over to a standby that \
+         lacked it, and the stream is ahead of the log. Publishing stopped so as not to skip or \
+         misplace events; give the feed a new stream (AIPM_NATS_STREAM) and let subscribers \
+         resume from it"
+    )]
+    StreamAheadOfLog {
+        stream: String,
+        event: String,
+        cursor: GlobalCursor,
+    },
 }
 
 fn nats(context: &'static str) -> impl FnOnce(async_nats::Error) -> RelayError {
@@ -489,14 +507,14 @@ impl Worker {
         // only see transactions older than the oldest one holding an id, so holding one
         // while waiting for NATS would hold back every projection, and every command's
         // read-your-writes with them.
-        let mut tx = crate::runner::begin(&self.pool).await?;
+        let mut tx = eventlog::begin(&self.pool).await?;
         lock_projection(&mut tx, &self.checkpoint_name).await?;
         let saved = checkpoint(&mut tx, &self.checkpoint_name).await?;
         // Our own last commit is still the checkpoint: the stream's head is as we left it.
         // Otherwise (a start, a failure, another process's turn) ask the stream.
         let head = match self.head.take() {
             Some(head) if head.cursor == saved => head,
-            _ => read_head(&stream, &database, saved).await?,
+            _ => read_head(&mut tx, &stream, &database, saved).await?,
         };
         let events = global_order::read_for(&mut tx, head.cursor, BATCH_SIZE, None).await?;
         if events.is_empty() {
@@ -593,8 +611,14 @@ async fn ensure_stream(context: &Context, settings: &RelaySettings) -> Result<St
 /// last message; the start of the log if the stream never held a message (new, or deleted
 /// and re-created: it is filled from the start); `saved` if the last message is gone
 /// (purged or aged out) or was not published by aipm. A last message stamped by another
-/// database (`database` is this one's) is an error: its cursor says nothing of this log.
-async fn read_head(stream: &Stream, database: &str, saved: GlobalCursor) -> Result<StreamHead, RelayError> {
+/// database (`database` is this one's) is an error: its cursor says nothing of this log. So
+/// is one whose event this log does not hold at its cursor (see the module docs).
+async fn read_head(
+    conn: &mut PgConnection,
+    stream: &Stream,
+    database: &str,
+    saved: GlobalCursor,
+) -> Result<StreamHead, RelayError> {
     let info = stream
         .get_info()
         .await
@@ -617,14 +641,26 @@ async fn read_head(stream: &Stream, database: &str, saved: GlobalCursor) -> Resu
                     });
                 }
             }
-            relayed_cursor(&message.payload).unwrap_or_else(|| {
-                tracing::warn!(
-                    stream = %info.config.name,
-                    sequence,
-                    "the stream's last message was not published by aipm; resuming from the checkpoint"
-                );
-                saved
-            })
+            match relayed(&message.payload) {
+                Some((event, cursor)) => {
+                    if !holds(conn, &event, cursor).await? {
+                        return Err(RelayError::StreamAheadOfLog {
+                            stream: info.config.name.clone(),
+                            event,
+                            cursor,
+                        });
+                    }
+                    cursor
+                }
+                None => {
+                    tracing::warn!(
+                        stream = %info.config.name,
+                        sequence,
+                        "the stream's last message was not published by aipm; resuming from the checkpoint"
+                    );
+                    saved
+                }
+            }
         }
         Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => saved,
         Err(error) => return Err(nats("reading the stream's last message")(error.into())),
@@ -632,14 +668,31 @@ async fn read_head(stream: &Stream, database: &str, saved: GlobalCursor) -> Resu
     Ok(StreamHead { sequence, cursor })
 }
 
-/// The `aipmcursor` of a CloudEvents message published by the relay.
-fn relayed_cursor(payload: &[u8]) -> Option<GlobalCursor> {
+/// Whether this log holds the event `event` (its CloudEvents `id`) at `cursor`.
+async fn holds(conn: &mut PgConnection, event: &str, cursor: GlobalCursor) -> Result<bool, sqlx::Error> {
+    let found: Option<(String, String, i64)> = sqlx::query_as(
+        "select aggregate_type, aggregate_id, sequence from events
+         where transaction_id = $1::bigint::text::xid8 and position = $2",
+    )
+    .bind(cursor.transaction_id)
+    .bind(cursor.position)
+    .fetch_optional(conn)
+    .await?;
+    Ok(found.is_some_and(|(aggregate_type, aggregate_id, sequence)| {
+        cloudevent::identity(&aggregate_type, &aggregate_id, sequence) == event
+    }))
+}
+
+/// The CloudEvents `id` and `aipmcursor` of a message published by the relay.
+fn relayed(payload: &[u8]) -> Option<(String, GlobalCursor)> {
     #[derive(Deserialize)]
     struct Relayed {
+        id: String,
         aipmcursor: String,
     }
     let relayed: Relayed = serde_json::from_slice(payload).ok()?;
-    GlobalCursor::from_str(&relayed.aipmcursor).ok()
+    let cursor = GlobalCursor::from_str(&relayed.aipmcursor).ok()?;
+    Some((relayed.id, cursor))
 }
 
 /// What publishing a batch achieved.
@@ -740,9 +793,12 @@ mod tests {
 
     #[test]
     fn the_cursor_of_a_relayed_message_is_read_back_and_others_are_not_mistaken_for_one() {
-        let body = br#"{"specversion":"1.0","aipmcursor":"812-40"}"#;
-        assert_eq!(relayed_cursor(body), Some(GlobalCursor::new(812, 40)));
-        assert_eq!(relayed_cursor(b"hello"), None);
-        assert_eq!(relayed_cursor(br#"{"aipmcursor":"x"}"#), None);
+        let body = br#"{"specversion":"1.0","id":"prompt-a-1","aipmcursor":"812-40"}"#;
+        assert_eq!(
+            relayed(body),
+            Some(("prompt-a-1".to_string(), GlobalCursor::new(812, 40)))
+        );
+        assert_eq!(relayed(b"hello"), None);
+        assert_eq!(relayed(br#"{"id":"e","aipmcursor":"x"}"#), None);
     }
 }

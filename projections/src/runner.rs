@@ -1,4 +1,5 @@
-//! The projection runner: tails the global order and applies it to every projection.
+//! The projection runner: tails the global order and applies it to every projection that
+//! is not applied inline by the write side (see [`eventlog::Projection`]).
 //!
 //! Each projection has its own checkpoint, advanced in the same transaction as its
 //! read-model writes, so an event's effect lands exactly once whatever crashes in between.
@@ -12,13 +13,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use domain::position::GlobalCursor;
+use eventlog::{begin, Projection, ProjectionError};
 use sqlx::postgres::PgListener;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
-use crate::event::StoredEvent;
 use crate::global_order;
 
 /// Channel on which appends are announced to other processes.
@@ -32,69 +32,6 @@ pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(500);
 pub(crate) const PENDING_NAP: Duration = Duration::from_millis(5);
 const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
 const RETRY_DELAY: Duration = Duration::from_secs(1);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProjectionError {
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-    #[error("event {cursor} ({event_type}) could not be decoded: {source}")]
-    Undecodable {
-        cursor: GlobalCursor,
-        event_type: String,
-        source: serde_json::Error,
-    },
-}
-
-impl ProjectionError {
-    pub fn undecodable(event: &StoredEvent, source: serde_json::Error) -> Self {
-        Self::Undecodable {
-            cursor: event.cursor,
-            event_type: event.event_type.clone(),
-            source,
-        }
-    }
-}
-
-/// A read model maintained from the event log. Must be safe to replay: it writes only its
-/// own tables and has no effects outside the transaction it is given.
-#[async_trait]
-pub trait Projection: Send + Sync + 'static {
-    /// Stored in `projection_checkpoint.projection_name`: renaming it rebuilds from scratch.
-    fn name(&self) -> &'static str;
-
-    /// The tables this projection owns; a rebuild empties them.
-    fn tables(&self) -> &'static [&'static str];
-
-    /// The aggregate types whose events this projection reads (`None`: all). Commands on
-    /// other aggregates do not wait for it, and their payloads are not fetched for it.
-    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
-        None
-    }
-
-    /// Whether a command waits for this projection before answering (read-your-writes).
-    /// Read models whose readers wait for them instead say no, and cost commands nothing.
-    fn awaited_by_commands(&self) -> bool {
-        true
-    }
-
-    /// Applies a batch of events, in global order, inside the runner's transaction.
-    async fn apply(&self, tx: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ProjectionError>;
-}
-
-/// Opens a transaction that a cancelled caller cannot leave open on a pooled connection.
-///
-/// sqlx 0.8 returns a connection to its pool inside a transaction when `begin` is cancelled
-/// while its BEGIN is in flight: nothing rolls that transaction back, and the next statement
-/// on the connection (a command's append, say) runs inside it, is answered as done, and is
-/// lost. Here BEGIN runs in a task of its own and always completes; if the caller is gone by
-/// then, the transaction is dropped, which queues its rollback.
-pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let pool = pool.clone();
-    #[allow(clippy::disallowed_methods)] // the one place it is safe: the task cannot be cancelled
-    tokio::spawn(async move { pool.begin().await })
-        .await
-        .map_err(|error| sqlx::Error::Io(std::io::Error::other(format!("BEGIN task failed: {error}"))))?
-}
 
 /// Reads a projection's checkpoint (the start if it has none yet).
 pub async fn checkpoint(conn: &mut PgConnection, name: &str) -> Result<GlobalCursor, sqlx::Error> {
@@ -229,14 +166,12 @@ pub struct Projections {
 #[derive(Clone)]
 struct Checkpoint {
     name: &'static str,
-    aggregate_types: Option<&'static [&'static str]>,
-    awaited_by_commands: bool,
     applied: watch::Receiver<GlobalCursor>,
 }
 
 impl Projections {
-    /// Starts one runner task per projection, plus the tasks that announce this process's
-    /// appends to other processes and listen for theirs.
+    /// Starts one runner task per projection that is not applied inline, plus the tasks
+    /// that announce this process's appends to other processes and listen for theirs.
     pub fn spawn(
         pool: PgPool,
         projections: Vec<Arc<dyn Projection>>,
@@ -280,12 +215,11 @@ impl Projections {
 
         let checkpoints = projections
             .into_iter()
+            .filter(|projection| !projection.inline())
             .map(|projection| {
                 let (sender, applied) = watch::channel(GlobalCursor::START);
                 let checkpoint = Checkpoint {
                     name: projection.name(),
-                    aggregate_types: projection.aggregate_types(),
-                    awaited_by_commands: projection.awaited_by_commands(),
                     applied,
                 };
                 tokio::spawn(run(pool.clone(), projection, sender, wake.clone()));
@@ -299,22 +233,6 @@ impl Projections {
     /// and after a runner commits. Other tailers of the global order can wait on it.
     pub fn wake_signal(&self) -> watch::Receiver<u64> {
         self.wake.subscribe()
-    }
-
-    /// Waits until every projection that reads `aggregate_type` has applied the event at
-    /// `cursor`. Returns false if that took longer than `timeout`.
-    pub async fn wait_for(&self, aggregate_type: &str, cursor: GlobalCursor, timeout: Duration) -> bool {
-        let relevant = self
-            .checkpoints
-            .iter()
-            .filter(|c| {
-                c.awaited_by_commands
-                    && c.aggregate_types
-                        .is_none_or(|types| types.contains(&aggregate_type))
-            })
-            .map(|c| c.applied.clone())
-            .collect();
-        Self::wait_all(relevant, cursor, timeout).await
     }
 
     /// Waits until the projection called `name` has applied the event at `cursor`. Returns

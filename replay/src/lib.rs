@@ -2,7 +2,8 @@
 //!
 //! A rebuild empties a projection's tables, resets its checkpoint and applies the whole
 //! log again, all in one transaction holding the projection's lock, so a half-done rebuild
-//! is never visible and a running server's runner waits rather than interleaving.
+//! is never visible and a running server's runner waits rather than interleaving. Commands
+//! that write an inline projection's tables wait for its rebuild in the same way.
 //!
 //! The cost of that simplicity: while it runs, reads of the rebuilt tables wait (TRUNCATE
 //! locks them) and, because its transaction stays open, no projection on the same
@@ -12,8 +13,8 @@
 use std::time::Instant;
 
 use domain::position::GlobalCursor;
+use eventlog::Projection;
 use indicatif::{ProgressBar, ProgressStyle};
-use projections::runner::Projection;
 use projections::{ProjectionError, StoredEvent};
 use sqlx::PgPool;
 
@@ -45,7 +46,7 @@ pub async fn rebuild(
     progress: bool,
 ) -> Result<RebuildReport, ProjectionError> {
     let started = Instant::now();
-    let mut tx = projections::runner::begin(pool).await?;
+    let mut tx = eventlog::begin(pool).await?;
     projections::runner::lock_projection(&mut tx, projection.name()).await?;
     let total: i64 = sqlx::query_scalar("select count(*) from events")
         .fetch_one(&mut *tx)
@@ -67,11 +68,18 @@ pub async fn rebuild(
             .await?;
     }
     // Reading and decoding the log runs on its own connection, a batch ahead of applying,
-    // so that both cores work. It sees only events of transactions older than this one,
-    // and the checkpoint saved below is the last event applied: the runner goes on from
-    // there once the rebuild commits.
+    // so that both cores work. For a projection with a runner it sees only events of
+    // transactions older than this one, and the checkpoint saved below is the last event
+    // applied: the runner goes on from there once the rebuild commits. An inline
+    // projection has no runner to go on: the emptied tables stay locked until the commit,
+    // so every event written with them is committed now and read, or waits for the commit.
     let (batches, mut incoming) = tokio::sync::mpsc::channel(2);
-    let reader = tokio::spawn(read_ahead(pool.clone(), projection.aggregate_types(), batches));
+    let reader = tokio::spawn(read_ahead(
+        pool.clone(),
+        projection.aggregate_types(),
+        projection.inline(),
+        batches,
+    ));
     let mut cursor = GlobalCursor::START;
     let mut events = 0u64;
     while let Some(batch) = incoming.recv().await {
@@ -85,7 +93,9 @@ pub async fn rebuild(
         cursor = last;
     }
     reader.abort();
-    projections::runner::save_checkpoint(&mut tx, projection.name(), cursor).await?;
+    if !projection.inline() {
+        projections::runner::save_checkpoint(&mut tx, projection.name(), cursor).await?;
+    }
     tx.commit().await?;
     bar.finish();
     Ok(RebuildReport {
@@ -94,10 +104,12 @@ pub async fn rebuild(
     })
 }
 
-/// Sends the whole log in batches, then an empty batch; stops at the first error.
+/// Sends the whole log in batches, then an empty batch; stops at the first error. With
+/// `committed`, every committed event (see `global_order::read_committed_for`).
 async fn read_ahead(
     pool: PgPool,
     aggregate_types: Option<&'static [&'static str]>,
+    committed: bool,
     batches: tokio::sync::mpsc::Sender<Result<Vec<StoredEvent>, sqlx::Error>>,
 ) {
     let mut conn = match pool.acquire().await {
@@ -109,8 +121,12 @@ async fn read_ahead(
     };
     let mut cursor = GlobalCursor::START;
     loop {
-        let batch =
-            projections::global_order::read_for(&mut conn, cursor, REBUILD_BATCH, aggregate_types).await;
+        let batch = if committed {
+            projections::global_order::read_committed_for(&mut conn, cursor, REBUILD_BATCH, aggregate_types)
+                .await
+        } else {
+            projections::global_order::read_for(&mut conn, cursor, REBUILD_BATCH, aggregate_types).await
+        };
         let done = match &batch {
             Ok(events) => match events.last() {
                 Some(last) => {

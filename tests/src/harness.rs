@@ -39,6 +39,16 @@ impl TestDatabase {
         let pool = api::db::connect(&url, 24).await.expect("test database");
         Self { name, url, pool }
     }
+
+    /// A copy of this database as it is now, made with pg_dump and pg_restore (a backup
+    /// restored next to the original, on the same server).
+    pub async fn copy(&self) -> Self {
+        let name = format!("aipm_test_{}", Uuid::new_v4().simple());
+        crate::postgres::copy_database(&self.url, &server_url(), &name);
+        let url = format!("{}/{}", server_url(), name);
+        let pool = api::db::connect(&url, 24).await.expect("copied database");
+        Self { name, url, pool }
+    }
 }
 
 impl Drop for TestDatabase {
@@ -89,7 +99,10 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.server.abort();
         if let Some(relay) = &self.settings.relay {
-            crate::nats::delete_stream_blocking(relay);
+            crate::nats::delete_stream_blocking(&relay.nats_url, &relay.stream);
+        }
+        if let Some(anchors) = &self.settings.anchors {
+            crate::nats::delete_stream_blocking(&anchors.nats_url, &anchors.stream);
         }
     }
 }
@@ -108,7 +121,11 @@ impl TestApp {
     /// A server configured with `settings` (`api::Settings::default()`: no NATS feed). A
     /// feed's stream is deleted when the `TestApp` is dropped.
     pub async fn spawn_with(settings: api::Settings) -> Self {
-        let db = TestDatabase::create().await;
+        Self::spawn_on(TestDatabase::create().await, settings).await
+    }
+
+    /// A server on `db` (not a fresh database), with an admin key for tenant `acme`.
+    pub async fn spawn_on(db: TestDatabase, settings: api::Settings) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = format!("http://{}", listener.local_addr().expect("address"));
         let pool = db.pool.clone();
@@ -148,6 +165,12 @@ impl TestApp {
 
     pub fn pool(&self) -> &PgPool {
         &self.db.pool
+    }
+
+    /// Stops the server (and its relay), as a process that died would, keeping its database
+    /// and stream.
+    pub fn stop(&self) {
+        self.server.abort();
     }
 
     /// A key with `role` in `tenant` (created if new), issued as the CLI does.

@@ -47,16 +47,34 @@ pub async fn delete_stream_named(nats_url: &str, stream: &str) {
     }
 }
 
-/// [`delete_stream`] from synchronous code (a `Drop`), on a thread of its own.
-pub fn delete_stream_blocking(settings: &RelaySettings) {
-    let settings = settings.clone();
+/// [`delete_stream_named`] from synchronous code (a `Drop`), on a thread of its own.
+pub fn delete_stream_blocking(nats_url: &str, stream: &str) {
+    let (nats_url, stream) = (nats_url.to_string(), stream.to_string());
     let _ = std::thread::spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
             return;
         };
-        runtime.block_on(delete_stream(&settings));
+        runtime.block_on(delete_stream_named(&nats_url, &stream));
     })
     .join();
+}
+
+/// Anchoring to a stream and subject prefix of the test's own, signed with a fresh key
+/// made as README says (`openssl genpkey -algorithm ed25519`).
+pub fn unique_anchor_settings(nats_url: &str) -> projections::audit::anchor::AnchorSettings {
+    let unique = Uuid::new_v4().simple().to_string();
+    let key = std::env::temp_dir().join(format!("aipm-test-anchor-key-{unique}.pem"));
+    let key = key.to_string_lossy().to_string();
+    crate::postgres::run_client_program("openssl", &["genpkey", "-algorithm", "ed25519", "-out", &key]);
+    let signing = projections::audit::anchor::AnchorKey::signing_from_pem_file(&key).expect("the key");
+    let _ = std::fs::remove_file(&key);
+    projections::audit::anchor::AnchorSettings {
+        nats_url: nats_url.to_string(),
+        stream: format!("AIPM_TEST_ANCHORS_{unique}"),
+        subject_prefix: format!("aipmtest.anchors.{unique}"),
+        key: signing,
+        interval: Duration::from_secs(3600),
+    }
 }
 
 /// One message of the stream as a subscriber receives it.

@@ -44,6 +44,9 @@ pub struct Cli {
     #[arg(long, env = "AIPM_LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: String,
 
+    #[command(flatten)]
+    pub anchors: crate::settings::anchors::AnchorArgs,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -146,9 +149,17 @@ pub enum ReplayCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Recompute the hash chains from the event log and compare them with the audit log;
-    /// exits non-zero naming the first entry that does not match.
+    /// Recompute the hash chains from the event log and compare them with the audit log,
+    /// and with their anchors when a key is configured; exits non-zero naming the first
+    /// entry or anchor that does not match.
     Verify {
+        /// Only this tenant (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Anchor the chain heads now (AIPM_AUDIT_SIGNING_KEY): sign each and publish it to the
+    /// anchors' stream, unless the last anchor already holds it.
+    Anchor {
         /// Only this tenant (default: every tenant).
         #[arg(long)]
         tenant: Option<String>,
@@ -186,7 +197,9 @@ async fn run(cli: Cli) -> Result<(), String> {
     };
     match command {
         Command::Serve(args) => {
-            let settings = args.settings(&cli.nats_url)?;
+            let settings = args
+                .settings(&cli.nats_url)?
+                .with_anchors(cli.anchors.settings(&cli.nats_url)?);
             let ServeArgs {
                 listen,
                 db_connections,
@@ -253,15 +266,25 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Audit {
-            command: AuditCommand::Verify { tenant },
-        } => {
+        Command::Audit { command } => {
+            let anchors = cli.anchors.settings(&cli.nats_url)?;
             let pool = db::connect(&cli.database_url, 4)
                 .await
                 .map_err(|e| e.to_string())?;
-            let report = audit::verify(&pool, tenant.as_deref()).await?;
-            print!("{report}");
-            Ok(())
+            match command {
+                AuditCommand::Verify { tenant } => {
+                    let report = audit::verify(&pool, tenant.as_deref(), anchors.as_ref()).await?;
+                    print!("{report}");
+                    Ok(())
+                }
+                AuditCommand::Anchor { tenant } => {
+                    let Some(anchors) = anchors else {
+                        return Err("set AIPM_AUDIT_SIGNING_KEY to the key that signs anchors".into());
+                    };
+                    print!("{}", audit::anchor(&pool, &anchors, tenant.as_deref()).await?);
+                    Ok(())
+                }
+            }
         }
     }
 }
@@ -288,7 +311,7 @@ pub async fn create_key(
     let slug = Slug::parse("tenant", tenant).map_err(|e| e.to_string())?;
     let role: Role = role.parse()?;
     let name = DisplayName::parse("name", name).map_err(|e| e.to_string())?;
-    let store = EventStore::new(pool.clone());
+    let store = EventStore::new(pool.clone(), projections::inline());
     let metadata = cli_metadata(slug.as_ref());
     let tenants = store.aggregates::<Tenant>(());
     match tenants
@@ -323,7 +346,7 @@ pub async fn create_key(
 
 /// Revokes a key from the command line.
 pub async fn revoke_key(pool: &PgPool, key_id: Uuid) -> Result<(), String> {
-    let keys = EventStore::new(pool.clone()).aggregates::<ApiKey>(());
+    let keys = EventStore::new(pool.clone(), projections::inline()).aggregates::<ApiKey>(());
     let (key, _) = keys.load(&key_id.to_string()).await.map_err(|e| e.to_string())?;
     let Some(tenant) = key.tenant else {
         return Err(format!("no API key {key_id}"));
@@ -342,7 +365,7 @@ pub async fn revoke_key(pool: &PgPool, key_id: Uuid) -> Result<(), String> {
 /// Brings the read models up to date and tells running servers, so that a key created
 /// or revoked here takes effect at once.
 async fn publish(pool: &PgPool) -> Result<(), String> {
-    for projection in projections::all() {
+    for projection in projections::all().into_iter().filter(|p| !p.inline()) {
         projections::runner::catch_up(pool, projection.as_ref())
             .await
             .map_err(|e| e.to_string())?;

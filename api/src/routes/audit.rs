@@ -447,7 +447,7 @@ async fn verify_audit(State(app): State<AppState>, context: CommandContext) -> A
     context.caller.require(Permission::ReadAudit)?;
     let recorded = record_read(&app, &context, "audit_verify", BTreeMap::new()).await?;
     catch_up(&app, recorded).await;
-    let report = audit::verify::verify(&app.pool, Some(&context.caller.tenant))
+    let report = audit::verify::verify(&app.pool, Some(&context.caller.tenant), app.anchors.as_ref())
         .await
         .map_err(projection_failure)?;
     let Some(tenant) = report.tenants.into_iter().next() else {

@@ -5,7 +5,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use domain::access::Permission;
-use domain::category::CategoryCommand;
+use domain::category::{CategoryCommand, CategoryEvent};
 use domain::text::DisplayName;
 use projections::catalog::queries::{self as catalog, CategoryView};
 use serde::Deserialize;
@@ -74,21 +74,23 @@ async fn create_category(
     let context = context.with_reason(body.reason)?;
     let name = DisplayName::parse("name", &body.name)?;
     let id = context.new_id();
-    let tenant = context.caller.tenant.clone();
     let command = CategoryCommand::CreateCategory {
-        tenant: tenant.clone(),
+        tenant: context.caller.tenant.clone(),
         name,
     };
-    app.create(&app.categories, &id.to_string(), command, &context)
+    let committed = app
+        .create(&app.categories, &id.to_string(), command, &context)
         .await?;
-    let view = read_category(&app, &tenant, id).await?;
+    // The new category is exactly what its event says: no need to read it back.
+    let created = committed.events.into_iter().next().zip(committed.recorded_at);
+    let Some((CategoryEvent::CategoryCreated { name, .. }, created_at)) = created else {
+        return Err(ApiError::Internal(
+            "creating a category recorded no CategoryCreated".into(),
+        ));
+    };
+    let view = CategoryView::created(id, name, committed.version, created_at);
     let location = [(header::LOCATION, format!("/v1/categories/{id}"))];
-    Ok((
-        StatusCode::CREATED,
-        etag(view.version as u64),
-        location,
-        Json(view),
-    ))
+    Ok((StatusCode::CREATED, etag(committed.version), location, Json(view)))
 }
 
 /// `GET /v1/categories`: all categories of the tenant, by name.
@@ -162,7 +164,8 @@ async fn rename_category(
     Ok((etag(view.version as u64), Json(view)))
 }
 
-/// `DELETE /v1/categories/{id}`: only when no prompt is in it.
+/// `DELETE /v1/categories/{id}`: only when no prompt is in it (checked with the delete, so a
+/// prompt moving in at the same time either makes it fail or fails itself).
 #[utoipa::path(
     delete,
     path = "/v1/categories/{category_id}",
@@ -181,10 +184,7 @@ async fn delete_category(
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<impl IntoResponse> {
     context.caller.require(Permission::Write)?;
-    let view = read_category(&app, &context.caller.tenant, id).await?;
-    let command = CategoryCommand::DeleteCategory {
-        prompt_count: view.prompt_count.max(0) as u64,
-    };
+    let command = CategoryCommand::DeleteCategory;
     app.execute(&app.categories, &id.to_string(), command, &context)
         .await?;
     Ok(StatusCode::NO_CONTENT)

@@ -104,6 +104,7 @@ async fn server_sent_events(
         ),
     };
     let (filter, from) = parse_request(&caller, query, last_event_id)?;
+    let from = known_cursor(&app, &caller, from).await?;
     let subscription = app.feed.subscribe(filter, from).await.map_err(unavailable)?;
     let messages = futures::stream::unfold(Some(subscription), |state| async move {
         let mut subscription = state?;
@@ -193,6 +194,7 @@ async fn websocket(
 ) -> ApiResult<Response> {
     caller.require(Permission::Read)?;
     let (filter, from) = parse_request(&caller, query, None)?;
+    let from = known_cursor(&app, &caller, from).await?;
     let upgrade = upgrade.map_err(|rejection| {
         ApiError::MalformedBody(format!(
             "this endpoint needs a WebSocket upgrade request: {}",
@@ -290,12 +292,19 @@ fn unavailable(error: FeedError) -> ApiError {
     }
 }
 
+/// Where a subscription starts: after a cursor given in a request field, or the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Resume {
+    after: GlobalCursor,
+    field: &'static str,
+}
+
 /// The subscriber's filter and starting cursor, or every problem with the request.
 fn parse_request(
     caller: &Caller,
     query: FeedQuery,
     last_event_id: Option<&str>,
-) -> Result<(Filter, GlobalCursor), ApiError> {
+) -> Result<(Filter, Resume), ApiError> {
     let (aggregate_types, event_types, from, last_event_id) = (
         parse_names("aggregate_type", query.aggregate_type),
         parse_names("event_type", query.event_type),
@@ -308,7 +317,36 @@ fn parse_request(
         aggregate_types,
         event_types,
     };
-    Ok((filter, last_event_id.or(from).unwrap_or(GlobalCursor::START)))
+    let resume = match (last_event_id, from) {
+        (Some(after), _) => Resume {
+            after,
+            field: "Last-Event-ID",
+        },
+        (None, Some(after)) => Resume { after, field: "from" },
+        (None, None) => Resume {
+            after: GlobalCursor::START,
+            field: "from",
+        },
+    };
+    Ok((filter, resume))
+}
+
+/// The cursor to start after, once it is known to name an event of the caller's tenant.
+async fn known_cursor(app: &AppState, caller: &Caller, resume: Resume) -> ApiResult<GlobalCursor> {
+    if resume.after == GlobalCursor::START
+        || projections::feed::tenant_event_at(&app.pool, &caller.tenant, resume.after).await?
+    {
+        return Ok(resume.after);
+    }
+    Err(ApiError::invalid(
+        resume.field,
+        format!(
+            "no event of this tenant is at cursor {}: resume from a cursor this feed delivered, or \
+             from the start. (A cursor delivered before the database was restored from an older \
+             backup, or failed over, may name an event the log no longer holds.)",
+            resume.after
+        ),
+    ))
 }
 
 fn parse_cursor(field: &'static str, value: Option<&str>) -> Result<Option<GlobalCursor>, InvalidText> {

@@ -108,7 +108,15 @@ async fn create_key(
     if !issued_now {
         return Err(not_replayable());
     }
-    let view = key_view(&app, id, &tenant).await?;
+    // The key is exactly what its event says: no need to read it back.
+    let issued = committed.events.into_iter().next().zip(committed.recorded_at);
+    let Some(view) = issued.and_then(|(event, created_at)| {
+        KeyView::issued(id, event, created_at, context.metadata.actor_name.clone())
+    }) else {
+        return Err(ApiError::Internal(
+            "issuing a key recorded no ApiKeyIssued".into(),
+        ));
+    };
     let location = [(header::LOCATION, format!("/v1/keys/{id}"))];
     Ok((
         StatusCode::CREATED,

@@ -14,7 +14,7 @@ use domain::prompt::{
     parse_model, parse_note, parse_params, parse_tags, Prompt, PromptCommand, PromptEvent, Template,
     MAX_DESCRIPTION_CHARS, MAX_MESSAGE_CHARS,
 };
-use domain::text::{DisplayName, InvalidText, Slug};
+use domain::text::{DisplayName, Slug};
 use projections::catalog::queries::{self as catalog, PromptFilter, PromptView, Resolved, VersionView};
 use projections::history;
 use serde::{Deserialize, Serialize};
@@ -72,23 +72,6 @@ async fn read_version(app: &AppState, tenant: &str, id: Uuid, version: i32) -> A
         .ok_or(ApiError::NotFound("version"))
 }
 
-/// Whether a category named in a request exists: `true` when none is named.
-async fn category_known(app: &AppState, tenant: &str, category: Option<Uuid>) -> ApiResult<bool> {
-    match category {
-        Some(category) => Ok(catalog::category_exists(&app.pool, tenant, category).await?),
-        None => Ok(true),
-    }
-}
-
-/// Refuses a category named in a request that the tenant does not have.
-fn category_must_exist(known: bool) -> Result<(), InvalidText> {
-    if known {
-        Ok(())
-    } else {
-        Err(InvalidText::new("category", "no such category"))
-    }
-}
-
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreatePromptBody {
@@ -109,12 +92,12 @@ struct CreatePromptBody {
 }
 
 impl CreatePromptBody {
-    fn into_command(self, tenant: &str, category_known: bool) -> Result<PromptCommand, ApiError> {
-        let (name, description, tags, ()) = (
+    /// The command; whether the category exists is checked when it is appended.
+    fn into_command(self, tenant: &str) -> Result<PromptCommand, ApiError> {
+        let (name, description, tags) = (
             DisplayName::parse("name", &self.name),
             parse_note("description", &self.description, MAX_DESCRIPTION_CHARS),
             parse_tags("tags", &self.tags),
-            category_must_exist(category_known),
         )
             .all_valid()?;
         Ok(PromptCommand::CreatePrompt {
@@ -149,8 +132,7 @@ async fn create_prompt(
 ) -> ApiResult<impl IntoResponse> {
     context.caller.require(Permission::Write)?;
     let context = context.with_reason(body.reason.take())?;
-    let known = category_known(&app, &context.caller.tenant, body.category).await?;
-    let command = body.into_command(&context.caller.tenant, known)?;
+    let command = body.into_command(&context.caller.tenant)?;
     let id = context.new_id();
     let committed = app
         .create(&app.prompts, &id.to_string(), command, &context)
@@ -394,7 +376,6 @@ async fn move_prompt(
 ) -> ApiResult<impl IntoResponse> {
     context.caller.require(Permission::Write)?;
     let context = context.with_reason(body.reason)?;
-    category_must_exist(category_known(&app, &context.caller.tenant, body.category).await?)?;
     let command = PromptCommand::MovePromptToCategory {
         category: body.category,
     };

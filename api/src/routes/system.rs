@@ -119,7 +119,12 @@ async fn projection_lag(State(app): State<AppState>, caller: Caller) -> ApiResul
     caller.require(Permission::Operate)?;
     let mut items = Vec::new();
     for projection in projections::all() {
-        items.push(json!(projections::lag::lag(&app.pool, projection.name()).await?));
+        let lag = if projection.inline() {
+            projections::lag::ProjectionLag::inline(projection.name())
+        } else {
+            projections::lag::lag(&app.pool, projection.name()).await?
+        };
+        items.push(json!(lag));
     }
     if let Some(relay) = &app.relay {
         items.push(json!(relay.report(&app.pool).await?));

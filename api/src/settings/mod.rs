@@ -5,7 +5,9 @@
 //! - [`security`]: rate limits, body limits, timeouts, shedding, CORS and security headers.
 //! - [`feed`]: the live feed over HTTP.
 //! - [`idempotency`]: how long idempotency keys live.
+//! - [`anchors`]: anchoring the audit chains outside the database.
 
+pub mod anchors;
 pub mod feed;
 pub mod idempotency;
 pub mod security;
@@ -29,12 +31,20 @@ pub struct Settings {
     pub feed: FeedSettings,
     /// The NATS JetStream feed; `None` turns it off.
     pub relay: Option<projections::relay::RelaySettings>,
+    /// Anchoring the audit chains; `None`: not anchored.
+    pub anchors: Option<projections::audit::anchor::AnchorSettings>,
 }
 
 impl Settings {
     /// These settings with the NATS feed configured by `relay` (`None`: off).
     pub fn with_relay(mut self, relay: Option<projections::relay::RelaySettings>) -> Self {
         self.relay = relay;
+        self
+    }
+
+    /// These settings with anchoring configured by `anchors` (`None`: off).
+    pub fn with_anchors(mut self, anchors: Option<projections::audit::anchor::AnchorSettings>) -> Self {
+        self.anchors = anchors;
         self
     }
 }

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::category::PromptCategory;
 use crate::fields::{self, Invalid};
-use crate::governed::{Governed, NameClaims};
+use crate::governed::{Claims, Governed};
 use crate::template::extract_variables;
 use crate::text::{parse_line, DisplayName, InvalidText, Slug};
 
@@ -400,18 +401,39 @@ impl Governed for Prompt {
         self.tenant.as_deref()
     }
 
-    fn name_claims(&self, events: &[PromptEvent]) -> NameClaims {
-        let mut current = self.name.clone();
-        let mut claims = NameClaims::default();
+    /// The prompt's name, unique per tenant, and its category, which must exist and cannot
+    /// be deleted while the prompt is in it.
+    fn claims(&self, events: &[PromptEvent]) -> Claims {
+        let mut name = self.name.clone();
+        let mut category = self.category.map(|c| c.to_string());
+        let mut claims = Claims::default();
         for event in events {
             match event {
-                PromptEvent::PromptCreated { name, .. } => {
-                    claims = claims.claim(PROMPT_NAME_SCOPE, name);
-                    current = name.clone();
+                PromptEvent::PromptCreated {
+                    name: new_name,
+                    category: new_category,
+                    ..
+                } => {
+                    claims = claims.claim(PROMPT_NAME_SCOPE, new_name);
+                    name = new_name.clone();
+                    let new_category = new_category.map(|c| c.to_string());
+                    claims = claims.move_reference(PromptCategory::TYPE, None, new_category.as_deref());
+                    category = new_category;
                 }
-                PromptEvent::PromptMetadataUpdated { name, .. } => {
-                    claims = claims.rename(PROMPT_NAME_SCOPE, &current, name);
-                    current = name.clone();
+                PromptEvent::PromptMetadataUpdated { name: new_name, .. } => {
+                    claims = claims.rename(PROMPT_NAME_SCOPE, &name, new_name);
+                    name = new_name.clone();
+                }
+                PromptEvent::PromptMovedToCategory {
+                    category: new_category,
+                } => {
+                    let new_category = new_category.map(|c| c.to_string());
+                    claims = claims.move_reference(
+                        PromptCategory::TYPE,
+                        category.as_deref(),
+                        new_category.as_deref(),
+                    );
+                    category = new_category;
                 }
                 _ => {}
             }
@@ -517,9 +539,42 @@ mod tests {
             name: name.into(),
             description: String::new(),
         };
-        let claims = prompt.name_claims(&[renamed("Welcome")]);
+        let claims = prompt.claims(&[renamed("Welcome")]);
         assert_eq!(claims.released, vec![(PROMPT_NAME_SCOPE, "greeting".to_string())]);
         assert_eq!(claims.claimed, vec![(PROMPT_NAME_SCOPE, "welcome".to_string())]);
-        assert_eq!(prompt.name_claims(&[renamed("GREETING")]), NameClaims::default());
+        assert_eq!(prompt.claims(&[renamed("GREETING")]), Claims::default());
+    }
+
+    #[test]
+    fn a_prompt_refers_to_its_category_and_a_move_moves_the_reference() {
+        let first = Uuid::now_v7();
+        let second = Uuid::now_v7();
+        let mut prompt = Prompt::default();
+        let created_in = PromptEvent::PromptCreated {
+            tenant: "acme".into(),
+            name: "greeting".into(),
+            category: Some(first),
+            description: String::new(),
+            tags: vec![],
+        };
+        let claims = prompt.claims(std::slice::from_ref(&created_in));
+        assert_eq!(claims.referenced, vec![(PromptCategory::TYPE, first.to_string())]);
+        prompt.apply(created_in);
+        let moved = |category| PromptEvent::PromptMovedToCategory { category };
+        let claims = prompt.claims(&[moved(Some(second))]);
+        assert_eq!(
+            claims.unreferenced,
+            vec![(PromptCategory::TYPE, first.to_string())]
+        );
+        assert_eq!(
+            claims.referenced,
+            vec![(PromptCategory::TYPE, second.to_string())]
+        );
+        let claims = prompt.claims(&[moved(None)]);
+        assert_eq!(
+            claims.unreferenced,
+            vec![(PromptCategory::TYPE, first.to_string())]
+        );
+        assert!(claims.referenced.is_empty());
     }
 }

@@ -1,5 +1,8 @@
 //! `tenant` and `api_key`: who may call the API. Low volume, so applied event by event.
 //! This module applies events to the tables; [`queries`] reads them.
+//!
+//! Applied inline, in the transaction that appends the events: a revoked key stops working
+//! with the commit of its revocation, which is durable before the revocation is answered.
 
 pub mod queries;
 
@@ -9,8 +12,8 @@ use domain::access::{ApiKey, ApiKeyEvent, Tenant, TenantEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::event::StoredEvent;
-use crate::runner::{Projection, ProjectionError};
+use eventlog::StoredEvent;
+use eventlog::{Projection, ProjectionError};
 
 pub struct AccessProjection;
 
@@ -26,6 +29,10 @@ impl Projection for AccessProjection {
 
     fn tables(&self) -> &'static [&'static str] {
         &["tenant", "api_key"]
+    }
+
+    fn inline(&self) -> bool {
+        true
     }
 
     async fn apply(&self, tx: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ProjectionError> {

@@ -2,6 +2,7 @@
 //! an admin lists them. The table is [`super::AccessProjection`]'s.
 
 use chrono::{DateTime, Utc};
+use domain::access::ApiKeyEvent;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -48,6 +49,36 @@ pub struct KeyView {
     /// The key's own rate limit (`requests_per_second`, `burst`); `null`: the default.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<KeyRateLimit>))]
     pub rate_limit: Option<sqlx::types::Json<serde_json::Value>>,
+}
+
+impl KeyView {
+    /// The key an `ApiKeyIssued` event records, as listed; `None` for any other event.
+    pub fn issued(
+        id: Uuid,
+        event: ApiKeyEvent,
+        created_at: DateTime<Utc>,
+        created_by: String,
+    ) -> Option<Self> {
+        let ApiKeyEvent::ApiKeyIssued {
+            name,
+            role,
+            key_prefix,
+            ..
+        } = event
+        else {
+            return None;
+        };
+        Some(Self {
+            id,
+            name,
+            role: role.as_str().to_string(),
+            prefix: key_prefix,
+            created_at,
+            created_by,
+            revoked_at: None,
+            rate_limit: None,
+        })
+    }
 }
 
 /// A key's own rate limit.

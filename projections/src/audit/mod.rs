@@ -23,9 +23,11 @@
 //! empty (`Default`) state. Event types this build cannot fold or decode get `null`.
 //!
 //! The same functions build the entries here and in [`verify`], which recomputes the chain
-//! from the event log and compares it with the table. [`queries`] reads the entries;
-//! [`permissions`] folds the key events into who held which role at an instant.
+//! from the event log and compares it with the table, and with the [`anchor`]s: signed
+//! chain heads kept outside the database. [`queries`] reads the entries; [`permissions`]
+//! folds the key events into who held which role at an instant.
 
+pub mod anchor;
 pub mod permissions;
 pub mod queries;
 pub mod verify;
@@ -45,8 +47,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
-use crate::event::StoredEvent;
-use crate::runner::{Projection, ProjectionError};
+use eventlog::StoredEvent;
+use eventlog::{Projection, ProjectionError};
 
 /// The projection's name (its checkpoint's key).
 pub const NAME: &str = "audit";
@@ -379,8 +381,8 @@ fn diff(before: &Value, after: &Value) -> Value {
     Value::Object(changes)
 }
 
-/// Writes the audit log. Reads every event; commands do not wait for it (readers of the
-/// audit log wait instead), so it adds nothing to a command's response time.
+/// Writes the audit log. Reads every event, with a runner: commands do not wait for it
+/// (readers of the audit log wait instead), so it adds nothing to a command's response time.
 pub struct AuditProjection;
 
 #[async_trait]
@@ -391,10 +393,6 @@ impl Projection for AuditProjection {
 
     fn tables(&self) -> &'static [&'static str] {
         &["audit_entry", "audit_aggregate_state"]
-    }
-
-    fn awaited_by_commands(&self) -> bool {
-        false
     }
 
     /// Folds the batch in memory from the heads of the chains and the aggregate states it

@@ -11,7 +11,7 @@ use domain::position::GlobalCursor;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::runner::ProjectionError;
+use eventlog::ProjectionError;
 
 /// A key as it stood at the instant asked about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1,5 +1,7 @@
 //! Verifying the audit log: the chain is recomputed from the event log and compared with
-//! `audit_entry`, entry by entry, reporting each tenant's first entry that does not match.
+//! `audit_entry`, entry by entry, reporting each tenant's first entry that does not match,
+//! and with the tenant's anchors (see [`super::anchor`]), which catch a history rewritten in
+//! both tables alike.
 //!
 //! The event log is read in the global order in batches, up to the audit projection's
 //! checkpoint (later events are not audited yet; they are counted as pending). Everything
@@ -13,9 +15,11 @@ use domain::position::GlobalCursor;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
+use super::anchor::{self, Anchor, AnchorSettings, TenantAnchors};
 use super::{chain_event, AuditEntry, ChainHead, ChainedEntry, ENTRY_COLUMNS, NAME};
-use crate::event::StoredEvent;
-use crate::runner::{self, ProjectionError};
+use crate::runner;
+use eventlog::ProjectionError;
+use eventlog::StoredEvent;
 
 /// Events recomputed per round trip.
 const VERIFY_BATCH: i64 = 5_000;
@@ -121,6 +125,45 @@ pub struct TenantReport {
     /// Events after the audit projection's checkpoint, not audited yet.
     pub pending_events: i64,
     pub first_mismatch: Option<Mismatch>,
+    /// The chain checked against its anchors; `null` when anchoring is not configured.
+    pub anchors: Option<AnchorReport>,
+}
+
+/// A chain checked against its anchors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AnchorReport {
+    /// Anchors whose head the recomputed chain has, with the same hash.
+    pub checked: usize,
+    /// The newest anchor.
+    pub last: Option<Anchor>,
+    /// The first anchor the chain contradicts: history rewritten or removed before it, or an
+    /// anchor that is not signed by the configured key.
+    pub first_mismatch: Option<AnchorMismatch>,
+    /// Why the anchors could not be read, if they could not (the chain is then not vouched for).
+    pub error: Option<String>,
+}
+
+/// An anchor the recomputed chain contradicts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AnchorMismatch {
+    pub anchor: Anchor,
+    /// The recomputed hash of the entry the anchor pins, if the chain still has it.
+    pub recomputed_hash: Option<String>,
+    pub detail: String,
+}
+
+impl AnchorReport {
+    fn ok(&self) -> bool {
+        self.first_mismatch.is_none() && self.error.is_none()
+    }
+}
+
+/// What one tenant's chain is checked against besides the audit table.
+enum AnchorCheck {
+    Anchors(TenantAnchors),
+    Unreadable(String),
 }
 
 /// The outcome of [`verify`].
@@ -140,27 +183,138 @@ impl VerifyReport {
 struct Progress {
     head: ChainHead,
     first_mismatch: Option<Mismatch>,
+    anchors: Option<AnchorCheck>,
+    anchors_checked: usize,
+    anchor_mismatch: Option<AnchorMismatch>,
 }
 
 impl Progress {
-    fn new() -> Self {
+    fn new(anchors: Option<AnchorCheck>) -> Self {
         Self {
             head: ChainHead::genesis(),
             first_mismatch: None,
+            anchors,
+            anchors_checked: 0,
+            anchor_mismatch: None,
         }
+    }
+
+    /// Checks the recomputed head against an anchor of the same place, if there is one.
+    fn check_anchor(&mut self) {
+        let Some(AnchorCheck::Anchors(anchors)) = &self.anchors else {
+            return;
+        };
+        let Some(anchor) = anchors.by_entries.get(&self.head.sequence) else {
+            return;
+        };
+        if anchor.head_hash == self.head.hash {
+            self.anchors_checked += 1;
+        } else if self.anchor_mismatch.is_none() {
+            self.anchor_mismatch = Some(AnchorMismatch {
+                anchor: anchor.clone(),
+                recomputed_hash: Some(self.head.hash.clone()),
+                detail: format!(
+                    "entry {} recomputed from the event log does not have the hash anchored at {}: \
+                     the history up to it was rewritten",
+                    anchor.entries, anchor.anchored_at
+                ),
+            });
+        }
+    }
+
+    /// The report once the whole chain was recomputed.
+    fn anchor_report(&mut self) -> Option<AnchorReport> {
+        let anchors = self.anchors.take()?;
+        let anchors = match anchors {
+            AnchorCheck::Unreadable(error) => {
+                return Some(AnchorReport {
+                    checked: 0,
+                    last: None,
+                    first_mismatch: None,
+                    error: Some(error),
+                })
+            }
+            AnchorCheck::Anchors(anchors) => anchors,
+        };
+        let beyond = anchors
+            .by_entries
+            .range(self.head.sequence + 1..)
+            .next()
+            .map(|(_, anchor)| AnchorMismatch {
+                anchor: anchor.clone(),
+                recomputed_hash: None,
+                detail: format!(
+                    "the chain recomputed from the event log has {} entries, but {} were anchored at {}: \
+                     history was removed",
+                    self.head.sequence, anchor.entries, anchor.anchored_at
+                ),
+            });
+        let unsigned = anchors.unsigned.first().map(|anchor| AnchorMismatch {
+            anchor: anchor.clone(),
+            recomputed_hash: None,
+            detail: "this anchor's signature does not check with the configured key: it was not \
+                     made by this aipm, or was altered"
+                .to_string(),
+        });
+        let mut last: Vec<&Anchor> = anchors.by_entries.values().chain(&anchors.unsigned).collect();
+        last.sort_by(|a, b| a.anchored_at.cmp(&b.anchored_at));
+        Some(AnchorReport {
+            checked: self.anchors_checked,
+            last: last.last().map(|anchor| (*anchor).clone()),
+            first_mismatch: self.anchor_mismatch.take().or(beyond).or(unsigned),
+            error: None,
+        })
     }
 }
 
-/// Verifies the chain of `tenant`, or of every tenant in the event log or the audit table.
-pub async fn verify(pool: &PgPool, tenant: Option<&str>) -> Result<VerifyReport, ProjectionError> {
-    let mut tx = crate::runner::begin(pool).await?;
+/// Each tenant's anchors, read from the anchors' stream and checked against the key.
+async fn tenant_anchors(
+    pool: &PgPool,
+    settings: &AnchorSettings,
+    tenant: Option<&str>,
+) -> Result<BTreeMap<String, AnchorCheck>, sqlx::Error> {
+    let tenants: Vec<String> = match tenant {
+        Some(tenant) => vec![tenant.to_string()],
+        None => {
+            sqlx::query_scalar(
+                "select tenant_id from tenant union select distinct tenant_id from audit_entry",
+            )
+            .fetch_all(pool)
+            .await?
+        }
+    };
+    let mut checks = BTreeMap::new();
+    for tenant in tenants {
+        let check = match anchor::anchors(settings, &tenant).await {
+            Ok(anchors) => AnchorCheck::Anchors(TenantAnchors::from_anchors(anchors, &settings.key)),
+            Err(error) => AnchorCheck::Unreadable(error.to_string()),
+        };
+        checks.insert(tenant, check);
+    }
+    Ok(checks)
+}
+
+/// Verifies the chain of `tenant`, or of every tenant in the event log or the audit table,
+/// and, with `anchors`, against the anchors of each.
+pub async fn verify(
+    pool: &PgPool,
+    tenant: Option<&str>,
+    anchors: Option<&AnchorSettings>,
+) -> Result<VerifyReport, ProjectionError> {
+    // Anchors first: each pins an entry the audit table held when it was made, which the
+    // snapshot below, taken later, holds too.
+    let mut anchors = match anchors {
+        Some(settings) => tenant_anchors(pool, settings, tenant).await?,
+        None => BTreeMap::new(),
+    };
+    let mut tx = eventlog::begin(pool).await?;
     sqlx::query("set transaction isolation level repeatable read, read only")
         .execute(&mut *tx)
         .await?;
     let checkpoint = runner::checkpoint(&mut tx, NAME).await?;
     let mut progress: BTreeMap<String, Progress> = BTreeMap::new();
     if let Some(tenant) = tenant {
-        progress.insert(tenant.to_string(), Progress::new());
+        progress.insert(tenant.to_string(), Progress::new(anchors.remove(tenant)));
     }
     let mut states: HashMap<(String, String), Option<String>> = HashMap::new();
     let mut after = GlobalCursor::START;
@@ -174,12 +328,13 @@ pub async fn verify(pool: &PgPool, tenant: Option<&str>) -> Result<VerifyReport,
         for event in &events {
             let chain = progress
                 .entry(event.tenant_id.clone())
-                .or_insert_with(Progress::new);
+                .or_insert_with(|| Progress::new(anchors.remove(&event.tenant_id)));
             let state = states
                 .entry((event.aggregate_type.clone(), event.aggregate_id.clone()))
                 .or_default();
             let chained = chain_event(event, &mut chain.head, state)
                 .map_err(|e| ProjectionError::undecodable(event, e))?;
+            chain.check_anchor();
             if chain.first_mismatch.is_none() {
                 recomputed.push(chained);
             }
@@ -202,24 +357,29 @@ pub async fn verify(pool: &PgPool, tenant: Option<&str>) -> Result<VerifyReport,
             .fetch_all(&mut *tx)
             .await?;
         for tenant in audited {
-            progress.entry(tenant).or_insert_with(Progress::new);
+            let tenant_anchors = anchors.remove(&tenant);
+            progress
+                .entry(tenant)
+                .or_insert_with(|| Progress::new(tenant_anchors));
         }
     }
     let pending = pending_events(&mut tx, checkpoint, tenant).await?;
     let mut tenants = Vec::with_capacity(progress.len());
-    for (tenant, chain) in progress {
+    for (tenant, mut chain) in progress {
         let stored_head = stored_head(&mut tx, &tenant).await?;
+        let anchors = chain.anchor_report();
         let first_mismatch = match chain.first_mismatch {
             Some(mismatch) => Some(mismatch),
             None => entry_beyond(&mut tx, &tenant, chain.head.sequence).await?,
         };
         tenants.push(TenantReport {
-            ok: first_mismatch.is_none(),
+            ok: first_mismatch.is_none() && anchors.as_ref().is_none_or(AnchorReport::ok),
             entries: chain.head.sequence,
             head: chain.head,
             stored_head,
             pending_events: pending.get(&tenant).copied().unwrap_or(0),
             first_mismatch,
+            anchors,
             tenant,
         });
     }

@@ -1,7 +1,10 @@
 //! `prompt`, `prompt_version` and `prompt_category`: the prompt catalogue as the API reads it.
 //! This module applies events to the tables; [`queries`] reads them.
 //!
-//! A batch is folded in memory (the rows it touches are loaded once, changed event by
+//! Applied inline: the write side applies a command's events in the transaction that appends
+//! them, so the catalogue is never behind the log and a command's next read sees it.
+//!
+//! A batch is folded in memory (the rows it touches are loaded once, locked, changed event by
 //! event, and written back with one statement per table), so applying it costs a handful
 //! of round trips however many events it holds. That is what makes a rebuild fast.
 
@@ -18,10 +21,13 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::event::StoredEvent;
-use crate::runner::{Projection, ProjectionError};
+use eventlog::StoredEvent;
+use eventlog::{Projection, ProjectionError};
 
 pub struct CatalogProjection;
+
+/// Versions written with COPY rather than one INSERT from this many on.
+const COPY_FROM: usize = 64;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct PromptRow {
@@ -94,6 +100,10 @@ impl Projection for CatalogProjection {
         &["prompt", "prompt_version", "prompt_category"]
     }
 
+    fn inline(&self) -> bool {
+        true
+    }
+
     async fn apply(&self, tx: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ProjectionError> {
         let mut decoded = Vec::new();
         for event in events {
@@ -136,9 +146,21 @@ async fn load(
     tx: &mut PgConnection,
     decoded: &[(&StoredEvent, Uuid, Decoded)],
 ) -> Result<Batch, sqlx::Error> {
+    // Rows created by this batch need no loading (a command creating a prompt reads nothing).
+    let created: HashSet<Uuid> = decoded
+        .iter()
+        .filter(|(_, _, d)| {
+            matches!(
+                d,
+                Decoded::Prompt(PromptEvent::PromptCreated { .. })
+                    | Decoded::Category(CategoryEvent::CategoryCreated { .. })
+            )
+        })
+        .map(|(_, id, _)| *id)
+        .collect();
     let prompt_ids: Vec<Uuid> = decoded
         .iter()
-        .filter(|(_, _, d)| matches!(d, Decoded::Prompt(_)))
+        .filter(|(_, id, d)| matches!(d, Decoded::Prompt(_)) && !created.contains(id))
         .map(|(_, id, _)| *id)
         .collect::<HashSet<Uuid>>()
         .into_iter()
@@ -148,14 +170,27 @@ async fn load(
     } else {
         sqlx::query_as(
             // A join with the ids, not `= any($1)`: the generic plan for a long array is a
-            // sequential scan of every prompt.
-            "select p.* from unnest($1::uuid[]) as wanted(id) join prompt p on p.prompt_id = wanted.id",
+            // sequential scan of every prompt. Locked, in id order, because commands apply
+            // their events concurrently (a category's count is shared by its prompts).
+            "select p.* from unnest($1::uuid[]) as wanted(id) join prompt p on p.prompt_id = wanted.id
+             order by p.prompt_id for update of p",
         )
         .bind(&prompt_ids)
         .fetch_all(&mut *tx)
         .await?
     };
-    let mut category_ids: HashSet<Uuid> = prompts.iter().filter_map(|p| p.category_id).collect();
+    // Only the categories whose rows change: the batch's own, and those prompts enter or
+    // leave (a prompt being tagged must not lock its category against its siblings).
+    let moved: HashSet<Uuid> = decoded
+        .iter()
+        .filter(|(_, _, d)| matches!(d, Decoded::Prompt(PromptEvent::PromptMovedToCategory { .. })))
+        .map(|(_, id, _)| *id)
+        .collect();
+    let mut category_ids: HashSet<Uuid> = prompts
+        .iter()
+        .filter(|p| moved.contains(&p.prompt_id))
+        .filter_map(|p| p.category_id)
+        .collect();
     for (_, id, payload) in decoded {
         match payload {
             Decoded::Category(_) => {
@@ -170,12 +205,13 @@ async fn load(
             Decoded::Prompt(_) => {}
         }
     }
-    let category_ids: Vec<Uuid> = category_ids.into_iter().collect();
+    let category_ids: Vec<Uuid> = category_ids.difference(&created).copied().collect();
     let categories: Vec<CategoryRow> = if category_ids.is_empty() {
         Vec::new()
     } else {
         sqlx::query_as(
-            "select c.* from unnest($1::uuid[]) as wanted(id) join prompt_category c on c.category_id = wanted.id",
+            "select c.* from unnest($1::uuid[]) as wanted(id) join prompt_category c on c.category_id = wanted.id
+             order by c.category_id for update of c",
         )
             .bind(&category_ids)
             .fetch_all(&mut *tx)
@@ -385,8 +421,34 @@ async fn store(tx: &mut PgConnection, batch: Batch) -> Result<(), sqlx::Error> {
         .execute(&mut *tx)
         .await?;
     }
-    if !batch.versions.is_empty() {
-        // Versions are only ever inserted, each exactly once: COPY is the fastest way in.
+    if !batch.versions.is_empty() && batch.versions.len() < COPY_FROM {
+        // A command's few versions: one statement.
+        let rows = &batch.versions;
+        sqlx::query(
+            "insert into prompt_version (prompt_id, version, tenant_id, template, variables, model, params,
+                                         message, created_at, created_by)
+             select r.prompt_id, r.version, r.tenant_id, r.template, string_to_array(r.variables, ','),
+                    r.model, r.params, r.message, r.created_at, r.created_by
+             from unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
+                         $8::text[], $9::timestamptz[], $10::text[])
+                  as r(prompt_id, version, tenant_id, template, variables, model, params, message,
+                       created_at, created_by)",
+        )
+        .bind(rows.iter().map(|r| r.prompt_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.tenant_id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.template.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.variables.join(",")).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.model.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.params.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.created_by.as_str()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    } else if !batch.versions.is_empty() {
+        // Versions are only ever inserted, each exactly once: COPY is the fastest way in for
+        // many (a rebuild), but costs two more round trips than one statement.
         let mut copy = tx
             .copy_in_raw(
                 "copy prompt_version (prompt_id, version, tenant_id, template, variables, model, params,

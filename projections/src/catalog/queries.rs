@@ -146,6 +146,20 @@ pub struct CategoryView {
     pub updated_at: DateTime<Utc>,
 }
 
+impl CategoryView {
+    /// A category as its creation recorded it: without prompts yet.
+    pub fn created(id: Uuid, name: String, version: u64, created_at: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            name,
+            prompt_count: 0,
+            version: version as i64,
+            created_at,
+            updated_at: created_at,
+        }
+    }
+}
+
 const CATEGORY_COLUMNS: &str = "category_id as id, name, prompt_count, version, created_at, updated_at";
 
 /// Which prompts a listing returns, and which page of them.
@@ -266,17 +280,6 @@ pub async fn resolve(
     .bind(label)
     .fetch_optional(pool)
     .await
-}
-
-/// Whether `tenant` has the category `id`.
-pub async fn category_exists(pool: &PgPool, tenant: &str, id: Uuid) -> sqlx::Result<bool> {
-    let found: Option<i32> =
-        sqlx::query_scalar("select 1 from prompt_category where category_id = $1 and tenant_id = $2")
-            .bind(id)
-            .bind(tenant)
-            .fetch_optional(pool)
-            .await?;
-    Ok(found.is_some())
 }
 
 /// A category of `tenant`.

@@ -1161,7 +1161,7 @@ async fn hot_prompt(args: HotPromptArgs) -> Result<()> {
 /// history (what loading would cost without snapshots).
 async fn cold_loads(url: &str, hot: &str, fresh: &str, samples: u32, json_path: Option<&Path>) -> Result<()> {
     let pool = api::db::connect(url, 2).await?;
-    let store = commands::EventStore::new(pool).aggregates::<Prompt>(());
+    let store = commands::EventStore::new(pool, projections::inline()).aggregates::<Prompt>(());
     let far_future = chrono::Utc::now() + chrono::Duration::days(1);
     println!("cold load of the prompt from PostgreSQL, {samples} samples each (ms):");
     println!(
@@ -1535,8 +1535,8 @@ mod relay {
     use uuid::Uuid;
 
     use super::{
-        append_json, median, now_rfc3339, seconds, Api, DeleteStreamArgs, Percentiles, RelayArgs, Result, SeedArgs,
-        ServerArgs,
+        append_json, median, now_rfc3339, seconds, Api, DeleteStreamArgs, Percentiles, RelayArgs, Result,
+        SeedArgs, ServerArgs,
     };
 
     /// Acks in flight in the baseline: the relay's batch.

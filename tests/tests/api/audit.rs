@@ -153,7 +153,7 @@ async fn every_event_becomes_one_chained_entry_with_who_why_and_what_changed() {
     let after = entries(&app, &auditor, "").await;
     assert_eq!(after[head as usize - 1]["hash"], report["head"]["hash"]);
     assert_eq!(report["stored_head"]["sequence"], head);
-    assert!(api::cli::audit::verify(app.pool(), Some("acme"))
+    assert!(api::cli::audit::verify(app.pool(), Some("acme"), None)
         .await
         .is_ok_and(|out| out.contains("acme: ok")));
 }
@@ -591,18 +591,18 @@ impl Tampered {
             .as_str()
             .is_some_and(|d| d.contains(&format!("#{sequence}"))));
 
-        let failure = api::cli::audit::verify(self.app.pool(), Some("acme"))
+        let failure = api::cli::audit::verify(self.app.pool(), Some("acme"), None)
             .await
             .expect_err("the CLI fails");
         assert!(
             failure.contains(&format!("entry #{sequence} ({cli_kind})")),
             "{failure}"
         );
-        let every_tenant = api::cli::audit::verify(self.app.pool(), None)
+        let every_tenant = api::cli::audit::verify(self.app.pool(), None, None)
             .await
             .expect_err("the CLI fails for all tenants too");
         assert!(every_tenant.contains("tenant acme"), "{every_tenant}");
-        let beta = api::cli::audit::verify(self.app.pool(), Some("beta")).await;
+        let beta = api::cli::audit::verify(self.app.pool(), Some("beta"), None).await;
         assert!(beta.is_ok(), "{beta:?}");
         report
     }
@@ -793,4 +793,79 @@ async fn the_audit_table_refuses_edits_and_deletions() {
         let error = sqlx::query(sql).execute(app.pool()).await.expect_err(sql);
         assert!(error.to_string().contains("append-only"), "{error}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_rewritten_and_audited_anew_matches_its_log_but_not_its_anchors() {
+    let anchors = integration_tests::nats::unique_anchor_settings(&integration_tests::nats::nats_url());
+    let app = TestApp::spawn_with(api::Settings::default().with_anchors(Some(anchors.clone()))).await;
+    let auditor = app.key("acme", "auditor").await;
+    let prompt = app.create_prompt("anchored").await;
+    app.publish(&prompt, "Hello {{name}}").await;
+    // The audit log has caught up with everything once a read of it answers.
+    let before = verify(&app, &auditor).await;
+    assert_eq!(before["ok"], true, "{before}");
+
+    // Anchor the chain now, as `aipm audit anchor` does.
+    let anchored = api::cli::audit::anchor(app.pool(), &anchors, Some("acme"))
+        .await
+        .expect("anchor");
+    assert!(anchored.contains("acme: anchored entry #"), "{anchored}");
+    let report = verify(&app, &auditor).await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(report["anchors"]["checked"].as_u64() >= Some(1), "{report}");
+    let pinned = report["anchors"]["last"]["entries"]
+        .as_i64()
+        .expect("anchored entries");
+
+    // Rewrite the prompt's creation with the triggers off, and audit the rewritten log anew:
+    // the audit table and the log agree again.
+    tamper(
+        app.pool(),
+        &[format!(
+            "update events set payload = jsonb_set(payload, '{{PromptCreated,name}}', '\"forged\"')
+             where aggregate_id = '{prompt}' and sequence = 1"
+        )],
+    )
+    .await;
+    replay::rebuild(app.pool(), &projections::audit::AuditProjection, false)
+        .await
+        .expect("rebuild the audit log");
+    let report = verify(&app, &auditor).await;
+    assert_eq!(
+        report["first_mismatch"],
+        Value::Null,
+        "the table matches the rewritten log: {report}"
+    );
+    // The anchors do not.
+    assert_eq!(report["ok"], false, "{report}");
+    let mismatch = &report["anchors"]["first_mismatch"];
+    assert_eq!(mismatch["anchor"]["entries"], pinned, "{report}");
+    assert_ne!(
+        mismatch["recomputed_hash"], mismatch["anchor"]["head_hash"],
+        "{report}"
+    );
+    assert!(
+        mismatch["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rewritten"),
+        "{report}"
+    );
+    let failure = api::cli::audit::verify(app.pool(), Some("acme"), Some(&anchors))
+        .await
+        .expect_err("the CLI fails too");
+    assert!(failure.contains("anchors"), "{failure}");
+
+    // The anchors themselves cannot be deleted or purged.
+    let client = async_nats::connect(&anchors.nats_url).await.expect("NATS");
+    let stream = async_nats::jetstream::new(client)
+        .get_stream(&anchors.stream)
+        .await
+        .expect("the anchors' stream");
+    assert!(
+        stream.delete_message(1).await.is_err(),
+        "deleting an anchor is refused"
+    );
+    assert!(stream.purge().await.is_err(), "purging the anchors is refused");
 }

@@ -1,8 +1,9 @@
-//! Prompt categories: create, rename, delete only when empty.
+//! Prompt categories: create, rename, delete only when empty, enforced by the write side.
 
 use integration_tests::harness::{expect_problem, expect_status, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
+use sqlx::Connection;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_category_can_be_renamed_and_deleted_only_once_empty() {
@@ -105,4 +106,98 @@ async fn a_category_can_be_renamed_and_deleted_only_once_empty() {
         StatusCode::CREATED,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prompt_created_in_a_category_being_deleted_and_the_delete_never_both_succeed() {
+    let app = TestApp::spawn().await;
+    let key = &app.admin_key;
+    for round in 0..20 {
+        let category = expect_status(
+            app.post(
+                "/v1/categories",
+                key,
+                json!({ "name": format!("doomed-{round}") }),
+            )
+            .await,
+            StatusCode::CREATED,
+        )
+        .await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let create = app.post(
+            "/v1/prompts",
+            key,
+            json!({ "name": format!("joiner-{round}"), "category": category }),
+        );
+        let category_path = format!("/v1/categories/{category}");
+        let delete = app.delete(&category_path, key);
+        let (created, deleted) = tokio::join!(create, delete);
+        let (created, deleted) = (created.status(), deleted.status());
+        match (created, deleted) {
+            (StatusCode::CREATED, StatusCode::CONFLICT) => {
+                let kept = expect_status(
+                    app.get(&format!("/v1/categories/{category}"), key).await,
+                    StatusCode::OK,
+                )
+                .await;
+                assert_eq!(kept["prompt_count"], 1, "round {round}");
+            }
+            (StatusCode::UNPROCESSABLE_ENTITY, StatusCode::NO_CONTENT) => {}
+            other => panic!("round {round}: exactly one of the two must succeed, got {other:?}"),
+        }
+    }
+    let orphans: i64 = sqlx::query_scalar(
+        "select count(*) from prompt p
+         where p.category_id is not null
+           and not exists (select 1 from prompt_category c where c.category_id = p.category_id)",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(orphans, 0, "no prompt is left in a deleted category");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_answer_with_what_they_committed_while_readers_of_the_log_are_held_back() {
+    let app = TestApp::spawn().await;
+    let key = &app.admin_key;
+    // A transaction of aipm's own database holding an id: every reader of the global order
+    // (the audit log, the feeds) stops before it until it ends.
+    let mut holder = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::query("begin").execute(&mut holder).await.unwrap();
+    sqlx::query("select pg_current_xact_id()")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let issued = app
+        .request(reqwest::Method::POST, "/v1/keys", key)
+        .header("idempotency-key", "held-back-key")
+        .json(&json!({ "name": "issued-while-held", "role": "viewer" }))
+        .send()
+        .await
+        .unwrap();
+    let issued = expect_status(issued, StatusCode::CREATED).await;
+    assert_eq!(issued["api_key"]["name"], "issued-while-held");
+    let secret = issued["key"].as_str().unwrap();
+    expect_status(app.get("/v1/prompts", secret).await, StatusCode::OK).await;
+
+    let created = expect_status(
+        app.post("/v1/categories", key, json!({ "name": "made-while-held" }))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(created["name"], "made-while-held");
+    assert_eq!(created["prompt_count"], 0);
+    let id = created["id"].as_str().unwrap();
+    let read = expect_status(
+        app.get(&format!("/v1/categories/{id}"), key).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(read, created);
+    sqlx::query("rollback").execute(&mut holder).await.unwrap();
 }

@@ -178,7 +178,7 @@ async fn creating_with_an_id_that_exists_falls_back_to_the_stored_state() {
     use domain::text::DisplayName;
     let app = TestApp::spawn().await;
     let id = app.create_prompt("original").await;
-    let store = commands::EventStore::new(app.pool().clone()).aggregates::<Prompt>(());
+    let store = commands::EventStore::new(app.pool().clone(), projections::inline()).aggregates::<Prompt>(());
     let metadata = commands::CommandMetadata {
         tenant: "acme".into(),
         ..Default::default()

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use integration_tests::harness::{expect_problem, expect_status, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use sqlx::Connection;
 
 const KEY_HEADER: &str = "idempotency-key";
 
@@ -319,7 +320,7 @@ async fn a_second_append_under_one_key_fails_as_a_whole() {
         params: None,
         message: String::new(),
     };
-    let store = commands::EventStore::new(app.pool().clone()).aggregates::<Prompt>(());
+    let store = commands::EventStore::new(app.pool().clone(), projections::inline()).aggregates::<Prompt>(());
     let first = store
         .execute(&id, publish("first"), None, &metadata)
         .await
@@ -339,8 +340,8 @@ async fn a_second_append_under_one_key_fails_as_a_whole() {
         &recorded.events[..],
         [PromptEvent::PromptVersionPublished { version: 1, template, .. }] if template == "first"
     ));
-    let categories =
-        commands::EventStore::new(app.pool().clone()).aggregates::<domain::category::PromptCategory>(());
+    let categories = commands::EventStore::new(app.pool().clone(), projections::inline())
+        .aggregates::<domain::category::PromptCategory>(());
     assert!(
         categories.recorded(&scope).await.is_err(),
         "an outcome of another aggregate type"
@@ -395,13 +396,22 @@ async fn a_retry_after_a_crash_between_commit_and_response_gets_the_original_res
     let app = TestApp::spawn_with(settings.clone()).await;
     let doomed = DoomedServer::start(&app.db.url, settings).await;
 
-    // Hold the read model the response is read from: the command commits, then its
-    // handler waits for the table, between commit and response.
-    let mut hold = app.pool().begin().await.unwrap();
-    sqlx::query("lock table prompt_category in access exclusive mode")
-        .execute(&mut *hold)
+    // Hold the answer back after the commit: storing it for replay waits for a lock this
+    // test holds, between commit and response.
+    let mut hold = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::query("select pg_advisory_lock(4242)")
+        .execute(&mut hold)
         .await
         .unwrap();
+    sqlx::raw_sql(
+        "create function wait_for_the_test() returns trigger language plpgsql as $$
+         begin perform pg_advisory_xact_lock(4242); return new; end $$;
+         create trigger wait_for_the_test before update on idempotency_request
+             for each row execute function wait_for_the_test();",
+    )
+    .execute(app.pool())
+    .await
+    .unwrap();
     let body = json!({ "name": "billing" });
     let first = tokio::spawn(
         app.client
@@ -429,7 +439,25 @@ async fn a_retry_after_a_crash_between_commit_and_response_gets_the_original_res
         .expect("the request ends with the server")
         .unwrap();
     assert!(lost.is_err(), "the client never got an answer: {lost:?}");
-    hold.rollback().await.unwrap();
+    // The dead process's connections die with it; PostgreSQL notices a gone client only
+    // when it next talks to it, so the one still waiting for the lock is ended here.
+    sqlx::query(
+        "select pg_terminate_backend(pid) from pg_locks
+         where locktype = 'advisory' and objid = 4242 and not granted",
+    )
+    .execute(app.pool())
+    .await
+    .unwrap();
+    sqlx::raw_sql(
+        "drop trigger wait_for_the_test on idempotency_request; drop function wait_for_the_test();",
+    )
+    .execute(app.pool())
+    .await
+    .unwrap();
+    sqlx::query("select pg_advisory_unlock(4242)")
+        .execute(&mut hold)
+        .await
+        .unwrap();
 
     // Retried at the surviving server: told to wait while the dead attempt's lease runs,
     // then answered from what the dead attempt committed.
@@ -716,4 +744,38 @@ async fn a_retried_key_issue_never_shows_a_secret_again() {
     assert_eq!(named_ci, 1, "one key issued");
     // The issued key works.
     expect_status(app.get("/v1/prompts", &secret).await, StatusCode::OK).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_loses_every_race_is_answered_retryable_and_its_answer_is_not_kept() {
+    let app = TestApp::spawn().await;
+    let prompt = app.create_prompt("contended").await;
+    // Every append to this prompt fails as if another writer had just taken its next
+    // sequence number, as a hot aggregate under many writers would.
+    sqlx::raw_sql(&format!(
+        "create function lose_every_race() returns trigger language plpgsql as $$
+         begin raise unique_violation using constraint = 'events_pkey', message = 'sequence taken'; end $$;
+         create trigger lose_every_race before insert on events for each row
+             when (new.aggregate_id = '{prompt}') execute function lose_every_race();"
+    ))
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let path = format!("/v1/prompts/{prompt}/versions");
+    let body = json!({ "template": "Hello {{name}}" });
+    let lost = keyed(&app, Method::POST, &path, "contended-1", Some(body.clone())).await;
+    assert_eq!(lost.answer.status, StatusCode::CONFLICT, "{:?}", lost.answer);
+    assert_eq!(lost.answer.body["type"], "/problems/contended");
+    assert_eq!(lost.retry_after, Some(1));
+
+    // Once the writers are gone, the retry runs the command instead of replaying the 409.
+    sqlx::raw_sql("drop trigger lose_every_race on events; drop function lose_every_race();")
+        .execute(app.pool())
+        .await
+        .unwrap();
+    let retried = keyed(&app, Method::POST, &path, "contended-1", Some(body)).await;
+    assert_eq!(retried.answer.status, StatusCode::CREATED, "{:?}", retried.answer);
+    assert!(!retried.replayed);
+    assert_eq!(retried.answer.body["version"], 1);
+    assert_eq!(events_with_key(&app, "contended-1").await, 1);
 }

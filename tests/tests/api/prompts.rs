@@ -315,7 +315,8 @@ async fn a_prompt_with_many_versions_is_loaded_from_a_snapshot() {
         .execute(app.pool())
         .await
         .unwrap();
-    let store = commands::EventStore::new(app.pool().clone()).aggregates::<domain::prompt::Prompt>(());
+    let store = commands::EventStore::new(app.pool().clone(), projections::inline())
+        .aggregates::<domain::prompt::Prompt>(());
     let (prompt, version) = store.load(&id).await.unwrap();
     assert_eq!(version, 131);
     assert_eq!(prompt.latest_version, 130);
@@ -326,28 +327,15 @@ async fn a_prompt_with_many_versions_is_loaded_from_a_snapshot() {
 async fn projection_lag_counts_the_events_a_stalled_projection_has_not_applied() {
     let app = TestApp::spawn().await;
     app.create_prompt("before-the-stall").await;
-    // Hold the catalog's lock, as a long rebuild would, and append behind its back.
+    // A read of the audit log answers once the log has caught up with it.
+    expect_status(app.get("/v1/audit?limit=1", &app.admin_key).await, StatusCode::OK).await;
+    // Hold the audit projection's lock, as a long rebuild would, and append behind its back.
     let mut stall = app.pool().begin().await.unwrap();
-    projections::runner::lock_projection(&mut stall, "catalog")
+    projections::runner::lock_projection(&mut stall, projections::audit::NAME)
         .await
         .unwrap();
-    let store = commands::EventStore::new(app.pool().clone()).aggregates::<domain::prompt::Prompt>(());
-    let metadata = commands::CommandMetadata {
-        tenant: "acme".into(),
-        ..Default::default()
-    };
     for name in ["stalled-1", "stalled-2", "stalled-3"] {
-        let command = domain::prompt::PromptCommand::CreatePrompt {
-            tenant: "acme".into(),
-            name: domain::text::DisplayName::parse("name", name).unwrap(),
-            category: None,
-            description: String::new(),
-            tags: Default::default(),
-        };
-        store
-            .create(&uuid::Uuid::now_v7().to_string(), command, &metadata)
-            .await
-            .unwrap();
+        app.create_prompt(name).await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let lag = expect_status(
@@ -355,15 +343,28 @@ async fn projection_lag_counts_the_events_a_stalled_projection_has_not_applied()
         StatusCode::OK,
     )
     .await;
-    let catalog = lag["projections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "catalog")
-        .unwrap()
-        .clone();
-    assert_eq!(catalog["events_behind"], 3, "{lag}");
-    assert!(catalog["seconds_behind"].as_f64().unwrap() >= 0.25, "{lag}");
+    let of = |name: &str| {
+        lag["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let audit = of(projections::audit::NAME);
+    assert_eq!(audit["events_behind"], 3, "{lag}");
+    assert!(audit["seconds_behind"].as_f64().unwrap() >= 0.25, "{lag}");
+    // The catalogue is written with the events: never behind.
+    let catalog = of("catalog");
+    assert_eq!(catalog["checkpoint"], "inline", "{lag}");
+    assert_eq!(catalog["events_behind"], 0, "{lag}");
+    let listed = expect_status(
+        app.get("/v1/prompts?q=stalled", &app.admin_key).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 3);
 
     stall.rollback().await.unwrap();
     let caught_up = tokio::time::timeout(std::time::Duration::from_secs(5), async {
@@ -386,10 +387,4 @@ async fn projection_lag_counts_the_events_a_stalled_projection_has_not_applied()
     })
     .await;
     assert!(caught_up.is_ok(), "the projection never caught up");
-    let listed = expect_status(
-        app.get("/v1/prompts?q=stalled", &app.admin_key).await,
-        StatusCode::OK,
-    )
-    .await;
-    assert_eq!(listed["items"].as_array().unwrap().len(), 3);
 }

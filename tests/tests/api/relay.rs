@@ -393,3 +393,54 @@ async fn a_stream_fed_from_another_database_is_refused_not_mixed() {
     wait_until_caught_up(&first).await;
     assert_stream_is_the_log(first.pool(), &settings).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_on_a_log_restored_from_before_the_stream_stops_instead_of_skipping_events() {
+    let original = TestApp::spawn().await;
+    original.create_prompt("before-the-backup").await;
+    wait_until_caught_up(&original).await;
+    let backup = original.db.copy().await;
+    // Published, and then lost with the original: not in the backup.
+    let lost = original.create_prompt("after-the-backup").await;
+    wait_until_caught_up(&original).await;
+    original.stop();
+    let settings = original.settings.relay.clone().expect("a feed");
+    let published: Vec<u64> = read_stream(&settings)
+        .await
+        .iter()
+        .map(|m| m.stream_sequence)
+        .collect();
+
+    // The backup restored, serving with the same feed; a new event gets a cursor the stream
+    // knows nothing of, and the stream's last event is not in this log.
+    let restored = TestApp::spawn_on(
+        backup,
+        api::Settings::default().with_relay(Some(settings.clone())),
+    )
+    .await;
+    restored.create_prompt("after-the-restore").await;
+    let stopped = wait_for_feed(&restored, "stopped", |report| {
+        report["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("does not hold"))
+    })
+    .await;
+    let error = stopped["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("prompt-{lost}-1")) && error.contains("AIPM_NATS_STREAM"),
+        "{stopped}"
+    );
+    assert_eq!(
+        feed_readiness(&restored).await["last_error"],
+        stopped["last_error"]
+    );
+    let after: Vec<u64> = read_stream(&settings)
+        .await
+        .iter()
+        .map(|m| m.stream_sequence)
+        .collect();
+    assert_eq!(
+        after, published,
+        "nothing is published after a stream that is ahead of the log"
+    );
+}

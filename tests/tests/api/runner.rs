@@ -394,7 +394,7 @@ async fn a_cancelled_begin_never_swallows_the_next_write_on_its_connection() {
         // Cancel the opening after 0–399 µs: sometimes before BEGIN is sent, sometimes while
         // it is in flight, sometimes after the transaction is open.
         let wait = Duration::from_micros(((n as u64) * 37) % 400);
-        let _ = timeout(wait, projections::runner::begin(&single)).await;
+        let _ = timeout(wait, eventlog::begin(&single)).await;
         sqlx::query("insert into written (n) values ($1)")
             .bind(n)
             .execute(&single)
