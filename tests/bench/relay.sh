@@ -43,7 +43,10 @@ for run in $(seq 1 "$RUNS"); do
   stop
   stream=AIPM_BENCH_FEED_$$_$run
   STREAMS+=("$stream")
-  serve aipm_bench_feed $PORT NATS_URL="$NATS" AIPM_NATS_STREAM="$stream" AIPM_NATS_SUBJECT_PREFIX="aipmbench.feed$$.$run"
+  # No shedding: the latency run offers FEED_RATE commands a second open-loop, which a slow
+  # machine may answer more slowly than they arrive; they must queue, not fail.
+  serve aipm_bench_feed $PORT NATS_URL="$NATS" AIPM_NATS_STREAM="$stream" AIPM_NATS_SUBJECT_PREFIX="aipmbench.feed$$.$run" \
+    AIPM_MAX_IN_FLIGHT=0
   "$LOAD" http --url http://127.0.0.1:$PORT --key "$KEY" --scenario publish-versions --clients 64 \
     --duration "$DURATION" --warmup 2 --json "$OUT/relay.jsonl"
   "$LOAD" relay --nats-url "$NATS" --url http://127.0.0.1:$PORT --key "$KEY" --stream "$stream" \
