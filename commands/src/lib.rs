@@ -5,10 +5,12 @@
 //! - [`metadata`]: who issued a command, from where and why; stored on every event. The
 //!   bottom of the crate: the other modules use it and nothing else of each other.
 //! - [`idempotency`]: idempotency keys: claims and stored responses.
-//! - [`store`]: the event store: one-statement appends that return each event's place in
-//!   the global order, snapshots, the aggregate cache, optimistic concurrency, and the
-//!   outcome each keyed command records atomically with its events.
+//! - `append`: writing appends (events, claims, snapshots, idempotency outcomes and the
+//!   inline read models) in one transaction per batch of concurrent commands.
+//! - [`store`]: the event store: loading, the aggregate cache, optimistic concurrency,
+//!   running commands, and rebuilding what a keyed command committed.
 
+mod append;
 pub mod idempotency;
 pub mod metadata;
 pub mod store;

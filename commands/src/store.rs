@@ -3,11 +3,11 @@
 //! cqrs-es supplies the aggregate model (`Aggregate::handle`/`apply`, `EventSink`) and
 //! postgres-es the loading of events and snapshots. Appending is our own: postgres-es
 //! writes one INSERT per event inside BEGIN/COMMIT and cannot tell the caller where the
-//! events landed in the global order. Here one statement appends the events together with
-//! the unique-name claims, the snapshot and the idempotency outcome, and returns each
-//! event's place in the global order. The inline projections that read the aggregate's
-//! type ([`eventlog::Projection::inline`]) then apply the events in the same transaction,
-//! so the read models a command affects are written when it commits, never after.
+//! events landed in the global order. Here an append is written by `crate::append`: one
+//! statement for the events with their claims, snapshot and idempotency outcome, the inline
+//! projections that read the aggregate's type ([`eventlog::Projection::inline`]) in the
+//! same transaction, so the read models a command affects are written when it commits,
+//! never after; and concurrent commands share that transaction (group commit).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,12 +18,13 @@ use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{AggregateError, DomainEvent, EventStore as _};
 use domain::position::GlobalCursor;
 use domain::{Claims, Governed};
-use eventlog::{Projection, ProjectionError, StoredEvent};
+use eventlog::Projection;
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use crate::append::{Append, AppendError, Appender};
 use crate::metadata::{CommandMetadata, IdempotencyScope};
 
 /// A snapshot is written every this many events of one aggregate, so that loading a
@@ -92,18 +93,19 @@ pub struct Committed<E> {
 #[derive(Clone)]
 pub struct EventStore {
     pool: PgPool,
-    /// Projections applied in the transaction of each append of a type they read.
-    inline: Arc<Vec<Arc<dyn Projection>>>,
+    /// Writes appends, with group commit, and the inline projections with them.
+    appender: Appender,
     appended: Arc<watch::Sender<u64>>,
 }
 
 impl EventStore {
     /// The store on `pool`, applying `inline` projections with every append of a type they
     /// read (`projections::inline()`: leaving one out leaves its read model behind the log).
+    /// Starts its appender tasks: call it inside a Tokio runtime.
     pub fn new(pool: PgPool, inline: Vec<Arc<dyn Projection>>) -> Self {
         Self {
+            appender: Appender::start(pool.clone(), inline),
             pool,
-            inline: Arc::new(inline),
             appended: Arc::new(watch::channel(0).0),
         }
     }
@@ -231,7 +233,7 @@ where
             }
             let claims = before.claims(&events);
             match self
-                .append(aggregate_id, version, &aggregate, &events, &claims, metadata)
+                .append(aggregate_id, version, &aggregate, &events, claims, metadata)
                 .await
             {
                 Ok((cursor, recorded_at)) => {
@@ -267,7 +269,7 @@ where
                     error @ (sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)),
                 )) => return Err(CommandError::Unavailable(error.to_string())),
                 Err(AppendError::Database(error)) => return Err(CommandError::Store(error.to_string())),
-                Err(error @ AppendError::Projection(_)) => {
+                Err(error @ (AppendError::Projection(_) | AppendError::Stopped)) => {
                     return Err(CommandError::Store(error.to_string()))
                 }
             }
@@ -376,96 +378,48 @@ where
         }
     }
 
+    /// Writes the command's events with their claims, snapshot and idempotency outcome (see
+    /// `crate::append`); returns where the last one landed.
     async fn append(
         &self,
         aggregate_id: &str,
         version: u64,
         after: &A,
         events: &[A::Event],
-        claims: &Claims,
+        claims: Claims,
         metadata: &CommandMetadata,
     ) -> Result<(GlobalCursor, DateTime<Utc>), AppendError> {
-        let sequences: Vec<i64> = (1..=events.len() as i64).map(|i| version as i64 + i).collect();
-        let event_types: Vec<String> = events.iter().map(DomainEvent::event_type).collect();
-        let event_versions: Vec<String> = events.iter().map(DomainEvent::event_version).collect();
         let payloads = events
             .iter()
             .map(serde_json::to_value)
             .collect::<Result<Vec<Value>, _>>()?;
-        let metadata_json = serde_json::to_value(metadata.to_map())?;
-        let (released_scopes, released_keys) = scoped(&claims.released);
-        let (claimed_scopes, claimed_keys) = scoped(&claims.claimed);
-        let (referenced_scopes, referenced_targets) = scoped(&claims.referenced);
-        let (unreferenced_scopes, unreferenced_targets) = scoped(&claims.unreferenced);
         let new_version = version + events.len() as u64;
-        let crosses_snapshot = new_version / SNAPSHOT_EVERY > version / SNAPSHOT_EVERY;
-        let snapshot = if crosses_snapshot {
+        let snapshot = if new_version / SNAPSHOT_EVERY > version / SNAPSHOT_EVERY {
             Some(serde_json::to_value(after)?)
         } else {
             None
         };
-
-        let statement = append_statement(Parts {
-            release_names: !claims.released.is_empty(),
-            claim_names: !claims.claimed.is_empty(),
-            snapshot: snapshot.is_some(),
-            outcome: metadata.idempotency_key.is_some(),
-            register: !claims.registered.is_empty(),
-            unregister: !claims.unregistered.is_empty(),
-            refer: !claims.referenced.is_empty(),
-            unrefer: !claims.unreferenced.is_empty(),
-        });
-        let query = sqlx::query_as(statement)
-            .bind(A::TYPE)
-            .bind(aggregate_id)
-            .bind(&sequences)
-            .bind(&event_types)
-            .bind(&event_versions)
-            .bind(&payloads)
-            .bind(&metadata_json)
-            .bind(&metadata.tenant)
-            .bind(&released_scopes)
-            .bind(&released_keys)
-            .bind(&claimed_scopes)
-            .bind(&claimed_keys)
-            .bind(&snapshot)
-            .bind(new_version as i64)
-            .bind(&metadata.idempotency_key)
-            .bind(&metadata.actor_key_id)
-            .bind(&claims.registered)
-            .bind(&claims.unregistered)
-            .bind(&referenced_scopes)
-            .bind(&referenced_targets)
-            .bind(&unreferenced_scopes)
-            .bind(&unreferenced_targets);
-        let inline: Vec<&Arc<dyn Projection>> =
-            self.store.inline.iter().filter(|p| p.reads(A::TYPE)).collect();
-        let classified = |error| classify(error, claims);
-        let placed: Vec<(i64, i64, DateTime<Utc>)> = if inline.is_empty() {
-            // One statement: atomic without a transaction of its own.
-            query.fetch_all(&self.store.pool).await.map_err(classified)?
-        } else {
-            let mut tx = eventlog::begin(&self.store.pool).await?;
-            let placed = query.fetch_all(&mut *tx).await.map_err(classified)?;
-            let stored = stored_events::<A>(
-                aggregate_id,
-                version,
-                events,
-                &payloads,
-                &metadata_json,
-                &metadata.tenant,
-                &placed,
-            );
-            for projection in inline {
-                projection.apply(&mut tx, &stored).await?;
-            }
-            tx.commit().await?;
-            placed
+        let append = Append {
+            aggregate_type: A::TYPE,
+            aggregate_id: aggregate_id.to_string(),
+            tenant: metadata.tenant.clone(),
+            version,
+            event_types: events.iter().map(DomainEvent::event_type).collect(),
+            event_versions: events.iter().map(DomainEvent::event_version).collect(),
+            payloads,
+            metadata: serde_json::to_value(metadata.to_map())?,
+            claims,
+            snapshot,
+            idempotency: metadata
+                .idempotency_key
+                .clone()
+                .map(|key| (key, metadata.actor_key_id.clone())),
         };
-        let Some(&(transaction_id, position, recorded_at)) = placed.last() else {
-            return Err(AppendError::Database(sqlx::Error::RowNotFound));
-        };
-        Ok((GlobalCursor::new(transaction_id, position), recorded_at))
+        let placed = self.store.appender.append(append).await?;
+        placed
+            .last()
+            .copied()
+            .ok_or(AppendError::Database(sqlx::Error::RowNotFound))
     }
 }
 
@@ -515,40 +469,6 @@ async fn recorded<E: serde::de::DeserializeOwned>(
     }))
 }
 
-/// The events of one append as the log holds them, for the inline projections; `placed`
-/// is each event's place in the global order and time, in sequence order.
-fn stored_events<A: Governed>(
-    aggregate_id: &str,
-    version: u64,
-    events: &[A::Event],
-    payloads: &[Value],
-    metadata: &Value,
-    tenant: &str,
-    placed: &[(i64, i64, DateTime<Utc>)],
-) -> Vec<StoredEvent> {
-    let metadata = metadata.to_string();
-    events
-        .iter()
-        .zip(payloads)
-        .zip(placed)
-        .enumerate()
-        .map(
-            |(index, ((event, payload), &(transaction_id, position, recorded_at)))| StoredEvent {
-                cursor: GlobalCursor::new(transaction_id, position),
-                aggregate_type: A::TYPE.to_string(),
-                aggregate_id: aggregate_id.to_string(),
-                sequence: version as i64 + index as i64 + 1,
-                event_type: event.event_type(),
-                event_version: event.event_version(),
-                payload: payload.to_string(),
-                metadata: metadata.clone(),
-                tenant_id: tenant.to_string(),
-                recorded_at,
-            },
-        )
-        .collect()
-}
-
 /// A point-in-time read of an aggregate.
 #[derive(Debug, Clone)]
 pub struct AsOf<A> {
@@ -556,198 +476,6 @@ pub struct AsOf<A> {
     pub version: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-}
-
-// One statement, so one round trip: release and claim unique names, register the
-// aggregate as referable or unregister it, move its references, refresh the snapshot when
-// due, record the outcome under the command's idempotency key, append the events, return
-// each event's place in the global order. A reference to an unregistered target, or the
-// unregistering of a target still referred to, fails the statement on a foreign key: checked
-// against committed and in-flight changes alike, so racing commands cannot both pass.
-// Parts a change does not need are left out, so that PostgreSQL never plans a join over
-// all of a tenant's names for a command that touches none. Parameters keep their numbers
-// in every variant (their types are sent with the statement).
-const RELEASE_NAMES: &str = "released as (
-    delete from unique_claim c
-    using unnest($9::text[], $10::text[]) as r(scope, claim_key)
-    where c.tenant_id = $8 and c.scope = r.scope and c.claim_key = r.claim_key and c.owner_id = $2
-), ";
-const CLAIM_NAMES: &str = "claimed as (
-    insert into unique_claim (tenant_id, scope, claim_key, owner_id)
-    select $8, n.scope, n.claim_key, $2 from unnest($11::text[], $12::text[]) as n(scope, claim_key)
-), ";
-const WRITE_SNAPSHOT: &str = "snapshot as (
-    insert into snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
-    values ($1, $2, $14, $14, $13::jsonb)
-    on conflict (aggregate_type, aggregate_id) do update
-        set last_sequence = excluded.last_sequence,
-            current_snapshot = excluded.current_snapshot,
-            payload = excluded.payload
-        where snapshots.last_sequence < excluded.last_sequence
-), ";
-// The outcome's primary key makes a second append under one idempotency key fail as a whole.
-const RECORD_OUTCOME: &str = "recorded as (
-    insert into idempotency_outcome
-        (tenant_id, owner_key_id, idempotency_key, aggregate_type, aggregate_id, first_sequence, last_sequence)
-    values ($8, $16, $15, $1, $2, ($3::bigint[])[1], $14)
-), ";
-const REGISTER: &str = "registered as (
-    insert into referable (tenant_id, scope, target_id) select $8, r.scope, $2 from unnest($17::text[]) as r(scope)
-), ";
-const UNREGISTER: &str = "unregistered as (
-    delete from referable where tenant_id = $8 and scope = any($18::text[]) and target_id = $2
-), ";
-const REFER: &str = "referred as (
-    insert into reference (tenant_id, scope, target_id, owner_id)
-    select $8, r.scope, r.target_id, $2 from unnest($19::text[], $20::text[]) as r(scope, target_id)
-), ";
-const UNREFER: &str = "unreferred as (
-    delete from reference c
-    using unnest($21::text[], $22::text[]) as r(scope, target_id)
-    where c.tenant_id = $8 and c.scope = r.scope and c.target_id = r.target_id and c.owner_id = $2
-), ";
-const APPEND_EVENTS: &str = "appended as (
-    insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, tenant_id)
-    select $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $7, $8
-    from unnest($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) as e(sequence, event_type, event_version, payload)
-    returning sequence, transaction_id, position, recorded_at
-)
-select transaction_id::text::bigint, position, recorded_at from appended order by sequence";
-
-/// The optional parts of an append.
-#[derive(Debug, Clone, Copy)]
-struct Parts {
-    release_names: bool,
-    claim_names: bool,
-    snapshot: bool,
-    outcome: bool,
-    register: bool,
-    unregister: bool,
-    refer: bool,
-    unrefer: bool,
-}
-
-impl Parts {
-    /// Which parts, as the index of their statement among all combinations.
-    fn bits(self) -> usize {
-        [
-            self.release_names,
-            self.claim_names,
-            self.snapshot,
-            self.outcome,
-            self.register,
-            self.unregister,
-            self.refer,
-            self.unrefer,
-        ]
-        .iter()
-        .enumerate()
-        .map(|(bit, on)| usize::from(*on) << bit)
-        .sum()
-    }
-}
-
-/// The append statement of every combination of parts, indexed by [`Parts::bits`].
-static APPEND_VARIANTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-    let parts = [
-        RELEASE_NAMES,
-        CLAIM_NAMES,
-        WRITE_SNAPSHOT,
-        RECORD_OUTCOME,
-        REGISTER,
-        UNREGISTER,
-        REFER,
-        UNREFER,
-    ];
-    (0..1usize << parts.len())
-        .map(|bits| {
-            let mut sql = String::from("with ");
-            for (bit, part) in parts.iter().enumerate() {
-                if bits & (1 << bit) != 0 {
-                    sql.push_str(part);
-                }
-            }
-            sql.push_str(APPEND_EVENTS);
-            sql
-        })
-        .collect()
-});
-
-fn append_statement(parts: Parts) -> &'static str {
-    &APPEND_VARIANTS[parts.bits()]
-}
-
-/// Claims as the statement binds them: their scopes and their keys.
-fn scoped<'a>(claims: &'a [(&'static str, String)]) -> (Vec<&'static str>, Vec<&'a str>) {
-    claims.iter().map(|(scope, key)| (*scope, key.as_str())).unzip()
-}
-
-#[derive(Debug, thiserror::Error)]
-enum AppendError {
-    #[error("an inline projection failed: {0}")]
-    Projection(ProjectionError),
-    #[error("the next sequence number was taken by a concurrent writer")]
-    SequenceTaken,
-    #[error("name taken")]
-    NameTaken { scope: String, key: String },
-    #[error("an outcome is already recorded under this idempotency key")]
-    AlreadyRecorded,
-    #[error("no {scope} {target} to refer to")]
-    NoSuchReference { scope: String, target: String },
-    #[error("the {scope} is still referred to")]
-    StillReferenced { scope: String },
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-}
-
-impl From<ProjectionError> for AppendError {
-    fn from(error: ProjectionError) -> Self {
-        match error {
-            ProjectionError::Database(error) => AppendError::Database(error),
-            other => AppendError::Projection(other),
-        }
-    }
-}
-
-impl From<serde_json::Error> for AppendError {
-    fn from(error: serde_json::Error) -> Self {
-        AppendError::Database(sqlx::Error::Encode(Box::new(error)))
-    }
-}
-
-fn classify(error: sqlx::Error, claims: &Claims) -> AppendError {
-    if let sqlx::Error::Database(db) = &error {
-        match (db.code().as_deref(), db.constraint()) {
-            (Some("23505"), Some("events_pkey")) => return AppendError::SequenceTaken,
-            (Some("23505"), Some("idempotency_outcome_pkey")) => return AppendError::AlreadyRecorded,
-            (Some("23505"), Some("unique_claim_pkey")) => {
-                // PostgreSQL names the conflicting key in the detail; with one claim per
-                // command in practice, the first claim is the one that collided.
-                let (scope, key) = claims.claimed.first().cloned().unwrap_or(("name", String::new()));
-                return AppendError::NameTaken {
-                    scope: scope.to_string(),
-                    key,
-                };
-            }
-            // A foreign key of `reference`: names the referencing table whichever side broke
-            // it, so the side is told by what the change did. (No aggregate both refers to
-            // something and stops being referable in one change.)
-            (Some("23503"), Some("reference_target_fkey")) => {
-                if let Some(scope) = claims.unregistered.first() {
-                    return AppendError::StillReferenced {
-                        scope: scope.to_string(),
-                    };
-                }
-                let (scope, target) = claims.referenced.first().cloned().unwrap_or(("", String::new()));
-                return AppendError::NoSuchReference {
-                    scope: scope.to_string(),
-                    target,
-                };
-            }
-            _ => {}
-        }
-    }
-    AppendError::Database(error)
 }
 
 fn store_error<E: std::error::Error>(error: AggregateError<E>) -> CommandError<E> {

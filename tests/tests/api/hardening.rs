@@ -484,7 +484,13 @@ async fn requests_beyond_the_in_flight_limit_are_shed_at_once_and_the_server_rec
         if response.status() == StatusCode::SERVICE_UNAVAILABLE {
             break (response, sent.elapsed());
         }
-        assert_eq!(response.status(), StatusCode::OK);
+        let status = response.status();
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
         assert!(started.elapsed() < DEADLINE, "never shed");
     };
     let (response, latency) = shed;
