@@ -57,6 +57,13 @@ pub trait Projection: Send + Sync + 'static {
         false
     }
 
+    /// How long its runner waits, once woken by an append, before reading the log: events
+    /// appended meanwhile share the batch, which costs far less per event than a batch each.
+    /// For a read model whose readers can wait that much longer for it.
+    fn linger(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Applies a batch of events, in global order, inside the given transaction.
     async fn apply(&self, tx: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ProjectionError>;
 

@@ -30,7 +30,9 @@ pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a tailer waits for events held back by an older running transaction before
 /// looking again, unless an append or another runner's commit wakes it first.
 pub(crate) const PENDING_NAP: Duration = Duration::from_millis(5);
-const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
+/// At most one announcement to other processes this often: each costs PostgreSQL a NOTIFY
+/// transaction, and other processes' runners only feed readers that tolerate the delay.
+const NOTIFY_INTERVAL: Duration = Duration::from_millis(25);
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Reads a projection's checkpoint (the start if it has none yet).
@@ -309,7 +311,12 @@ async fn run(
                 if step.applied as i64 == BATCH_SIZE {
                     continue;
                 }
-                let _ = tokio::time::timeout(next_look(step.applied, step.pending), wake.changed()).await;
+                let woken = tokio::time::timeout(next_look(step.applied, step.pending), wake.changed())
+                    .await
+                    .is_ok();
+                if woken && !projection.linger().is_zero() {
+                    tokio::time::sleep(projection.linger()).await;
+                }
             }
             Err(error) => {
                 tracing::error!(projection = projection.name(), %error, "projection failed; retrying");
