@@ -27,6 +27,8 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::system::router())
         .merge(routes::prompts::router())
         .merge(routes::categories::router())
+        .merge(routes::providers::router())
+        .merge(routes::models::router())
         .merge(routes::keys::router())
         .merge(routes::audit::router())
         .merge(routes::rate_limits::router())

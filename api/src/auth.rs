@@ -79,6 +79,7 @@ impl Caller {
             Permission::ManageKeys => "manage API keys",
             Permission::IngestUsage => "write usage",
             Permission::Operate => "see system state",
+            Permission::ManageRegistry => "manage the model registry",
         };
         Err(ApiError::Forbidden {
             role: self.role.as_str(),

@@ -9,7 +9,9 @@ use domain::access::ApiKeyError;
 use domain::audit::ReadRecordError;
 use domain::category::{CategoryError, PromptCategory};
 use domain::fields::Invalid;
+use domain::model::{Model, ModelError};
 use domain::prompt::PromptError;
+use domain::provider::{Provider, ProviderError};
 use domain::text::InvalidText;
 use serde::Serialize;
 
@@ -319,6 +321,27 @@ impl DomainProblem for ApiKeyError {
     }
 }
 
+impl DomainProblem for ProviderError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            ProviderError::NotFound => ApiError::NotFound("provider"),
+            ProviderError::AlreadyExists => ApiError::Conflict(self.to_string()),
+        }
+    }
+}
+
+impl DomainProblem for ModelError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            ModelError::NotFound => ApiError::NotFound("model"),
+            ModelError::AlreadyExists => ApiError::Conflict(self.to_string()),
+            ModelError::RefersToItself => ApiError::RuleViolated(self.to_string()),
+            ModelError::PeriodNotAfterLast { .. } => ApiError::invalid("effective_from", self.to_string()),
+            ModelError::NoSuchPeriod(_) => ApiError::invalid("effective_from", self.to_string()),
+        }
+    }
+}
+
 impl DomainProblem for ReadRecordError {
     fn into_api_error(self) -> ApiError {
         match self {
@@ -340,12 +363,16 @@ impl<E: DomainProblem> From<CommandError<E>> for ApiError {
                 let what = match scope.as_str() {
                     domain::prompt::PROMPT_NAME_SCOPE => "prompt name",
                     domain::category::CATEGORY_NAME_SCOPE => "category name",
+                    domain::provider::PROVIDER_NAME_SCOPE => "provider name",
+                    domain::model::MODEL_REFERENCE_SCOPE => "model reference",
                     _ => "name",
                 };
                 ApiError::NameTaken { what, name: key }
             }
             CommandError::NoSuchReference { scope, target } => match scope.as_str() {
                 PromptCategory::TYPE => ApiError::invalid("category", "no such category"),
+                Provider::TYPE => ApiError::invalid("provider", "no such provider"),
+                Model::TYPE => ApiError::RuleViolated(format!("there is no model {target}")),
                 _ => ApiError::RuleViolated(format!("there is no {scope} {target}")),
             },
             CommandError::StillReferenced { scope, count } => match scope.as_str() {

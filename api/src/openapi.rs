@@ -57,6 +57,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
     tags(
         (name = "prompts", description = "Prompts, their immutable versions and their labels"),
         (name = "categories", description = "Categories that group prompts"),
+        (name = "registry", description = "Providers, their models, and the models' effective-dated prices"),
         (name = "keys", description = "API keys of the caller's tenant and their rate limits (admins)"),
         (name = "audit", description = "The tenant's hash-chained audit log (auditors and admins); reads are recorded"),
         (name = "feed", description = "The tenant's live event feed (Server-Sent Events, WebSocket)"),
@@ -262,6 +263,51 @@ pub struct NoteText(String);
 )]
 #[allow(dead_code)]
 pub struct ReasonText(String);
+
+/// An exact amount of money (`domain::money::Amount`), written as a decimal string: at least
+/// 0, below 10^10, at most ten digits after the point.
+#[derive(ToSchema)]
+#[schema(pattern = r"^[0-9]{1,10}(\.[0-9]{1,10})?$", example = "0.15")]
+#[allow(dead_code)]
+pub struct AmountText(String);
+
+/// An ISO 4217 currency code (`domain::money::Currency`).
+#[derive(ToSchema)]
+#[schema(pattern = r"^[A-Z]{3}$", example = "USD")]
+#[allow(dead_code)]
+pub struct CurrencyText(String);
+
+/// Where a provider's secret lives (`domain::provider::CredentialRef`): never the secret.
+#[derive(ToSchema)]
+#[schema(
+    max_length = 2000,
+    pattern = r"^(env:[A-Z_][A-Z0-9_]*|file:/[^\s\x00-\x1f]+)$",
+    example = "env:OPENAI_API_KEY"
+)]
+#[allow(dead_code)]
+pub struct CredentialRefText(String);
+
+/// A provider's endpoint (`domain::provider::BaseUrl`): http or https, no user information
+/// and no credential in the query.
+#[derive(ToSchema)]
+#[schema(
+    max_length = 2000,
+    pattern = r"^https?://[^\s@]+$",
+    example = "https://api.openai.com/v1"
+)]
+#[allow(dead_code)]
+pub struct BaseUrlText(String);
+
+/// A provider's own identifier of a model (`domain::model::parse_model_id`).
+#[derive(ToSchema)]
+#[schema(
+    min_length = 1,
+    max_length = 200,
+    pattern = r"^[^\s\x00-\x1f\x7f-\x9f]+$",
+    example = "gpt-4o-mini"
+)]
+#[allow(dead_code)]
+pub struct ModelIdText(String);
 
 /// Text without U+0000, which PostgreSQL can store neither in `text` nor in `jsonb`; the API
 /// refuses it in every string and key of a body.

@@ -11,7 +11,9 @@ use commands::{AggregateStore, CommandError, Committed, EventStore, IdempotencyS
 use domain::access::{ApiKey, Tenant};
 use domain::audit::ReadRecord;
 use domain::category::PromptCategory;
+use domain::model::Model;
 use domain::prompt::Prompt;
+use domain::provider::Provider;
 use domain::Governed;
 use projections::audit::anchor::{self, AnchorSettings};
 use projections::feed::Feed;
@@ -43,6 +45,8 @@ pub struct App {
     pub pool: PgPool,
     pub prompts: AggregateStore<Prompt>,
     pub categories: AggregateStore<PromptCategory>,
+    pub providers: AggregateStore<Provider>,
+    pub models: AggregateStore<Model>,
     pub keys: AggregateStore<ApiKey>,
     pub tenants: AggregateStore<Tenant>,
     /// Records of reads of the audit log and key listings.
@@ -93,6 +97,8 @@ impl App {
             pool,
             prompts: store.aggregates(()),
             categories: store.aggregates(()),
+            providers: store.aggregates(()),
+            models: store.aggregates(()),
             keys: store.aggregates(()),
             tenants: store.aggregates(()),
             read_records: store.aggregates(()),

@@ -35,6 +35,8 @@ pub enum Permission {
     IngestUsage,
     /// See system-wide operational state (projection lag spans every tenant's events).
     Operate,
+    /// Register providers and models, change their status and prices.
+    ManageRegistry,
 }
 
 impl Role {

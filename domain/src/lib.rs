@@ -6,6 +6,8 @@
 //! - [`prompt`]: prompts, their immutable versions and the labels that point at them.
 //! - [`category`]: prompt categories.
 //! - [`access`]: tenants and API keys with their roles.
+//! - [`provider`], [`model`]: the model registry: providers, models and their effective-dated
+//!   prices; [`money`]: exact amounts and currencies.
 //! - [`audit`]: records of who read the audit log and key listings.
 //! - [`template`]: parsing `{{variable}}` placeholders.
 //! - [`text`]: validated text values; [`fields`]: reading raw input into them with every
@@ -19,8 +21,11 @@ pub mod audit;
 pub mod category;
 pub mod fields;
 pub mod governed;
+pub mod model;
+pub mod money;
 pub mod position;
 pub mod prompt;
+pub mod provider;
 pub mod template;
 pub mod text;
 

@@ -9,6 +9,8 @@
 //! - [`catalog`]: prompts, their versions and categories (`prompt`, `prompt_version`,
 //!   `prompt_category`).
 //! - [`access`]: tenants and API keys (`tenant`, `api_key`).
+//! - [`registry`]: providers, models and their price periods (`provider`, `model`,
+//!   `model_price`).
 //! - [`audit`]: the hash-chained audit log (`audit_entry`), its verification against the
 //!   log and the permission history; [`canonical`]: the JSON form its hashes cover.
 //!
@@ -30,6 +32,7 @@ pub mod global_order;
 pub mod history;
 pub mod lag;
 pub mod page;
+pub mod registry;
 pub mod relay;
 pub mod runner;
 
@@ -43,6 +46,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(access::AccessProjection),
         Arc::new(catalog::CatalogProjection),
+        Arc::new(registry::RegistryProjection),
         Arc::new(audit::AuditProjection),
     ]
 }

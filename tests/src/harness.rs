@@ -300,3 +300,25 @@ pub async fn expect_problem(response: Response, status: StatusCode, slug: &str) 
     assert!(body["detail"].is_string());
     body
 }
+
+/// Sends each request (method, path, optional JSON body) with `key` and asserts that every
+/// answer is a `404 not-found` problem that does not mention `hidden` (another tenant's name).
+pub async fn expect_each_not_found(
+    app: &TestApp,
+    key: &str,
+    requests: Vec<(Method, String, Option<Value>)>,
+    hidden: &str,
+) {
+    for (method, path, body) in requests {
+        let mut request = app.request(method.clone(), &path, key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let problem = expect_problem(response, StatusCode::NOT_FOUND, "not-found").await;
+        assert!(
+            !problem.to_string().contains(hidden),
+            "{method} {path} leaks: {problem}"
+        );
+    }
+}

@@ -7,8 +7,11 @@ pub mod audit;
 pub mod categories;
 pub mod docs;
 pub mod feed;
+pub mod history;
 pub mod keys;
+pub mod models;
 pub mod prompts;
+pub mod providers;
 pub mod rate_limits;
 pub mod system;
 

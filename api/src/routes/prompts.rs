@@ -4,7 +4,6 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use chrono::{DateTime, Utc};
 use commands::Committed;
 use cqrs_es::Aggregate;
 use domain::access::Permission;
@@ -16,7 +15,6 @@ use domain::prompt::{
 };
 use domain::text::{DisplayName, Slug};
 use projections::catalog::queries::{self as catalog, PromptFilter, PromptView, Resolved, VersionView};
-use projections::history;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -30,7 +28,8 @@ use crate::extract::{etag, ApiJson, ApiPath, ApiQuery, ChangeHeaders, CommandCon
 use crate::openapi::{
     Conflict, JsonObject, NameText, NotFound, NoteText, ReasonText, SlugText, ValidationFailed,
 };
-use crate::routes::{page_size, parse_instant};
+use crate::routes::history::{self, AsOfQuery, HistoryPage, HistoryQuery};
+use crate::routes::page_size;
 use crate::state::AppState;
 
 /// Longest substring a listing searches names for, in characters.
@@ -233,15 +232,6 @@ async fn list_prompts(
     Ok(Json(catalog::prompts(&app.pool, &caller.tenant, &filter).await?))
 }
 
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-struct AsOfQuery {
-    /// Read the prompt as it was at this instant (RFC 3339).
-    #[param(format = DateTime, example = "2026-01-31T12:00:00Z")]
-    as_of: Option<String>,
-}
-
 /// `GET /v1/prompts/{id}`: the prompt now, or as it was at `?as_of=<RFC 3339>`.
 #[utoipa::path(
     get,
@@ -268,11 +258,7 @@ async fn get_prompt(
             read_prompt(&app, &caller.tenant, id).await?,
         ));
     };
-    let at = parse_instant("as_of", &as_of)?;
-    let past = app.prompts.load_as_of(&id.to_string(), at).await?;
-    let Some(past) = past.filter(|p| p.aggregate.tenant.as_deref() == Some(caller.tenant.as_str())) else {
-        return Err(ApiError::NotFound("prompt"));
-    };
+    let past = history::as_of(&app.prompts, &caller.tenant, &id.to_string(), &as_of, "prompt").await?;
     let view = PromptView::from_state(id, past.aggregate, past.version, past.created_at, past.updated_at);
     Ok(respond(StatusCode::OK, view))
 }
@@ -523,7 +509,7 @@ impl PublishBody {
             Template::parse(&self.template),
             self.model.map(|m| parse_model(&m)).transpose(),
             parse_note("message", &self.message, MAX_MESSAGE_CHARS),
-            parse_params(self.params),
+            parse_params("params", self.params),
         )
             .all_valid()?;
         Ok(PromptCommand::PublishPromptVersion {
@@ -876,60 +862,6 @@ async fn diff(
     }))
 }
 
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-struct HistoryQuery {
-    /// Events after this sequence number (`next_cursor` of the previous page).
-    after: Option<i64>,
-    /// Page size (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<i64>,
-}
-
-// The types below describe the JSON `history` builds (`projections::history`).
-
-/// One event of a prompt with who, when, why and from where.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct HistoryRow {
-    /// The event's number within the prompt, from 1.
-    sequence: i64,
-    #[schema(example = "PromptVersionPublished")]
-    event_type: String,
-    #[schema(example = "1.0.0")]
-    event_version: String,
-    recorded_at: DateTime<Utc>,
-    /// The event's place in the global order, `<transaction>-<position>`.
-    cursor: String,
-    /// The key that made the change: `{key_id, name}`.
-    actor: Actor,
-    request_id: Option<String>,
-    reason: Option<String>,
-    client_addr: Option<String>,
-    user_agent: Option<String>,
-    /// The event's fields.
-    #[schema(value_type = Object)]
-    data: Value,
-}
-
-/// Who made a change.
-#[derive(ToSchema)]
-#[allow(dead_code)] // describes the JSON `history` builds
-struct Actor {
-    key_id: Option<String>,
-    name: Option<String>,
-}
-
-/// A page of a prompt's history.
-#[derive(ToSchema)]
-#[allow(dead_code)] // describes the JSON `history` builds
-struct HistoryPage {
-    items: Vec<HistoryRow>,
-    /// Pass as `after` for the next page; `null` on the last.
-    next_cursor: Option<i64>,
-}
-
 /// `GET /v1/prompts/{id}/history`: the prompt's events with who, when, why and from where.
 #[utoipa::path(
     get,
@@ -949,19 +881,13 @@ async fn history(
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> ApiResult<impl IntoResponse> {
     caller.require(Permission::Read)?;
-    let limit = page_size(query.limit, 100, 1000)?;
-    let after = query.after.unwrap_or(0);
-    let page = history::events(
-        &app.pool,
+    history::events(
+        &app,
         &caller.tenant,
         Prompt::TYPE,
         &id.to_string(),
-        after,
-        limit,
+        query,
+        "prompt",
     )
-    .await?;
-    if page.items.is_empty() && after == 0 {
-        return Err(ApiError::NotFound("prompt"));
-    }
-    Ok(Json(page))
+    .await
 }

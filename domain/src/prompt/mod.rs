@@ -76,12 +76,12 @@ pub fn parse_tags(field: &'static str, tags: &[String]) -> Result<BTreeSet<Slug>
     fields::each(tags, |tag| Slug::parse(field, tag)).map(|tags| tags.into_iter().collect())
 }
 
-/// Model parameters: a JSON object, or absent (`null` too).
-pub fn parse_params(params: Option<Value>) -> Result<Option<Value>, InvalidText> {
+/// Model parameters (`field`): a JSON object, or absent (`null` too).
+pub fn parse_params(field: &'static str, params: Option<Value>) -> Result<Option<Value>, InvalidText> {
     match params {
         None | Some(Value::Null) => Ok(None),
         Some(params @ Value::Object(_)) => Ok(Some(params)),
-        Some(_) => Err(InvalidText::new("params", "must be a JSON object")),
+        Some(_) => Err(InvalidText::new(field, "must be a JSON object")),
     }
 }
 

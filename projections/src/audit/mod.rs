@@ -40,8 +40,10 @@ use cqrs_es::Aggregate;
 use domain::access::{ApiKey, Tenant};
 use domain::audit::ReadRecord;
 use domain::category::PromptCategory;
+use domain::model::Model;
 use domain::position::GlobalCursor;
 use domain::prompt::Prompt;
+use domain::provider::Provider;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -340,6 +342,8 @@ fn fold(aggregate_type: &str, state: Option<&str>, payload: &str) -> Result<Fold
         ApiKey::TYPE => fold_as::<ApiKey>(state, payload),
         Tenant::TYPE => fold_as::<Tenant>(state, payload),
         ReadRecord::TYPE => fold_as::<ReadRecord>(state, payload),
+        Provider::TYPE => fold_as::<Provider>(state, payload),
+        Model::TYPE => fold_as::<Model>(state, payload),
         _ => Ok(Fold::Unknown),
     }
 }

@@ -282,6 +282,36 @@ pub async fn resolve(
     .await
 }
 
+/// A prompt version that a label points at.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LabelledVersion {
+    pub prompt_id: Uuid,
+    pub version: i32,
+    pub labels: Vec<String>,
+}
+
+/// The versions of `tenant`'s prompts that a label points at and that name `model` (a
+/// model reference), each with its labels.
+pub async fn labelled_versions_naming(
+    pool: &PgPool,
+    tenant: &str,
+    model: &str,
+) -> sqlx::Result<Vec<LabelledVersion>> {
+    sqlx::query_as(
+        "select p.prompt_id, v.version, array_agg(l.label order by l.label) as labels
+         from prompt p
+         cross join lateral jsonb_each_text(p.labels) as l(label, version)
+         join prompt_version v on v.prompt_id = p.prompt_id and v.version = l.version::int
+         where p.tenant_id = $1 and v.model = $2
+         group by p.prompt_id, v.version
+         order by p.prompt_id, v.version",
+    )
+    .bind(tenant)
+    .bind(model)
+    .fetch_all(pool)
+    .await
+}
+
 /// A category of `tenant`.
 pub async fn category(pool: &PgPool, tenant: &str, id: Uuid) -> sqlx::Result<Option<CategoryView>> {
     let sql =

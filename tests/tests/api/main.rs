@@ -16,6 +16,7 @@ mod idempotency;
 mod openapi;
 mod prompts;
 mod rebuild;
+mod registry;
 mod relay;
 mod restore;
 mod runner;

@@ -11,12 +11,15 @@ use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 
 /// The read-model tables and the order their rows are dumped in.
-const TABLES: [(&str, &str); 5] = [
+const TABLES: [(&str, &str); 8] = [
     ("tenant", "tenant_id"),
     ("api_key", "key_id"),
     ("prompt_category", "category_id"),
     ("prompt", "prompt_id"),
     ("prompt_version", "prompt_id, version"),
+    ("provider", "provider_id"),
+    ("model", "model_id"),
+    ("model_price", "model_id, effective_from"),
 ];
 
 /// Every read-model table as JSON, rows in a fixed order.
@@ -262,6 +265,79 @@ async fn write_history(app: &TestApp) -> History {
     .await;
     app.key("globex", "editor").await;
 
+    // The registry: a provider changed, models with a fallback, prices corrected, a model
+    // deprecated (with what still names it), another deactivated and activated again.
+    let provider = id(&expect_status(
+        app.post(
+            "/v1/providers",
+            key,
+            json!({ "name": "openai", "kind": "openai", "base_url": "https://api.openai.com/v1",
+                    "credential_ref": "env:OPENAI_API_KEY" }),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await);
+    ok(app
+        .patch(
+            &format!("/v1/providers/{provider}"),
+            key,
+            json!({ "enabled": false }),
+        )
+        .await)
+    .await;
+    let mini = id(&expect_status(
+        app.post(
+            "/v1/models",
+            key,
+            json!({ "provider": "openai", "model_id": "gpt-4o-mini", "capabilities": ["chat"] }),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await);
+    let large = id(&expect_status(
+        app.post(
+            "/v1/models",
+            key,
+            json!({ "provider": provider, "model_id": "gpt-4o", "fallback": mini }),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await);
+    for (from, input) in [("2026-01-01T00:00:00Z", "0.15"), ("2026-03-01T00:00:00Z", "0.1")] {
+        let price = json!({ "effective_from": from, "input_per_mtok": input, "output_per_mtok": "0.6",
+                            "cached_input_per_mtok": "0.075", "currency": "USD" });
+        expect_status(
+            app.post(&format!("/v1/models/{mini}/prices"), key, price).await,
+            StatusCode::CREATED,
+        )
+        .await;
+    }
+    let correction = json!({ "effective_from": "2026-01-01T00:00:00Z", "input_per_mtok": "0.125",
+                             "output_per_mtok": "0.6", "currency": "USD", "reason": "invoice" });
+    ok(app
+        .post(&format!("/v1/models/{mini}/prices/corrections"), key, correction)
+        .await)
+    .await;
+    ok(app
+        .post(
+            &format!("/v1/models/{large}/deprecate"),
+            key,
+            json!({ "replacement": mini }),
+        )
+        .await)
+    .await;
+    ok(app
+        .post(&format!("/v1/models/{mini}/deactivate"), key, json!({}))
+        .await)
+    .await;
+    ok(app
+        .post(&format!("/v1/models/{mini}/activate"), key, json!({}))
+        .await)
+    .await;
+
     History {
         support,
         sales,
@@ -342,6 +418,9 @@ async fn rebuilding_every_projection_reproduces_the_read_models_the_runners_buil
         "update prompt_category set prompt_count = prompt_count + 10",
         "delete from tenant where tenant_id = 'globex'",
         "update api_key set revoked_at = null",
+        "update provider set enabled = true",
+        "update model set status = 'deprecated', fallback = null",
+        "update model_price set input_per_mtok = 99, original = null",
     ] {
         sqlx::query(sql).execute(app.pool()).await.expect("tamper");
     }

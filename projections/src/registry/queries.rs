@@ -1,0 +1,343 @@
+//! Reads of the model registry, each scoped to a tenant. The tables are
+//! [`super::RegistryProjection`]'s.
+
+use chrono::{DateTime, Utc};
+use domain::model::{Model, Price, PricePeriod};
+use domain::provider::Provider;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// A provider as the API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProviderView {
+    pub id: Uuid,
+    /// The first part of its models' references (`openai` in `openai/gpt-4o-mini`).
+    pub name: String,
+    #[cfg_attr(feature = "openapi", schema(example = "openai"))]
+    pub kind: String,
+    pub base_url: String,
+    /// Where the secret lives (`env:…` or `file:…`); never the secret.
+    pub credential_ref: String,
+    pub enabled: bool,
+    /// The provider's version, also sent as `ETag`.
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ProviderView {
+    /// The view of a provider's state: a point-in-time read, or what a command committed.
+    pub fn from_state(
+        id: Uuid,
+        provider: Provider,
+        version: u64,
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            name: provider.name,
+            kind: provider.kind.map_or("", |k| k.as_str()).to_string(),
+            base_url: provider.base_url,
+            credential_ref: provider.credential_ref,
+            enabled: provider.enabled,
+            version: version as i64,
+            created_at,
+            updated_at,
+        }
+    }
+}
+
+const PROVIDER_COLUMNS: &str = "provider_id as id, name, kind, base_url, credential_ref, enabled, version, \
+     created_at, updated_at";
+
+/// A provider of `tenant`.
+pub async fn provider(pool: &PgPool, tenant: &str, id: Uuid) -> sqlx::Result<Option<ProviderView>> {
+    let sql = format!("select {PROVIDER_COLUMNS} from provider where provider_id = $1 and tenant_id = $2");
+    sqlx::query_as(&sql)
+        .bind(id)
+        .bind(tenant)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The provider of `tenant` called `name`.
+pub async fn provider_named(pool: &PgPool, tenant: &str, name: &str) -> sqlx::Result<Option<ProviderView>> {
+    let sql = format!("select {PROVIDER_COLUMNS} from provider where tenant_id = $1 and name = $2");
+    sqlx::query_as(&sql)
+        .bind(tenant)
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Every provider of `tenant`, by name.
+pub async fn providers(pool: &PgPool, tenant: &str) -> sqlx::Result<Vec<ProviderView>> {
+    let sql = format!("select {PROVIDER_COLUMNS} from provider where tenant_id = $1 order by name");
+    sqlx::query_as(&sql).bind(tenant).fetch_all(pool).await
+}
+
+/// A model as the API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ModelView {
+    pub id: Uuid,
+    /// `<provider name>/<model_id>`: how prompt versions and usage records name it.
+    #[cfg_attr(feature = "openapi", schema(example = "openai/gpt-4o-mini"))]
+    pub reference: String,
+    /// The provider's name.
+    pub provider: String,
+    pub provider_id: Uuid,
+    /// The provider's own identifier of the model.
+    #[cfg_attr(feature = "openapi", schema(example = "gpt-4o-mini"))]
+    pub model_id: String,
+    pub name: String,
+    pub context_window: Option<i32>,
+    pub capabilities: Vec<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub default_params: Option<Value>,
+    /// The reference of the model tried when this one fails.
+    pub fallback: Option<String>,
+    /// `active`, `inactive` or `deprecated`.
+    #[cfg_attr(feature = "openapi", schema(example = "active"))]
+    pub status: String,
+    /// For a deprecated model, the reference of the one to use instead.
+    pub replacement: Option<String>,
+    /// For a deprecated model, what still referred to it when it was deprecated.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<Object>>))]
+    pub still_referenced: Option<Value>,
+    /// The model's version, also sent as `ETag`.
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ModelView {
+    /// The view of a model's state: a point-in-time read, or what a command committed.
+    pub fn from_state(
+        id: Uuid,
+        model: Model,
+        version: u64,
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+    ) -> Self {
+        let deprecated = model.status == domain::model::ModelStatus::Deprecated;
+        Self {
+            id,
+            reference: model.reference,
+            provider: model.provider_name,
+            provider_id: model.provider_id.unwrap_or_default(),
+            model_id: model.model_id,
+            name: model.name,
+            context_window: model.context_window.map(|w| i32::try_from(w).unwrap_or(i32::MAX)),
+            capabilities: model.capabilities,
+            default_params: model.default_params,
+            fallback: model.fallback.map(|f| f.reference),
+            status: model.status.as_str().to_string(),
+            replacement: model.replacement.map(|r| r.reference),
+            still_referenced: deprecated.then(|| json!(model.still_referenced)),
+            version: version as i64,
+            created_at,
+            updated_at,
+        }
+    }
+}
+
+const MODEL_COLUMNS: &str = "model_id as id, reference, provider_name as provider, provider_id, \
+     provider_model_id as model_id, name, context_window, capabilities, default_params, fallback, status, \
+     replacement, still_referenced, version, created_at, updated_at";
+
+/// Which models a listing returns.
+#[derive(Debug, Clone, Default)]
+pub struct ModelFilter {
+    /// A provider's name.
+    pub provider: Option<String>,
+    pub status: Option<String>,
+    pub capability: Option<String>,
+}
+
+/// A model of `tenant`.
+pub async fn model(pool: &PgPool, tenant: &str, id: Uuid) -> sqlx::Result<Option<ModelView>> {
+    let sql = format!("select {MODEL_COLUMNS} from model where model_id = $1 and tenant_id = $2");
+    sqlx::query_as(&sql)
+        .bind(id)
+        .bind(tenant)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The model of `tenant` with `reference`.
+pub async fn model_with_reference(
+    pool: &PgPool,
+    tenant: &str,
+    reference: &str,
+) -> sqlx::Result<Option<ModelView>> {
+    let sql = format!("select {MODEL_COLUMNS} from model where tenant_id = $1 and reference = $2");
+    sqlx::query_as(&sql)
+        .bind(tenant)
+        .bind(reference)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The models of `tenant` matching `filter`, by reference.
+pub async fn models(pool: &PgPool, tenant: &str, filter: &ModelFilter) -> sqlx::Result<Vec<ModelView>> {
+    let sql = format!(
+        "select {MODEL_COLUMNS} from model
+         where tenant_id = $1
+           and ($2::text is null or provider_name = $2)
+           and ($3::text is null or status = $3)
+           and ($4::text is null or $4 = any(capabilities))
+         order by reference"
+    );
+    sqlx::query_as(&sql)
+        .bind(tenant)
+        .bind(&filter.provider)
+        .bind(&filter.status)
+        .bind(&filter.capability)
+        .fetch_all(pool)
+        .await
+}
+
+/// A price's figures, amounts as exact decimal strings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PriceFigures {
+    /// Per million input tokens.
+    #[cfg_attr(feature = "openapi", schema(example = "0.15"))]
+    pub input_per_mtok: String,
+    /// Per million output tokens.
+    #[cfg_attr(feature = "openapi", schema(example = "0.6"))]
+    pub output_per_mtok: String,
+    /// Per million cached input tokens, when the provider prices them apart.
+    pub cached_input_per_mtok: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(example = "USD"))]
+    pub currency: String,
+}
+
+impl From<&Price> for PriceFigures {
+    fn from(price: &Price) -> Self {
+        Self {
+            input_per_mtok: price.input_per_mtok.to_string(),
+            output_per_mtok: price.output_per_mtok.to_string(),
+            cached_input_per_mtok: price.cached_input_per_mtok.map(|a| a.to_string()),
+            currency: price.currency.as_ref().to_string(),
+        }
+    }
+}
+
+/// A price period: the figures in force from `effective_from` until `until`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PriceView {
+    pub effective_from: DateTime<Utc>,
+    /// The next period's start; `null` for the last period.
+    pub until: Option<DateTime<Utc>>,
+    #[serde(flatten)]
+    pub figures: PriceFigures,
+    /// The figures first recorded for this period, when it has been corrected since.
+    pub original: Option<PriceFigures>,
+    pub corrected_at: Option<DateTime<Utc>>,
+}
+
+impl PriceView {
+    /// The period `period` of a model, until `until`, as a command committed it.
+    pub fn from_period(
+        period: &PricePeriod,
+        until: Option<DateTime<Utc>>,
+        corrected_at: Option<DateTime<Utc>>,
+    ) -> Self {
+        Self {
+            effective_from: period.effective_from,
+            until,
+            figures: PriceFigures::from(&period.price),
+            original: period.original.as_ref().map(PriceFigures::from),
+            corrected_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct PriceRow {
+    effective_from: DateTime<Utc>,
+    until: Option<DateTime<Utc>>,
+    input_per_mtok: Decimal,
+    output_per_mtok: Decimal,
+    cached_input_per_mtok: Option<Decimal>,
+    currency: String,
+    original: Option<Value>,
+    corrected_at: Option<DateTime<Utc>>,
+}
+
+impl PriceRow {
+    fn view(self) -> PriceView {
+        let text = |amount: Decimal| amount.normalize().to_string();
+        let original = self.original.map(|o| {
+            let field = |name: &str| {
+                o.get(name)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            PriceFigures {
+                input_per_mtok: field("input_per_mtok"),
+                output_per_mtok: field("output_per_mtok"),
+                cached_input_per_mtok: o
+                    .get("cached_input_per_mtok")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                currency: field("currency"),
+            }
+        });
+        PriceView {
+            effective_from: self.effective_from,
+            until: self.until,
+            figures: PriceFigures {
+                input_per_mtok: text(self.input_per_mtok),
+                output_per_mtok: text(self.output_per_mtok),
+                cached_input_per_mtok: self.cached_input_per_mtok.map(text),
+                currency: self.currency,
+            },
+            original,
+            corrected_at: self.corrected_at,
+        }
+    }
+}
+
+const PRICE_PERIODS: &str = "select effective_from,
+        lead(effective_from) over (order by effective_from) as until,
+        input_per_mtok, output_per_mtok, cached_input_per_mtok, currency, original, corrected_at
+     from model_price where model_id = $1 and tenant_id = $2";
+
+/// Every price period of a model of `tenant`, oldest first.
+pub async fn prices(pool: &PgPool, tenant: &str, model: Uuid) -> sqlx::Result<Vec<PriceView>> {
+    let sql = format!("{PRICE_PERIODS} order by effective_from");
+    let rows: Vec<PriceRow> = sqlx::query_as(&sql)
+        .bind(model)
+        .bind(tenant)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(PriceRow::view).collect())
+}
+
+/// The price period of a model of `tenant` in force at `at`: the last to start at or
+/// before it; `None` before the first.
+pub async fn price_at(
+    pool: &PgPool,
+    tenant: &str,
+    model: Uuid,
+    at: DateTime<Utc>,
+) -> sqlx::Result<Option<PriceView>> {
+    let sql = format!("select * from ({PRICE_PERIODS}) periods where effective_from <= $3 order by effective_from desc limit 1");
+    let row: Option<PriceRow> = sqlx::query_as(&sql)
+        .bind(model)
+        .bind(tenant)
+        .bind(at)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(PriceRow::view))
+}
