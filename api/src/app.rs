@@ -29,6 +29,7 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::categories::router())
         .merge(routes::providers::router())
         .merge(routes::models::router())
+        .merge(routes::config::router())
         .merge(routes::keys::router())
         .merge(routes::audit::router())
         .merge(routes::rate_limits::router())

@@ -8,6 +8,7 @@ use cqrs_es::Aggregate;
 use domain::access::ApiKeyError;
 use domain::audit::ReadRecordError;
 use domain::category::{CategoryError, PromptCategory};
+use domain::config::{ConfigError, Violation};
 use domain::fields::Invalid;
 use domain::model::{Model, ModelError};
 use domain::prompt::PromptError;
@@ -338,6 +339,32 @@ impl DomainProblem for ModelError {
             ModelError::RefersToItself => ApiError::RuleViolated(self.to_string()),
             ModelError::PeriodNotAfterLast { .. } => ApiError::invalid("effective_from", self.to_string()),
             ModelError::NoSuchPeriod(_) => ApiError::invalid("effective_from", self.to_string()),
+        }
+    }
+}
+
+impl DomainProblem for ConfigError {
+    fn into_api_error(self) -> ApiError {
+        // A violation's path is a JSON pointer into the value: `value/models/1`.
+        let at = |violation: &Violation| format!("value{}", violation.path);
+        match self {
+            ConfigError::NotSet => ApiError::NotFound("configuration value"),
+            ConfigError::ValueDoesNotMatch(violations) => ApiError::Validation(
+                violations
+                    .iter()
+                    .map(|violation| FieldError {
+                        field: at(violation),
+                        message: violation.message.clone(),
+                    })
+                    .collect(),
+            ),
+            ConfigError::CurrentValueDoesNotMatch(ref violations) => {
+                let found: Vec<String> = violations
+                    .iter()
+                    .map(|v| format!("{}: {}", at(v), v.message))
+                    .collect();
+                ApiError::Conflict(format!("{self} ({})", found.join("; ")))
+            }
         }
     }
 }

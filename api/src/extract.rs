@@ -202,6 +202,18 @@ impl CommandContext {
         }
         Ok(self)
     }
+
+    /// Refuses a change made without saying why (`reason` in the body or `X-Reason`), for
+    /// changes whose history must explain itself.
+    pub fn require_reason(&self, change: &str) -> Result<(), ApiError> {
+        match self.metadata.reason {
+            Some(_) => Ok(()),
+            None => Err(ApiError::invalid(
+                "reason",
+                format!("{change} needs a reason: send `reason` in the body or the X-Reason header"),
+            )),
+        }
+    }
 }
 
 fn parse_reason(reason: &str) -> Result<String, ApiError> {

@@ -11,6 +11,7 @@ use commands::{AggregateStore, CommandError, Committed, EventStore, IdempotencyS
 use domain::access::{ApiKey, Tenant};
 use domain::audit::ReadRecord;
 use domain::category::PromptCategory;
+use domain::config::ConfigEntry;
 use domain::model::Model;
 use domain::prompt::Prompt;
 use domain::provider::Provider;
@@ -47,6 +48,7 @@ pub struct App {
     pub categories: AggregateStore<PromptCategory>,
     pub providers: AggregateStore<Provider>,
     pub models: AggregateStore<Model>,
+    pub config: AggregateStore<ConfigEntry>,
     pub keys: AggregateStore<ApiKey>,
     pub tenants: AggregateStore<Tenant>,
     /// Records of reads of the audit log and key listings.
@@ -99,6 +101,7 @@ impl App {
             categories: store.aggregates(()),
             providers: store.aggregates(()),
             models: store.aggregates(()),
+            config: store.aggregates(()),
             keys: store.aggregates(()),
             tenants: store.aggregates(()),
             read_records: store.aggregates(()),

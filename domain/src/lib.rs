@@ -8,6 +8,7 @@
 //! - [`access`]: tenants and API keys with their roles.
 //! - [`provider`], [`model`]: the model registry: providers, models and their effective-dated
 //!   prices; [`money`]: exact amounts and currencies.
+//! - [`config`]: configuration keys with their JSON Schemas and values.
 //! - [`audit`]: records of who read the audit log and key listings.
 //! - [`template`]: parsing `{{variable}}` placeholders.
 //! - [`text`]: validated text values; [`fields`]: reading raw input into them with every
@@ -19,6 +20,7 @@
 pub mod access;
 pub mod audit;
 pub mod category;
+pub mod config;
 pub mod fields;
 pub mod governed;
 pub mod model;

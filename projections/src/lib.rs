@@ -11,6 +11,7 @@
 //! - [`access`]: tenants and API keys (`tenant`, `api_key`).
 //! - [`registry`]: providers, models and their price periods (`provider`, `model`,
 //!   `model_price`).
+//! - [`config`]: configuration keys with their schemas and values (`config_entry`).
 //! - [`audit`]: the hash-chained audit log (`audit_entry`), its verification against the
 //!   log and the permission history; [`canonical`]: the JSON form its hashes cover.
 //!
@@ -26,6 +27,7 @@ pub mod audit;
 pub mod canonical;
 pub mod catalog;
 pub mod cloudevent;
+pub mod config;
 pub mod csv;
 pub mod feed;
 pub mod global_order;
@@ -47,6 +49,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(access::AccessProjection),
         Arc::new(catalog::CatalogProjection),
         Arc::new(registry::RegistryProjection),
+        Arc::new(config::ConfigProjection),
         Arc::new(audit::AuditProjection),
     ]
 }

@@ -12,6 +12,9 @@ import schemathesis
 
 VALID_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 FUZZ_KEY_ID = os.environ["AIPM_FUZZ_KEY_ID"]
+FUZZ_MODEL_ID = os.environ["AIPM_FUZZ_MODEL_ID"]
+FUZZ_PROVIDER_ID = os.environ["AIPM_FUZZ_PROVIDER_ID"]
+FUZZ_CONFIG_KEY = os.environ["AIPM_FUZZ_CONFIG_KEY"]
 
 
 @schemathesis.hook
@@ -35,3 +38,12 @@ def before_call(context, case, kwargs):
         and (case.path_parameters or {}).get("key_id") == FUZZ_KEY_ID
     ):
         case.path_parameters["key_id"] = str(uuid.uuid4())
+    # A model, provider or configuration key named in a path is one of the seeded tenant's:
+    # a generated name only ever meets a 404 (which the tests cover), never the rules behind it.
+    parameters = case.path_parameters or {}
+    if "model" in parameters:
+        parameters["model"] = FUZZ_MODEL_ID
+    if "provider_id" in parameters:
+        parameters["provider_id"] = FUZZ_PROVIDER_ID
+    if "key" in parameters:
+        parameters["key"] = FUZZ_CONFIG_KEY

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Fuzzes the API from its own OpenAPI document with schemathesis: starts `aipm` on a fresh
 # database with a seeded tenant (admin key, a category, a prompt with versions and a label, a
-# provider with a priced model) and runs every check against every operation with a bounded
-# number of examples and a fixed seed. Fails on any 5xx and on any response the document does
-# not describe.
+# provider with a priced model, a configuration key with a schema and a value) and runs every
+# check against every operation with a bounded number of examples and a fixed seed. Fails on
+# any 5xx and on any response the document does not describe.
 #
 #   tests/fuzz/run.sh                 # defaults below
 #   FUZZ_MAX_EXAMPLES=200 FUZZ_SEED=7 tests/fuzz/run.sh
@@ -78,10 +78,13 @@ PROMPT_ID=$(api POST /v1/prompts "{\"name\":\"support-reply\",\"category\":\"$CA
 api POST "/v1/prompts/$PROMPT_ID/versions" '{"template":"Answer {{customer}}.","model":"openai/gpt-4o-mini","params":{"temperature":0.2}}' >/dev/null
 api POST "/v1/prompts/$PROMPT_ID/versions" '{"template":"Answer {{customer}} about {{topic}}."}' >/dev/null
 api PUT "/v1/prompts/$PROMPT_ID/labels/production" '{"version":2}' >/dev/null
-api POST /v1/providers '{"name":"openai","kind":"openai","base_url":"https://api.openai.com/v1","credential_ref":"env:OPENAI_API_KEY"}' >/dev/null
-MODEL_ID=$(api POST /v1/models '{"provider":"openai","model_id":"gpt-4o-mini","capabilities":["chat"]}' | field id)
-api POST "/v1/models/$MODEL_ID/prices" '{"effective_from":"2026-01-01T00:00:00Z","input_per_mtok":"0.15","output_per_mtok":"0.60","currency":"USD"}' >/dev/null
-export AIPM_FUZZ_KEY_ID
+AIPM_FUZZ_PROVIDER_ID=$(api POST /v1/providers '{"name":"openai","kind":"openai","base_url":"https://api.openai.com/v1","credential_ref":"env:OPENAI_API_KEY"}' | field id)
+AIPM_FUZZ_MODEL_ID=$(api POST /v1/models '{"provider":"openai","model_id":"gpt-4o-mini","capabilities":["chat"]}' | field id)
+api POST "/v1/models/$AIPM_FUZZ_MODEL_ID/prices" '{"effective_from":"2026-01-01T00:00:00Z","input_per_mtok":"0.15","output_per_mtok":"0.60","currency":"USD"}' >/dev/null
+AIPM_FUZZ_CONFIG_KEY=limits.max_output_tokens
+api PUT "/v1/config-schemas/$AIPM_FUZZ_CONFIG_KEY" '{"schema":{"type":"integer","minimum":1},"reason":"seed"}' >/dev/null
+api PUT "/v1/config/$AIPM_FUZZ_CONFIG_KEY" '{"value":4000,"reason":"seed"}' >/dev/null
+export AIPM_FUZZ_KEY_ID AIPM_FUZZ_PROVIDER_ID AIPM_FUZZ_MODEL_ID AIPM_FUZZ_CONFIG_KEY
 
 log "fuzzing $BASE/openapi.json: $MAX_EXAMPLES examples per operation, seed $SEED"
 SCHEMATHESIS_HOOKS=tests/fuzz/hooks.py "$VENV/bin/schemathesis" --config-file tests/fuzz/schemathesis.toml run "$BASE/openapi.json" \

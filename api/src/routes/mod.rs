@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod categories;
+pub mod config;
 pub mod docs;
 pub mod feed;
 pub mod history;

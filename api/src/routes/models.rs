@@ -264,20 +264,26 @@ struct ModelsQuery {
 
 impl ModelsQuery {
     fn into_filter(self) -> Result<ModelFilter, ApiError> {
-        let status = match self.status.as_deref() {
-            None => None,
-            Some(status @ ("active" | "inactive" | "deprecated")) => Some(status.to_string()),
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "status",
-                    "must be one of active, inactive, deprecated",
-                ))
-            }
+        let slug =
+            |field: &'static str, text: Option<String>| text.map(|t| Slug::parse(field, &t)).transpose();
+        let status = |text: Option<String>| match text.as_deref() {
+            None => Ok(None),
+            Some(status @ ("active" | "inactive" | "deprecated")) => Ok(Some(status.to_string())),
+            Some(_) => Err(InvalidText::new(
+                "status",
+                "must be one of active, inactive, deprecated",
+            )),
         };
+        let (provider, status, capability) = (
+            slug("provider", self.provider),
+            status(self.status),
+            slug("capability", self.capability),
+        )
+            .all_valid()?;
         Ok(ModelFilter {
-            provider: self.provider,
+            provider: provider.map(|p| p.to_string()),
             status,
-            capability: self.capability,
+            capability: capability.map(|c| c.to_string()),
         })
     }
 }
@@ -593,12 +599,7 @@ async fn correct_price(
     context.caller.require(Permission::ManageRegistry)?;
     let context = context.with_reason(body.reason.clone())?;
     let (effective_from, price) = body.into_period()?;
-    if context.metadata.reason.is_none() {
-        return Err(ApiError::invalid(
-            "reason",
-            "a correction needs a reason: send `reason` or the X-Reason header",
-        ));
-    }
+    context.require_reason("a correction")?;
     let tenant = &context.caller.tenant;
     let id = read_model(&app, tenant, &model).await?.id;
     let command = ModelCommand::CorrectPrice {

@@ -40,6 +40,7 @@ use cqrs_es::Aggregate;
 use domain::access::{ApiKey, Tenant};
 use domain::audit::ReadRecord;
 use domain::category::PromptCategory;
+use domain::config::ConfigEntry;
 use domain::model::Model;
 use domain::position::GlobalCursor;
 use domain::prompt::Prompt;
@@ -344,6 +345,7 @@ fn fold(aggregate_type: &str, state: Option<&str>, payload: &str) -> Result<Fold
         ReadRecord::TYPE => fold_as::<ReadRecord>(state, payload),
         Provider::TYPE => fold_as::<Provider>(state, payload),
         Model::TYPE => fold_as::<Model>(state, payload),
+        ConfigEntry::TYPE => fold_as::<ConfigEntry>(state, payload),
         _ => Ok(Fold::Unknown),
     }
 }

@@ -7,6 +7,7 @@ mod access;
 mod audit;
 mod categories;
 mod concurrency;
+mod config;
 mod durability;
 mod errors;
 mod feed;

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 
 /// The read-model tables and the order their rows are dumped in.
-const TABLES: [(&str, &str); 8] = [
+const TABLES: [(&str, &str); 9] = [
     ("tenant", "tenant_id"),
     ("api_key", "key_id"),
     ("prompt_category", "category_id"),
@@ -20,6 +20,7 @@ const TABLES: [(&str, &str); 8] = [
     ("provider", "provider_id"),
     ("model", "model_id"),
     ("model_price", "model_id, effective_from"),
+    ("config_entry", "tenant_id, key"),
 ];
 
 /// Every read-model table as JSON, rows in a fixed order.
@@ -421,6 +422,7 @@ async fn rebuilding_every_projection_reproduces_the_read_models_the_runners_buil
         "update provider set enabled = true",
         "update model set status = 'deprecated', fallback = null",
         "update model_price set input_per_mtok = 99, original = null",
+        "update config_entry set value = '0', schema = null",
     ] {
         sqlx::query(sql).execute(app.pool()).await.expect("tamper");
     }
