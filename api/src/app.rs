@@ -30,6 +30,7 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::providers::router())
         .merge(routes::models::router())
         .merge(routes::config::router())
+        .merge(routes::flags::router())
         .merge(routes::keys::router())
         .merge(routes::audit::router())
         .merge(routes::rate_limits::router())
@@ -78,7 +79,8 @@ pub async fn serve_until(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let state = AppState(Arc::new(App::start(pool, &settings)));
+    let app = App::start(pool, &settings).await.map_err(std::io::Error::other)?;
+    let state = AppState(Arc::new(app));
     let feed = state.feed.clone();
     // Open connections hold the state after the server stops; the feed stops with it.
     let _relay = state.relay.as_ref().map(|relay| relay.stop_on_drop());

@@ -10,6 +10,7 @@ use domain::audit::ReadRecordError;
 use domain::category::{CategoryError, PromptCategory};
 use domain::config::{ConfigError, Violation};
 use domain::fields::Invalid;
+use domain::flag::FlagError;
 use domain::model::{Model, ModelError};
 use domain::prompt::PromptError;
 use domain::provider::{Provider, ProviderError};
@@ -366,6 +367,12 @@ impl DomainProblem for ConfigError {
                 ApiError::Conflict(format!("{self} ({})", found.join("; ")))
             }
         }
+    }
+}
+
+impl DomainProblem for FlagError {
+    fn into_api_error(self) -> ApiError {
+        match self {}
     }
 }
 

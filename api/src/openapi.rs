@@ -58,6 +58,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         (name = "prompts", description = "Prompts, their immutable versions and their labels"),
         (name = "categories", description = "Categories that group prompts"),
         (name = "registry", description = "Providers, their models, and the models' effective-dated prices"),
+        (name = "flags", description = "Feature flags: rollouts and variants, evaluated from memory, the same on every instance"),
         (name = "config", description = "Configuration keys with JSON Schemas, their values now and at any instant, and their history"),
         (name = "keys", description = "API keys of the caller's tenant and their rate limits (admins)"),
         (name = "audit", description = "The tenant's hash-chained audit log (auditors and admins); reads are recorded"),

@@ -12,12 +12,14 @@ use domain::access::{ApiKey, Tenant};
 use domain::audit::ReadRecord;
 use domain::category::PromptCategory;
 use domain::config::ConfigEntry;
+use domain::flag::Flag;
 use domain::model::Model;
 use domain::prompt::Prompt;
 use domain::provider::Provider;
 use domain::Governed;
 use projections::audit::anchor::{self, AnchorSettings};
 use projections::feed::Feed;
+use projections::flag::live::LiveFlags;
 use projections::relay::Relay;
 use projections::Projections;
 use sqlx::PgPool;
@@ -49,6 +51,9 @@ pub struct App {
     pub providers: AggregateStore<Provider>,
     pub models: AggregateStore<Model>,
     pub config: AggregateStore<ConfigEntry>,
+    pub flags: AggregateStore<Flag>,
+    /// Every feature flag, in memory and current with the log: evaluations read only this.
+    pub live_flags: LiveFlags,
     pub keys: AggregateStore<ApiKey>,
     pub tenants: AggregateStore<Tenant>,
     /// Records of reads of the audit log and key listings.
@@ -73,7 +78,7 @@ pub struct App {
 
 impl App {
     /// Starts the projections and builds the aggregate stores on `pool`.
-    pub fn start(pool: PgPool, settings: &Settings) -> Self {
+    pub async fn start(pool: PgPool, settings: &Settings) -> Result<Self, sqlx::Error> {
         let store = EventStore::new(pool.clone(), projections::inline());
         let projections = Projections::spawn(pool.clone(), projections::all(), store.appended_signal());
         let idempotency =
@@ -93,7 +98,8 @@ impl App {
             anchor::spawn_periodic(pool.clone(), anchors.clone());
         }
         let guards = Arc::new(Guards::new(&settings.security));
-        App {
+        let live_flags = LiveFlags::start(pool.clone(), projections.wake_signal()).await?;
+        Ok(App {
             authenticator: Authenticator::new(pool.clone(), guards.clone()),
             guards,
             pool,
@@ -111,7 +117,9 @@ impl App {
             feed_settings: settings.feed.clone(),
             relay,
             anchors: settings.anchors.clone(),
-        }
+            flags: store.aggregates(()),
+            live_flags,
+        })
     }
 
     /// Runs a command, once per idempotency key.

@@ -49,6 +49,11 @@ impl ConfigKey {
     pub fn aggregate_id(&self, tenant: &str) -> String {
         format!("{tenant}:{}", self.0)
     }
+
+    /// The key an aggregate id made by [`aggregate_id`](Self::aggregate_id) names.
+    pub fn in_aggregate_id(aggregate_id: &str) -> &str {
+        aggregate_id.split_once(':').map_or(aggregate_id, |(_, key)| key)
+    }
 }
 
 impl AsRef<str> for ConfigKey {

@@ -8,7 +8,8 @@
 //! - [`access`]: tenants and API keys with their roles.
 //! - [`provider`], [`model`]: the model registry: providers, models and their effective-dated
 //!   prices; [`money`]: exact amounts and currencies.
-//! - [`config`]: configuration keys with their JSON Schemas and values.
+//! - [`config`]: configuration keys with their JSON Schemas and values; [`flag`]: feature
+//!   flags and their deterministic evaluation.
 //! - [`audit`]: records of who read the audit log and key listings.
 //! - [`template`]: parsing `{{variable}}` placeholders.
 //! - [`text`]: validated text values; [`fields`]: reading raw input into them with every
@@ -22,6 +23,7 @@ pub mod audit;
 pub mod category;
 pub mod config;
 pub mod fields;
+pub mod flag;
 pub mod governed;
 pub mod model;
 pub mod money;

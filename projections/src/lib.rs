@@ -11,7 +11,8 @@
 //! - [`access`]: tenants and API keys (`tenant`, `api_key`).
 //! - [`registry`]: providers, models and their price periods (`provider`, `model`,
 //!   `model_price`).
-//! - [`config`]: configuration keys with their schemas and values (`config_entry`).
+//! - [`config`]: configuration keys with their schemas and values (`config_entry`);
+//!   [`flag`]: feature flags (`flag`), also held in memory for evaluation.
 //! - [`audit`]: the hash-chained audit log (`audit_entry`), its verification against the
 //!   log and the permission history; [`canonical`]: the JSON form its hashes cover.
 //!
@@ -30,6 +31,7 @@ pub mod cloudevent;
 pub mod config;
 pub mod csv;
 pub mod feed;
+pub mod flag;
 pub mod global_order;
 pub mod history;
 pub mod lag;
@@ -50,6 +52,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(catalog::CatalogProjection),
         Arc::new(registry::RegistryProjection),
         Arc::new(config::ConfigProjection),
+        Arc::new(flag::FlagProjection),
         Arc::new(audit::AuditProjection),
     ]
 }

@@ -4,17 +4,32 @@ They make the fuzzer act as a correct client where the API's contract rests on s
 a schema cannot describe; everything else it generates is sent as generated.
 """
 
+import ast
+import inspect
 import os
 import re
 import uuid
 
 import schemathesis
+from hypothesis.internal import lambda_sources
+from schemathesis.specs.openapi.coverage import _schema as coverage_schema
+
+# Hypothesis describes a filter by parsing the source of the module that defines it, once.
+# For schemathesis's coverage module that first parse can happen deep in the stack, where
+# CPython 3.11's parser fails ("AST constructor recursion depth mismatch") and the run
+# reports an error of the tool's own. Parse it here, at the top of the stack, instead.
+try:
+    _lines = tuple(inspect.findsource(coverage_schema)[0])
+    lambda_sources.AST_LAMBDAS_CACHE[_lines] = lambda_sources.extract_all_lambdas(ast.parse("".join(_lines)))
+except Exception:  # a newer schemathesis or hypothesis: nothing to work around
+    pass
 
 VALID_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 FUZZ_KEY_ID = os.environ["AIPM_FUZZ_KEY_ID"]
 FUZZ_MODEL_ID = os.environ["AIPM_FUZZ_MODEL_ID"]
 FUZZ_PROVIDER_ID = os.environ["AIPM_FUZZ_PROVIDER_ID"]
 FUZZ_CONFIG_KEY = os.environ["AIPM_FUZZ_CONFIG_KEY"]
+FUZZ_FLAG_KEY = os.environ["AIPM_FUZZ_FLAG_KEY"]
 
 
 @schemathesis.hook
@@ -38,7 +53,7 @@ def before_call(context, case, kwargs):
         and (case.path_parameters or {}).get("key_id") == FUZZ_KEY_ID
     ):
         case.path_parameters["key_id"] = str(uuid.uuid4())
-    # A model, provider or configuration key named in a path is one of the seeded tenant's:
+    # A model, provider, configuration key or flag named in a path is one of the seeded tenant's:
     # a generated name only ever meets a 404 (which the tests cover), never the rules behind it.
     parameters = case.path_parameters or {}
     if "model" in parameters:
@@ -46,4 +61,4 @@ def before_call(context, case, kwargs):
     if "provider_id" in parameters:
         parameters["provider_id"] = FUZZ_PROVIDER_ID
     if "key" in parameters:
-        parameters["key"] = FUZZ_CONFIG_KEY
+        parameters["key"] = FUZZ_FLAG_KEY if case.path.startswith("/v1/flags/") else FUZZ_CONFIG_KEY

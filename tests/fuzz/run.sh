@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Fuzzes the API from its own OpenAPI document with schemathesis: starts `aipm` on a fresh
 # database with a seeded tenant (admin key, a category, a prompt with versions and a label, a
-# provider with a priced model, a configuration key with a schema and a value) and runs every
-# check against every operation with a bounded number of examples and a fixed seed. Fails on
-# any 5xx and on any response the document does not describe.
+# provider with a priced model, a configuration key with a schema and a value, a flag) and
+# runs every check against every operation with a bounded number of examples and a fixed
+# seed. Fails on any 5xx and on any response the document does not describe.
 #
 #   tests/fuzz/run.sh                 # defaults below
 #   FUZZ_MAX_EXAMPLES=200 FUZZ_SEED=7 tests/fuzz/run.sh
@@ -84,7 +84,9 @@ api POST "/v1/models/$AIPM_FUZZ_MODEL_ID/prices" '{"effective_from":"2026-01-01T
 AIPM_FUZZ_CONFIG_KEY=limits.max_output_tokens
 api PUT "/v1/config-schemas/$AIPM_FUZZ_CONFIG_KEY" '{"schema":{"type":"integer","minimum":1},"reason":"seed"}' >/dev/null
 api PUT "/v1/config/$AIPM_FUZZ_CONFIG_KEY" '{"value":4000,"reason":"seed"}' >/dev/null
-export AIPM_FUZZ_KEY_ID AIPM_FUZZ_PROVIDER_ID AIPM_FUZZ_MODEL_ID AIPM_FUZZ_CONFIG_KEY
+AIPM_FUZZ_FLAG_KEY=checkout.new_flow
+api PUT "/v1/flags/$AIPM_FUZZ_FLAG_KEY" '{"enabled":true,"rollout_percent":25,"reason":"seed"}' >/dev/null
+export AIPM_FUZZ_KEY_ID AIPM_FUZZ_PROVIDER_ID AIPM_FUZZ_MODEL_ID AIPM_FUZZ_CONFIG_KEY AIPM_FUZZ_FLAG_KEY
 
 log "fuzzing $BASE/openapi.json: $MAX_EXAMPLES examples per operation, seed $SEED"
 SCHEMATHESIS_HOOKS=tests/fuzz/hooks.py "$VENV/bin/schemathesis" --config-file tests/fuzz/schemathesis.toml run "$BASE/openapi.json" \

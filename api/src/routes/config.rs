@@ -33,10 +33,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
-struct KeyPath {
+pub(crate) struct KeyPath {
     /// A dotted key, e.g. `limits.max_output_tokens`.
     #[param(pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$", max_length = 200)]
-    key: String,
+    pub(crate) key: String,
 }
 
 /// The configuration's values.

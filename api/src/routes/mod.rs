@@ -8,6 +8,7 @@ pub mod categories;
 pub mod config;
 pub mod docs;
 pub mod feed;
+pub mod flags;
 pub mod history;
 pub mod keys;
 pub mod models;

@@ -41,6 +41,7 @@ use domain::access::{ApiKey, Tenant};
 use domain::audit::ReadRecord;
 use domain::category::PromptCategory;
 use domain::config::ConfigEntry;
+use domain::flag::Flag;
 use domain::model::Model;
 use domain::position::GlobalCursor;
 use domain::prompt::Prompt;
@@ -346,6 +347,7 @@ fn fold(aggregate_type: &str, state: Option<&str>, payload: &str) -> Result<Fold
         Provider::TYPE => fold_as::<Provider>(state, payload),
         Model::TYPE => fold_as::<Model>(state, payload),
         ConfigEntry::TYPE => fold_as::<ConfigEntry>(state, payload),
+        Flag::TYPE => fold_as::<Flag>(state, payload),
         _ => Ok(Fold::Unknown),
     }
 }

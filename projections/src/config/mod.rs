@@ -9,16 +9,11 @@ pub mod queries;
 
 use async_trait::async_trait;
 use cqrs_es::Aggregate;
-use domain::config::{ConfigEntry, ConfigEvent};
+use domain::config::{ConfigEntry, ConfigEvent, ConfigKey};
 use eventlog::{Projection, ProjectionError, StoredEvent};
 use sqlx::PgConnection;
 
 pub struct ConfigProjection;
-
-/// The key of a configuration aggregate, whose id is `<tenant>:<key>`.
-pub(crate) fn key_of(aggregate_id: &str) -> &str {
-    aggregate_id.split_once(':').map_or(aggregate_id, |(_, key)| key)
-}
 
 #[async_trait]
 impl Projection for ConfigProjection {
@@ -46,7 +41,7 @@ impl Projection for ConfigProjection {
             let payload = event
                 .decode::<ConfigEvent>()
                 .map_err(|e| ProjectionError::undecodable(event, e))?;
-            let key = key_of(&event.aggregate_id);
+            let key = ConfigKey::in_aggregate_id(&event.aggregate_id);
             // Each statement takes: tenant, key, the schema or value, version, instant.
             let (sql, document) = match payload {
                 ConfigEvent::ConfigSchemaDeclared { schema, .. } => (

@@ -3,12 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
-use domain::config::{ConfigEntry, ConfigEvent};
+use domain::config::{ConfigEntry, ConfigEvent, ConfigKey};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
-
-use super::key_of;
 
 /// A configuration key as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -103,7 +101,7 @@ pub async fn values_as_of(
     .await?;
     let mut values = Vec::new();
     for (aggregate_id, payload, updated_at) in rows {
-        let key = key_of(&aggregate_id);
+        let key = ConfigKey::in_aggregate_id(&aggregate_id);
         if !key.starts_with(prefix) {
             continue;
         }

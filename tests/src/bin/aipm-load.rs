@@ -97,6 +97,9 @@ struct ServerArgs {
     key: String,
 }
 
+/// The flag the `evaluate-flag` scenario sets up and evaluates.
+const BENCH_FLAG: &str = "bench.rollout";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
     /// POST /v1/prompts with a unique name per request.
@@ -108,6 +111,8 @@ enum Scenario {
     /// GET /healthz without a key: the same HTTP round trip without authentication,
     /// rate limiting or a query.
     Healthz,
+    /// GET /v1/flags/{key}/evaluate for a new subject each request: a read from memory.
+    EvaluateFlag,
 }
 
 impl Scenario {
@@ -117,6 +122,7 @@ impl Scenario {
             Scenario::PublishVersions => "publish-versions",
             Scenario::ReadPrompt => "read-prompt",
             Scenario::Healthz => "healthz",
+            Scenario::EvaluateFlag => "evaluate-flag",
         }
     }
 
@@ -138,6 +144,10 @@ impl Scenario {
                 authorized(api.client.get(api.url(&format!("/v1/prompts/{prompt}"))))
             }
             (Scenario::Healthz, _) => api.client.get(api.url("/healthz")),
+            (Scenario::EvaluateFlag, _) => authorized(
+                api.client
+                    .get(api.url(&format!("/v1/flags/{BENCH_FLAG}/evaluate?subject={prefix}-{n}"))),
+            ),
             _ => authorized(
                 api.client
                     .post(api.url("/v1/prompts"))
@@ -372,24 +382,29 @@ impl Api {
 
     /// A setup request that must succeed: returns the JSON body of a 2xx answer.
     async fn post_ok(&self, path: &str, body: &Value) -> Result<Value> {
+        self.send_ok(reqwest::Method::POST, path, body).await
+    }
+
+    /// A setup request with `method` that must succeed: the JSON body of a 2xx answer.
+    async fn send_ok(&self, method: reqwest::Method, path: &str, body: &Value) -> Result<Value> {
         let url = self.url(path);
         let response = self
             .client
-            .post(&url)
+            .request(method.clone(), &url)
             .bearer_auth(&*self.key)
             .json(body)
             .send()
             .await
-            .map_err(|e| format!("POST {url}: {}", chain(&e)))?;
+            .map_err(|e| format!("{method} {url}: {}", chain(&e)))?;
         let status = response.status();
         let text = response
             .text()
             .await
-            .map_err(|e| format!("POST {url}: reading the answer: {}", chain(&e)))?;
+            .map_err(|e| format!("{method} {url}: reading the answer: {}", chain(&e)))?;
         if !status.is_success() {
-            return Err(format!("POST {url}: HTTP {status}: {}", excerpt(&text)).into());
+            return Err(format!("{method} {url}: HTTP {status}: {}", excerpt(&text)).into());
         }
-        serde_json::from_str(&text).map_err(|e| format!("POST {url}: answer is not JSON: {e}").into())
+        serde_json::from_str(&text).map_err(|e| format!("{method} {url}: answer is not JSON: {e}").into())
     }
 
     /// Fails early, with a useful message, when the server is down or the key is refused.
@@ -626,6 +641,11 @@ async fn prepare_prompts(
     clients: usize,
     tag: &str,
 ) -> Result<Vec<Option<String>>> {
+    if scenario == Scenario::EvaluateFlag {
+        let flag = json!({ "enabled": true, "rollout_percent": 50, "reason": "load test" });
+        api.send_ok(reqwest::Method::PUT, &format!("/v1/flags/{BENCH_FLAG}"), &flag)
+            .await?;
+    }
     if !scenario.needs_prompt() {
         return Ok(vec![None; clients]);
     }

@@ -11,6 +11,7 @@ mod config;
 mod durability;
 mod errors;
 mod feed;
+mod flags;
 mod global_order;
 mod hardening;
 mod idempotency;

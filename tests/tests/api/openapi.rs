@@ -138,7 +138,10 @@ async fn served(router: &Router) -> BTreeSet<(String, String)> {
 
 /// The router the server runs, on a fresh database, and its document.
 async fn router_and_document(db: &TestDatabase) -> (Router, Value) {
-    let state = AppState(Arc::new(App::start(db.pool.clone(), &api::Settings::default())));
+    let app = App::start(db.pool.clone(), &api::Settings::default())
+        .await
+        .expect("start");
+    let state = AppState(Arc::new(app));
     let router = api::build_router(state);
     let request = Request::builder()
         .uri("/openapi.json")

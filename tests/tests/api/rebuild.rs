@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 
 /// The read-model tables and the order their rows are dumped in.
-const TABLES: [(&str, &str); 9] = [
+const TABLES: [(&str, &str); 10] = [
     ("tenant", "tenant_id"),
     ("api_key", "key_id"),
     ("prompt_category", "category_id"),
@@ -21,6 +21,7 @@ const TABLES: [(&str, &str); 9] = [
     ("model", "model_id"),
     ("model_price", "model_id, effective_from"),
     ("config_entry", "tenant_id, key"),
+    ("flag", "tenant_id, key"),
 ];
 
 /// Every read-model table as JSON, rows in a fixed order.
@@ -339,6 +340,34 @@ async fn write_history(app: &TestApp) -> History {
         .await)
     .await;
 
+    // Configuration: a schema, values set, changed and cleared; a flag rolled out further.
+    let limits = json!({ "schema": { "type": "integer", "minimum": 1 }, "reason": "bound it" });
+    ok(app
+        .put("/v1/config-schemas/limits.max_output_tokens", key, limits)
+        .await)
+    .await;
+    for (config_key, value) in [
+        ("limits.max_output_tokens", json!(4000)),
+        ("limits.max_output_tokens", json!(2000)),
+        ("routing.default_model", json!("openai/gpt-4o-mini")),
+        ("features.streaming", json!({ "enabled": true })),
+    ] {
+        let body = json!({ "value": value, "reason": "set" });
+        ok(app.put(&format!("/v1/config/{config_key}"), key, body).await).await;
+    }
+    let clear = app
+        .request(reqwest::Method::DELETE, "/v1/config/routing.default_model", key)
+        .header("X-Reason", "per prompt")
+        .send()
+        .await
+        .expect("clear");
+    expect_status(clear, StatusCode::NO_CONTENT).await;
+    for rollout in [10, 50] {
+        let flag = json!({ "enabled": true, "rollout_percent": rollout, "reason": "roll out",
+                           "variants": [{ "name": "a", "weight": 1 }] });
+        ok(app.put("/v1/flags/checkout.new_flow", key, flag).await).await;
+    }
+
     History {
         support,
         sales,
@@ -423,6 +452,7 @@ async fn rebuilding_every_projection_reproduces_the_read_models_the_runners_buil
         "update model set status = 'deprecated', fallback = null",
         "update model_price set input_per_mtok = 99, original = null",
         "update config_entry set value = '0', schema = null",
+        "update flag set rollout = 0, salt = 'x'",
     ] {
         sqlx::query(sql).execute(app.pool()).await.expect("tamper");
     }
