@@ -30,6 +30,8 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::providers::router())
         .merge(routes::models::router())
         .merge(routes::config::router())
+        .merge(routes::schedules::router())
+        .merge(routes::approvals::router())
         .merge(routes::flags::router())
         .merge(routes::keys::router())
         .merge(routes::audit::router())
@@ -81,6 +83,8 @@ pub async fn serve_until(
 ) -> std::io::Result<()> {
     let app = App::start(pool, &settings).await.map_err(std::io::Error::other)?;
     let state = AppState(Arc::new(app));
+    // Stops with the server, as the relay does.
+    let _scheduler = crate::scheduler::spawn(state.clone());
     let feed = state.feed.clone();
     // Open connections hold the state after the server stops; the feed stops with it.
     let _relay = state.relay.as_ref().map(|relay| relay.stop_on_drop());

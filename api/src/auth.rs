@@ -80,6 +80,7 @@ impl Caller {
             Permission::IngestUsage => "write usage",
             Permission::Operate => "see system state",
             Permission::ManageRegistry => "manage the model registry",
+            Permission::ReviewChanges => "protect scopes or review changes",
         };
         Err(ApiError::Forbidden {
             role: self.role.as_str(),

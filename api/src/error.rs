@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use commands::CommandError;
 use cqrs_es::Aggregate;
 use domain::access::ApiKeyError;
+use domain::approval::{ChangeRequestError, ProtectionError};
 use domain::audit::ReadRecordError;
 use domain::category::{CategoryError, PromptCategory};
 use domain::config::{ConfigError, Violation};
@@ -38,6 +39,8 @@ pub enum ApiError {
     },
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("a change cannot be approved by the key that proposed it: another key must approve it")]
+    OwnApproval,
     #[error("the request is invalid")]
     Validation(Vec<FieldError>),
     #[error("{0}")]
@@ -106,6 +109,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            ApiError::OwnApproval => (StatusCode::FORBIDDEN, "own-approval"),
             ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed"),
             ApiError::MalformedBody(_) => (StatusCode::BAD_REQUEST, "malformed-request"),
             ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
@@ -350,6 +354,8 @@ impl DomainProblem for ConfigError {
         let at = |violation: &Violation| format!("value{}", violation.path);
         match self {
             ConfigError::NotSet => ApiError::NotFound("configuration value"),
+            ConfigError::ScheduledInThePast => ApiError::invalid("at", self.to_string()),
+            ConfigError::NoSuchSchedule => ApiError::NotFound("pending schedule"),
             ConfigError::ValueDoesNotMatch(violations) => ApiError::Validation(
                 violations
                     .iter()
@@ -373,6 +379,26 @@ impl DomainProblem for ConfigError {
 impl DomainProblem for FlagError {
     fn into_api_error(self) -> ApiError {
         match self {}
+    }
+}
+
+impl DomainProblem for ProtectionError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            ProtectionError::NotProtected => ApiError::NotFound("protection"),
+        }
+    }
+}
+
+impl DomainProblem for ChangeRequestError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            ChangeRequestError::NotFound => ApiError::NotFound("change request"),
+            ChangeRequestError::AlreadyExists | ChangeRequestError::AlreadyDecided(_) => {
+                ApiError::Conflict(self.to_string())
+            }
+            ChangeRequestError::OwnApproval => ApiError::OwnApproval,
+        }
     }
 }
 

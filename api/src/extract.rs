@@ -164,7 +164,7 @@ pub struct CreateHeaders {
 pub struct ChangeHeaders {
     /// Apply the change only if the resource is at this version (its `ETag`); `*` or no
     /// header: whatever its version.
-    #[param(rename = "If-Match", value_type = String, required = false, pattern = r#"^(\*|(W/)?"[0-9]{1,19}")$"#, example = "\"3\"")]
+    #[param(rename = "If-Match", value_type = String, required = false, pattern = r#"^(\*|(W/)?"[0-9]{1,19}"|[0-9]{1,19})$"#, example = "\"3\"")]
     if_match: Option<String>,
     /// Why the change is made; stored with its events. A `reason` in the body takes precedence.
     #[param(rename = "X-Reason", value_type = String, required = false, max_length = 1000)]

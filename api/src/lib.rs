@@ -12,7 +12,8 @@
 //! - [`idempotency`]: `Idempotency-Key` on command endpoints.
 //! - [`extract`]: JSON, path and query extractors whose rejections are problems, command
 //!   metadata and `If-Match`; [`openapi`]: the document's shared parts.
-//! - [`state`]: the application context, and running a command through it.
+//! - [`state`]: the application context, and running a command through it;
+//!   [`scheduler`]: applying scheduled configuration changes when they are due.
 //! - [`routes`]: one module per resource; handlers stay thin.
 //! - [`app`]: the router, middleware and server loop.
 //! - [`cli`]: the `aipm` command line (`serve`, `keys`, `replay`, `audit`).
@@ -28,6 +29,7 @@ pub mod idempotency;
 pub mod openapi;
 pub mod request_id;
 pub mod routes;
+pub mod scheduler;
 pub mod settings;
 pub mod state;
 pub mod telemetry;

@@ -60,6 +60,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         (name = "registry", description = "Providers, their models, and the models' effective-dated prices"),
         (name = "flags", description = "Feature flags: rollouts and variants, evaluated from memory, the same on every instance"),
         (name = "config", description = "Configuration keys with JSON Schemas, their values now and at any instant, and their history"),
+        (name = "approvals", description = "Four-eyes approval: protected scopes, and changes to them that another key must approve"),
         (name = "keys", description = "API keys of the caller's tenant and their rate limits (admins)"),
         (name = "audit", description = "The tenant's hash-chained audit log (auditors and admins); reads are recorded"),
         (name = "feed", description = "The tenant's live event feed (Server-Sent Events, WebSocket)"),
@@ -216,7 +217,7 @@ macro_rules! problem_responses {
 
 problem_responses! {
     Unauthorized => "No valid API key was sent (`/problems/unauthorized`).",
-    Forbidden => "The key's role may not do this (`/problems/forbidden`).",
+    Forbidden => "The key's role may not do this (`/problems/forbidden`), or it proposed the change it tries to approve (`/problems/own-approval`).",
     NotFound => "No such resource in the caller's tenant (`/problems/not-found`).",
     MalformedRequest => "The body is not well-formed JSON (`/problems/malformed-request`), or the `Idempotency-Key` header is invalid (`/problems/invalid-idempotency-key`).",
     InvalidIdempotencyKey => "The `Idempotency-Key` header is invalid (`/problems/invalid-idempotency-key`).",

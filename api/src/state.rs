@@ -9,6 +9,7 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use commands::{AggregateStore, CommandError, Committed, EventStore, IdempotencyStore};
 use domain::access::{ApiKey, Tenant};
+use domain::approval::{ChangeRequest, Protection};
 use domain::audit::ReadRecord;
 use domain::category::PromptCategory;
 use domain::config::ConfigEntry;
@@ -52,8 +53,12 @@ pub struct App {
     pub models: AggregateStore<Model>,
     pub config: AggregateStore<ConfigEntry>,
     pub flags: AggregateStore<Flag>,
+    pub protections: AggregateStore<Protection>,
+    pub change_requests: AggregateStore<ChangeRequest>,
     /// Every feature flag, in memory and current with the log: evaluations read only this.
     pub live_flags: LiveFlags,
+    /// Wakes the scheduler when this process schedules a change.
+    pub schedule_added: Arc<tokio::sync::Notify>,
     pub keys: AggregateStore<ApiKey>,
     pub tenants: AggregateStore<Tenant>,
     /// Records of reads of the audit log and key listings.
@@ -118,7 +123,10 @@ impl App {
             relay,
             anchors: settings.anchors.clone(),
             flags: store.aggregates(()),
+            protections: store.aggregates(()),
+            change_requests: store.aggregates(()),
             live_flags,
+            schedule_added: Arc::new(tokio::sync::Notify::new()),
         })
     }
 

@@ -37,6 +37,8 @@ pub enum Permission {
     Operate,
     /// Register providers and models, change their status and prices.
     ManageRegistry,
+    /// Protect scopes, and approve or reject changes to them.
+    ReviewChanges,
 }
 
 impl Role {

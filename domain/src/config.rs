@@ -3,10 +3,12 @@
 //! always checked against the schema in force when it is set, and a schema is refused while
 //! the value it would govern does not satisfy it.
 
+use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::governed::{Claims, Governed};
 use crate::text::InvalidText;
@@ -122,6 +124,42 @@ pub enum ConfigCommand {
         value: Value,
     },
     ClearValue,
+    /// Sets `value` at `at`, unless the value changes before then.
+    ScheduleValue {
+        tenant: String,
+        key: ConfigKey,
+        schedule: Uuid,
+        value: Value,
+        at: DateTime<Utc>,
+    },
+    /// Applies a schedule whose time has come (`now` is the scheduler's clock).
+    ApplySchedule {
+        schedule: Uuid,
+        now: DateTime<Utc>,
+    },
+    CancelSchedule {
+        schedule: Uuid,
+    },
+}
+
+/// Why a scheduled change was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelledBecause {
+    /// Someone cancelled it.
+    Cancelled,
+    /// The value changed after it was scheduled.
+    Conflict,
+    /// By its time, the key's schema no longer admitted the value.
+    SchemaChanged,
+}
+
+/// A change waiting for its time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingSchedule {
+    pub id: Uuid,
+    pub value: Value,
+    pub at: DateTime<Utc>,
 }
 
 /// Stored in `events.event_type` by variant name: never rename one. Value events carry the
@@ -143,6 +181,25 @@ pub enum ConfigEvent {
     ConfigValueCleared {
         previous: Value,
     },
+    ConfigChangeScheduled {
+        tenant: String,
+        key: String,
+        schedule: Uuid,
+        value: Value,
+        at: DateTime<Utc>,
+    },
+    /// A schedule's value set at its time.
+    ConfigScheduleApplied {
+        schedule: Uuid,
+        value: Value,
+        previous: Option<Value>,
+    },
+    ConfigScheduleCancelled {
+        schedule: Uuid,
+        because: CancelledBecause,
+        /// For a conflict: the key's version whose change conflicted.
+        conflicting_version: Option<u64>,
+    },
 }
 
 impl DomainEvent for ConfigEvent {
@@ -151,6 +208,9 @@ impl DomainEvent for ConfigEvent {
             Self::ConfigSchemaDeclared { .. } => "ConfigSchemaDeclared",
             Self::ConfigValueSet { .. } => "ConfigValueSet",
             Self::ConfigValueCleared { .. } => "ConfigValueCleared",
+            Self::ConfigChangeScheduled { .. } => "ConfigChangeScheduled",
+            Self::ConfigScheduleApplied { .. } => "ConfigScheduleApplied",
+            Self::ConfigScheduleCancelled { .. } => "ConfigScheduleCancelled",
         }
         .to_string()
     }
@@ -168,15 +228,45 @@ pub enum ConfigError {
     ValueDoesNotMatch(Vec<Violation>),
     #[error("the key's current value does not match this schema; change or clear the value first")]
     CurrentValueDoesNotMatch(Vec<Violation>),
+    #[error("a change cannot be scheduled in the past")]
+    ScheduledInThePast,
+    #[error("no such pending schedule")]
+    NoSuchSchedule,
 }
 
 /// The decision state of a key; also what a point-in-time read renders.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ConfigEntry {
     pub tenant: Option<String>,
     pub key: String,
     pub schema: Option<ConfigSchema>,
     pub value: Option<Value>,
+    /// Scheduled changes not yet applied or cancelled.
+    pub schedules: Vec<PendingSchedule>,
+    /// The number of events so far: the version a conflicting change is recorded at.
+    pub version: u64,
+}
+
+impl ConfigEntry {
+    /// Events cancelling every pending schedule: the value changed under them.
+    fn conflicts(&self) -> Vec<ConfigEvent> {
+        self.schedules
+            .iter()
+            .map(|pending| ConfigEvent::ConfigScheduleCancelled {
+                schedule: pending.id,
+                because: CancelledBecause::Conflict,
+                conflicting_version: Some(self.version + 1),
+            })
+            .collect()
+    }
+
+    fn violations(&self, value: &Value) -> Vec<Violation> {
+        self.schema
+            .as_ref()
+            .map(|s| s.violations(value))
+            .unwrap_or_default()
+    }
 }
 
 impl Aggregate for ConfigEntry {
@@ -212,13 +302,12 @@ impl Aggregate for ConfigEntry {
                 }
             }
             ConfigCommand::SetValue { tenant, key, value } => {
-                if let Some(schema) = &self.schema {
-                    let violations = schema.violations(&value);
-                    if !violations.is_empty() {
-                        return Err(ConfigError::ValueDoesNotMatch(violations));
-                    }
+                let violations = self.violations(&value);
+                if !violations.is_empty() {
+                    return Err(ConfigError::ValueDoesNotMatch(violations));
                 }
                 if self.value.as_ref() != Some(&value) {
+                    let conflicts = self.conflicts();
                     let event = ConfigEvent::ConfigValueSet {
                         tenant,
                         key: key.as_ref().to_string(),
@@ -226,20 +315,83 @@ impl Aggregate for ConfigEntry {
                         value,
                     };
                     sink.write(event, self).await;
+                    for conflict in conflicts {
+                        sink.write(conflict, self).await;
+                    }
                 }
             }
             ConfigCommand::ClearValue => {
                 let Some(previous) = self.value.clone() else {
                     return Err(ConfigError::NotSet);
                 };
+                let conflicts = self.conflicts();
                 sink.write(ConfigEvent::ConfigValueCleared { previous }, self)
                     .await;
+                for conflict in conflicts {
+                    sink.write(conflict, self).await;
+                }
+            }
+            ConfigCommand::ScheduleValue {
+                tenant,
+                key,
+                schedule,
+                value,
+                at,
+            } => {
+                let violations = self.violations(&value);
+                if !violations.is_empty() {
+                    return Err(ConfigError::ValueDoesNotMatch(violations));
+                }
+                if at <= Utc::now() {
+                    return Err(ConfigError::ScheduledInThePast);
+                }
+                let event = ConfigEvent::ConfigChangeScheduled {
+                    tenant,
+                    key: key.as_ref().to_string(),
+                    schedule,
+                    value,
+                    at,
+                };
+                sink.write(event, self).await;
+            }
+            ConfigCommand::ApplySchedule { schedule, now } => {
+                // Already applied or cancelled, or not due: nothing to do (a scheduler on
+                // another process may have been first).
+                let Some(pending) = self.schedules.iter().find(|p| p.id == schedule && p.at <= now) else {
+                    return Ok(());
+                };
+                let event = if self.violations(&pending.value).is_empty() {
+                    ConfigEvent::ConfigScheduleApplied {
+                        schedule,
+                        value: pending.value.clone(),
+                        previous: self.value.clone(),
+                    }
+                } else {
+                    ConfigEvent::ConfigScheduleCancelled {
+                        schedule,
+                        because: CancelledBecause::SchemaChanged,
+                        conflicting_version: None,
+                    }
+                };
+                sink.write(event, self).await;
+            }
+            ConfigCommand::CancelSchedule { schedule } => {
+                if !self.schedules.iter().any(|p| p.id == schedule) {
+                    return Err(ConfigError::NoSuchSchedule);
+                }
+                let event = ConfigEvent::ConfigScheduleCancelled {
+                    schedule,
+                    because: CancelledBecause::Cancelled,
+                    conflicting_version: None,
+                };
+                sink.write(event, self).await;
             }
         }
         Ok(())
     }
 
     fn apply(&mut self, event: ConfigEvent) {
+        self.version += 1;
         match event {
             ConfigEvent::ConfigSchemaDeclared {
                 tenant, key, schema, ..
@@ -256,6 +408,28 @@ impl Aggregate for ConfigEntry {
                 self.value = Some(value);
             }
             ConfigEvent::ConfigValueCleared { .. } => self.value = None,
+            ConfigEvent::ConfigChangeScheduled {
+                tenant,
+                key,
+                schedule,
+                value,
+                at,
+            } => {
+                self.tenant = Some(tenant);
+                self.key = key;
+                self.schedules.push(PendingSchedule {
+                    id: schedule,
+                    value,
+                    at,
+                });
+            }
+            ConfigEvent::ConfigScheduleApplied { schedule, value, .. } => {
+                self.schedules.retain(|p| p.id != schedule);
+                self.value = Some(value);
+            }
+            ConfigEvent::ConfigScheduleCancelled { schedule, .. } => {
+                self.schedules.retain(|p| p.id != schedule)
+            }
         }
     }
 }
@@ -359,5 +533,74 @@ mod tests {
             .given(vec![declared()])
             .when(ConfigCommand::ClearValue)
             .then_expect_error(ConfigError::NotSet);
+    }
+
+    fn scheduled(at: &str) -> ConfigEvent {
+        ConfigEvent::ConfigChangeScheduled {
+            tenant: "acme".into(),
+            key: "limits.max_output_tokens".into(),
+            schedule: Uuid::from_u128(1),
+            value: json!(8000),
+            at: at.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_change_of_the_value_cancels_pending_schedules_as_a_conflict() {
+        TestFramework::<ConfigEntry>::with(())
+            .given(vec![declared(), scheduled("2099-01-01T00:00:00Z")])
+            .when(ConfigCommand::SetValue {
+                tenant: "acme".into(),
+                key: key(),
+                value: json!(2000),
+            })
+            .then_expect_events(vec![
+                ConfigEvent::ConfigValueSet {
+                    tenant: "acme".into(),
+                    key: "limits.max_output_tokens".into(),
+                    value: json!(2000),
+                    previous: None,
+                },
+                ConfigEvent::ConfigScheduleCancelled {
+                    schedule: Uuid::from_u128(1),
+                    because: CancelledBecause::Conflict,
+                    conflicting_version: Some(3),
+                },
+            ]);
+    }
+
+    #[test]
+    fn a_due_schedule_applies_once_and_one_not_due_waits() {
+        let due = "2026-01-01T00:00:00Z".parse().unwrap();
+        TestFramework::<ConfigEntry>::with(())
+            .given(vec![declared(), scheduled("2026-01-01T00:00:00Z")])
+            .when(ConfigCommand::ApplySchedule {
+                schedule: Uuid::from_u128(1),
+                now: due,
+            })
+            .then_expect_events(vec![ConfigEvent::ConfigScheduleApplied {
+                schedule: Uuid::from_u128(1),
+                value: json!(8000),
+                previous: None,
+            }]);
+        TestFramework::<ConfigEntry>::with(())
+            .given(vec![declared(), scheduled("2026-01-01T00:00:01Z")])
+            .when(ConfigCommand::ApplySchedule {
+                schedule: Uuid::from_u128(1),
+                now: due,
+            })
+            .then_expect_events(vec![]);
+        let applied = ConfigEvent::ConfigScheduleApplied {
+            schedule: Uuid::from_u128(1),
+            value: json!(8000),
+            previous: None,
+        };
+        TestFramework::<ConfigEntry>::with(())
+            .given(vec![declared(), scheduled("2026-01-01T00:00:00Z"), applied])
+            .when(ConfigCommand::ApplySchedule {
+                schedule: Uuid::from_u128(1),
+                now: due,
+            })
+            .then_expect_events(vec![]);
     }
 }

@@ -10,6 +10,7 @@
 //!   prices; [`money`]: exact amounts and currencies.
 //! - [`config`]: configuration keys with their JSON Schemas and values; [`flag`]: feature
 //!   flags and their deterministic evaluation.
+//! - [`approval`]: protected scopes and the change requests another key must approve.
 //! - [`audit`]: records of who read the audit log and key listings.
 //! - [`template`]: parsing `{{variable}}` placeholders.
 //! - [`text`]: validated text values; [`fields`]: reading raw input into them with every
@@ -19,6 +20,7 @@
 //!   the aggregates it refers to).
 
 pub mod access;
+pub mod approval;
 pub mod audit;
 pub mod category;
 pub mod config;

@@ -13,6 +13,7 @@
 //!   `model_price`).
 //! - [`config`]: configuration keys with their schemas and values (`config_entry`);
 //!   [`flag`]: feature flags (`flag`), also held in memory for evaluation.
+//! - [`approval`]: protected scopes and change requests (`protection`, `change_request`).
 //! - [`audit`]: the hash-chained audit log (`audit_entry`), its verification against the
 //!   log and the permission history; [`canonical`]: the JSON form its hashes cover.
 //!
@@ -24,6 +25,7 @@
 //! - [`relay`]: the NATS JetStream feed, published exactly once in global order.
 
 pub mod access;
+pub mod approval;
 pub mod audit;
 pub mod canonical;
 pub mod catalog;
@@ -53,6 +55,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(registry::RegistryProjection),
         Arc::new(config::ConfigProjection),
         Arc::new(flag::FlagProjection),
+        Arc::new(approval::ApprovalProjection),
         Arc::new(audit::AuditProjection),
     ]
 }

@@ -3,11 +3,13 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cqrs_es::Aggregate;
 use domain::access::Permission;
-use domain::config::{ConfigCommand, ConfigEntry, ConfigKey, ConfigSchema};
+use domain::approval::ProposedChange;
+use domain::config::{ConfigCommand, ConfigEntry, ConfigError, ConfigKey, ConfigSchema};
+use projections::approval::queries::ChangeRequestView;
 use projections::config::queries::{self as config, ConfigValue, ConfigView};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -16,9 +18,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, DomainProblem};
 use crate::extract::{etag, ApiJson, ApiPath, ApiQuery, ChangeHeaders, CommandContext};
 use crate::openapi::{Conflict, JsonObject, JsonValue, NotFound, ReasonText, ValidationFailed};
+use crate::routes::approvals;
 use crate::routes::history::{self, AsOfQuery, HistoryPage, HistoryQuery};
 use crate::routes::parse_instant;
 use crate::state::AppState;
@@ -173,6 +176,8 @@ struct ValueBody {
     responses(
         (status = 200, description = "The key with its new value", body = ConfigView,
             headers(("ETag" = String, description = "The key's version"))),
+        (status = 202, description = "The key is protected: a change request waiting for another key's approval",
+            body = ChangeRequestView, headers(("Location" = String, description = "The change request's URL"))),
         (status = 409, response = Conflict),
         (status = 422, response = ValidationFailed),
     )
@@ -182,7 +187,7 @@ async fn set_value(
     context: CommandContext,
     ApiPath(KeyPath { key }): ApiPath<KeyPath>,
     ApiJson(body): ApiJson<ValueBody>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     context.caller.require(Permission::Write)?;
     let context = context.with_reason(body.reason)?;
     let key = ConfigKey::parse("key", &key)?;
@@ -191,6 +196,16 @@ async fn set_value(
             "value",
             "must not be null: clear a key with DELETE",
         ));
+    }
+    context.require_reason("setting a value")?;
+    let current = read_entry(&app, &context.caller.tenant, &key).await?;
+    check_against_schema(current.as_ref(), &body.value)?;
+    let proposal = ProposedChange::SetConfig {
+        key: key.as_ref().to_string(),
+        value: body.value.clone(),
+    };
+    if let Some(accepted) = approvals::propose_if_protected(&app, &context, proposal).await? {
+        return Ok(accepted);
     }
     let command = ConfigCommand::SetValue {
         tenant: context.caller.tenant.clone(),
@@ -201,7 +216,21 @@ async fn set_value(
     let view = read_entry(&app, &context.caller.tenant, &key)
         .await?
         .ok_or(ApiError::NotFound("configuration key"))?;
-    Ok(respond(view))
+    Ok(respond(view).into_response())
+}
+
+/// Refuses a value the key's schema refuses, before it is proposed for approval (the key
+/// checks it again when the change is made).
+fn check_against_schema(entry: Option<&ConfigView>, value: &Value) -> ApiResult<()> {
+    let Some(schema) = entry.and_then(|entry| entry.schema.clone()) else {
+        return Ok(());
+    };
+    let violations = ConfigSchema::parse("schema", schema)?.violations(value);
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::ValueDoesNotMatch(violations).into_api_error())
+    }
 }
 
 /// `GET /v1/config/{key}`: the key's value now, or as it was at `?as_of=<RFC 3339>`.
@@ -253,6 +282,8 @@ async fn get_value(
     params(KeyPath, ChangeHeaders),
     responses(
         (status = 204, description = "Cleared"),
+        (status = 202, description = "The key is protected: a change request waiting for another key's approval",
+            body = ChangeRequestView, headers(("Location" = String, description = "The change request's URL"))),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
         (status = 422, response = ValidationFailed),
@@ -262,9 +293,16 @@ async fn clear_value(
     State(app): State<AppState>,
     context: CommandContext,
     ApiPath(KeyPath { key }): ApiPath<KeyPath>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     context.caller.require(Permission::Write)?;
     let key = ConfigKey::parse("key", &key)?;
+    context.require_reason("clearing a value")?;
+    let proposal = ProposedChange::ClearConfig {
+        key: key.as_ref().to_string(),
+    };
+    if let Some(accepted) = approvals::propose_if_protected(&app, &context, proposal).await? {
+        return Ok(accepted);
+    }
     change(
         &app,
         &key,
@@ -273,7 +311,7 @@ async fn clear_value(
         "clearing a value",
     )
     .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -3,6 +3,7 @@
 //! through the application state or a projection's queries, and renders the answer. SQL
 //! lives with the projections, not here.
 
+pub mod approvals;
 pub mod audit;
 pub mod categories;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod models;
 pub mod prompts;
 pub mod providers;
 pub mod rate_limits;
+pub mod schedules;
 pub mod system;
 
 use domain::text::InvalidText;

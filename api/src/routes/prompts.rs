@@ -2,11 +2,12 @@
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use commands::Committed;
 use cqrs_es::Aggregate;
 use domain::access::Permission;
+use domain::approval::ProposedChange;
 use domain::fields::AllValid;
 use domain::prompt::diff::{VersionContent, VersionDiff};
 use domain::prompt::{
@@ -14,6 +15,7 @@ use domain::prompt::{
     MAX_DESCRIPTION_CHARS, MAX_MESSAGE_CHARS,
 };
 use domain::text::{DisplayName, Slug};
+use projections::approval::queries::ChangeRequestView;
 use projections::catalog::queries::{self as catalog, PromptFilter, PromptView, Resolved, VersionView};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -28,6 +30,7 @@ use crate::extract::{etag, ApiJson, ApiPath, ApiQuery, ChangeHeaders, CommandCon
 use crate::openapi::{
     Conflict, JsonObject, NameText, NotFound, NoteText, ReasonText, SlugText, ValidationFailed,
 };
+use crate::routes::approvals;
 use crate::routes::history::{self, AsOfQuery, HistoryPage, HistoryQuery};
 use crate::routes::page_size;
 use crate::state::AppState;
@@ -655,6 +658,8 @@ struct LabelBody {
     responses(
         (status = 200, description = "The prompt after the change", body = PromptView,
             headers(("ETag" = String, description = "The prompt's version"))),
+        (status = 202, description = "The label is protected: a change request waiting for another key's approval",
+            body = ChangeRequestView, headers(("Location" = String, description = "The change request's URL"))),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
         (status = 422, response = ValidationFailed),
@@ -665,14 +670,35 @@ async fn move_label(
     context: CommandContext,
     ApiPath((id, label)): ApiPath<(Uuid, String)>,
     ApiJson(body): ApiJson<LabelBody>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     context.caller.require(Permission::Write)?;
     let context = context.with_reason(body.reason)?;
-    let command = PromptCommand::MovePromptLabel {
-        label: Slug::parse("label", &label)?,
+    let label = Slug::parse("label", &label)?;
+    let proposal = ProposedChange::MovePromptLabel {
+        prompt: id,
+        label: label.to_string(),
         version: body.version,
     };
-    change_prompt(&app, id, command, &context).await
+    if let Some(accepted) = propose_if_protected_prompt(&app, &context, id, proposal).await? {
+        return Ok(accepted);
+    }
+    let command = PromptCommand::MovePromptLabel {
+        label,
+        version: body.version,
+    };
+    Ok(change_prompt(&app, id, command, &context).await?.into_response())
+}
+
+/// A change to a protected label of a prompt of the caller's tenant becomes a change
+/// request (a prompt of another tenant is not found first).
+async fn propose_if_protected_prompt(
+    app: &AppState,
+    context: &CommandContext,
+    id: Uuid,
+    proposal: ProposedChange,
+) -> ApiResult<Option<Response>> {
+    read_prompt(app, &context.caller.tenant, id).await?;
+    approvals::propose_if_protected(app, context, proposal).await
 }
 
 /// `DELETE /v1/prompts/{id}/labels/{label}`: remove a label.
@@ -684,6 +710,8 @@ async fn move_label(
     responses(
         (status = 200, description = "The prompt after the change", body = PromptView,
             headers(("ETag" = String, description = "The prompt's version"))),
+        (status = 202, description = "The label is protected: a change request waiting for another key's approval",
+            body = ChangeRequestView, headers(("Location" = String, description = "The change request's URL"))),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
         (status = 422, response = ValidationFailed),
@@ -693,10 +721,18 @@ async fn remove_label(
     State(app): State<AppState>,
     context: CommandContext,
     ApiPath((id, label)): ApiPath<(Uuid, String)>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     context.caller.require(Permission::Write)?;
     let label = Slug::parse("label", &label)?;
-    change_prompt(&app, id, PromptCommand::RemovePromptLabel { label }, &context).await
+    let proposal = ProposedChange::RemovePromptLabel {
+        prompt: id,
+        label: label.to_string(),
+    };
+    if let Some(accepted) = propose_if_protected_prompt(&app, &context, id, proposal).await? {
+        return Ok(accepted);
+    }
+    let command = PromptCommand::RemovePromptLabel { label };
+    Ok(change_prompt(&app, id, command, &context).await?.into_response())
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -38,6 +38,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use cqrs_es::Aggregate;
 use domain::access::{ApiKey, Tenant};
+use domain::approval::{ChangeRequest, Protection};
 use domain::audit::ReadRecord;
 use domain::category::PromptCategory;
 use domain::config::ConfigEntry;
@@ -348,6 +349,8 @@ fn fold(aggregate_type: &str, state: Option<&str>, payload: &str) -> Result<Fold
         Model::TYPE => fold_as::<Model>(state, payload),
         ConfigEntry::TYPE => fold_as::<ConfigEntry>(state, payload),
         Flag::TYPE => fold_as::<Flag>(state, payload),
+        Protection::TYPE => fold_as::<Protection>(state, payload),
+        ChangeRequest::TYPE => fold_as::<ChangeRequest>(state, payload),
         _ => Ok(Fold::Unknown),
     }
 }

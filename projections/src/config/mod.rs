@@ -22,7 +22,7 @@ impl Projection for ConfigProjection {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["config_entry"]
+        &["config_entry", "config_schedule"]
     }
 
     fn aggregate_types(&self) -> Option<&'static [&'static str]> {
@@ -42,37 +42,98 @@ impl Projection for ConfigProjection {
                 .decode::<ConfigEvent>()
                 .map_err(|e| ProjectionError::undecodable(event, e))?;
             let key = ConfigKey::in_aggregate_id(&event.aggregate_id);
-            // Each statement takes: tenant, key, the schema or value, version, instant.
-            let (sql, document) = match payload {
-                ConfigEvent::ConfigSchemaDeclared { schema, .. } => (
-                    "insert into config_entry (tenant_id, key, schema, value, version, updated_at)
-                     values ($1, $2, $3, null, $4, $5)
-                     on conflict (tenant_id, key) do update
-                     set schema = excluded.schema, version = excluded.version, updated_at = excluded.updated_at",
-                    Some(schema),
-                ),
-                ConfigEvent::ConfigValueSet { value, .. } => (
-                    "insert into config_entry (tenant_id, key, schema, value, version, updated_at)
-                     values ($1, $2, null, $3, $4, $5)
-                     on conflict (tenant_id, key) do update
-                     set value = excluded.value, version = excluded.version, updated_at = excluded.updated_at",
-                    Some(value),
-                ),
-                ConfigEvent::ConfigValueCleared { .. } => (
-                    "update config_entry set value = $3, version = $4, updated_at = $5
-                     where tenant_id = $1 and key = $2",
-                    None,
-                ),
+            // What the event changes in the key's row: its schema, its value, or neither;
+            // every event moves its version.
+            let (schema, value) = match &payload {
+                ConfigEvent::ConfigSchemaDeclared { schema, .. } => (Some(Some(schema.clone())), None),
+                ConfigEvent::ConfigValueSet { value, .. }
+                | ConfigEvent::ConfigScheduleApplied { value, .. } => (None, Some(Some(value.clone()))),
+                ConfigEvent::ConfigValueCleared { .. } => (None, Some(None)),
+                ConfigEvent::ConfigChangeScheduled { .. } | ConfigEvent::ConfigScheduleCancelled { .. } => {
+                    (None, None)
+                }
             };
-            sqlx::query(sql)
-                .bind(&event.tenant_id)
-                .bind(key)
-                .bind(document)
-                .bind(event.sequence)
-                .bind(event.recorded_at)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "insert into config_entry (tenant_id, key, schema, value, version, updated_at)
+                 values ($1, $2, $3, $4, $5, $6)
+                 on conflict (tenant_id, key) do update
+                 set schema = case when $7 then excluded.schema else config_entry.schema end,
+                     value = case when $8 then excluded.value else config_entry.value end,
+                     version = excluded.version, updated_at = excluded.updated_at",
+            )
+            .bind(&event.tenant_id)
+            .bind(key)
+            .bind(schema.clone().flatten())
+            .bind(value.clone().flatten())
+            .bind(event.sequence)
+            .bind(event.recorded_at)
+            .bind(schema.is_some())
+            .bind(value.is_some())
+            .execute(&mut *tx)
+            .await?;
+            apply_schedule(tx, event, key, payload).await?;
         }
         Ok(())
     }
+}
+
+/// The schedule rows a configuration event creates or resolves.
+async fn apply_schedule(
+    tx: &mut PgConnection,
+    event: &StoredEvent,
+    key: &str,
+    payload: ConfigEvent,
+) -> Result<(), sqlx::Error> {
+    match payload {
+        ConfigEvent::ConfigChangeScheduled {
+            schedule, value, at, ..
+        } => {
+            sqlx::query(
+                "insert into config_schedule (schedule_id, tenant_id, key, value, at, state, scheduled_by, reason,
+                                              created_at)
+                 values ($1, $2, $3, $4, $5, 'pending', $6, $7, $8)",
+            )
+            .bind(schedule)
+            .bind(&event.tenant_id)
+            .bind(key)
+            .bind(value)
+            .bind(at)
+            .bind(event.meta("actor_name"))
+            .bind(event.meta("reason"))
+            .bind(event.recorded_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        ConfigEvent::ConfigScheduleApplied { schedule, .. } => {
+            sqlx::query(
+                "update config_schedule set state = 'applied', resolved_at = $2 where schedule_id = $1",
+            )
+            .bind(schedule)
+            .bind(event.recorded_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        ConfigEvent::ConfigScheduleCancelled {
+            schedule,
+            because,
+            conflicting_version,
+        } => {
+            let because = serde_json::to_value(because).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            sqlx::query(
+                "update config_schedule set state = 'cancelled', cancelled_because = $2 #>> '{}',
+                        conflicting_version = $3, resolved_at = $4
+                 where schedule_id = $1",
+            )
+            .bind(schedule)
+            .bind(because)
+            .bind(conflicting_version.map(|v| v as i64))
+            .bind(event.recorded_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        ConfigEvent::ConfigSchemaDeclared { .. }
+        | ConfigEvent::ConfigValueSet { .. }
+        | ConfigEvent::ConfigValueCleared { .. } => {}
+    }
+    Ok(())
 }

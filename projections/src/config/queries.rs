@@ -7,6 +7,7 @@ use domain::config::{ConfigEntry, ConfigEvent, ConfigKey};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
+use uuid::Uuid;
 
 /// A configuration key as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -91,7 +92,7 @@ pub async fn values_as_of(
         "select distinct on (aggregate_id) aggregate_id, payload, recorded_at
          from events
          where tenant_id = $1 and aggregate_type = $2 and recorded_at <= $3
-           and event_type in ('ConfigValueSet', 'ConfigValueCleared')
+           and event_type in ('ConfigValueSet', 'ConfigValueCleared', 'ConfigScheduleApplied')
          order by aggregate_id, sequence desc",
     )
     .bind(tenant)
@@ -107,7 +108,9 @@ pub async fn values_as_of(
         }
         let event: ConfigEvent =
             serde_json::from_value(payload).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        if let ConfigEvent::ConfigValueSet { value, .. } = event {
+        if let ConfigEvent::ConfigValueSet { value, .. } | ConfigEvent::ConfigScheduleApplied { value, .. } =
+            event
+        {
             values.push(ConfigValue {
                 key: key.to_string(),
                 value,
@@ -117,4 +120,86 @@ pub async fn values_as_of(
     }
     values.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(values)
+}
+
+/// A scheduled change as the API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ScheduleView {
+    pub id: Uuid,
+    pub key: String,
+    /// The value it sets (any JSON).
+    pub value: Value,
+    /// When it applies.
+    pub at: DateTime<Utc>,
+    /// `pending`, `applied` or `cancelled`.
+    #[cfg_attr(feature = "openapi", schema(example = "pending"))]
+    pub state: String,
+    /// For a cancelled one: `cancelled`, `conflict` (the value changed after it was
+    /// scheduled) or `schema_changed`.
+    pub cancelled_because: Option<String>,
+    /// For a conflict: the key's version whose change cancelled it.
+    pub conflicting_version: Option<i64>,
+    /// The name of the key that scheduled it.
+    pub scheduled_by: Option<String>,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// When it was applied or cancelled.
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+const SCHEDULE_COLUMNS: &str =
+    "schedule_id as id, key, value, at, state, cancelled_because, conflicting_version, \
+     scheduled_by, reason, created_at, resolved_at";
+
+/// A scheduled change of `tenant`.
+pub async fn schedule(pool: &PgPool, tenant: &str, id: Uuid) -> sqlx::Result<Option<ScheduleView>> {
+    let sql =
+        format!("select {SCHEDULE_COLUMNS} from config_schedule where schedule_id = $1 and tenant_id = $2");
+    sqlx::query_as(&sql)
+        .bind(id)
+        .bind(tenant)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The scheduled changes of `tenant`, in `state` when given, by time.
+pub async fn schedules(pool: &PgPool, tenant: &str, state: Option<&str>) -> sqlx::Result<Vec<ScheduleView>> {
+    let sql = format!(
+        "select {SCHEDULE_COLUMNS} from config_schedule
+         where tenant_id = $1 and ($2::text is null or state = $2)
+         order by at, schedule_id"
+    );
+    sqlx::query_as(&sql)
+        .bind(tenant)
+        .bind(state)
+        .fetch_all(pool)
+        .await
+}
+
+/// A pending schedule of any tenant: what the scheduler applies.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DueSchedule {
+    pub id: Uuid,
+    pub tenant: String,
+    pub key: String,
+}
+
+/// Up to `limit` pending schedules of every tenant due at `now`, oldest first.
+pub async fn due_schedules(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<DueSchedule>> {
+    sqlx::query_as(
+        "select schedule_id as id, tenant_id as tenant, key from config_schedule
+         where state = 'pending' and at <= $1 order by at limit $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// When the next pending schedule of any tenant is due.
+pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar("select min(at) from config_schedule where state = 'pending'")
+        .fetch_one(pool)
+        .await
 }

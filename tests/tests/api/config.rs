@@ -1,6 +1,8 @@
 //! Configuration: keys with JSON Schemas, values with reasons, history, and the whole
 //! configuration at an instant.
 
+use std::time::{Duration, Instant};
+
 use integration_tests::harness::{expect_each_not_found, expect_problem, expect_status, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -376,4 +378,176 @@ async fn another_tenant_has_a_configuration_of_its_own() {
     let viewer = app.key("acme", "viewer").await;
     let refused = app.put(k, &viewer, json!({ "value": 1, "reason": "r" })).await;
     expect_problem(refused, StatusCode::FORBIDDEN, "forbidden").await;
+}
+
+fn in_seconds(seconds: f64) -> (chrono::DateTime<chrono::Utc>, String) {
+    let at = chrono::Utc::now() + chrono::Duration::milliseconds((seconds * 1000.0) as i64);
+    (at, at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_whose_time_passed_while_nothing_ran_applies_at_the_next_start() {
+    let app = TestApp::spawn().await;
+    set(&app, "limits.max_output_tokens", json!(4000), "launch").await;
+    let (at, at_text) = in_seconds(1.5);
+    let scheduled = expect_status(
+        app.post(
+            "/v1/config/limits.max_output_tokens/schedule",
+            &app.admin_key,
+            json!({ "value": 8000, "at": at_text, "reason": "holiday traffic" }),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let id = scheduled["id"].as_str().unwrap().to_string();
+    assert_eq!(scheduled["state"], "pending");
+    assert_eq!(scheduled["reason"], "holiday traffic");
+
+    // No process runs while its time passes.
+    app.stop();
+    while chrono::Utc::now() <= at + chrono::Duration::milliseconds(100) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stored: Value = sqlx::query_scalar(
+        "select value from config_entry where tenant_id = 'acme' and key = 'limits.max_output_tokens'",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(stored, json!(4000), "nothing applied it while nothing ran");
+
+    let restarted = app.spawn_peer().await;
+    let get = |path: String| {
+        let request = app
+            .client
+            .get(format!("{}{path}", restarted.address))
+            .bearer_auth(&app.admin_key);
+        async move { request.send().await.unwrap() }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let applied = loop {
+        let schedule = expect_status(get(format!("/v1/schedules/{id}")).await, StatusCode::OK).await;
+        if schedule["state"] != "pending" {
+            break schedule;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the schedule was not applied at start-up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(applied["state"], "applied");
+    let value = expect_status(
+        get("/v1/config/limits.max_output_tokens".into()).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(value["value"], 8000);
+    let history = expect_status(
+        get("/v1/config/limits.max_output_tokens/history".into()).await,
+        StatusCode::OK,
+    )
+    .await;
+    let last = history["items"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["event_type"], "ConfigScheduleApplied");
+    assert_eq!(last["actor"]["name"], "scheduler");
+    assert_eq!(last["data"]["previous"], 4000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_before_its_time_cancels_a_schedule_as_a_conflict() {
+    let app = TestApp::spawn().await;
+    let key = &app.admin_key;
+    expect_status(
+        app.put(
+            "/v1/config-schemas/limits.max_output_tokens",
+            key,
+            json!({ "schema": { "type": "integer", "maximum": 32000 }, "reason": "r" }),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let schedule = |value: Value| {
+        let (_, at) = in_seconds(3600.0);
+        app.post(
+            "/v1/config/limits.max_output_tokens/schedule",
+            key,
+            json!({ "value": value, "at": at, "reason": "tonight" }),
+        )
+    };
+    let first = expect_status(schedule(json!(8000)).await, StatusCode::CREATED).await;
+    let first = first["id"].as_str().unwrap().to_string();
+    let changed = set(&app, "limits.max_output_tokens", json!(2000), "cost").await;
+    let cancelled = expect_status(
+        app.get(&format!("/v1/schedules/{first}"), key).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(cancelled["state"], "cancelled");
+    assert_eq!(cancelled["cancelled_because"], "conflict");
+    assert_eq!(
+        cancelled["conflicting_version"],
+        changed["version"].as_i64().unwrap() - 1
+    );
+    let value = expect_status(
+        app.get("/v1/config/limits.max_output_tokens", key).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(value["value"], 2000, "the later change stands");
+
+    let second = expect_status(schedule(json!(16000)).await, StatusCode::CREATED).await;
+    let second = second["id"].as_str().unwrap().to_string();
+    let cancel = |key: &str| {
+        app.request(Method::DELETE, &format!("/v1/schedules/{second}"), key)
+            .header("X-Reason", "not tonight")
+            .send()
+    };
+    let other = app.key("globex", "admin").await;
+    expect_problem(cancel(&other).await.unwrap(), StatusCode::NOT_FOUND, "not-found").await;
+    let withdrawn = expect_status(cancel(key).await.unwrap(), StatusCode::OK).await;
+    assert_eq!(withdrawn["cancelled_because"], "cancelled");
+    expect_problem(cancel(key).await.unwrap(), StatusCode::NOT_FOUND, "not-found").await;
+    let listed = expect_status(
+        app.get("/v1/schedules?state=cancelled", key).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2);
+
+    let events_before = app.event_count().await;
+    let (_, later) = in_seconds(3600.0);
+    for (body, field) in [
+        (
+            json!({ "value": 8000, "at": "2020-01-01T00:00:00Z", "reason": "r" }),
+            "at",
+        ),
+        (json!({ "value": 8000, "at": "tonight", "reason": "r" }), "at"),
+        (json!({ "value": 64000, "at": later, "reason": "r" }), "value"),
+        (json!({ "value": 8000, "at": later }), "reason"),
+    ] {
+        let refused = app
+            .post("/v1/config/limits.max_output_tokens/schedule", key, body)
+            .await;
+        let problem = expect_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    }
+    let bad_state = app.get("/v1/schedules?state=later", key).await;
+    expect_problem(bad_state, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+    assert_eq!(
+        app.event_count().await,
+        events_before,
+        "nothing recorded for refused schedules"
+    );
+    expect_each_not_found(
+        &app,
+        &other,
+        vec![(Method::GET, format!("/v1/schedules/{first}"), None)],
+        "acme",
+    )
+    .await;
+    let theirs = expect_status(app.get("/v1/schedules", &other).await, StatusCode::OK).await;
+    assert_eq!(theirs["items"], json!([]));
 }

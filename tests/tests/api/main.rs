@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod access;
+mod approvals;
 mod audit;
 mod categories;
 mod concurrency;

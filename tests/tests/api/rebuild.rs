@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 
 /// The read-model tables and the order their rows are dumped in.
-const TABLES: [(&str, &str); 10] = [
+const TABLES: [(&str, &str); 11] = [
     ("tenant", "tenant_id"),
     ("api_key", "key_id"),
     ("prompt_category", "category_id"),
@@ -22,6 +22,7 @@ const TABLES: [(&str, &str); 10] = [
     ("model_price", "model_id, effective_from"),
     ("config_entry", "tenant_id, key"),
     ("flag", "tenant_id, key"),
+    ("config_schedule", "schedule_id"),
 ];
 
 /// Every read-model table as JSON, rows in a fixed order.
@@ -453,6 +454,7 @@ async fn rebuilding_every_projection_reproduces_the_read_models_the_runners_buil
         "update model_price set input_per_mtok = 99, original = null",
         "update config_entry set value = '0', schema = null",
         "update flag set rollout = 0, salt = 'x'",
+        "update config_schedule set state = 'applied'",
     ] {
         sqlx::query(sql).execute(app.pool()).await.expect("tamper");
     }
