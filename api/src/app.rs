@@ -32,6 +32,7 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::config::router())
         .merge(routes::schedules::router())
         .merge(routes::approvals::router())
+        .merge(routes::budgets::router())
         .merge(routes::flags::router())
         .merge(routes::keys::router())
         .merge(routes::audit::router())

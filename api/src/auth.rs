@@ -81,6 +81,7 @@ impl Caller {
             Permission::Operate => "see system state",
             Permission::ManageRegistry => "manage the model registry",
             Permission::ReviewChanges => "protect scopes or review changes",
+            Permission::ManageBudgets => "manage budgets",
         };
         Err(ApiError::Forbidden {
             role: self.role.as_str(),

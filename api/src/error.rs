@@ -8,6 +8,7 @@ use cqrs_es::Aggregate;
 use domain::access::ApiKeyError;
 use domain::approval::{ChangeRequestError, ProtectionError};
 use domain::audit::ReadRecordError;
+use domain::budget::BudgetError;
 use domain::category::{CategoryError, PromptCategory};
 use domain::config::{ConfigError, Violation};
 use domain::fields::Invalid;
@@ -402,6 +403,15 @@ impl DomainProblem for ChangeRequestError {
     }
 }
 
+impl DomainProblem for BudgetError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            BudgetError::NotFound => ApiError::NotFound("budget"),
+            BudgetError::AlreadyExists => ApiError::Conflict(self.to_string()),
+        }
+    }
+}
+
 impl DomainProblem for ReadRecordError {
     fn into_api_error(self) -> ApiError {
         match self {
@@ -425,6 +435,7 @@ impl<E: DomainProblem> From<CommandError<E>> for ApiError {
                     domain::category::CATEGORY_NAME_SCOPE => "category name",
                     domain::provider::PROVIDER_NAME_SCOPE => "provider name",
                     domain::model::MODEL_REFERENCE_SCOPE => "model reference",
+                    domain::budget::BUDGET_NAME_SCOPE => "budget name",
                     _ => "name",
                 };
                 ApiError::NameTaken { what, name: key }

@@ -11,6 +11,7 @@ use commands::{AggregateStore, CommandError, Committed, EventStore, IdempotencyS
 use domain::access::{ApiKey, Tenant};
 use domain::approval::{ChangeRequest, Protection};
 use domain::audit::ReadRecord;
+use domain::budget::Budget;
 use domain::category::PromptCategory;
 use domain::config::ConfigEntry;
 use domain::flag::Flag;
@@ -55,6 +56,7 @@ pub struct App {
     pub flags: AggregateStore<Flag>,
     pub protections: AggregateStore<Protection>,
     pub change_requests: AggregateStore<ChangeRequest>,
+    pub budgets: AggregateStore<Budget>,
     /// Every feature flag, in memory and current with the log: evaluations read only this.
     pub live_flags: LiveFlags,
     /// Wakes the scheduler when this process schedules a change.
@@ -125,6 +127,7 @@ impl App {
             flags: store.aggregates(()),
             protections: store.aggregates(()),
             change_requests: store.aggregates(()),
+            budgets: store.aggregates(()),
             live_flags,
             schedule_added: Arc::new(tokio::sync::Notify::new()),
         })

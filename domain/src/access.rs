@@ -39,6 +39,8 @@ pub enum Permission {
     ManageRegistry,
     /// Protect scopes, and approve or reject changes to them.
     ReviewChanges,
+    /// Define, change and delete budgets.
+    ManageBudgets,
 }
 
 impl Role {

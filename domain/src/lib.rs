@@ -11,6 +11,7 @@
 //! - [`config`]: configuration keys with their JSON Schemas and values; [`flag`]: feature
 //!   flags and their deterministic evaluation.
 //! - [`approval`]: protected scopes and the change requests another key must approve.
+//! - [`budget`]: what to spend per scope and period.
 //! - [`audit`]: records of who read the audit log and key listings.
 //! - [`template`]: parsing `{{variable}}` placeholders.
 //! - [`text`]: validated text values; [`fields`]: reading raw input into them with every
@@ -22,6 +23,7 @@
 pub mod access;
 pub mod approval;
 pub mod audit;
+pub mod budget;
 pub mod category;
 pub mod config;
 pub mod fields;

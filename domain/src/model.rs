@@ -39,7 +39,7 @@ pub struct ModelRef {
 /// What still refers to a model when it is deprecated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Referrer {
-    /// `prompt_version` (a version behind a label).
+    /// `prompt_version` (a version behind a label) or `budget` (a budget over the model).
     pub kind: String,
     pub id: String,
     /// For a prompt version: its number, and the labels pointing at it.

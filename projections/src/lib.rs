@@ -14,6 +14,7 @@
 //! - [`config`]: configuration keys with their schemas and values (`config_entry`);
 //!   [`flag`]: feature flags (`flag`), also held in memory for evaluation.
 //! - [`approval`]: protected scopes and change requests (`protection`, `change_request`).
+//! - [`budget`]: budget definitions (`budget`).
 //! - [`audit`]: the hash-chained audit log (`audit_entry`), its verification against the
 //!   log and the permission history; [`canonical`]: the JSON form its hashes cover.
 //!
@@ -27,6 +28,7 @@
 pub mod access;
 pub mod approval;
 pub mod audit;
+pub mod budget;
 pub mod canonical;
 pub mod catalog;
 pub mod cloudevent;
@@ -56,6 +58,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(config::ConfigProjection),
         Arc::new(flag::FlagProjection),
         Arc::new(approval::ApprovalProjection),
+        Arc::new(budget::BudgetProjection),
         Arc::new(audit::AuditProjection),
     ]
 }

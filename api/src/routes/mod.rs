@@ -5,6 +5,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod budgets;
 pub mod categories;
 pub mod config;
 pub mod docs;

@@ -15,6 +15,7 @@ use domain::model::{parse_model_id, Model, ModelCommand, ModelProvider, ModelRef
 use domain::money::{Amount, Currency};
 use domain::prompt::parse_params;
 use domain::text::{DisplayName, InvalidText, Slug};
+use projections::budget::queries as budgets;
 use projections::catalog::queries as catalog;
 use projections::registry::queries::{self as registry, ModelFilter, ModelView, PriceView};
 use serde::Deserialize;
@@ -419,7 +420,7 @@ struct DeprecateBody {
 }
 
 /// `POST /v1/models/{model}/deprecate`: mark the model deprecated. The answer (and the
-/// event) lists what still refers to it: prompt versions behind a label.
+/// event) lists what still refers to it: prompt versions behind a label, budgets over it.
 #[utoipa::path(
     post,
     path = "/v1/models/{model}/deprecate",
@@ -448,8 +449,9 @@ async fn deprecate_model(
         Some(replacement) => Some(model_named_in(&app, tenant, "replacement", replacement).await?),
         None => None,
     };
-    let still_referenced = catalog::labelled_versions_naming(&app.pool, tenant, &target.reference)
-        .await?
+    let versions = catalog::labelled_versions_naming(&app.pool, tenant, &target.reference).await?;
+    let budgets = budgets::budgets_over_model(&app.pool, tenant, &target.reference).await?;
+    let still_referenced = versions
         .into_iter()
         .map(|version| Referrer {
             kind: "prompt_version".into(),
@@ -457,6 +459,12 @@ async fn deprecate_model(
             version: u32::try_from(version.version).ok(),
             labels: version.labels,
         })
+        .chain(budgets.into_iter().map(|budget| Referrer {
+            kind: "budget".into(),
+            id: budget.id.to_string(),
+            version: None,
+            labels: Vec::new(),
+        }))
         .collect();
     let command = ModelCommand::DeprecateModel {
         replacement,

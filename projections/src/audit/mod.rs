@@ -40,6 +40,7 @@ use cqrs_es::Aggregate;
 use domain::access::{ApiKey, Tenant};
 use domain::approval::{ChangeRequest, Protection};
 use domain::audit::ReadRecord;
+use domain::budget::Budget;
 use domain::category::PromptCategory;
 use domain::config::ConfigEntry;
 use domain::flag::Flag;
@@ -351,6 +352,7 @@ fn fold(aggregate_type: &str, state: Option<&str>, payload: &str) -> Result<Fold
         Flag::TYPE => fold_as::<Flag>(state, payload),
         Protection::TYPE => fold_as::<Protection>(state, payload),
         ChangeRequest::TYPE => fold_as::<ChangeRequest>(state, payload),
+        Budget::TYPE => fold_as::<Budget>(state, payload),
         _ => Ok(Fold::Unknown),
     }
 }

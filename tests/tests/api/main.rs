@@ -6,6 +6,7 @@
 mod access;
 mod approvals;
 mod audit;
+mod budgets;
 mod categories;
 mod concurrency;
 mod config;

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 
 /// The read-model tables and the order their rows are dumped in.
-const TABLES: [(&str, &str); 11] = [
+const TABLES: [(&str, &str); 14] = [
     ("tenant", "tenant_id"),
     ("api_key", "key_id"),
     ("prompt_category", "category_id"),
@@ -23,6 +23,9 @@ const TABLES: [(&str, &str); 11] = [
     ("config_entry", "tenant_id, key"),
     ("flag", "tenant_id, key"),
     ("config_schedule", "schedule_id"),
+    ("protection", "tenant_id, scope"),
+    ("change_request", "request_id"),
+    ("budget", "budget_id"),
 ];
 
 /// Every read-model table as JSON, rows in a fixed order.
@@ -369,6 +372,44 @@ async fn write_history(app: &TestApp) -> History {
         ok(app.put("/v1/flags/checkout.new_flow", key, flag).await).await;
     }
 
+    // A protected prefix with one approved and one pending change; budgets defined,
+    // changed and deleted.
+    ok(app.put("/v1/protections/config:routing.", key, json!({})).await).await;
+    let second = app.key("acme", "admin").await;
+    for model in ["openai/gpt-4o", "openai/gpt-5"] {
+        let proposal = json!({ "value": model, "reason": "switch" });
+        let request = expect_status(
+            app.put("/v1/config/routing.default_model", key, proposal).await,
+            StatusCode::ACCEPTED,
+        )
+        .await;
+        if model == "openai/gpt-4o" {
+            let approve = format!(
+                "/v1/change-requests/{}/approve",
+                request["id"].as_str().expect("id")
+            );
+            ok(app.post(&approve, &second, json!({})).await).await;
+        }
+    }
+    for (name, scope) in [
+        ("Tenant", json!({ "kind": "tenant" })),
+        ("Mini", json!({ "kind": "model", "id": "openai/gpt-4o-mini" })),
+        ("Search", json!({ "kind": "feature", "id": "search" })),
+    ] {
+        let budget =
+            json!({ "name": name, "scope": scope, "period": "monthly", "amount": "100", "currency": "USD" });
+        let created = expect_status(app.post("/v1/budgets", key, budget).await, StatusCode::CREATED).await;
+        let path = format!("/v1/budgets/{}", created["id"].as_str().expect("id"));
+        if name == "Mini" {
+            ok(app
+                .patch(&path, key, json!({ "amount": "250.5", "thresholds": [90] }))
+                .await)
+            .await;
+        } else if name == "Search" {
+            expect_status(app.delete(&path, key).await, StatusCode::NO_CONTENT).await;
+        }
+    }
+
     History {
         support,
         sales,
@@ -393,7 +434,8 @@ fn row<'a>(dump: &'a Value, table: &str, column: &str, id: &str) -> &'a Value {
 /// The dump reflects the history, so that comparing dumps is not comparing empty tables.
 fn assert_reflects(dump: &Value, history: &History) {
     assert_eq!(rows(dump, "tenant").len(), 2);
-    assert_eq!(rows(dump, "api_key").len(), 3);
+    // The admin, the one issued over the API, globex's editor and a second admin.
+    assert_eq!(rows(dump, "api_key").len(), 4);
     assert_eq!(
         rows(dump, "api_key")
             .iter()
@@ -455,6 +497,9 @@ async fn rebuilding_every_projection_reproduces_the_read_models_the_runners_buil
         "update config_entry set value = '0', schema = null",
         "update flag set rollout = 0, salt = 'x'",
         "update config_schedule set state = 'applied'",
+        "update change_request set state = 'rejected'",
+        "delete from protection",
+        "update budget set amount = 1, thresholds = '{}'",
     ] {
         sqlx::query(sql).execute(app.pool()).await.expect("tamper");
     }

@@ -1,0 +1,378 @@
+//! The `Budget` aggregate: how much a tenant means to spend on a scope (the whole tenant, a
+//! model, a prompt, a feature, an API key) per period, the thresholds to warn at, and whether
+//! going over only warns (`soft`) or refuses (`hard`). Spend arrives with usage.
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::governed::{Claims, Governed};
+use crate::money::{Amount, Currency};
+use crate::text::{DisplayName, InvalidText, Slug};
+
+/// Scope of the per-tenant unique budget name.
+pub const BUDGET_NAME_SCOPE: &str = "budget_name";
+/// Most thresholds a budget has.
+const MAX_THRESHOLDS: usize = 10;
+/// Highest threshold, in percent of the amount.
+const MAX_THRESHOLD: u32 = 1_000;
+
+/// What a budget's spend is counted over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScopeKind {
+    Tenant,
+    Model,
+    Prompt,
+    Feature,
+    Key,
+}
+
+impl ScopeKind {
+    pub const ALL: [ScopeKind; 5] = [Self::Tenant, Self::Model, Self::Prompt, Self::Feature, Self::Key];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tenant => "tenant",
+            Self::Model => "model",
+            Self::Prompt => "prompt",
+            Self::Feature => "feature",
+            Self::Key => "key",
+        }
+    }
+
+    pub fn parse(field: &'static str, text: &str) -> Result<Self, InvalidText> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+            .ok_or_else(|| InvalidText::new(field, "must be one of tenant, model, prompt, feature, key"))
+    }
+}
+
+/// The scope's kind and, except for the tenant, what it names: a model's reference, a
+/// prompt's or key's id, a feature's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetScope {
+    pub kind: ScopeKind,
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    Daily,
+    Weekly,
+    Monthly,
+}
+
+impl Period {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Daily => "daily",
+            Self::Weekly => "weekly",
+            Self::Monthly => "monthly",
+        }
+    }
+
+    pub fn parse(field: &'static str, text: &str) -> Result<Self, InvalidText> {
+        [Self::Daily, Self::Weekly, Self::Monthly]
+            .into_iter()
+            .find(|period| period.as_str() == text)
+            .ok_or_else(|| InvalidText::new(field, "must be one of daily, weekly, monthly"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enforcement {
+    /// Going over warns.
+    Soft,
+    /// Going over refuses further spend in the period.
+    Hard,
+}
+
+impl Enforcement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Soft => "soft",
+            Self::Hard => "hard",
+        }
+    }
+
+    pub fn parse(field: &'static str, text: &str) -> Result<Self, InvalidText> {
+        [Self::Soft, Self::Hard]
+            .into_iter()
+            .find(|e| e.as_str() == text)
+            .ok_or_else(|| InvalidText::new(field, "must be soft or hard"))
+    }
+}
+
+/// Thresholds in percent of the amount (`[50, 80, 100]`): 1 to 1000, at most 10; a set,
+/// kept in ascending order.
+pub fn parse_thresholds(field: &'static str, thresholds: &[u32]) -> Result<Vec<u32>, InvalidText> {
+    if thresholds.len() > MAX_THRESHOLDS {
+        return Err(InvalidText::new(field, "must list at most 10 percentages"));
+    }
+    let mut sorted = thresholds.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.iter().any(|t| !(1..=MAX_THRESHOLD).contains(t)) {
+        return Err(InvalidText::new(
+            field,
+            "each must be a percentage from 1 to 1000",
+        ));
+    }
+    Ok(sorted)
+}
+
+/// A feature scope's id: a slug.
+pub fn parse_feature(field: &'static str, text: &str) -> Result<String, InvalidText> {
+    Ok(Slug::parse(field, text)?.to_string())
+}
+
+/// What a budget is set to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetTerms {
+    pub amount: Amount,
+    pub currency: Currency,
+    pub thresholds: Vec<u32>,
+    pub enforcement: Enforcement,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum BudgetCommand {
+    DefineBudget {
+        tenant: String,
+        name: DisplayName,
+        scope: BudgetScope,
+        period: Period,
+        terms: BudgetTerms,
+    },
+    /// Changes what is given; the scope and period stay (a budget over something else is
+    /// another budget).
+    ChangeBudget {
+        name: Option<DisplayName>,
+        amount: Option<Amount>,
+        currency: Option<Currency>,
+        thresholds: Option<Vec<u32>>,
+        enforcement: Option<Enforcement>,
+    },
+    DeleteBudget,
+}
+
+/// Stored in `events.event_type` by variant name: never rename one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BudgetEvent {
+    BudgetDefined {
+        tenant: String,
+        name: String,
+        scope: BudgetScope,
+        period: Period,
+        terms: BudgetTerms,
+    },
+    /// The name and terms after the change, and the terms before it.
+    BudgetChanged {
+        name: String,
+        terms: BudgetTerms,
+        previous: BudgetTerms,
+    },
+    BudgetDeleted,
+}
+
+impl DomainEvent for BudgetEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::BudgetDefined { .. } => "BudgetDefined",
+            Self::BudgetChanged { .. } => "BudgetChanged",
+            Self::BudgetDeleted => "BudgetDeleted",
+        }
+        .to_string()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0.0".to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetError {
+    #[error("no such budget")]
+    NotFound,
+    #[error("a budget with this id already exists")]
+    AlreadyExists,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Budget {
+    pub tenant: Option<String>,
+    pub name: String,
+    pub scope: Option<BudgetScope>,
+    pub period: Option<Period>,
+    pub terms: Option<BudgetTerms>,
+    pub deleted: bool,
+}
+
+impl Aggregate for Budget {
+    /// Keys every stored budget event: changing it orphans the history.
+    const TYPE: &'static str = "budget";
+    type Command = BudgetCommand;
+    type Event = BudgetEvent;
+    type Error = BudgetError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: BudgetCommand,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), BudgetError> {
+        match command {
+            BudgetCommand::DefineBudget { .. } if self.tenant.is_some() => {
+                return Err(BudgetError::AlreadyExists)
+            }
+            BudgetCommand::DefineBudget {
+                tenant,
+                name,
+                scope,
+                period,
+                terms,
+            } => {
+                let event = BudgetEvent::BudgetDefined {
+                    tenant,
+                    name: name.as_ref().to_string(),
+                    scope,
+                    period,
+                    terms,
+                };
+                sink.write(event, self).await;
+            }
+            _ if self.tenant.is_none() || self.deleted => return Err(BudgetError::NotFound),
+            BudgetCommand::ChangeBudget {
+                name,
+                amount,
+                currency,
+                thresholds,
+                enforcement,
+            } => {
+                let Some(previous) = self.terms.clone() else {
+                    return Err(BudgetError::NotFound);
+                };
+                let terms = BudgetTerms {
+                    amount: amount.unwrap_or(previous.amount),
+                    currency: currency.unwrap_or_else(|| previous.currency.clone()),
+                    thresholds: thresholds.unwrap_or_else(|| previous.thresholds.clone()),
+                    enforcement: enforcement.unwrap_or(previous.enforcement),
+                };
+                let name = name.map_or_else(|| self.name.clone(), |n| n.as_ref().to_string());
+                if terms != previous || name != self.name {
+                    sink.write(
+                        BudgetEvent::BudgetChanged {
+                            name,
+                            terms,
+                            previous,
+                        },
+                        self,
+                    )
+                    .await;
+                }
+            }
+            BudgetCommand::DeleteBudget => sink.write(BudgetEvent::BudgetDeleted, self).await,
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: BudgetEvent) {
+        match event {
+            BudgetEvent::BudgetDefined {
+                tenant,
+                name,
+                scope,
+                period,
+                terms,
+            } => {
+                self.tenant = Some(tenant);
+                self.name = name;
+                self.scope = Some(scope);
+                self.period = Some(period);
+                self.terms = Some(terms);
+            }
+            BudgetEvent::BudgetChanged { name, terms, .. } => {
+                self.name = name;
+                self.terms = Some(terms);
+            }
+            BudgetEvent::BudgetDeleted => self.deleted = true,
+        }
+    }
+}
+
+impl Governed for Budget {
+    fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+
+    /// Its name, unique per tenant while it exists.
+    fn claims(&self, events: &[BudgetEvent]) -> Claims {
+        let mut claims = Claims::default();
+        let mut name = self.name.clone();
+        for event in events {
+            match event {
+                BudgetEvent::BudgetDefined { name: new, .. } => {
+                    claims = claims.claim(BUDGET_NAME_SCOPE, new);
+                    name = new.clone();
+                }
+                BudgetEvent::BudgetChanged { name: new, .. } if *new != name => {
+                    claims = claims
+                        .release(BUDGET_NAME_SCOPE, &name)
+                        .claim(BUDGET_NAME_SCOPE, new);
+                    name = new.clone();
+                }
+                BudgetEvent::BudgetChanged { .. } => {}
+                BudgetEvent::BudgetDeleted => claims = claims.release(BUDGET_NAME_SCOPE, &name),
+            }
+        }
+        claims
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_are_a_set_of_percentages_kept_in_order() {
+        assert_eq!(
+            parse_thresholds("t", &[100, 50, 80, 50]).unwrap(),
+            vec![50, 80, 100]
+        );
+        for bad in [vec![0], vec![1001], (1..=11).collect()] {
+            assert!(parse_thresholds("t", &bad).is_err(), "{bad:?}");
+        }
+        assert!(ScopeKind::parse("k", "team").is_err());
+        assert!(Period::parse("p", "yearly").is_err());
+    }
+
+    #[test]
+    fn a_deleted_budget_releases_its_name_which_is_unique_whatever_its_case() {
+        let mut budget = Budget::default();
+        budget.apply(BudgetEvent::BudgetDefined {
+            tenant: "acme".into(),
+            name: "LLM spend".into(),
+            scope: BudgetScope {
+                kind: ScopeKind::Tenant,
+                id: None,
+            },
+            period: Period::Monthly,
+            terms: BudgetTerms {
+                amount: Amount::parse("a", "100").unwrap(),
+                currency: Currency::parse("c", "USD").unwrap(),
+                thresholds: vec![50, 100],
+                enforcement: Enforcement::Soft,
+            },
+        });
+        let claims = budget.claims(&[BudgetEvent::BudgetDeleted]);
+        assert_eq!(
+            claims.released,
+            vec![(BUDGET_NAME_SCOPE, "llm spend".to_string())]
+        );
+    }
+}
