@@ -20,6 +20,7 @@ use domain::prompt::Prompt;
 use domain::provider::Provider;
 use domain::Governed;
 use projections::audit::anchor::{self, AnchorSettings};
+use projections::catalog::live::LiveLabels;
 use projections::feed::Feed;
 use projections::flag::live::LiveFlags;
 use projections::relay::Relay;
@@ -59,6 +60,9 @@ pub struct App {
     pub budgets: AggregateStore<Budget>,
     /// Every feature flag, in memory and current with the log: evaluations read only this.
     pub live_flags: LiveFlags,
+    /// Every prompt's labels and the versions they point at, in memory and current with the
+    /// log: what `resolve` answers from.
+    pub live_labels: LiveLabels,
     /// Wakes the scheduler when this process schedules a change.
     pub schedule_added: Arc<tokio::sync::Notify>,
     pub keys: AggregateStore<ApiKey>,
@@ -106,6 +110,7 @@ impl App {
         }
         let guards = Arc::new(Guards::new(&settings.security));
         let live_flags = LiveFlags::start(pool.clone(), projections.wake_signal()).await?;
+        let live_labels = LiveLabels::start(pool.clone(), projections.wake_signal()).await?;
         Ok(App {
             authenticator: Authenticator::new(pool.clone(), guards.clone()),
             guards,
@@ -129,6 +134,7 @@ impl App {
             change_requests: store.aggregates(()),
             budgets: store.aggregates(()),
             live_flags,
+            live_labels,
             schedule_added: Arc::new(tokio::sync::Notify::new()),
         })
     }

@@ -39,6 +39,7 @@ pub mod flag;
 pub mod global_order;
 pub mod history;
 pub mod lag;
+pub mod live;
 pub mod page;
 pub mod registry;
 pub mod relay;

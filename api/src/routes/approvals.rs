@@ -294,16 +294,22 @@ async fn apply_change(
         } => {
             let label = Slug::parse("label", &label)?;
             let command = PromptCommand::MovePromptLabel { label, version };
-            app.execute(&app.prompts, &prompt.to_string(), command, &inner)
+            let version = app
+                .execute(&app.prompts, &prompt.to_string(), command, &inner)
                 .await?
-                .version
+                .version;
+            app.live_labels.refresh(&app.pool, prompt).await?;
+            version
         }
         ProposedChange::RemovePromptLabel { prompt, label } => {
             let label = Slug::parse("label", &label)?;
             let command = PromptCommand::RemovePromptLabel { label };
-            app.execute(&app.prompts, &prompt.to_string(), command, &inner)
+            let version = app
+                .execute(&app.prompts, &prompt.to_string(), command, &inner)
                 .await?
-                .version
+                .version;
+            app.live_labels.refresh(&app.pool, prompt).await?;
+            version
         }
     };
     Ok(version)

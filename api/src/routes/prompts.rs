@@ -686,7 +686,9 @@ async fn move_label(
         label,
         version: body.version,
     };
-    Ok(change_prompt(&app, id, command, &context).await?.into_response())
+    let changed = change_prompt(&app, id, command, &context).await?;
+    app.live_labels.refresh(&app.pool, id).await?;
+    Ok(changed.into_response())
 }
 
 /// A change to a protected label of a prompt of the caller's tenant becomes a change
@@ -732,7 +734,9 @@ async fn remove_label(
         return Ok(accepted);
     }
     let command = PromptCommand::RemovePromptLabel { label };
-    Ok(change_prompt(&app, id, command, &context).await?.into_response())
+    let changed = change_prompt(&app, id, command, &context).await?;
+    app.live_labels.refresh(&app.pool, id).await?;
+    Ok(changed.into_response())
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -744,8 +748,8 @@ struct ResolveQuery {
     label: Option<String>,
 }
 
-/// `GET /v1/prompts/{id}/resolve?label=production`: the version a label points at, in one
-/// indexed query; what an application calls at run time.
+/// `GET /v1/prompts/{id}/resolve?label=production`: the version a label points at, from
+/// memory; what an application calls at run time.
 #[utoipa::path(
     get,
     path = "/v1/prompts/{prompt_id}/resolve",
@@ -765,6 +769,10 @@ async fn resolve(
 ) -> ApiResult<Json<Resolved>> {
     caller.require(Permission::Read)?;
     let label = Slug::parse("label", query.label.as_deref().unwrap_or("production"))?;
+    if let Some(resolved) = app.live_labels.resolve(&caller.tenant, id, label.as_ref()) {
+        return Ok(Json(Resolved::clone(&resolved)));
+    }
+    // Not in memory: a label this process has not read from the log yet, or none at all.
     match catalog::resolve(&app.pool, &caller.tenant, id, label.as_ref()).await? {
         Some(resolved) => Ok(Json(resolved)),
         None => {

@@ -8,6 +8,7 @@
 //! event, and written back with one statement per table), so applying it costs a handful
 //! of round trips however many events it holds. That is what makes a rebuild fast.
 
+pub mod live;
 pub mod queries;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -119,7 +119,7 @@ const VERSION_COLUMNS: &str =
     "prompt_id, version, template, variables, model, params, message, created_at, created_by";
 
 /// The version a label points at.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resolved {
     pub prompt_id: Uuid,

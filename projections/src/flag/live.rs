@@ -1,34 +1,19 @@
-//! Every feature flag in this process's memory, kept current from the event log, so that an
-//! evaluation is a read from memory and every process answers alike.
-//!
-//! # Nothing missed, nothing stale
-//!
-//! At start the view takes the end of the settled log `E` first, then reads the `flag`
-//! table. Every event at or before `E` is committed and, the projection being inline, in
-//! the table it reads; so the view holds at least everything up to `E`. It then follows the
-//! log in global order from `E`, applying each flag event whose sequence is above the
-//! version it holds: an event already in the table is skipped, none is missed. A process
-//! that changes a flag also puts the new state in its own view as soon as the change
-//! commits ([`LiveFlags::remember`]), so its next evaluation sees it.
+//! Every feature flag in this process's memory, kept current from the event log
+//! ([`crate::live`]), so that an evaluation is a read from memory and every process answers
+//! alike.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
+use async_trait::async_trait;
 use cqrs_es::Aggregate;
 use domain::flag::{evaluate, Evaluation, Flag, FlagEvent};
-use domain::position::GlobalCursor;
+use eventlog::StoredEvent;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
 use super::queries::{all_flags, StoredFlag};
-use crate::global_order;
-
-/// Events read from the log at a time.
-const BATCH: i64 = 500;
-/// How often the log is read when no append is announced.
-const POLL: Duration = Duration::from_secs(1);
-const RETRY_DELAY: Duration = Duration::from_secs(1);
+use crate::live::{self, LiveView};
 
 type Flags = HashMap<(String, String), Arc<StoredFlag>>;
 
@@ -42,13 +27,13 @@ impl LiveFlags {
     /// Loads every flag and follows the log from there, woken by `appended`.
     pub async fn start(pool: PgPool, appended: watch::Receiver<u64>) -> Result<Self, sqlx::Error> {
         let live = Self::default();
+        let cursor = live::start_cursor(&pool).await?;
         let mut conn = pool.acquire().await?;
-        let cursor = global_order::settled_end(&mut conn).await?;
         for flag in all_flags(&mut conn).await? {
             live.remember(flag);
         }
         drop(conn);
-        tokio::spawn(live.clone().follow(pool, cursor, appended));
+        live::follow(Arc::new(live.clone()), pool, cursor, appended);
         Ok(live)
     }
 
@@ -72,41 +57,19 @@ impl LiveFlags {
             flags.insert(entry, Arc::new(flag));
         }
     }
+}
 
-    async fn follow(self, pool: PgPool, mut cursor: GlobalCursor, mut appended: watch::Receiver<u64>) {
-        loop {
-            match self.catch_up(&pool, cursor).await {
-                Ok(next) => {
-                    cursor = next;
-                    // Woken by an append (ours or, announced, another process's), or polled.
-                    let _ = tokio::time::timeout(POLL, appended.changed()).await;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "following the log for feature flags failed; retrying");
-                    tokio::time::sleep(RETRY_DELAY).await;
-                }
-            }
-        }
+#[async_trait]
+impl LiveView for LiveFlags {
+    fn name(&self) -> &'static str {
+        "flags"
     }
 
-    /// Applies the flag events after `cursor`; returns the cursor it reached.
-    async fn catch_up(&self, pool: &PgPool, mut cursor: GlobalCursor) -> Result<GlobalCursor, sqlx::Error> {
-        let mut conn = pool.acquire().await?;
-        loop {
-            let events = global_order::read_for(&mut conn, cursor, BATCH, Some(&[Flag::TYPE])).await?;
-            for event in &events {
-                cursor = event.cursor;
-                if event.aggregate_type == Flag::TYPE {
-                    self.apply(event)?;
-                }
-            }
-            if (events.len() as i64) < BATCH {
-                return Ok(cursor);
-            }
-        }
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[Flag::TYPE]
     }
 
-    fn apply(&self, event: &eventlog::StoredEvent) -> Result<(), sqlx::Error> {
+    async fn apply(&self, _: &PgPool, event: &StoredEvent) -> Result<(), sqlx::Error> {
         let FlagEvent::FlagSet {
             tenant,
             key,

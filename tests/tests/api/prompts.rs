@@ -388,3 +388,93 @@ async fn projection_lag_counts_the_events_a_stalled_projection_has_not_applied()
     .await;
     assert!(caught_up.is_ok(), "the projection never caught up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_answers_from_memory_and_follows_label_moves_made_by_another_process() {
+    let app = TestApp::spawn().await;
+    let key = &app.admin_key;
+    let id = app.create_prompt("support-reply").await;
+    app.publish(&id, "first {{x}}").await;
+    app.publish(&id, "second {{x}}").await;
+    let label = format!("/v1/prompts/{id}/labels/production");
+    expect_status(
+        app.put(&label, key, json!({ "version": 1 })).await,
+        StatusCode::OK,
+    )
+    .await;
+    let resolve = format!("/v1/prompts/{id}/resolve?label=production");
+    let resolved = expect_status(app.get(&resolve, key).await, StatusCode::OK).await;
+    assert_eq!(
+        resolved["template"], "first {{x}}",
+        "this process's own move is read at once"
+    );
+
+    // The read model changed behind the process's back: the answer still comes from memory.
+    sqlx::query("update prompt_version set template = 'tampered' where prompt_id = $1::uuid")
+        .bind(&id)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    let resolved = expect_status(app.get(&resolve, key).await, StatusCode::OK).await;
+    assert_eq!(resolved["template"], "first {{x}}");
+    sqlx::query(
+        "update prompt_version set template = 'second {{x}}' where prompt_id = $1::uuid and version = 2",
+    )
+    .bind(&id)
+    .execute(app.pool())
+    .await
+    .unwrap();
+
+    // A move made by another process reaches this one through the log.
+    let peer = app.spawn_peer().await;
+    let moved = app
+        .client
+        .put(format!("{}{label}", peer.address))
+        .bearer_auth(key)
+        .json(&json!({ "version": 2 }))
+        .send()
+        .await
+        .unwrap();
+    expect_status(moved, StatusCode::OK).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let resolved = expect_status(app.get(&resolve, key).await, StatusCode::OK).await;
+        if resolved["version"] == 2 {
+            assert_eq!(resolved["template"], "second {{x}}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the move never reached this process"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Removed elsewhere: gone here too; another tenant never sees it.
+    let removed = app
+        .client
+        .delete(format!("{}{label}", peer.address))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    expect_status(removed, StatusCode::OK).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let response = app.get(&resolve, key).await;
+        if response.status() == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removal never reached this process"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let other = app.key("globex", "admin").await;
+    expect_problem(
+        app.get(&resolve, &other).await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    )
+    .await;
+}
