@@ -49,16 +49,19 @@ async fn apply_due(app: &AppState) -> Result<(), sqlx::Error> {
     loop {
         let now = Utc::now();
         let due = config::due_schedules(&app.pool, now, BATCH).await?;
+        let mut applied = 0;
         for schedule in &due {
-            apply(app, schedule, now).await;
+            applied += usize::from(apply(app, schedule, now).await);
         }
-        if (due.len() as i64) < BATCH {
+        // A full batch that applied nothing would come back unchanged: wait for the next round.
+        if (due.len() as i64) < BATCH || applied == 0 {
             return Ok(());
         }
     }
 }
 
-async fn apply(app: &AppState, schedule: &DueSchedule, now: chrono::DateTime<Utc>) {
+/// Applies one due schedule; false when that failed (it is tried again next round).
+async fn apply(app: &AppState, schedule: &DueSchedule, now: chrono::DateTime<Utc>) -> bool {
     let metadata = CommandMetadata {
         tenant: schedule.tenant.clone(),
         actor_key_id: "scheduler".into(),
@@ -71,14 +74,18 @@ async fn apply(app: &AppState, schedule: &DueSchedule, now: chrono::DateTime<Utc
     };
     let Ok(key) = ConfigKey::parse("key", &schedule.key) else {
         tracing::error!(schedule = %schedule.id, key = %schedule.key, "a scheduled change names an invalid key");
-        return;
+        return false;
     };
     let command = ConfigCommand::ApplySchedule {
         schedule: schedule.id,
         now,
     };
     let id = key.aggregate_id(&schedule.tenant);
-    if let Err(error) = app.config.execute(&id, command, None, &metadata).await {
-        tracing::warn!(schedule = %schedule.id, %error, "a scheduled change could not be applied; retrying");
+    match app.config.execute(&id, command, None, &metadata).await {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!(schedule = %schedule.id, %error, "a scheduled change could not be applied; retrying");
+            false
+        }
     }
 }

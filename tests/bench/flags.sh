@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Flag evaluation against its baselines, in the same run ("Reads from memory" in
-# BENCHMARKS.md): evaluate-flag (memory), read-prompt (one primary-key read in PostgreSQL)
-# and healthz (the HTTP round trip alone, no key), each at 1, 8 and 64 clients, RUNS times
-# in rotating order on one server. Results are appended to bench-results/flags.jsonl.
+# Reads from memory against their baselines, in the same run ("Reads from memory" in
+# BENCHMARKS.md): evaluate-flag and resolve-label (memory), read-prompt (one primary-key read
+# in PostgreSQL) and healthz (the HTTP round trip alone, no key), each at 1, 8 and 64
+# clients, RUNS times in rotating order on one server. Results are appended to
+# bench-results/flags.jsonl.
 #
 #   tests/bench/flags.sh          (release binaries are built first)
 #   RUNS=5 DURATION=10 tests/bench/flags.sh
@@ -20,10 +21,10 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
 
 serve aipm_bench_flags $PORT
-scenarios=(evaluate-flag read-prompt healthz)
+scenarios=(evaluate-flag resolve-label read-prompt healthz)
 for run in $(seq 1 "$RUNS"); do
-  for i in 0 1 2; do
-    scenario=${scenarios[$(((i + run) % 3))]}
+  for i in 0 1 2 3; do
+    scenario=${scenarios[$(((i + run) % 4))]}
     echo "== run $run: $scenario"
     echo "{\"kind\":\"flags-run\",\"run\":$run,\"scenario\":\"$scenario\"}" >> "$JSON"
     $LOAD http --url $URL --key "$KEY" --scenario "$scenario" --clients 1,8,64 --duration "$DURATION" \

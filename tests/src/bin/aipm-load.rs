@@ -113,6 +113,9 @@ enum Scenario {
     Healthz,
     /// GET /v1/flags/{key}/evaluate for a new subject each request: a read from memory.
     EvaluateFlag,
+    /// GET /v1/prompts/{id}/resolve?label=production, each client its own labelled prompt:
+    /// a read from memory.
+    ResolveLabel,
 }
 
 impl Scenario {
@@ -123,12 +126,16 @@ impl Scenario {
             Scenario::ReadPrompt => "read-prompt",
             Scenario::Healthz => "healthz",
             Scenario::EvaluateFlag => "evaluate-flag",
+            Scenario::ResolveLabel => "resolve-label",
         }
     }
 
     /// Whether each client works on a prompt of its own, created before measuring.
     fn needs_prompt(self) -> bool {
-        matches!(self, Scenario::PublishVersions | Scenario::ReadPrompt)
+        matches!(
+            self,
+            Scenario::PublishVersions | Scenario::ReadPrompt | Scenario::ResolveLabel
+        )
     }
 
     /// The `n`th request of a client (`prefix` makes created names unique).
@@ -144,6 +151,10 @@ impl Scenario {
                 authorized(api.client.get(api.url(&format!("/v1/prompts/{prompt}"))))
             }
             (Scenario::Healthz, _) => api.client.get(api.url("/healthz")),
+            (Scenario::ResolveLabel, Some(prompt)) => authorized(
+                api.client
+                    .get(api.url(&format!("/v1/prompts/{prompt}/resolve?label=production"))),
+            ),
             (Scenario::EvaluateFlag, _) => authorized(
                 api.client
                     .get(api.url(&format!("/v1/flags/{BENCH_FLAG}/evaluate?subject={prefix}-{n}"))),
@@ -652,7 +663,18 @@ async fn prepare_prompts(
     let creates = (0..clients).map(|i| {
         let api = api.clone();
         let name = format!("load {tag} prompt {i}");
-        async move { api.create_prompt(&name).await }
+        async move {
+            let prompt = api.create_prompt(&name).await?;
+            if scenario == Scenario::ResolveLabel {
+                let version = api
+                    .publish(&prompt, "Answer {{customer}} about {{topic}}.")
+                    .await?;
+                let label = format!("/v1/prompts/{prompt}/labels/production");
+                api.send_ok(reqwest::Method::PUT, &label, &json!({ "version": version }))
+                    .await?;
+            }
+            Ok::<_, BoxError>(prompt)
+        }
     });
     Ok(futures::future::try_join_all(creates)
         .await?
