@@ -6,9 +6,11 @@
 
 pub mod queries;
 
+use queries::PriceFigures;
+
 use async_trait::async_trait;
 use cqrs_es::Aggregate;
-use domain::model::{Model, ModelEvent, Price};
+use domain::model::{Model, ModelEvent};
 use domain::provider::{Provider, ProviderEvent};
 use eventlog::{Projection, ProjectionError, StoredEvent};
 use serde_json::json;
@@ -218,7 +220,7 @@ async fn apply_model(
             .bind(price.output_per_mtok.value())
             .bind(price.cached_input_per_mtok.map(|a| a.value()))
             .bind(price.currency.as_ref())
-            .bind(figures(&previous))
+            .bind(json!(PriceFigures::from(&previous)))
             .bind(event.recorded_at)
             .execute(&mut *tx)
             .await?;
@@ -231,14 +233,4 @@ async fn apply_model(
         .execute(&mut *tx)
         .await?;
     Ok(())
-}
-
-/// A price's figures as JSON, amounts as decimal strings.
-fn figures(price: &Price) -> serde_json::Value {
-    json!({
-        "input_per_mtok": price.input_per_mtok.to_string(),
-        "output_per_mtok": price.output_per_mtok.to_string(),
-        "cached_input_per_mtok": price.cached_input_per_mtok.map(|a| a.to_string()),
-        "currency": price.currency.as_ref(),
-    })
 }
