@@ -87,8 +87,10 @@ async fn wait_for_feed(app: &TestApp, what: &str, done: impl Fn(&Value) -> bool)
 /// Waits until the feed has published the whole log.
 async fn wait_until_caught_up(app: &TestApp) -> Value {
     let last = last_event_cursor(app.pool()).await.to_string();
+    // The relay commits its checkpoint just before it reports itself publishing (again), so
+    // both are awaited.
     wait_for_feed(app, "caught up", |report| {
-        report["events_behind"] == 0 && report["checkpoint"] == last.as_str()
+        report["events_behind"] == 0 && report["checkpoint"] == last.as_str() && report["status"] == "ok"
     })
     .await
 }
