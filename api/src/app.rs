@@ -33,6 +33,7 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::schedules::router())
         .merge(routes::approvals::router())
         .merge(routes::budgets::router())
+        .merge(routes::bulk::router())
         .merge(routes::flags::router())
         .merge(routes::keys::router())
         .merge(routes::audit::router())
@@ -86,6 +87,7 @@ pub async fn serve_until(
     let state = AppState(Arc::new(app));
     // Stops with the server, as the relay does.
     let _scheduler = crate::scheduler::spawn(state.clone());
+    let _bulk_runner = crate::bulk::runner::spawn(state.clone());
     let feed = state.feed.clone();
     // Open connections hold the state after the server stops; the feed stops with it.
     let _relay = state.relay.as_ref().map(|relay| relay.stop_on_drop());

@@ -9,6 +9,7 @@ use domain::access::ApiKeyError;
 use domain::approval::{ChangeRequestError, ProtectionError};
 use domain::audit::ReadRecordError;
 use domain::budget::BudgetError;
+use domain::bulk::BulkError;
 use domain::category::{CategoryError, PromptCategory};
 use domain::config::{ConfigError, Violation};
 use domain::fields::Invalid;
@@ -408,6 +409,18 @@ impl DomainProblem for BudgetError {
         match self {
             BudgetError::NotFound => ApiError::NotFound("budget"),
             BudgetError::AlreadyExists => ApiError::Conflict(self.to_string()),
+        }
+    }
+}
+
+impl DomainProblem for BulkError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            BulkError::NotFound => ApiError::NotFound("bulk job"),
+            BulkError::AlreadyExists
+            | BulkError::Finished(_)
+            | BulkError::UnexpectedItem(_)
+            | BulkError::WrongStatus(_) => ApiError::Conflict(self.to_string()),
         }
     }
 }

@@ -13,13 +13,15 @@
 //! - [`extract`]: JSON, path and query extractors whose rejections are problems, command
 //!   metadata and `If-Match`; [`openapi`]: the document's shared parts.
 //! - [`state`]: the application context, and running a command through it;
-//!   [`scheduler`]: applying scheduled configuration changes when they are due.
+//!   [`scheduler`]: applying scheduled configuration changes when they are due; [`bulk`]:
+//!   running bulk jobs.
 //! - [`routes`]: one module per resource; handlers stay thin.
 //! - [`app`]: the router, middleware and server loop.
 //! - [`cli`]: the `aipm` command line (`serve`, `keys`, `replay`, `audit`).
 
 pub mod app;
 pub mod auth;
+pub mod bulk;
 pub mod cli;
 pub mod db;
 pub mod error;

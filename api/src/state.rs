@@ -12,6 +12,7 @@ use domain::access::{ApiKey, Tenant};
 use domain::approval::{ChangeRequest, Protection};
 use domain::audit::ReadRecord;
 use domain::budget::Budget;
+use domain::bulk::BulkJob;
 use domain::category::PromptCategory;
 use domain::config::ConfigEntry;
 use domain::flag::Flag;
@@ -58,6 +59,7 @@ pub struct App {
     pub protections: AggregateStore<Protection>,
     pub change_requests: AggregateStore<ChangeRequest>,
     pub budgets: AggregateStore<Budget>,
+    pub bulk_jobs: AggregateStore<BulkJob>,
     /// Every feature flag, in memory and current with the log: evaluations read only this.
     pub live_flags: LiveFlags,
     /// Every prompt's labels and the versions they point at, in memory and current with the
@@ -65,6 +67,8 @@ pub struct App {
     pub live_labels: LiveLabels,
     /// Wakes the scheduler when this process schedules a change.
     pub schedule_added: Arc<tokio::sync::Notify>,
+    /// Wakes the bulk runner when this process accepts a job.
+    pub bulk_submitted: Arc<tokio::sync::Notify>,
     pub keys: AggregateStore<ApiKey>,
     pub tenants: AggregateStore<Tenant>,
     /// Records of reads of the audit log and key listings.
@@ -133,9 +137,11 @@ impl App {
             protections: store.aggregates(()),
             change_requests: store.aggregates(()),
             budgets: store.aggregates(()),
+            bulk_jobs: store.aggregates(()),
             live_flags,
             live_labels,
             schedule_added: Arc::new(tokio::sync::Notify::new()),
+            bulk_submitted: Arc::new(tokio::sync::Notify::new()),
         })
     }
 

@@ -39,8 +39,21 @@ impl Invalid {
         self.0
     }
 
-    fn extend(&mut self, other: Invalid) {
+    pub fn extend(&mut self, other: Invalid) {
         self.0.extend(other.0);
+    }
+
+    pub fn push(&mut self, error: InvalidText) {
+        self.0.push(error);
+    }
+
+    /// `Ok` when nothing was found invalid.
+    pub fn into_result(self) -> Result<(), Invalid> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self)
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 //!   flags and their deterministic evaluation.
 //! - [`approval`]: protected scopes and the change requests another key must approve.
 //! - [`budget`]: what to spend per scope and period.
+//! - [`bulk`]: bulk jobs: one operation over many targets, tracked, cancellable, reversible.
 //! - [`audit`]: records of who read the audit log and key listings.
 //! - [`template`]: parsing `{{variable}}` placeholders.
 //! - [`text`]: validated text values; [`fields`]: reading raw input into them with every
@@ -24,6 +25,7 @@ pub mod access;
 pub mod approval;
 pub mod audit;
 pub mod budget;
+pub mod bulk;
 pub mod category;
 pub mod config;
 pub mod fields;

@@ -25,6 +25,9 @@ pub struct HistoryEntry {
     pub reason: Option<String>,
     pub client_addr: Option<String>,
     pub user_agent: Option<String>,
+    /// What caused the change, when something other than a request did: the bulk job,
+    /// change request or schedule whose id this is.
+    pub causation: Option<String>,
     /// The event's fields.
     pub data: Value,
 }
@@ -73,8 +76,29 @@ fn entry(row: HistoryRow) -> HistoryEntry {
         reason: meta("reason"),
         client_addr: meta("client_addr"),
         user_agent: meta("user_agent"),
+        causation: meta("causation_id"),
         event_type,
         event_version,
         data,
     }
+}
+
+/// The aggregate's version after the last event a command with `request_id` recorded on
+/// it, if one did: how a resumed bulk job finds out whether an item it was applying when
+/// its process died was applied.
+pub async fn version_after_request(
+    pool: &PgPool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    request_id: &str,
+) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar(
+        "select max(sequence) from events
+         where aggregate_type = $1 and aggregate_id = $2 and metadata ->> 'request_id' = $3",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(request_id)
+    .fetch_one(pool)
+    .await
 }

@@ -15,6 +15,7 @@
 //!   [`flag`]: feature flags (`flag`), also held in memory for evaluation.
 //! - [`approval`]: protected scopes and change requests (`protection`, `change_request`).
 //! - [`budget`]: budget definitions (`budget`).
+//! - [`bulk`]: bulk jobs and their items (`bulk_job`, `bulk_item`).
 //! - [`audit`]: the hash-chained audit log (`audit_entry`), its verification against the
 //!   log and the permission history; [`canonical`]: the JSON form its hashes cover.
 //!
@@ -29,6 +30,7 @@ pub mod access;
 pub mod approval;
 pub mod audit;
 pub mod budget;
+pub mod bulk;
 pub mod canonical;
 pub mod catalog;
 pub mod cloudevent;
@@ -60,6 +62,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(flag::FlagProjection),
         Arc::new(approval::ApprovalProjection),
         Arc::new(budget::BudgetProjection),
+        Arc::new(bulk::BulkProjection),
         Arc::new(audit::AuditProjection),
     ]
 }

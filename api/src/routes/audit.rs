@@ -184,6 +184,9 @@ struct AuditQuery {
     to: Option<String>,
     #[param(min_length = 1, max_length = 200, pattern = r"^[^\x00]*$")]
     request_id: Option<String>,
+    /// Entries of events caused by this (a bulk job's id: everything the job changed).
+    #[param(min_length = 1, max_length = 200, pattern = r"^[^\x00]*$")]
+    causation: Option<String>,
     /// The `sequence` of the last entry already seen (`next_cursor` of the previous page).
     #[param(pattern = r"^[0-9]{1,18}$")]
     cursor: Option<String>,
@@ -270,19 +273,30 @@ impl Listing {
         let format = download_format(query.format.as_deref(), headers);
         // An unknown format is reported; the limit is then checked as a page's.
         let limit = listing_limit(*format.as_ref().unwrap_or(&Format::Page), query.limit);
-        let (actor, aggregate_type, aggregate_id, event_type, request_id, (from, to), after, format, limit) =
-            (
-                filter_text("actor", query.actor),
-                filter_text("aggregate_type", query.aggregate_type),
-                filter_text("aggregate_id", query.aggregate_id),
-                filter_text("event_type", query.event_type),
-                filter_text("request_id", query.request_id),
-                time_range(query.from, query.to),
-                chain_cursor(query.cursor.as_deref()),
-                format,
-                limit,
-            )
-                .all_valid()?;
+        let (
+            actor,
+            aggregate_type,
+            aggregate_id,
+            event_type,
+            request_id,
+            causation,
+            (from, to),
+            after,
+            format,
+            limit,
+        ) = (
+            filter_text("actor", query.actor),
+            filter_text("aggregate_type", query.aggregate_type),
+            filter_text("aggregate_id", query.aggregate_id),
+            filter_text("event_type", query.event_type),
+            filter_text("request_id", query.request_id),
+            filter_text("causation", query.causation),
+            time_range(query.from, query.to),
+            chain_cursor(query.cursor.as_deref()),
+            format,
+            limit,
+        )
+            .all_valid()?;
         let filter = AuditFilter {
             actor,
             aggregate_type,
@@ -291,6 +305,7 @@ impl Listing {
             from,
             to,
             request_id,
+            causation,
             after,
         };
         Ok(Self {
@@ -316,6 +331,7 @@ impl Listing {
         put("from", filter.from.map(audit::format_time));
         put("to", filter.to.map(audit::format_time));
         put("request_id", filter.request_id.clone());
+        put("causation", filter.causation.clone());
         put("cursor", filter.after.map(|a| a.to_string()));
         put("limit", self.limit.map(|l| l.to_string()));
         let format = match self.format {

@@ -6,6 +6,7 @@
 pub mod approvals;
 pub mod audit;
 pub mod budgets;
+pub mod bulk;
 pub mod categories;
 pub mod config;
 pub mod docs;

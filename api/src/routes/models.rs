@@ -11,12 +11,10 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::access::Permission;
 use domain::fields::{self, AllValid};
-use domain::model::{parse_model_id, Model, ModelCommand, ModelProvider, ModelRef, Price, Referrer};
+use domain::model::{parse_model_id, Model, ModelCommand, ModelProvider, ModelRef, Price};
 use domain::money::{Amount, Currency};
 use domain::prompt::parse_params;
 use domain::text::{DisplayName, InvalidText, Slug};
-use projections::budget::queries as budgets;
-use projections::catalog::queries as catalog;
 use projections::registry::queries::{self as registry, ModelFilter, ModelView, PriceView};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -74,7 +72,7 @@ async fn read_model(app: &AppState, tenant: &str, model: &str) -> ApiResult<Mode
 }
 
 /// Another model named in a body (`field`) by its id or reference.
-async fn model_named_in(
+pub(crate) async fn model_named_in(
     app: &AppState,
     tenant: &str,
     field: &'static str,
@@ -449,23 +447,7 @@ async fn deprecate_model(
         Some(replacement) => Some(model_named_in(&app, tenant, "replacement", replacement).await?),
         None => None,
     };
-    let versions = catalog::labelled_versions_naming(&app.pool, tenant, &target.reference).await?;
-    let budgets = budgets::budgets_over_model(&app.pool, tenant, &target.reference).await?;
-    let still_referenced = versions
-        .into_iter()
-        .map(|version| Referrer {
-            kind: "prompt_version".into(),
-            id: version.prompt_id.to_string(),
-            version: u32::try_from(version.version).ok(),
-            labels: version.labels,
-        })
-        .chain(budgets.into_iter().map(|budget| Referrer {
-            kind: "budget".into(),
-            id: budget.id.to_string(),
-            version: None,
-            labels: Vec::new(),
-        }))
-        .collect();
+    let still_referenced = registry::still_referencing(&app.pool, tenant, &target.reference).await?;
     let command = ModelCommand::DeprecateModel {
         replacement,
         still_referenced,

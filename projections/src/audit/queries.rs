@@ -27,6 +27,8 @@ pub struct AuditFilter {
     /// Recorded before.
     pub to: Option<DateTime<Utc>>,
     pub request_id: Option<String>,
+    /// The causation of the entries' events (`metadata.causation_id`): a bulk job's id.
+    pub causation: Option<String>,
     /// Entries after this place in the chain.
     pub after: Option<i64>,
 }
@@ -54,6 +56,10 @@ impl AuditFilter {
                 query.push(format!(" and {column} = "));
                 query.push_bind(value.clone());
             }
+        }
+        if let Some(causation) = &self.causation {
+            query.push(" and metadata ->> 'causation_id' = ");
+            query.push_bind(causation.clone());
         }
         if let Some(from) = self.from {
             query.push(" and recorded_at >= ");

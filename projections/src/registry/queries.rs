@@ -2,7 +2,7 @@
 //! [`super::RegistryProjection`]'s.
 
 use chrono::{DateTime, Utc};
-use domain::model::{Model, Price, PricePeriod};
+use domain::model::{Model, Price, PricePeriod, Referrer};
 use domain::provider::Provider;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -340,4 +340,26 @@ pub async fn price_at(
         .fetch_optional(pool)
         .await?;
     Ok(row.map(PriceRow::view))
+}
+
+/// What still refers to the model `reference` of `tenant`: prompt versions behind a label,
+/// and budgets over it. A deprecation records it for subscribers to act on.
+pub async fn still_referencing(pool: &PgPool, tenant: &str, reference: &str) -> sqlx::Result<Vec<Referrer>> {
+    let versions = crate::catalog::queries::labelled_versions_naming(pool, tenant, reference).await?;
+    let budgets = crate::budget::queries::budgets_over_model(pool, tenant, reference).await?;
+    Ok(versions
+        .into_iter()
+        .map(|version| Referrer {
+            kind: "prompt_version".into(),
+            id: version.prompt_id.to_string(),
+            version: u32::try_from(version.version).ok(),
+            labels: version.labels,
+        })
+        .chain(budgets.into_iter().map(|budget| Referrer {
+            kind: "budget".into(),
+            id: budget.id.to_string(),
+            version: None,
+            labels: Vec::new(),
+        }))
+        .collect())
 }

@@ -7,6 +7,7 @@ mod access;
 mod approvals;
 mod audit;
 mod budgets;
+mod bulk;
 mod categories;
 mod concurrency;
 mod config;

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 
 /// The read-model tables and the order their rows are dumped in.
-const TABLES: [(&str, &str); 14] = [
+const TABLES: [(&str, &str); 16] = [
     ("tenant", "tenant_id"),
     ("api_key", "key_id"),
     ("prompt_category", "category_id"),
@@ -26,6 +26,8 @@ const TABLES: [(&str, &str); 14] = [
     ("protection", "tenant_id, scope"),
     ("change_request", "request_id"),
     ("budget", "budget_id"),
+    ("bulk_job", "job_id"),
+    ("bulk_item", "job_id, item_index"),
 ];
 
 /// Every read-model table as JSON, rows in a fixed order.
