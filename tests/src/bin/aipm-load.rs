@@ -75,6 +75,32 @@ enum Command {
     Relay(RelayArgs),
     /// Delete a JetStream stream (one a benchmark made), if it exists.
     DeleteStream(DeleteStreamArgs),
+    /// A bulk job over many prompts, and what it does to ordinary commands meanwhile.
+    ///
+    /// `--prompts` prompts are created with a tag of this run (not measured); then
+    /// `create-prompts` is measured with `--clients` closed-loop clients for `--duration`
+    /// without a job (the baseline), and again while a job tags every one of those prompts.
+    /// Reports the job's items/s (items over the time from its acceptance to its end) and
+    /// both latency distributions.
+    Bulk(BulkArgs),
+}
+
+#[derive(Debug, Args)]
+struct BulkArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Prompts the job tags (at most 10,000, the most one job takes).
+    #[arg(long, default_value_t = 10_000)]
+    prompts: usize,
+    /// Closed-loop clients sending ordinary commands.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Measured seconds of ordinary commands, without the job and with it.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Also append the result as a JSON line to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -356,6 +382,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Rebuild(args) => rebuild(args).await,
         Command::Relay(args) => relay::run(args).await,
         Command::DeleteStream(args) => relay::delete_stream(args).await,
+        Command::Bulk(args) => bulk(args).await,
     }
 }
 
@@ -742,6 +769,134 @@ async fn client_loop(
         }
     }
     stats
+}
+
+// ---------------------------------------------------------------------------------------
+// Bulk
+
+async fn bulk(args: BulkArgs) -> Result<()> {
+    use futures::StreamExt;
+    let duration = seconds(args.duration, "duration")?;
+    if args.prompts == 0 || args.prompts > 10_000 || args.clients == 0 {
+        return Err("--prompts must be 1 to 10000 and --clients at least 1".into());
+    }
+    let api = Api::new(&args.server, 64)?;
+    api.preflight().await?;
+    let run_tag = Uuid::new_v4().simple().to_string()[..8].to_string();
+    let tag = format!("bulk-{run_tag}");
+    println!("creating {} prompts tagged {tag}", args.prompts);
+    let creates = futures::stream::iter(0..args.prompts).map(|n| {
+        let (api, tag) = (api.clone(), tag.clone());
+        async move {
+            api.post_ok(
+                "/v1/prompts",
+                &json!({ "name": format!("{tag} {n}"), "tags": [tag] }),
+            )
+            .await
+        }
+    });
+    let created: Vec<Result<Value>> = creates.buffer_unordered(32).collect().await;
+    for result in created {
+        result?;
+    }
+    let window = (Duration::from_secs(1), duration);
+    let mut baseline = closed_loop(
+        &api,
+        Scenario::CreatePrompts,
+        args.clients,
+        &format!("{run_tag} base"),
+        window,
+        false,
+    )
+    .await?;
+
+    let job = api
+        .post_ok(
+            "/v1/bulk",
+            &json!({ "operation": "prompt.tag", "params": { "tags": ["reviewed"] }, "filter": { "tag": tag } }),
+        )
+        .await?;
+    let id = job["id"].as_str().ok_or("the job has no id")?.to_string();
+    let mut during = closed_loop(
+        &api,
+        Scenario::CreatePrompts,
+        args.clients,
+        &format!("{run_tag} bulk"),
+        window,
+        false,
+    )
+    .await?;
+    let finished = loop {
+        let job = api
+            .send_ok(
+                reqwest::Method::GET,
+                &format!("/v1/bulk/{id}?limit=1"),
+                &json!(null),
+            )
+            .await?;
+        if job["finished_at"].is_string() {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let at = |field: &str| {
+        finished[field]
+            .as_str()
+            .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
+            .ok_or_else(|| format!("the job has no {field}: {finished}"))
+    };
+    let job_seconds = (at("finished_at")? - at("created_at")?)
+        .num_microseconds()
+        .unwrap_or(0) as f64
+        / 1e6;
+    let items = finished["done"].as_i64().unwrap_or(0);
+    let items_per_s = items as f64 / job_seconds.max(1e-9);
+    let (base, load) = (
+        Percentiles::of(&mut baseline.latencies_us),
+        Percentiles::of(&mut during.latencies_us),
+    );
+    println!(
+        "job: {} ({} of {} applied, {} failed) in {job_seconds:.1}s: {items_per_s:.0} items/s",
+        finished["status"], items, finished["total"], finished["failed"]
+    );
+    if job_seconds < duration.as_secs_f64() + 1.0 {
+        println!("note: the job ended before the measurement did; part of it ran without the job");
+    }
+    println!(
+        "{:>10} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "commands", "requests", "p50 ms", "p99 ms", "max ms", "non-2xx"
+    );
+    for (name, stats, p) in [("alone", &baseline, base), ("with job", &during, load)] {
+        println!(
+            "{name:>10} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>8}",
+            stats.latencies_us.len(),
+            p.p50,
+            p.p99,
+            p.max,
+            stats.non_2xx
+        );
+    }
+    println!("p99 with the job / alone: {:.2}", load.p99 / base.p99.max(1e-9));
+    if let Some(path) = &args.json {
+        append_json(
+            path,
+            &json!({
+                "kind": "bulk",
+                "prompts": args.prompts,
+                "clients": args.clients,
+                "duration_s": duration.as_secs_f64(),
+                "job_status": finished["status"],
+                "items_done": items,
+                "job_s": job_seconds,
+                "items_per_s": items_per_s,
+                "alone": {"requests": baseline.latencies_us.len(), "p50_ms": base.p50, "p99_ms": base.p99, "max_ms": base.max},
+                "with_job": {"requests": during.latencies_us.len(), "p50_ms": load.p50, "p99_ms": load.p99, "max_ms": load.max},
+                "p99_ratio": load.p99 / base.p99.max(1e-9),
+                "at": now_rfc3339(),
+            }),
+        )?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
