@@ -17,7 +17,7 @@ use projections::bulk::queries::{self as bulk, BulkItemView, BulkJobView};
 use projections::catalog::queries::{self as catalog, PromptFilter};
 use projections::config::queries as config;
 use projections::registry::queries::{self as registry, ModelFilter};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -415,13 +415,12 @@ struct ItemsQuery {
 }
 
 /// A job with a page of its items.
-#[derive(ToSchema)]
-#[allow(dead_code)] // describes the JSON `get_job` builds
+#[derive(Serialize, ToSchema)]
 struct JobWithItems {
-    #[schema(inline)]
+    #[serde(flatten)]
     job: BulkJobView,
     items: Vec<BulkItemView>,
-    /// Pass as `cursor` for the next page of items; absent on the last.
+    /// Pass as `cursor` for the next page of items; `null` on the last.
     next_cursor: Option<i32>,
 }
 
@@ -441,7 +440,7 @@ const ITEM_STATUSES: [&str; 6] = [
     tag = "bulk",
     params(("job_id" = Uuid, Path, description = "The job's id"), ItemsQuery),
     responses(
-        (status = 200, description = "The job: its fields, `items` and `next_cursor`", body = BulkJobView,
+        (status = 200, description = "The job, with a page of its items", body = JobWithItems,
             headers(("ETag" = String, description = "The job's version"))),
         (status = 404, response = NotFound),
         (status = 422, response = ValidationFailed),
@@ -469,9 +468,11 @@ async fn get_job(
     let job = read_job(&app, &caller.tenant, id).await?;
     let items = bulk::items(&app.pool, id, query.status.as_deref(), query.cursor, limit).await?;
     let version = job.version as u64;
-    let mut body = serde_json::to_value(job).map_err(|e| ApiError::Internal(e.to_string()))?;
-    body["items"] = json!(items.items);
-    body["next_cursor"] = json!(items.next_cursor);
+    let body = JobWithItems {
+        job,
+        items: items.items,
+        next_cursor: items.next_cursor,
+    };
     Ok((etag(version), Json(body)))
 }
 
