@@ -138,6 +138,8 @@ impl<'a> JobRunner<'a> {
     }
 
     async fn run(&self) -> Result<(), Stopped> {
+        // A running job this runner did not start was interrupted: its process stopped.
+        let mut interrupted = true;
         loop {
             let (job, _) = self
                 .app
@@ -159,8 +161,26 @@ impl<'a> JobRunner<'a> {
             };
             match job.status {
                 status if status.is_finished() => return Ok(()),
-                JobStatus::Queued => self.step(BulkCommand::Start, &context.tenant).await?,
-                JobStatus::Running => self.advance(&context).await?,
+                JobStatus::Queued => {
+                    interrupted = false;
+                    self.step(BulkCommand::Start, &context.tenant).await?
+                }
+                JobStatus::Running if interrupted && job.mode == Some(BulkMode::Atomic) => {
+                    // All or nothing: an interrupted atomic job is undone, once what its
+                    // items in doubt did is known.
+                    let in_doubt = job.planned();
+                    if in_doubt.is_empty() {
+                        self.step(BulkCommand::RollBack, &context.tenant).await?;
+                    } else {
+                        let outcomes = self.settle_in_doubt(&context, &in_doubt, false).await?;
+                        self.step(BulkCommand::Record { outcomes }, &context.tenant)
+                            .await?;
+                    }
+                }
+                JobStatus::Running => {
+                    interrupted = false;
+                    self.advance(&context).await?
+                }
                 JobStatus::Compensating => self.compensate(&context).await?,
                 _ => return Ok(()),
             }
@@ -216,7 +236,7 @@ impl<'a> JobRunner<'a> {
         let job = context.job;
         let in_doubt = job.planned();
         if !in_doubt.is_empty() {
-            let outcomes = self.settle_in_doubt(context, &in_doubt).await?;
+            let outcomes = self.settle_in_doubt(context, &in_doubt, true).await?;
             return self.step(BulkCommand::Record { outcomes }, &context.tenant).await;
         }
         let batch = job.next_pending(BATCH);
@@ -340,12 +360,14 @@ impl<'a> JobRunner<'a> {
     }
 
     /// Decides what became of items planned by a process that died: applied (the target's
-    /// log holds the item's request id), still to apply (the target has not moved), or
-    /// failed (someone else changed the target since it was planned).
+    /// log holds the item's request id), or not. One not applied is applied now when
+    /// `resume` and the target has not moved since it was planned, failed when someone else
+    /// changed it meanwhile, and released (never applied) when the job is being rolled back.
     async fn settle_in_doubt(
         &self,
         context: &Context<'_>,
         in_doubt: &[(usize, u64)],
+        resume: bool,
     ) -> Result<Vec<ItemOutcome>, Stopped> {
         let kind = context.change.target_kind();
         let mut outcomes = Vec::new();
@@ -353,6 +375,7 @@ impl<'a> JobRunner<'a> {
             let target = &context.job.targets[index];
             let result = match items::load(self.app, &context.tenant, kind, target).await {
                 Err(failure) => failed(failure)?,
+                Ok(loaded) if loaded.version == expected && !resume => ItemResult::Released,
                 Ok(loaded) if loaded.version == expected => {
                     match items::plan(self.app, &context.tenant, &context.change, &loaded).await {
                         Ok(Plan::Apply { command, .. }) => {
@@ -382,6 +405,7 @@ impl<'a> JobRunner<'a> {
                         Some(version) => ItemResult::Applied {
                             version: version as u64,
                         },
+                        None if !resume => ItemResult::Released,
                         None => ItemResult::Failed {
                             error: "changed by someone else after the job planned it".into(),
                         },

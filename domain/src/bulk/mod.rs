@@ -101,8 +101,13 @@ impl JobStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CompensationCause {
-    ItemFailed { index: usize },
+    ItemFailed {
+        index: usize,
+    },
     Cancelled,
+    /// Its process stopped (a restart, a crash) while it ran: an interrupted atomic job is
+    /// undone, as an interrupted transaction is rolled back.
+    Interrupted,
 }
 
 /// The key that submitted a job, and why: the job's changes are made as that key's, with
@@ -218,6 +223,8 @@ pub enum BulkCommand {
     RecordCompensations {
         outcomes: Vec<CompensationOutcome>,
     },
+    /// An atomic job taken up after its process stopped: undo what it applied.
+    RollBack,
 }
 
 /// Stored in `events.event_type` by variant name: never rename one.
@@ -574,6 +581,24 @@ impl Aggregate for BulkJob {
                     self.write_all(next, sink).await;
                 }
             }
+            BulkCommand::RollBack => {
+                if self.status != JobStatus::Running || self.mode != Some(BulkMode::Atomic) {
+                    return Err(BulkError::WrongStatus(self.status.as_str()));
+                }
+                if self
+                    .items
+                    .iter()
+                    .any(|item| matches!(item, ItemState::Planned { .. }))
+                {
+                    return Err(BulkError::WrongStatus("in doubt"));
+                }
+                let compensating = BulkEvent::BulkJobCompensating {
+                    because: CompensationCause::Interrupted,
+                };
+                sink.write(compensating, self).await;
+                let next = self.next_step();
+                self.write_all(next, sink).await;
+            }
             BulkCommand::RecordCompensations { outcomes } => {
                 if self.status != JobStatus::Compensating {
                     return Err(BulkError::WrongStatus(self.status.as_str()));
@@ -863,6 +888,39 @@ mod tests {
             assert_eq!(finished.status, status);
             assert!(matches!(finished.items[2], ItemState::Skipped { .. }));
         }
+    }
+
+    #[test]
+    fn an_interrupted_atomic_job_rolls_back_once_its_items_in_doubt_are_settled() {
+        let running = vec![
+            submitted(BulkMode::Atomic, 2),
+            BulkEvent::BulkJobStarted,
+            planned(&[0]),
+        ];
+        Given::with(())
+            .given(running.clone())
+            .when(BulkCommand::RollBack)
+            .then_expect_error(BulkError::WrongStatus("in doubt"));
+        let settled: Vec<BulkEvent> = running
+            .into_iter()
+            .chain([BulkEvent::BulkItemsProcessed {
+                outcomes: vec![applied(0)],
+                progress: Progress::default(),
+            }])
+            .collect();
+        Given::with(())
+            .given(settled)
+            .when(BulkCommand::RollBack)
+            .then_expect_events(vec![BulkEvent::BulkJobCompensating {
+                because: CompensationCause::Interrupted,
+            }]);
+        Given::with(())
+            .given(vec![
+                submitted(BulkMode::BestEffort, 2),
+                BulkEvent::BulkJobStarted,
+            ])
+            .when(BulkCommand::RollBack)
+            .then_expect_error(BulkError::WrongStatus("running"));
     }
 
     #[test]

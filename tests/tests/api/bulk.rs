@@ -637,19 +637,22 @@ impl Drop for ServerProcess {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_whose_process_is_killed_resumes_at_the_next_start_applying_each_item_once() {
-    let app = TestApp::spawn().await;
+/// Starts a config.set job of `total` keys on an `aipm` process, kills it (-9) once the job
+/// has applied something, checks the job was left unfinished, and starts another process.
+/// Returns the job's id and the second process.
+async fn kill_mid_job(app: &TestApp, total: usize, mode: &str) -> (String, ServerProcess) {
     // Only the processes started here run the job.
     app.stop();
-    let total = 3000;
-    let mut first = ServerProcess::start(&app).await;
+    let mut first = ServerProcess::start(app).await;
     let targets: Vec<String> = (0..total).map(|n| format!("resume.k{n:04}")).collect();
     let response = app
         .client
         .post(format!("{}/v1/bulk", first.address))
         .bearer_auth(&app.admin_key)
-        .json(&json!({"operation": "config.set", "params": {"value": 1}, "targets": targets, "reason": "roll out"}))
+        .json(
+            &json!({"operation": "config.set", "params": {"value": 1}, "targets": targets,
+                      "mode": mode, "reason": "roll out"}),
+        )
         .send()
         .await
         .expect("submit");
@@ -657,46 +660,86 @@ async fn a_job_whose_process_is_killed_resumes_at_the_next_start_applying_each_i
         .as_str()
         .expect("id")
         .to_string();
-    let progress = || async {
-        sqlx::query_as::<_, (String, i32)>("select status, done from bulk_job where job_id = $1::uuid")
-            .bind(&id)
-            .fetch_one(app.pool())
-            .await
-            .expect("job")
-    };
     let started = Instant::now();
-    while progress().await.1 == 0 {
+    while job_progress(app, &id).await.1 == 0 {
         assert!(started.elapsed() < DEADLINE, "the job never made progress");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     first.kill();
-    let (status, done_at_kill) = progress().await;
+    let (status, done_at_kill) = job_progress(app, &id).await;
     assert_eq!(status, "running");
     assert!(
         (done_at_kill as usize) < total,
         "the job finished before the kill"
     );
+    (id, ServerProcess::start(app).await)
+}
 
-    let _second = ServerProcess::start(&app).await;
+/// The job's status and applied count, from its read model.
+async fn job_progress(app: &TestApp, id: &str) -> (String, i32) {
+    sqlx::query_as("select status, done from bulk_job where job_id = $1::uuid")
+        .bind(id)
+        .fetch_one(app.pool())
+        .await
+        .expect("job")
+}
+
+async fn wait_for_status(app: &TestApp, id: &str, status: &str) {
     let started = Instant::now();
-    while progress().await.0 != "done" {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the job was never resumed to its end"
-        );
+    while job_progress(app, id).await.0 != status {
+        assert!(started.elapsed() < DEADLINE, "the job never became {status}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(progress().await.1 as usize, total);
-    // Each key was set once, by the job, and none forgotten.
-    let per_key: Vec<(String, i64)> = sqlx::query_as(
+}
+
+/// How many events the job caused on each configuration key it touched.
+async fn events_per_key(app: &TestApp, id: &str) -> Vec<(String, i64)> {
+    sqlx::query_as(
         "select aggregate_id, count(*) from events
          where metadata ->> 'causation_id' = $1 and aggregate_type = 'config'
          group by aggregate_id",
     )
-    .bind(&id)
+    .bind(id)
     .fetch_all(app.pool())
     .await
-    .expect("events");
+    .expect("events")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_process_is_killed_resumes_at_the_next_start_applying_each_item_once() {
+    let app = TestApp::spawn().await;
+    let total = 3000;
+    let (id, _second) = kill_mid_job(&app, total, "best_effort").await;
+    wait_for_status(&app, &id, "done").await;
+    assert_eq!(job_progress(&app, &id).await.1 as usize, total);
+    // Each key was set once, by the job, and none forgotten.
+    let per_key = events_per_key(&app, &id).await;
     assert_eq!(per_key.len(), total);
     assert!(per_key.iter().all(|(_, n)| *n == 1), "an item was applied twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_atomic_job_whose_process_is_killed_is_undone_at_the_next_start() {
+    let app = TestApp::spawn().await;
+    let (id, second) = kill_mid_job(&app, 3000, "atomic").await;
+    wait_for_status(&app, &id, "compensated").await;
+    let cause: serde_json::Value =
+        sqlx::query_scalar("select compensation_cause from bulk_job where job_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(app.pool())
+            .await
+            .expect("cause");
+    assert_eq!(cause, json!({"kind": "interrupted"}));
+    let listing = app
+        .client
+        .get(format!("{}/v1/config?prefix=resume.", second.address))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .expect("config");
+    assert_eq!(expect_status(listing, StatusCode::OK).await["items"], json!([]));
+    // Every key the job set was set once and undone once; the others were never touched.
+    let per_key = events_per_key(&app, &id).await;
+    assert!(!per_key.is_empty());
+    assert!(per_key.iter().all(|(_, n)| *n == 2), "{per_key:?}");
 }
