@@ -8,14 +8,18 @@
 //! Items go in batches: the batch is planned (each target loaded, the change and its undo
 //! decided) and the plan recorded on the job before any item is applied; each item then
 //! runs on its target at the planned version, with the job as its causation and a request
-//! id of its own; outcomes are recorded at most every [`FLUSH_EVERY`], which is also when a
-//! cancellation is noticed. A resumed job finds its planned items in doubt: a target still
-//! at the planned version was not changed and the item runs; one that moved on was changed
-//! by the item if the target's log holds the item's request id, else by someone else, and
-//! the item fails. Undoing works alike, last applied first, each undo at the version its
-//! item left.
+//! id of its own, [`CONCURRENT_ITEMS`] at a time; outcomes are recorded at most every
+//! [`FLUSH_EVERY`], which is also when a cancellation is noticed.
+//!
+//! A job taken up after its process stopped finds its planned items in doubt: one whose
+//! target moved on since it was planned was applied if the target's log holds the item's
+//! request id, else someone else changed the target and the item fails; one whose target
+//! has not moved was not applied, and runs now. An atomic job is not resumed but undone,
+//! once its items in doubt are settled. Undoing goes one item at a time, last applied
+//! first, each undo at the version its item left, settled the same way.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +30,7 @@ use domain::bulk::{
     BulkCommand, BulkJob, BulkMode, CompensationOutcome, CompensationResult, ItemOutcome, ItemResult,
     JobStatus, PlannedItem,
 };
+use futures::StreamExt;
 use projections::bulk::queries as bulk;
 use projections::history;
 use sqlx::{Connection, PgConnection};
@@ -38,6 +43,9 @@ use crate::state::AppState;
 const MAX_WAIT: Duration = Duration::from_secs(1);
 /// Items planned and recorded at once.
 const BATCH: usize = 200;
+/// Items of a batch applied at once: enough for their commits to share a flush of the
+/// log, few enough to leave the write path to interactive commands.
+const CONCURRENT_ITEMS: usize = 4;
 /// How often a running job records its progress (and looks for a cancellation): its
 /// progress reaches the live feeds at most this often, however many items it has.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -285,8 +293,11 @@ impl<'a> JobRunner<'a> {
         self.apply_planned(context, planned, decided, atomic).await
     }
 
-    /// Applies the planned items in order, with the outcomes decided while planning, and
-    /// records them as it goes.
+    /// Applies the planned items, a few at once, then records them with the outcomes
+    /// decided while planning (an atomic job stopped planning at its first failure, so
+    /// every planned item comes before it). Outcomes are recorded as they come, at most
+    /// every [`FLUSH_EVERY`]; after a cancellation, or an atomic job's failure, no further
+    /// item starts and the rest are released.
     async fn apply_planned(
         &self,
         context: &Context<'_>,
@@ -294,52 +305,53 @@ impl<'a> JobRunner<'a> {
         mut decided: Vec<ItemOutcome>,
         atomic: bool,
     ) -> Result<(), Stopped> {
+        let stop = AtomicBool::new(false);
+        let mut results = futures::stream::iter(planned.into_iter().map(|(item, command, aggregate_id)| {
+            let stop = &stop;
+            async move {
+                if stop.load(Ordering::SeqCst) {
+                    return (item.index, Ok(None));
+                }
+                let metadata = self.item_metadata(context, item.index, false);
+                let result =
+                    items::run(self.app, &aggregate_id, command, item.expected_version, &metadata).await;
+                (item.index, result.map(Some))
+            }
+        }))
+        .buffered(CONCURRENT_ITEMS);
         let mut pending: Vec<ItemOutcome> = Vec::new();
         let mut last_flush = Instant::now();
-        let mut stopped = false;
-        let mut queue = planned.into_iter().peekable();
-        while let Some((item, command, aggregate_id)) = queue.next() {
-            // Outcomes decided while planning come in their place in the order.
-            while decided.first().is_some_and(|d| d.index < item.index) {
-                let outcome = decided.remove(0);
-                stopped |= atomic && matches!(outcome.result, ItemResult::Failed { .. });
-                pending.push(outcome);
-            }
-            if stopped {
-                pending.push(ItemOutcome {
-                    index: item.index,
-                    result: ItemResult::Released,
-                });
-                continue;
-            }
-            let metadata = self.item_metadata(context, item.index, false);
-            let result =
-                match items::run(self.app, &aggregate_id, command, item.expected_version, &metadata).await {
-                    Ok(version) => ItemResult::Applied { version },
-                    Err(ItemFailure::Failed(error)) => ItemResult::Failed { error },
-                    Err(ItemFailure::Unavailable(error)) => {
-                        // Left planned: the item is settled when the job is taken up again.
-                        self.flush(context, &mut pending).await?;
-                        return Err(Stopped::Unavailable(error));
+        let mut unavailable = None;
+        while let Some((index, result)) = results.next().await {
+            let result = match result {
+                Ok(Some(version)) => ItemResult::Applied { version },
+                Ok(None) => ItemResult::Released,
+                Err(ItemFailure::Failed(error)) => {
+                    if atomic {
+                        stop.store(true, Ordering::SeqCst);
                     }
-                };
-            stopped |= atomic && matches!(result, ItemResult::Failed { .. });
-            pending.push(ItemOutcome {
-                index: item.index,
-                result,
-            });
-            if last_flush.elapsed() >= FLUSH_EVERY && queue.peek().is_some() {
+                    ItemResult::Failed { error }
+                }
+                Err(ItemFailure::Unavailable(error)) => {
+                    // Left planned: the item is settled when the job is taken up again.
+                    stop.store(true, Ordering::SeqCst);
+                    unavailable = Some(error);
+                    continue;
+                }
+            };
+            pending.push(ItemOutcome { index, result });
+            if last_flush.elapsed() >= FLUSH_EVERY {
                 self.flush(context, &mut pending).await?;
                 last_flush = Instant::now();
                 if self.cancel_requested(&context.tenant).await? {
-                    for (rest, _, _) in queue.by_ref() {
-                        pending.push(ItemOutcome {
-                            index: rest.index,
-                            result: ItemResult::Released,
-                        });
-                    }
+                    stop.store(true, Ordering::SeqCst);
                 }
             }
+        }
+        drop(results);
+        if let Some(error) = unavailable {
+            self.flush(context, &mut pending).await?;
+            return Err(Stopped::Unavailable(error));
         }
         pending.append(&mut decided);
         self.flush(context, &mut pending).await
