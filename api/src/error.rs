@@ -346,6 +346,7 @@ impl DomainProblem for ModelError {
             ModelError::RefersToItself => ApiError::RuleViolated(self.to_string()),
             ModelError::PeriodNotAfterLast { .. } => ApiError::invalid("effective_from", self.to_string()),
             ModelError::NoSuchPeriod(_) => ApiError::invalid("effective_from", self.to_string()),
+            ModelError::NotLastPeriod { .. } => ApiError::Conflict(self.to_string()),
         }
     }
 }

@@ -114,6 +114,15 @@ pub enum ModelCommand {
         effective_from: DateTime<Utc>,
         price: Price,
     },
+    /// Withdraws the last period (it was set by mistake, or a bulk job is undone): the
+    /// price in force is the previous period's again. Its record stays in the log.
+    WithdrawPrice {
+        effective_from: DateTime<Utc>,
+    },
+    /// The parameters used when a prompt version names none; `None` clears them.
+    SetDefaultParams {
+        default_params: Option<Value>,
+    },
 }
 
 /// The provider a model is registered under.
@@ -154,6 +163,15 @@ pub enum ModelEvent {
         /// The figures the period held before this correction.
         previous: Price,
     },
+    /// The last period, withdrawn with the figures it had.
+    ModelPriceWithdrawn {
+        effective_from: DateTime<Utc>,
+        price: Price,
+    },
+    ModelDefaultParamsSet {
+        default_params: Option<Value>,
+        previous: Option<Value>,
+    },
 }
 
 impl DomainEvent for ModelEvent {
@@ -165,6 +183,8 @@ impl DomainEvent for ModelEvent {
             Self::ModelDeprecated { .. } => "ModelDeprecated",
             Self::ModelPriceSet { .. } => "ModelPriceSet",
             Self::ModelPriceCorrected { .. } => "ModelPriceCorrected",
+            Self::ModelPriceWithdrawn { .. } => "ModelPriceWithdrawn",
+            Self::ModelDefaultParamsSet { .. } => "ModelDefaultParamsSet",
         }
         .to_string()
     }
@@ -189,6 +209,8 @@ pub enum ModelError {
     PeriodNotAfterLast { last: DateTime<Utc> },
     #[error("no price period starts at {0}")]
     NoSuchPeriod(DateTime<Utc>),
+    #[error("only the last price period can be withdrawn; it starts at {last}")]
+    NotLastPeriod { last: DateTime<Utc> },
 }
 
 /// The decision state of a model; also what a point-in-time read renders.
@@ -329,6 +351,33 @@ impl Aggregate for Model {
                     sink.write(event, self).await;
                 }
             }
+            WithdrawPrice { effective_from } => {
+                let Some(last) = self.prices.last() else {
+                    return Err(ModelError::NoSuchPeriod(effective_from));
+                };
+                if last.effective_from != effective_from {
+                    if self.prices.iter().any(|p| p.effective_from == effective_from) {
+                        return Err(ModelError::NotLastPeriod {
+                            last: last.effective_from,
+                        });
+                    }
+                    return Err(ModelError::NoSuchPeriod(effective_from));
+                }
+                let event = ModelEvent::ModelPriceWithdrawn {
+                    effective_from,
+                    price: last.price.clone(),
+                };
+                sink.write(event, self).await;
+            }
+            SetDefaultParams { default_params } => {
+                if default_params != self.default_params {
+                    let event = ModelEvent::ModelDefaultParamsSet {
+                        default_params,
+                        previous: self.default_params.clone(),
+                    };
+                    sink.write(event, self).await;
+                }
+            }
         }
         Ok(())
     }
@@ -397,6 +446,10 @@ impl Aggregate for Model {
                     period.price = price;
                 }
             }
+            ModelEvent::ModelPriceWithdrawn { effective_from, .. } => {
+                self.prices.retain(|p| p.effective_from != effective_from);
+            }
+            ModelEvent::ModelDefaultParamsSet { default_params, .. } => self.default_params = default_params,
         }
     }
 }
@@ -437,7 +490,10 @@ impl Governed for Model {
                 }
                 ModelEvent::ModelDeprecated { replacement: new, .. } => replacement = new.clone(),
                 ModelEvent::ModelActivated | ModelEvent::ModelDeactivated => replacement = None,
-                ModelEvent::ModelPriceSet { .. } | ModelEvent::ModelPriceCorrected { .. } => {}
+                ModelEvent::ModelPriceSet { .. }
+                | ModelEvent::ModelPriceCorrected { .. }
+                | ModelEvent::ModelPriceWithdrawn { .. }
+                | ModelEvent::ModelDefaultParamsSet { .. } => {}
             }
             let after = referred(fallback.as_ref(), replacement.as_ref());
             for gone in before.difference(&after) {

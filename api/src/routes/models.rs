@@ -48,6 +48,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(deprecate_model))
         .routes(routes!(set_price, list_prices))
         .routes(routes!(correct_price))
+        .routes(routes!(withdraw_price))
+        .routes(routes!(set_default_params))
         .routes(routes!(price_at))
         .routes(routes!(model_history))
 }
@@ -601,6 +603,95 @@ async fn correct_price(
         .await?;
     let period = read_period(&app, tenant, id, effective_from).await?;
     Ok((etag(committed.version), Json(period)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct PeriodPath {
+    /// The model's id, or its reference with `/` as `%2F`.
+    model: String,
+    /// The start of the period (RFC 3339).
+    #[param(format = DateTime, example = "2026-01-01T00:00:00Z")]
+    effective_from: String,
+}
+
+/// `DELETE /v1/models/{model}/prices/{effective_from}`: withdraw the last price period (set
+/// by mistake): the previous period's price is in force again. A reason is required; the
+/// period stays in the model's history.
+#[utoipa::path(
+    delete,
+    path = "/v1/models/{model}/prices/{effective_from}",
+    tag = "registry",
+    params(PeriodPath, ChangeHeaders),
+    responses(
+        (status = 204, description = "Withdrawn", headers(("ETag" = String, description = "The model's version"))),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn withdraw_price(
+    State(app): State<AppState>,
+    context: CommandContext,
+    ApiPath(PeriodPath {
+        model,
+        effective_from,
+    }): ApiPath<PeriodPath>,
+) -> ApiResult<impl IntoResponse> {
+    context.caller.require(Permission::ManageRegistry)?;
+    let effective_from = parse_instant("effective_from", &effective_from)?;
+    let id = read_model(&app, &context.caller.tenant, &model).await?.id;
+    context.require_reason("withdrawing a price period")?;
+    let command = ModelCommand::WithdrawPrice { effective_from };
+    let committed = app
+        .execute(&app.models, &id.to_string(), command, &context)
+        .await?;
+    Ok((StatusCode::NO_CONTENT, etag(committed.version)))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct DefaultParamsBody {
+    /// The parameters used when a prompt version names none (a JSON object); `null` clears
+    /// them.
+    #[schema(value_type = Option<Object>)]
+    default_params: Option<Value>,
+    /// Why; stored with the change (as `X-Reason`).
+    #[schema(value_type = Option<ReasonText>)]
+    reason: Option<String>,
+}
+
+/// `PUT /v1/models/{model}/default-params`: set (or clear) the model's default parameters.
+#[utoipa::path(
+    put,
+    path = "/v1/models/{model}/default-params",
+    tag = "registry",
+    params(("model" = String, Path, description = "The model's id, or its reference with `/` as `%2F`"), ChangeHeaders),
+    request_body = DefaultParamsBody,
+    responses(
+        (status = 200, description = "The model after the change", body = ModelView,
+            headers(("ETag" = String, description = "The model's version"))),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn set_default_params(
+    State(app): State<AppState>,
+    context: CommandContext,
+    ApiPath(model): ApiPath<String>,
+    ApiJson(body): ApiJson<DefaultParamsBody>,
+) -> ApiResult<impl IntoResponse> {
+    context.caller.require(Permission::ManageRegistry)?;
+    let context = context.with_reason(body.reason)?;
+    let default_params = parse_params("default_params", body.default_params)?;
+    change_model(
+        &app,
+        &model,
+        ModelCommand::SetDefaultParams { default_params },
+        &context,
+    )
+    .await
 }
 
 /// `GET /v1/models/{model}/prices`: every price period, oldest first.

@@ -86,6 +86,10 @@ pub enum Change {
         cached_input_per_mtok: Option<String>,
         currency: String,
     },
+    #[serde(rename = "model.withdraw_price")]
+    ModelWithdrawPrice { effective_from: String },
+    #[serde(rename = "model.set_default_params")]
+    ModelSetDefaultParams { default_params: Option<Value> },
     #[serde(rename = "config.set")]
     ConfigSet { value: Value },
     #[serde(rename = "config.clear")]
@@ -257,7 +261,7 @@ pub fn catalogue() -> Vec<OperationSpec> {
         spec(
             "model.set_price",
             Model,
-            "Append a price period to each model (not reversible: a period cannot be withdrawn)",
+            "Append a price period to each model (undone by withdrawing it)",
             object(
                 json!({"effective_from": {"type": "string", "format": "date-time"},
                        "input_per_mtok": amount, "output_per_mtok": amount,
@@ -267,6 +271,26 @@ pub fn catalogue() -> Vec<OperationSpec> {
             ),
             json!({"effective_from": "2030-01-01T00:00:00Z", "input_per_mtok": "0.15",
                    "output_per_mtok": "0.6", "currency": "USD"}),
+        ),
+        spec(
+            "model.withdraw_price",
+            Model,
+            "Withdraw each model's last price period, the one starting at effective_from",
+            object(
+                json!({"effective_from": {"type": "string", "format": "date-time"}}),
+                &["effective_from"],
+            ),
+            json!({"effective_from": "2030-01-01T00:00:00Z"}),
+        ),
+        spec(
+            "model.set_default_params",
+            Model,
+            "Set each model's default parameters (null: none)",
+            object(
+                json!({"default_params": {"type": ["object", "null"]}}),
+                &["default_params"],
+            ),
+            json!({"default_params": {"temperature": 0.2}}),
         ),
         spec(
             "config.set",
@@ -407,6 +431,8 @@ impl Change {
             Self::ModelDeactivate {} => "model.deactivate",
             Self::ModelDeprecate { .. } => "model.deprecate",
             Self::ModelSetPrice { .. } => "model.set_price",
+            Self::ModelWithdrawPrice { .. } => "model.withdraw_price",
+            Self::ModelSetDefaultParams { .. } => "model.set_default_params",
             Self::ConfigSet { .. } => "config.set",
             Self::ConfigClear {} => "config.clear",
             Self::BudgetChangeAmount { .. } => "budget.change_amount",
@@ -439,7 +465,9 @@ impl Change {
             Self::ModelActivate {}
             | Self::ModelDeactivate {}
             | Self::ModelDeprecate { .. }
-            | Self::ModelSetPrice { .. } => TargetKind::Model,
+            | Self::ModelSetPrice { .. }
+            | Self::ModelWithdrawPrice { .. }
+            | Self::ModelSetDefaultParams { .. } => TargetKind::Model,
             Self::ConfigSet { .. } | Self::ConfigClear {} => TargetKind::Config,
             Self::BudgetChangeAmount { .. }
             | Self::BudgetChangeThresholds { .. }
@@ -457,10 +485,9 @@ impl Change {
         }
     }
 
-    /// Whether an applied item can be undone. A revoked key stays revoked, and a price
-    /// period, once appended, cannot be withdrawn.
+    /// Whether an applied item can be undone: a revoked key stays revoked.
     pub fn reversible(&self) -> bool {
-        !matches!(self, Self::KeyRevoke {} | Self::ModelSetPrice { .. })
+        !matches!(self, Self::KeyRevoke {})
     }
 
     fn validate(&self) -> Result<(), Invalid> {
@@ -491,6 +518,12 @@ impl Change {
                 if let Err(errors) = self.price() {
                     invalid.extend(errors);
                 }
+            }
+            Self::ModelWithdrawPrice { effective_from } => {
+                check(parse_effective_from(effective_from).map(drop))
+            }
+            Self::ModelSetDefaultParams { default_params } => {
+                check(crate::prompt::parse_params("params.default_params", default_params.clone()).map(drop))
             }
             Self::BudgetChangeAmount { amount } => check(Amount::parse("params.amount", amount).map(drop)),
             Self::BudgetChangeThresholds { thresholds } => {
@@ -528,9 +561,7 @@ impl Change {
         else {
             return Err(Invalid::field("operation", "is not model.set_price"));
         };
-        let effective_from = DateTime::parse_from_rfc3339(effective_from)
-            .map(|at| at.with_timezone(&Utc))
-            .map_err(|_| InvalidText::new("params.effective_from", "must be an RFC 3339 date-time"));
+        let effective_from = parse_effective_from(effective_from);
         let cached = cached_input_per_mtok
             .as_deref()
             .map(|text| Amount::parse("params.cached_input_per_mtok", text))
@@ -699,14 +730,56 @@ impl Change {
                 replacement: replacement.clone(),
                 still_referenced: Vec::new(),
             }),
-            Self::ModelSetPrice { .. } => {
+            Self::ModelSetPrice {
+                effective_from: start,
+                ..
+            } => {
                 let (effective_from, price) = self.price().map_err(|e| e.to_string())?;
                 Ok(Plan::Apply {
                     command: ItemCommand::Model(ModelCommand::SetPrice {
                         effective_from,
                         price,
                     }),
-                    undo: None,
+                    undo: Some(Self::ModelWithdrawPrice {
+                        effective_from: start.clone(),
+                    }),
+                })
+            }
+            Self::ModelWithdrawPrice { effective_from } => {
+                let effective_from = parse_effective_from(effective_from).map_err(|e| e.to_string())?;
+                let Some(last) = model.prices.last() else {
+                    return Ok(Plan::Skip("has no price period".into()));
+                };
+                if last.effective_from != effective_from {
+                    if model.prices.iter().any(|p| p.effective_from == effective_from) {
+                        return Err("only the last price period can be withdrawn".into());
+                    }
+                    return Ok(Plan::Skip("no price period starts then".into()));
+                }
+                let price = &last.price;
+                Ok(Plan::Apply {
+                    command: ItemCommand::Model(ModelCommand::WithdrawPrice { effective_from }),
+                    undo: Some(Self::ModelSetPrice {
+                        effective_from: effective_from.to_rfc3339(),
+                        input_per_mtok: price.input_per_mtok.to_string(),
+                        output_per_mtok: price.output_per_mtok.to_string(),
+                        cached_input_per_mtok: price.cached_input_per_mtok.as_ref().map(ToString::to_string),
+                        currency: price.currency.as_ref().to_string(),
+                    }),
+                })
+            }
+            Self::ModelSetDefaultParams { default_params } => {
+                let default_params =
+                    crate::prompt::parse_params("params.default_params", default_params.clone())
+                        .map_err(|e| e.to_string())?;
+                if default_params == model.default_params {
+                    return Ok(Plan::Skip("already has these default parameters".into()));
+                }
+                Ok(Plan::Apply {
+                    command: ItemCommand::Model(ModelCommand::SetDefaultParams { default_params }),
+                    undo: Some(Self::ModelSetDefaultParams {
+                        default_params: model.default_params.clone(),
+                    }),
                 })
             }
             _ => Err(self.wrong_target()),
@@ -849,6 +922,8 @@ fn catalogue_names() -> Vec<&'static str> {
         "model.deactivate",
         "model.deprecate",
         "model.set_price",
+        "model.withdraw_price",
+        "model.set_default_params",
         "config.set",
         "config.clear",
         "budget.change_amount",
@@ -858,6 +933,12 @@ fn catalogue_names() -> Vec<&'static str> {
         "key.set_rate_limit",
         "key.clear_rate_limit",
     ]
+}
+
+fn parse_effective_from(text: &str) -> Result<DateTime<Utc>, InvalidText> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|_| InvalidText::new("params.effective_from", "must be an RFC 3339 date-time"))
 }
 
 fn parse_tags(tags: &[String]) -> Result<BTreeSet<Slug>, InvalidText> {

@@ -225,6 +225,20 @@ async fn apply_model(
             .execute(&mut *tx)
             .await?;
         }
+        ModelEvent::ModelPriceWithdrawn { effective_from, .. } => {
+            sqlx::query("delete from model_price where model_id = $1 and effective_from = $2")
+                .bind(id)
+                .bind(effective_from)
+                .execute(&mut *tx)
+                .await?;
+        }
+        ModelEvent::ModelDefaultParamsSet { default_params, .. } => {
+            sqlx::query("update model set default_params = $2 where model_id = $1")
+                .bind(id)
+                .bind(default_params)
+                .execute(&mut *tx)
+                .await?;
+        }
     }
     sqlx::query("update model set version = $2, updated_at = $3 where model_id = $1")
         .bind(id)

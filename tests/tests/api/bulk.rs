@@ -589,6 +589,75 @@ async fn a_filter_is_resolved_once_when_the_job_is_accepted() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_atomic_price_change_that_fails_on_one_model_withdraws_the_periods_it_set() {
+    let app = TestApp::spawn().await;
+    let key = &app.admin_key;
+    expect_status(
+        app.post(
+            "/v1/providers",
+            key,
+            json!({"name": "openai", "kind": "openai", "base_url": "https://api.openai.com/v1",
+                   "credential_ref": "env:OPENAI_API_KEY"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let mut models = Vec::new();
+    for name in ["gpt-4o-mini", "gpt-4o"] {
+        let model = expect_status(
+            app.post("/v1/models", key, json!({"provider": "openai", "model_id": name}))
+                .await,
+            StatusCode::CREATED,
+        )
+        .await;
+        models.push(model["id"].as_str().expect("id").to_string());
+    }
+    // The second model already has a later period: a new one must start after it.
+    expect_status(
+        app.post(
+            &format!("/v1/models/{}/prices", models[1]),
+            key,
+            json!({"effective_from": "2031-01-01T00:00:00Z", "input_per_mtok": "2.5",
+                   "output_per_mtok": "10", "currency": "USD"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let prices = |model: &str| {
+        let path = format!("/v1/models/{model}/prices");
+        let app = &app;
+        async move { expect_status(app.get(&path, key).await, StatusCode::OK).await }
+    };
+    let before = (prices(&models[0]).await, prices(&models[1]).await);
+    let accepted = submit(
+        &app,
+        key,
+        json!({"operation": "model.set_price", "mode": "atomic", "targets": models,
+               "params": {"effective_from": "2030-01-01T00:00:00Z", "input_per_mtok": "0.1",
+                          "output_per_mtok": "0.4", "currency": "USD"}}),
+    )
+    .await;
+    let job = wait_finished(&app, accepted["id"].as_str().expect("id")).await;
+    assert_eq!(job["status"], "compensated", "{job}");
+    assert_eq!(item_statuses(&job), ["compensated", "failed"]);
+    assert_eq!((prices(&models[0]).await, prices(&models[1]).await), before);
+    let history = expect_status(
+        app.get(&format!("/v1/models/{}/history", models[0]), key).await,
+        StatusCode::OK,
+    )
+    .await;
+    let kinds: Vec<&str> = history["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|e| e["event_type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(kinds, ["ModelRegistered", "ModelPriceSet", "ModelPriceWithdrawn"]);
+}
+
 /// An `aipm serve` process on `app`'s database, killed with SIGKILL when dropped.
 struct ServerProcess {
     child: std::process::Child,

@@ -572,6 +572,12 @@ async fn another_tenant_can_neither_see_nor_change_the_registry() {
             ),
             (Method::GET, format!("{m}/price?at=2026-02-01T00:00:00Z"), None),
             (Method::GET, format!("{m}/history"), None),
+            (Method::DELETE, format!("{m}/prices/2026-01-01T00:00:00Z"), None),
+            (
+                Method::PUT,
+                format!("{m}/default-params"),
+                Some(json!({ "default_params": { "temperature": 1 } })),
+            ),
         ]);
     }
     expect_each_not_found(&app, &other, not_found, "acme").await;
@@ -616,4 +622,100 @@ async fn another_tenant_can_neither_see_nor_change_the_registry() {
     )
     .await;
     assert_eq!(acme_events().await, events_before, "nothing changed in acme");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_price_period_set_by_mistake_is_withdrawn_and_default_parameters_change_with_history() {
+    let app = TestApp::spawn().await;
+    let key = &app.admin_key;
+    let (_, model) = provider_and_model(&app).await;
+    let prices = format!("/v1/models/{model}/prices");
+    for (from, input) in [("2026-01-01T00:00:00Z", "0.15"), ("2026-06-01T00:00:00Z", "9")] {
+        expect_status(
+            app.post(&prices, key, price(from, input, "0.60")).await,
+            StatusCode::CREATED,
+        )
+        .await;
+    }
+    let withdraw = |from: &str, reason: Option<&str>| {
+        let mut request = app.request(Method::DELETE, &format!("{prices}/{from}"), key);
+        if let Some(reason) = reason {
+            request = request.header("X-Reason", reason);
+        }
+        async move { request.send().await.expect("withdraw") }
+    };
+    let unexplained = withdraw("2026-06-01T00:00:00Z", None).await;
+    expect_problem(unexplained, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+    let not_last = withdraw("2026-01-01T00:00:00Z", Some("typo")).await;
+    expect_problem(not_last, StatusCode::CONFLICT, "conflict").await;
+    let missing = withdraw("2026-02-01T00:00:00Z", Some("typo")).await;
+    expect_problem(missing, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+    let garbled = withdraw("yesterday", Some("typo")).await;
+    expect_problem(garbled, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+    let withdrawn = withdraw("2026-06-01T00:00:00Z", Some("the price was a typo")).await;
+    assert_eq!(withdrawn.status(), StatusCode::NO_CONTENT);
+    let listed = expect_status(app.get(&prices, key).await, StatusCode::OK).await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(1), "{listed}");
+    let july = expect_status(
+        app.get(&format!("/v1/models/{model}/price?at=2026-07-01T00:00:00Z"), key)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(july["input_per_mtok"], "0.15");
+
+    let set = expect_status(
+        app.put(
+            &format!("/v1/models/{model}/default-params"),
+            key,
+            json!({ "default_params": { "temperature": 0.3 }, "reason": "calmer" }),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(set["default_params"], json!({ "temperature": 0.3 }));
+    let not_an_object = app
+        .put(
+            &format!("/v1/models/{model}/default-params"),
+            key,
+            json!({ "default_params": [1] }),
+        )
+        .await;
+    expect_problem(
+        not_an_object,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    )
+    .await;
+    let cleared = expect_status(
+        app.put(
+            &format!("/v1/models/{model}/default-params"),
+            key,
+            json!({ "default_params": null }),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(cleared["default_params"], Value::Null);
+    let history = expect_status(
+        app.get(&format!("/v1/models/{model}/history"), key).await,
+        StatusCode::OK,
+    )
+    .await;
+    let kinds: Vec<(&str, Option<&str>)> = history["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|e| (e["event_type"].as_str().expect("type"), e["reason"].as_str()))
+        .collect();
+    assert!(
+        kinds.contains(&("ModelPriceWithdrawn", Some("the price was a typo"))),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("ModelDefaultParamsSet", Some("calmer"))),
+        "{kinds:?}"
+    );
 }
