@@ -546,6 +546,33 @@ async fn a_job_refused_up_front_writes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_sent_twice_with_one_idempotency_key_is_one_job() {
+    let app = TestApp::spawn().await;
+    let prompt = app.create_prompt("Once").await;
+    let body = json!({"operation": "prompt.tag", "params": {"tags": ["once"]}, "targets": [prompt]});
+    let send = || {
+        app.request(Method::POST, "/v1/bulk", &app.admin_key)
+            .header("Idempotency-Key", "tag-once")
+            .json(&body)
+            .send()
+    };
+    let first = expect_status(send().await.expect("first"), StatusCode::ACCEPTED).await;
+    let again = send().await.expect("again");
+    assert_eq!(
+        again
+            .headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    let again = expect_status(again, StatusCode::ACCEPTED).await;
+    assert_eq!(first["id"], again["id"]);
+    wait_finished(&app, first["id"].as_str().expect("id")).await;
+    let listed = expect_status(app.get("/v1/bulk", &app.admin_key).await, StatusCode::OK).await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_is_resolved_once_when_the_job_is_accepted() {
     let app = TestApp::spawn().await;
     let key = &app.admin_key;
@@ -785,6 +812,24 @@ async fn a_job_whose_process_is_killed_resumes_at_the_next_start_applying_each_i
     let per_key = events_per_key(&app, &id).await;
     assert_eq!(per_key.len(), total);
     assert!(per_key.iter().all(|(_, n)| *n == 1), "an item was applied twice");
+
+    // Its progress reached the feeds as a few events a second, not one per item.
+    let (job_events, seconds): (i64, f64) = sqlx::query_as(
+        "select count(*), extract(epoch from max(recorded_at) - min(recorded_at))::float8
+         from events where aggregate_type = 'bulk_job' and aggregate_id = $1",
+    )
+    .bind(&id)
+    .fetch_one(app.pool())
+    .await
+    .expect("job events");
+    assert!(
+        job_events < (total / 10) as i64,
+        "{job_events} events for {total} items"
+    );
+    assert!(
+        job_events as f64 <= 4.0 + 10.0 * seconds,
+        "{job_events} events in {seconds:.1} s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
