@@ -38,10 +38,16 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::keys::router())
         .merge(routes::audit::router())
         .merge(routes::rate_limits::router())
+        .merge(routes::usage::router())
         .split_for_parts();
     // The live feed stays outside the idempotency layer, as it is not a command.
     let (feed, feed_document) = routes::feed::router().split_for_parts();
     document.merge(feed_document);
+    // So does ingestion: a record's own id makes a re-sent one count once. It takes larger
+    // bodies and draws on the ingestion rate budget.
+    let (ingestion, ingestion_document) = routes::usage::ingestion_router().split_for_parts();
+    document.merge(ingestion_document);
+    let ingestion = crate::hardening::ingestion_routes(ingestion, &state.guards.settings);
     let document = openapi::finish(document);
     let routes = api
         .route_layer(axum::middleware::from_fn_with_state(
@@ -49,6 +55,7 @@ pub fn build_router(state: AppState) -> Router {
             crate::idempotency::remember,
         ))
         .merge(feed)
+        .merge(ingestion)
         .merge(routes::docs::router(&document))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });

@@ -49,6 +49,8 @@ pub enum ApiError {
     MalformedBody(String),
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("a request may carry at most {limit} records")]
+    TooManyRecords { limit: usize },
     #[error("the request body must be JSON with 'Content-Type: application/json'")]
     UnsupportedMediaType,
     #[error("the resource is at version {current}, not {expected}; re-read it and retry")]
@@ -115,6 +117,7 @@ impl ApiError {
             ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed"),
             ApiError::MalformedBody(_) => (StatusCode::BAD_REQUEST, "malformed-request"),
             ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+            ApiError::TooManyRecords { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too-many-records"),
             ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
             ApiError::VersionMismatch { .. } => (StatusCode::CONFLICT, "version-mismatch"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

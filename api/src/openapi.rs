@@ -62,6 +62,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         (name = "config", description = "Configuration keys with JSON Schemas, their values now and at any instant, and their history"),
         (name = "approvals", description = "Four-eyes approval: protected scopes, and changes to them that another key must approve"),
         (name = "budgets", description = "Budgets: what to spend per scope and period, thresholds and enforcement"),
+        (name = "usage", description = "Usage records as clients report them, priced at ingestion with the price in force at their time"),
         (name = "bulk", description = "Bulk operations: one change over many targets as one tracked, cancellable, reversible job"),
         (name = "keys", description = "API keys of the caller's tenant and their rate limits (admins)"),
         (name = "audit", description = "The tenant's hash-chained audit log (auditors and admins); reads are recorded"),

@@ -60,6 +60,8 @@ pub struct App {
     pub change_requests: AggregateStore<ChangeRequest>,
     pub budgets: AggregateStore<Budget>,
     pub bulk_jobs: AggregateStore<BulkJob>,
+    /// Stores usage records (telemetry, not events).
+    pub usage: commands::usage::UsageStore,
     /// Every feature flag, in memory and current with the log: evaluations read only this.
     pub live_flags: LiveFlags,
     /// Every prompt's labels and the versions they point at, in memory and current with the
@@ -138,6 +140,7 @@ impl App {
             change_requests: store.aggregates(()),
             budgets: store.aggregates(()),
             bulk_jobs: store.aggregates(()),
+            usage: commands::usage::UsageStore::default(),
             live_flags,
             live_labels,
             schedule_added: Arc::new(tokio::sync::Notify::new()),

@@ -9,11 +9,13 @@
 //!   inline read models) in one transaction per batch of concurrent commands.
 //! - [`store`]: the event store: loading, the aggregate cache, optimistic concurrency,
 //!   running commands, and rebuilding what a keyed command committed.
+//! - [`usage`]: storing usage records, telemetry rather than events.
 
 mod append;
 pub mod idempotency;
 pub mod metadata;
 pub mod store;
+pub mod usage;
 
 pub use idempotency::IdempotencyStore;
 pub use metadata::{CommandMetadata, IdempotencyScope};

@@ -14,6 +14,7 @@
 //! - [`budget`]: what to spend per scope and period.
 //! - [`bulk`]: bulk jobs: one operation over many targets, tracked, cancellable, reversible.
 //! - [`audit`]: records of who read the audit log and key listings.
+//! - [`usage`]: usage records as clients report them, and their exact cost.
 //! - [`template`]: parsing `{{variable}}` placeholders.
 //! - [`text`]: validated text values; [`fields`]: reading raw input into them with every
 //!   invalid field reported at once.
@@ -38,5 +39,6 @@ pub mod prompt;
 pub mod provider;
 pub mod template;
 pub mod text;
+pub mod usage;
 
 pub use governed::{Claims, Governed};

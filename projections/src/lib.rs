@@ -16,6 +16,8 @@
 //! - [`approval`]: protected scopes and change requests (`protection`, `change_request`).
 //! - [`budget`]: budget definitions (`budget`).
 //! - [`bulk`]: bulk jobs and their items (`bulk_job`, `bulk_item`).
+//! - [`usage`]: usage records (`usage_record`), which ingestion writes directly: telemetry,
+//!   not events.
 //! - [`audit`]: the hash-chained audit log (`audit_entry`), its verification against the
 //!   log and the permission history; [`canonical`]: the JSON form its hashes cover.
 //!
@@ -46,6 +48,7 @@ pub mod page;
 pub mod registry;
 pub mod relay;
 pub mod runner;
+pub mod usage;
 
 pub use eventlog::{Projection, ProjectionError, StoredEvent};
 pub use runner::Projections;

@@ -20,6 +20,7 @@ pub mod providers;
 pub mod rate_limits;
 pub mod schedules;
 pub mod system;
+pub mod usage;
 
 use domain::text::InvalidText;
 

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use domain::model::{Model, Price, PricePeriod, Referrer};
+use domain::money::{Amount, Currency};
 use domain::provider::Provider;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -362,4 +363,49 @@ pub async fn still_referencing(pool: &PgPool, tenant: &str, reference: &str) -> 
             labels: Vec::new(),
         }))
         .collect())
+}
+
+/// The price periods of `tenant`'s models named by `references`, each model's in order of
+/// their start: what ingestion prices usage records with. Unknown references are absent.
+pub async fn price_periods(
+    pool: &PgPool,
+    tenant: &str,
+    references: &[String],
+) -> sqlx::Result<std::collections::HashMap<String, Vec<PricePeriod>>> {
+    type Row = (String, DateTime<Utc>, Decimal, Decimal, Option<Decimal>, String);
+    let rows: Vec<Row> = sqlx::query_as(
+        "select m.reference, p.effective_from, p.input_per_mtok, p.output_per_mtok, p.cached_input_per_mtok,
+                p.currency
+         from model m join model_price p on p.model_id = m.model_id
+         where m.tenant_id = $1 and m.reference = any($2)
+         order by m.reference, p.effective_from",
+    )
+    .bind(tenant)
+    .bind(references)
+    .fetch_all(pool)
+    .await?;
+    let mut periods: std::collections::HashMap<String, Vec<PricePeriod>> = std::collections::HashMap::new();
+    for (reference, effective_from, input, output, cached, currency) in rows {
+        // Stored figures passed these checks when they were set.
+        let amount = |value: Decimal| Amount::parse("price", &value.to_string());
+        let (Ok(input_per_mtok), Ok(output_per_mtok), Ok(currency)) = (
+            amount(input),
+            amount(output),
+            Currency::parse("currency", &currency),
+        ) else {
+            continue;
+        };
+        let cached_input_per_mtok = cached.and_then(|value| amount(value).ok());
+        periods.entry(reference).or_default().push(PricePeriod {
+            effective_from,
+            price: Price {
+                input_per_mtok,
+                output_per_mtok,
+                cached_input_per_mtok,
+                currency,
+            },
+            original: None,
+        });
+    }
+    Ok(periods)
 }

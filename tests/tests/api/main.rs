@@ -25,3 +25,4 @@ mod registry;
 mod relay;
 mod restore;
 mod runner;
+mod usage;

@@ -1,0 +1,213 @@
+//! Writing usage records: telemetry, not events. One request's records go in one
+//! transaction of three statements whatever their number: their ids are claimed (a re-sent
+//! id counts once per tenant, across batches and restarts), then the records whose ids were
+//! new are inserted as arrays. The months' partitions are created first, once per process.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Datelike, Utc};
+use domain::usage::{Cost, UsageRecord};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// A valid record ready to store: its cost (`None`: uncosted) and the prompt version its
+/// label resolved to, when it named a label.
+pub struct CostedRecord {
+    pub record: UsageRecord,
+    pub cost: Option<Cost>,
+    pub prompt_version: Option<u32>,
+}
+
+/// What storing a request's records did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub accepted: usize,
+    /// Records whose id this tenant had sent before (in this request or an earlier one).
+    pub duplicates: usize,
+    /// Accepted records without a cost.
+    pub uncosted: usize,
+}
+
+/// Stores usage records; remembers which monthly partitions exist.
+#[derive(Default)]
+pub struct UsageStore {
+    months: Mutex<HashSet<(i32, u32)>>,
+}
+
+impl UsageStore {
+    /// Stores `records` of `tenant`, sent with the key `key_id`.
+    pub async fn store(
+        &self,
+        pool: &PgPool,
+        tenant: &str,
+        key_id: Uuid,
+        records: Vec<CostedRecord>,
+    ) -> sqlx::Result<Stored> {
+        if records.is_empty() {
+            return Ok(Stored {
+                accepted: 0,
+                duplicates: 0,
+                uncosted: 0,
+            });
+        }
+        self.ensure_partitions(pool, records.iter().map(|r| r.record.timestamp))
+            .await?;
+        let mut tx = eventlog::begin(pool).await?;
+        let ids: Vec<&str> = records.iter().map(|r| r.record.id.as_str()).collect();
+        let claimed: Vec<String> = sqlx::query_scalar(
+            "insert into usage_record_id (tenant_id, record_id)
+             select $1, id from unnest($2::text[]) as ids(id)
+             on conflict do nothing
+             returning record_id",
+        )
+        .bind(tenant)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        // A new id sent twice in one request: its first record counts.
+        let mut new: HashMap<String, bool> = claimed.into_iter().map(|id| (id, false)).collect();
+        let fresh: Vec<&CostedRecord> = records
+            .iter()
+            .filter(|r| match new.get_mut(&r.record.id) {
+                Some(taken @ false) => {
+                    *taken = true;
+                    true
+                }
+                _ => false,
+            })
+            .collect();
+        let columns = Columns::of(&fresh);
+        sqlx::query(
+            "insert into usage_record (tenant_id, record_id, ts, model, prompt_id, prompt_version, prompt_label,
+                                       experiment_id, variant, feature, subject, input_tokens, output_tokens,
+                                       cached_input_tokens, latency_ms, status, metrics, cost, currency, key_id)
+             select $1, * , $19 from unnest($2::text[], $3::timestamptz[], $4::text[], $5::uuid[], $6::int[],
+                                            $7::text[], $8::uuid[], $9::text[], $10::text[], $11::text[],
+                                            $12::bigint[], $13::bigint[], $14::bigint[], $15::int[], $16::text[],
+                                            $17::jsonb[], $18::numeric[], $20::text[])",
+        )
+        .bind(tenant)
+        .bind(columns.ids)
+        .bind(columns.timestamps)
+        .bind(columns.models)
+        .bind(columns.prompt_ids)
+        .bind(columns.prompt_versions)
+        .bind(columns.prompt_labels)
+        .bind(columns.experiment_ids)
+        .bind(columns.variants)
+        .bind(columns.features)
+        .bind(columns.subjects)
+        .bind(columns.input_tokens)
+        .bind(columns.output_tokens)
+        .bind(columns.cached_input_tokens)
+        .bind(columns.latencies)
+        .bind(columns.statuses)
+        .bind(columns.metrics)
+        .bind(columns.costs)
+        .bind(key_id)
+        .bind(columns.currencies)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Stored {
+            accepted: fresh.len(),
+            duplicates: records.len() - fresh.len(),
+            uncosted: fresh.iter().filter(|r| r.cost.is_none()).count(),
+        })
+    }
+
+    async fn ensure_partitions(
+        &self,
+        pool: &PgPool,
+        timestamps: impl Iterator<Item = DateTime<Utc>>,
+    ) -> sqlx::Result<()> {
+        let mut missing: Vec<DateTime<Utc>> = Vec::new();
+        {
+            let known = self
+                .months
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut seen = HashSet::new();
+            for at in timestamps {
+                let month = (at.year(), at.month());
+                if !known.contains(&month) && seen.insert(month) {
+                    missing.push(at);
+                }
+            }
+        }
+        for at in missing {
+            sqlx::query("select usage_partition_for($1)")
+                .bind(at)
+                .execute(pool)
+                .await?;
+            self.months
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert((at.year(), at.month()));
+        }
+        Ok(())
+    }
+}
+
+/// The records as one array per column, for one `unnest` insert.
+#[derive(Default)]
+struct Columns {
+    ids: Vec<String>,
+    timestamps: Vec<DateTime<Utc>>,
+    models: Vec<String>,
+    prompt_ids: Vec<Option<Uuid>>,
+    prompt_versions: Vec<Option<i32>>,
+    prompt_labels: Vec<Option<String>>,
+    experiment_ids: Vec<Option<Uuid>>,
+    variants: Vec<Option<String>>,
+    features: Vec<Option<String>>,
+    subjects: Vec<Option<String>>,
+    input_tokens: Vec<i64>,
+    output_tokens: Vec<i64>,
+    cached_input_tokens: Vec<i64>,
+    latencies: Vec<Option<i32>>,
+    statuses: Vec<String>,
+    metrics: Vec<Option<serde_json::Value>>,
+    costs: Vec<Option<Decimal>>,
+    currencies: Vec<Option<String>>,
+}
+
+impl Columns {
+    fn of(records: &[&CostedRecord]) -> Self {
+        let mut columns = Columns::default();
+        for costed in records {
+            let record = &costed.record;
+            columns.ids.push(record.id.clone());
+            columns.timestamps.push(record.timestamp);
+            columns.models.push(record.model.clone());
+            columns.prompt_ids.push(record.prompt_id);
+            columns
+                .prompt_versions
+                .push(costed.prompt_version.or(record.prompt_version).map(|v| v as i32));
+            columns.prompt_labels.push(record.prompt_label.clone());
+            columns.experiment_ids.push(record.experiment_id);
+            columns.variants.push(record.variant.clone());
+            columns.features.push(record.feature.clone());
+            columns.subjects.push(record.subject.clone());
+            // Parsing bounds tokens to a trillion: they fit.
+            columns.input_tokens.push(record.input_tokens as i64);
+            columns.output_tokens.push(record.output_tokens as i64);
+            columns
+                .cached_input_tokens
+                .push(record.cached_input_tokens as i64);
+            columns.latencies.push(record.latency_ms.map(|ms| ms as i32));
+            columns.statuses.push(record.status.clone());
+            columns.metrics.push(
+                (!record.metrics.is_empty())
+                    .then(|| serde_json::to_value(&record.metrics).unwrap_or_default()),
+            );
+            columns.costs.push(costed.cost.as_ref().map(|cost| cost.amount));
+            columns
+                .currencies
+                .push(costed.cost.as_ref().map(|cost| cost.currency.clone()));
+        }
+        columns
+    }
+}

@@ -1,0 +1,141 @@
+//! Reads of usage records, each scoped to a tenant.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::page::Page;
+
+/// A stored usage record with its cost, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UsageView {
+    #[sqlx(rename = "record_id")]
+    pub id: String,
+    #[sqlx(rename = "ts")]
+    pub timestamp: DateTime<Utc>,
+    pub model: String,
+    pub prompt_id: Option<Uuid>,
+    pub prompt_version: Option<i32>,
+    pub prompt_label: Option<String>,
+    pub experiment_id: Option<Uuid>,
+    pub variant: Option<String>,
+    pub feature: Option<String>,
+    pub subject: Option<String>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub latency_ms: Option<i32>,
+    pub status: String,
+    pub metrics: Option<Value>,
+    /// Exact decimal, as a string; `null` when the record is uncosted.
+    #[serde(with = "rust_decimal::serde::str_option")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "0.000345"))]
+    pub cost: Option<Decimal>,
+    pub currency: Option<String>,
+    /// No price applied: the model is unknown, or had no price at the record's time.
+    #[sqlx(skip)]
+    pub uncosted: bool,
+    /// The API key that sent the record.
+    pub key_id: Uuid,
+    pub ingested_at: DateTime<Utc>,
+}
+
+/// Which records to read.
+#[derive(Debug, Clone, Default)]
+pub struct UsageFilter {
+    /// At or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Before.
+    pub to: Option<DateTime<Utc>>,
+    pub model: Option<String>,
+    pub prompt_id: Option<Uuid>,
+    pub experiment_id: Option<Uuid>,
+    pub feature: Option<String>,
+    /// The last record of the previous page.
+    pub after: Option<UsageCursor>,
+}
+
+/// A place in the newest-first order: a record's timestamp and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageCursor {
+    pub timestamp: DateTime<Utc>,
+    pub id: String,
+}
+
+impl UsageCursor {
+    /// `<microseconds since the epoch>:<record id>`.
+    pub fn text(&self) -> String {
+        format!("{}:{}", self.timestamp.timestamp_micros(), self.id)
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let (micros, id) = text.split_once(':')?;
+        let timestamp = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+        Some(Self {
+            timestamp,
+            id: id.to_string(),
+        })
+    }
+}
+
+/// A page of `tenant`'s records matching `filter`, newest first.
+pub async fn records(
+    pool: &PgPool,
+    tenant: &str,
+    filter: &UsageFilter,
+    limit: i64,
+) -> sqlx::Result<Page<UsageView, String>> {
+    let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(
+        "select record_id, ts, model, prompt_id, prompt_version, prompt_label, experiment_id, variant, feature,
+                subject, input_tokens, output_tokens, cached_input_tokens, latency_ms, status, metrics, cost,
+                currency, key_id, ingested_at
+         from usage_record where tenant_id = ",
+    );
+    query.push_bind(tenant.to_string());
+    if let Some(from) = filter.from {
+        query.push(" and ts >= ").push_bind(from);
+    }
+    if let Some(to) = filter.to {
+        query.push(" and ts < ").push_bind(to);
+    }
+    if let Some(model) = &filter.model {
+        query.push(" and model = ").push_bind(model.clone());
+    }
+    if let Some(prompt) = filter.prompt_id {
+        query.push(" and prompt_id = ").push_bind(prompt);
+    }
+    if let Some(experiment) = filter.experiment_id {
+        query.push(" and experiment_id = ").push_bind(experiment);
+    }
+    if let Some(feature) = &filter.feature {
+        query.push(" and feature = ").push_bind(feature.clone());
+    }
+    if let Some(after) = &filter.after {
+        query
+            .push(" and (ts, record_id) < (")
+            .push_bind(after.timestamp)
+            .push(", ")
+            .push_bind(after.id.clone())
+            .push(")");
+    }
+    query
+        .push(" order by ts desc, record_id desc limit ")
+        .push_bind(Page::<UsageView, String>::fetch_size(limit));
+    let mut rows: Vec<UsageView> = query.build_query_as().fetch_all(pool).await?;
+    for row in &mut rows {
+        // Stored with 16 decimals; shown as the exact figure it is.
+        row.cost = row.cost.map(|cost| cost.normalize());
+        row.uncosted = row.cost.is_none();
+    }
+    Ok(Page::from_rows(rows, limit, |row: &UsageView| {
+        UsageCursor {
+            timestamp: row.timestamp,
+            id: row.id.clone(),
+        }
+        .text()
+    }))
+}

@@ -1,0 +1,270 @@
+//! Usage ingestion: records checked one by one, counted once per id, priced at their own
+//! time, and read back with their cost.
+
+use integration_tests::harness::{expect_problem, expect_status, TestApp};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// Registers `openai/gpt-4o-mini` with a price from January (input 0.15, output 0.60 per
+/// million) and another from June (input 0.30, output 1.20, cached input 0.10).
+async fn priced_model(app: &TestApp) {
+    let key = &app.admin_key;
+    expect_status(
+        app.post(
+            "/v1/providers",
+            key,
+            json!({"name": "openai", "kind": "openai", "base_url": "https://api.openai.com/v1",
+                   "credential_ref": "env:OPENAI_API_KEY"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    expect_status(
+        app.post(
+            "/v1/models",
+            key,
+            json!({"provider": "openai", "model_id": "gpt-4o-mini"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    for (from, input, output, cached) in [
+        ("2026-01-01T00:00:00Z", "0.15", "0.60", None),
+        ("2026-06-01T00:00:00Z", "0.30", "1.20", Some("0.10")),
+    ] {
+        expect_status(
+            app.post(
+                "/v1/models/openai%2Fgpt-4o-mini/prices",
+                key,
+                json!({"effective_from": from, "input_per_mtok": input, "output_per_mtok": output,
+                       "cached_input_per_mtok": cached, "currency": "USD"}),
+            )
+            .await,
+            StatusCode::CREATED,
+        )
+        .await;
+    }
+}
+
+fn record(id: &str, timestamp: &str) -> Value {
+    json!({"id": id, "timestamp": timestamp, "model": "openai/gpt-4o-mini", "feature": "support-chat",
+           "input_tokens": 1_000_000, "output_tokens": 500_000, "cached_input_tokens": 200_000,
+           "latency_ms": 840, "metrics": {"rating": 4}})
+}
+
+async fn ingest(app: &TestApp, key: &str, records: Value) -> Value {
+    expect_status(app.post("/v1/usage", key, records).await, StatusCode::OK).await
+}
+
+async fn usage(app: &TestApp, query: &str) -> Value {
+    expect_status(
+        app.get(&format!("/v1/usage{query}"), &app.admin_key).await,
+        StatusCode::OK,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_checked_one_by_one_counted_once_and_priced_at_their_own_time() {
+    let app = TestApp::spawn().await;
+    priced_model(&app).await;
+    let ingest_key = app.key("acme", "ingest").await;
+    let outcome = ingest(
+        &app,
+        &ingest_key,
+        json!([
+            record("march", "2026-03-10T10:00:00Z"),
+            record("july", "2026-07-10T10:00:00Z"),
+            {"id": "bad", "timestamp": "yesterday", "model": "gpt", "input_tokens": -3},
+            record("before-any-price", "2025-12-31T23:00:00Z"),
+            {"id": "unknown-model", "timestamp": "2026-07-10T10:00:00Z", "model": "acme/home-grown",
+             "input_tokens": 10, "output_tokens": 10},
+            record("march", "2026-03-10T10:00:00Z"),
+            "not a record",
+        ]),
+    )
+    .await;
+    assert_eq!(outcome["accepted"], 4, "{outcome}");
+    assert_eq!(
+        outcome["duplicates"], 1,
+        "the same id twice in one batch counts once"
+    );
+    assert_eq!(outcome["uncosted"], 2, "{outcome}");
+    let rejected = outcome["rejected"].as_array().expect("rejected");
+    assert_eq!(rejected.len(), 2, "{outcome}");
+    assert_eq!(rejected[0]["index"], 2);
+    assert_eq!(rejected[0]["id"], "bad");
+    let fields: Vec<&str> = rejected[0]["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["field"].as_str().expect("field"))
+        .collect();
+    assert_eq!(fields, ["timestamp", "model", "input_tokens"]);
+    assert_eq!(rejected[1]["index"], 6);
+
+    // Sent again (and from another process): counted once.
+    let peer = app.spawn_peer().await;
+    let again = app
+        .client
+        .post(format!("{}/v1/usage", peer.address))
+        .bearer_auth(&ingest_key)
+        .json(&json!([
+            record("march", "2026-03-10T10:00:00Z"),
+            record("august", "2026-08-01T00:00:00Z")
+        ]))
+        .send()
+        .await
+        .expect("ingest");
+    let again = expect_status(again, StatusCode::OK).await;
+    assert_eq!(
+        (again["accepted"].as_i64(), again["duplicates"].as_i64()),
+        (Some(1), Some(1))
+    );
+
+    // Priced with the period in force at each record's own time, exactly.
+    let listed = usage(&app, "?limit=10").await;
+    let cost_of = |id: &str| {
+        listed["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|r| r["id"] == id)
+            .map(|r| (r["cost"].clone(), r["uncosted"].clone()))
+            .expect("record")
+    };
+    // March: 1,000,000 input × 0.15 + 500,000 output × 0.60 (no cached price: input price).
+    assert_eq!(cost_of("march"), (json!("0.45"), json!(false)));
+    // July: 800,000 × 0.30 + 200,000 × 0.10 + 500,000 × 1.20.
+    assert_eq!(cost_of("july"), (json!("0.86"), json!(false)));
+    assert_eq!(cost_of("before-any-price"), (Value::Null, json!(true)));
+    assert_eq!(cost_of("unknown-model"), (Value::Null, json!(true)));
+    let ids: Vec<&str> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|r| r["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(
+        ids,
+        ["august", "unknown-model", "july", "march", "before-any-price"],
+        "newest first, then by id"
+    );
+
+    let page = usage(&app, "?limit=2").await;
+    let cursor = page["next_cursor"].as_str().expect("a next page").to_string();
+    let next = usage(&app, &format!("?limit=2&cursor={}", urlencode(&cursor))).await;
+    assert_eq!(next["items"][0]["id"], "july");
+    let summer = usage(
+        &app,
+        "?from=2026-06-01T00:00:00Z&to=2026-08-01T00:00:00Z&model=openai/gpt-4o-mini",
+    )
+    .await;
+    assert_eq!(summer["items"].as_array().map(Vec::len), Some(1));
+    let by_feature = usage(&app, "?feature=support-chat").await;
+    assert_eq!(by_feature["items"].as_array().map(Vec::len), Some(4));
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ndjson_labels_and_limits() {
+    let app = TestApp::spawn().await;
+    let key = &app.admin_key;
+    let prompt = app.create_prompt("Support reply").await;
+    app.publish(&prompt, "Answer {{customer}}.").await;
+    app.publish(&prompt, "Answer {{customer}} kindly.").await;
+    expect_status(
+        app.put(
+            &format!("/v1/prompts/{prompt}/labels/production"),
+            key,
+            json!({"version": 2}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let lines = [
+        json!({"id": "a", "timestamp": "2026-03-01T00:00:00Z", "model": "openai/gpt-4o-mini",
+               "prompt_id": prompt, "prompt_label": "production"}),
+        json!({"id": "b", "timestamp": "2026-03-01T00:00:00Z", "model": "openai/gpt-4o-mini",
+               "prompt_id": prompt, "prompt_label": "staging"}),
+    ];
+    let body = format!("{}\n{}\n{{not json\n", lines[0], lines[1]);
+    let outcome = app
+        .request(Method::POST, "/v1/usage", key)
+        .header("Content-Type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .expect("ingest");
+    let outcome = expect_status(outcome, StatusCode::OK).await;
+    assert_eq!(outcome["accepted"], 1, "{outcome}");
+    assert_eq!(outcome["rejected"][0]["errors"][0]["field"], "prompt_label");
+    assert_eq!(outcome["rejected"][1]["index"], 2);
+    let listed = usage(&app, "").await;
+    assert_eq!(
+        listed["items"][0]["prompt_version"], 2,
+        "the label was resolved at ingestion"
+    );
+    assert_eq!(listed["items"][0]["prompt_label"], "production");
+
+    let too_many: Vec<Value> = (0..10_001).map(|n| json!({"id": format!("r{n}")})).collect();
+    expect_problem(
+        app.post("/v1/usage", key, json!(too_many)).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too-many-records",
+    )
+    .await;
+    expect_problem(
+        app.post("/v1/usage", key, json!({"id": "x"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    )
+    .await;
+    let garbled = app
+        .request(Method::POST, "/v1/usage", key)
+        .header("Content-Type", "application/json")
+        .body("[{")
+        .send()
+        .await
+        .expect("ingest");
+    expect_problem(garbled, StatusCode::BAD_REQUEST, "malformed-request").await;
+    let viewer = app.key("acme", "viewer").await;
+    expect_problem(
+        app.post("/v1/usage", &viewer, json!([])).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    let bad_cursor = app.get("/v1/usage?cursor=nonsense", key).await;
+    expect_problem(bad_cursor, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenant_neither_sees_usage_nor_shares_its_ids() {
+    let app = TestApp::spawn().await;
+    let record =
+        json!([{"id": "shared-id", "timestamp": "2026-03-01T00:00:00Z", "model": "openai/gpt-4o-mini"}]);
+    assert_eq!(ingest(&app, &app.admin_key, record.clone()).await["accepted"], 1);
+    let other = app.key("globex", "admin").await;
+    assert_eq!(
+        ingest(&app, &other, record).await["accepted"],
+        1,
+        "ids are per tenant"
+    );
+    let theirs = expect_status(app.get("/v1/usage", &other).await, StatusCode::OK).await;
+    assert_eq!(theirs["items"].as_array().map(Vec::len), Some(1));
+    let ours = usage(&app, "").await;
+    assert_eq!(ours["items"].as_array().map(Vec::len), Some(1));
+    assert_ne!(theirs["items"][0]["key_id"], ours["items"][0]["key_id"]);
+}
