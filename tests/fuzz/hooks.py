@@ -4,6 +4,7 @@ They make the fuzzer act as a correct client where the API's contract rests on s
 a schema cannot describe; everything else it generates is sent as generated.
 """
 
+import json
 import os
 import re
 import uuid
@@ -55,3 +56,10 @@ def before_call(context, case, kwargs):
         parameters["provider_id"] = FUZZ_PROVIDER_ID
     if "key" in parameters:
         parameters["key"] = FUZZ_FLAG_KEY if case.path.startswith("/v1/flags/") else FUZZ_CONFIG_KEY
+
+
+@schemathesis.serializer("application/x-ndjson")
+def ndjson(ctx, value):
+    # Usage records as NDJSON: each generated record on a line of its own.
+    items = value if isinstance(value, list) else [value]
+    return "".join(json.dumps(item) + "\n" for item in items).encode()

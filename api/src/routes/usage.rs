@@ -103,7 +103,7 @@ struct UsageRecordBody {
     tag = "usage",
     request_body(content(
         (Vec<UsageRecordBody> = "application/json"),
-        (UsageRecordBody = "application/x-ndjson"),
+        (Vec<UsageRecordBody> = "application/x-ndjson"),
     )),
     responses(
         (status = 200, description = "What was accepted, what was a duplicate, what was refused and why", body = IngestOutcome),
@@ -241,11 +241,11 @@ struct UsageQuery {
     #[param(format = DateTime)]
     to: Option<String>,
     /// A model reference.
-    #[param(max_length = 200, pattern = r"^[^\x00]*$")]
+    #[param(min_length = 1, max_length = 200, pattern = r"^[^\x00]*$")]
     model: Option<String>,
     prompt_id: Option<Uuid>,
     experiment_id: Option<Uuid>,
-    #[param(max_length = 200, pattern = r"^[^\x00]*$")]
+    #[param(min_length = 1, max_length = 200, pattern = r"^[^\x00]*$")]
     feature: Option<String>,
     /// `next_cursor` of the previous page.
     #[param(max_length = 300, pattern = r"^-?[0-9]{1,19}:.*$")]
@@ -289,6 +289,14 @@ async fn list_usage(
         ),
         None => None,
     };
+    for (field, value) in [("model", &query.model), ("feature", &query.feature)] {
+        if value
+            .as_ref()
+            .is_some_and(|text| text.is_empty() || text.chars().count() > 200)
+        {
+            return Err(ApiError::invalid(field, "must be 1 to 200 characters"));
+        }
+    }
     let filter = UsageFilter {
         from: instant("from", query.from)?,
         to: instant("to", query.to)?,

@@ -83,6 +83,34 @@ enum Command {
     /// Reports the job's items/s (items over the time from its acceptance to its end) and
     /// both latency distributions.
     Bulk(BulkArgs),
+    /// Usage ingestion against PostgreSQL's own COPY of the same rows, in one run.
+    ///
+    /// The ceiling: `--clients` connections each COPY batches of `--batch` rows, as CSV, into
+    /// a plain table shaped like `usage_record` in the server's database, for `--duration`.
+    /// Then `--clients` clients each POST batches of `--batch` records (new ids every time) to
+    /// `/v1/usage` for `--duration`. Reports records/s of both and their ratio.
+    Ingest(IngestArgs),
+}
+
+#[derive(Debug, Args)]
+struct IngestArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The server's database, for the COPY ceiling.
+    #[arg(long)]
+    database_url: String,
+    /// Concurrent clients (and COPY connections).
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Records per request (at most 10,000).
+    #[arg(long, default_value_t = 10_000)]
+    batch: usize,
+    /// Measured seconds of each side.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Also append the result as a JSON line to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -383,6 +411,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Relay(args) => relay::run(args).await,
         Command::DeleteStream(args) => relay::delete_stream(args).await,
         Command::Bulk(args) => bulk(args).await,
+        Command::Ingest(args) => ingest(args).await,
     }
 }
 
@@ -892,6 +921,154 @@ async fn bulk(args: BulkArgs) -> Result<()> {
                 "alone": {"requests": baseline.latencies_us.len(), "p50_ms": base.p50, "p99_ms": base.p99, "max_ms": base.max},
                 "with_job": {"requests": during.latencies_us.len(), "p50_ms": load.p50, "p99_ms": load.p99, "max_ms": load.max},
                 "p99_ratio": load.p99 / base.p99.max(1e-9),
+                "at": now_rfc3339(),
+            }),
+        )?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Ingestion
+
+/// One usage record as JSON, the same shape for the API and (as CSV) for COPY.
+fn usage_record_json(id: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","timestamp":"2026-11-15T10:00:00Z","model":"openai/gpt-4o-mini","feature":"support-chat","input_tokens":1200,"output_tokens":300,"cached_input_tokens":200,"latency_ms":840,"status":"ok"}}"#
+    )
+}
+
+async fn ingest(args: IngestArgs) -> Result<()> {
+    use sqlx::Connection;
+    let duration = seconds(args.duration, "duration")?;
+    if args.clients == 0 || args.batch == 0 || args.batch > 10_000 {
+        return Err("--clients must be at least 1 and --batch 1 to 10000".into());
+    }
+    let run_tag = Uuid::new_v4().simple().to_string()[..8].to_string();
+
+    // The ceiling: COPY of the same rows into a plain table of the same shape.
+    let pool = PgPool::connect(&args.database_url)
+        .await
+        .map_err(|e| format!("cannot reach {}: {e}", args.database_url))?;
+    sqlx::query("drop table if exists usage_copy_ceiling")
+        .execute(&pool)
+        .await?;
+    sqlx::query("create table usage_copy_ceiling (like usage_record including defaults)")
+        .execute(&pool)
+        .await?;
+    let key_id = Uuid::new_v4();
+    let deadline = Instant::now() + duration;
+    let mut copies = tokio::task::JoinSet::new();
+    for client in 0..args.clients {
+        let (url, batch, tag) = (args.database_url.clone(), args.batch, run_tag.clone());
+        copies.spawn(async move {
+            let mut conn = sqlx::PgConnection::connect(&url).await?;
+            let mut rows = 0usize;
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                let mut csv = String::with_capacity(batch * 160);
+                for i in 0..batch {
+                    csv.push_str(&format!(
+                        "acme,{tag}-c{client}-b{n}-{i},2026-11-15T10:00:00Z,openai/gpt-4o-mini,support-chat,1200,300,200,840,ok,0.000345,USD,{key_id}\n"
+                    ));
+                }
+                let mut copy = conn
+                    .copy_in_raw(
+                        "copy usage_copy_ceiling (tenant_id, record_id, ts, model, feature, input_tokens, output_tokens,
+                             cached_input_tokens, latency_ms, status, cost, currency, key_id) from stdin (format csv)",
+                    )
+                    .await?;
+                copy.send(csv.into_bytes()).await?;
+                copy.finish().await?;
+                rows += batch;
+                n += 1;
+            }
+            Ok::<usize, sqlx::Error>(rows)
+        });
+    }
+    let started = Instant::now();
+    let mut copied = 0;
+    while let Some(joined) = copies.join_next().await {
+        copied += joined.map_err(|e| format!("a COPY task failed: {e}"))??;
+    }
+    let copy_rate = copied as f64 / started.elapsed().as_secs_f64();
+    sqlx::query("drop table usage_copy_ceiling")
+        .execute(&pool)
+        .await?;
+
+    // aipm: POST /v1/usage.
+    let api = Api::new(&args.server, args.clients * 2)?;
+    api.preflight().await?;
+    let deadline = Instant::now() + duration;
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..args.clients {
+        let (api, batch, tag) = (api.clone(), args.batch, run_tag.clone());
+        clients.spawn(async move {
+            let (mut accepted, mut latencies, mut failures) = (0u64, Vec::new(), 0u64);
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                let mut body = String::with_capacity(batch * 220 + 2);
+                body.push('[');
+                for i in 0..batch {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    body.push_str(&usage_record_json(&format!("{tag}-c{client}-b{n}-{i}")));
+                }
+                body.push(']');
+                n += 1;
+                let sent = Instant::now();
+                let response = api
+                    .client
+                    .post(api.url("/v1/usage"))
+                    .bearer_auth(&*api.key)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match response {
+                    Ok(response) if response.status().is_success() => {
+                        let outcome: Value = response.json().await.unwrap_or_default();
+                        accepted += outcome["accepted"].as_u64().unwrap_or(0);
+                        latencies.push(sent.elapsed().as_micros() as u64);
+                    }
+                    _ => failures += 1,
+                }
+            }
+            (accepted, latencies, failures)
+        });
+    }
+    let started = Instant::now();
+    let (mut accepted, mut latencies, mut failures) = (0u64, Vec::new(), 0u64);
+    while let Some(joined) = clients.join_next().await {
+        let (a, l, f) = joined.map_err(|e| format!("a client failed: {e}"))?;
+        accepted += a;
+        latencies.extend(l);
+        failures += f;
+    }
+    let aipm_rate = accepted as f64 / started.elapsed().as_secs_f64();
+    let p = Percentiles::of(&mut latencies);
+    println!(
+        "COPY ceiling: {copy_rate:.0} rows/s; aipm: {aipm_rate:.0} records/s ({:.1} % of the ceiling), \
+         request p50 {:.0} ms, p99 {:.0} ms, {failures} failed requests",
+        100.0 * aipm_rate / copy_rate.max(1e-9),
+        p.p50,
+        p.p99
+    );
+    if let Some(path) = &args.json {
+        append_json(
+            path,
+            &json!({
+                "kind": "ingest",
+                "clients": args.clients,
+                "batch": args.batch,
+                "duration_s": duration.as_secs_f64(),
+                "copy_rows_per_s": copy_rate,
+                "aipm_records_per_s": aipm_rate,
+                "ratio": aipm_rate / copy_rate.max(1e-9),
+                "request_p50_ms": p.p50,
+                "request_p99_ms": p.p99,
+                "failed_requests": failures,
                 "at": now_rfc3339(),
             }),
         )?;
