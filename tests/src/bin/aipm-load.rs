@@ -996,9 +996,35 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         .execute(&pool)
         .await?;
 
-    // aipm: POST /v1/usage.
+    // aipm: POST /v1/usage, priced: the records' model has a price (set up once per database).
     let api = Api::new(&args.server, args.clients * 2)?;
     api.preflight().await?;
+    let setup = [
+        (
+            "/v1/providers",
+            json!({"name": "openai", "kind": "openai", "base_url": "https://api.openai.com/v1",
+                   "credential_ref": "env:OPENAI_API_KEY"}),
+        ),
+        (
+            "/v1/models",
+            json!({"provider": "openai", "model_id": "gpt-4o-mini"}),
+        ),
+        (
+            "/v1/models/openai%2Fgpt-4o-mini/prices",
+            json!({"effective_from": "2026-01-01T00:00:00Z", "input_per_mtok": "0.15",
+                   "output_per_mtok": "0.6", "cached_input_per_mtok": "0.075", "currency": "USD"}),
+        ),
+    ];
+    for (path, body) in setup {
+        // Already there from an earlier run: a 409 or 422, which is fine.
+        let _ = api
+            .client
+            .post(api.url(path))
+            .bearer_auth(&*api.key)
+            .json(&body)
+            .send()
+            .await;
+    }
     let deadline = Instant::now() + duration;
     let mut clients = tokio::task::JoinSet::new();
     for client in 0..args.clients {
