@@ -59,3 +59,25 @@ exception when duplicate_table or unique_violation then
     null; -- another ingestion created it meanwhile
 end
 $$;
+
+-- Spend roll-ups: per tenant, day (UTC), model, prompt, feature, key and currency, kept
+-- current by ingestion in the transaction that stores the records (never a scan of the
+-- records on a read). Uncosted records count in `calls` and `uncosted`, with a null currency.
+create table usage_rollup (
+    tenant_id           text not null,
+    day                 date not null,
+    model               text not null,
+    prompt_id           uuid,
+    feature             text,
+    key_id              uuid not null,
+    currency            text,
+    calls               bigint not null,
+    input_tokens        bigint not null,
+    output_tokens       bigint not null,
+    cached_input_tokens bigint not null,
+    cost                numeric(38, 16) not null,
+    uncosted            bigint not null
+);
+
+create unique index usage_rollup_key
+    on usage_rollup (tenant_id, day, model, prompt_id, feature, key_id, currency) nulls not distinct;

@@ -1,7 +1,8 @@
 //! Writing usage records: telemetry, not events. One request's records go in one
-//! transaction of three statements whatever their number: their ids are claimed (a re-sent
+//! transaction of two statements whatever their number: their ids are claimed (a re-sent
 //! id counts once per tenant, across batches and restarts), then the records whose ids were
-//! new are inserted as arrays. The months' partitions are created first, once per process.
+//! new are inserted as arrays, and added to the spend roll-ups, in one statement. The
+//! months' partitions are created first, once per process.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -79,14 +80,35 @@ impl UsageStore {
             })
             .collect();
         let columns = Columns::of(&fresh);
+        // The records, and the roll-ups they add to, in one statement. Roll-up rows are
+        // updated in key order, so that concurrent requests never deadlock.
         sqlx::query(
-            "insert into usage_record (tenant_id, record_id, ts, model, prompt_id, prompt_version, prompt_label,
-                                       experiment_id, variant, feature, subject, input_tokens, output_tokens,
-                                       cached_input_tokens, latency_ms, status, metrics, cost, currency, key_id)
-             select $1, * , $19 from unnest($2::text[], $3::timestamptz[], $4::text[], $5::uuid[], $6::int[],
-                                            $7::text[], $8::uuid[], $9::text[], $10::text[], $11::text[],
-                                            $12::bigint[], $13::bigint[], $14::bigint[], $15::int[], $16::text[],
-                                            $17::jsonb[], $18::numeric[], $20::text[])",
+            "with stored as (
+                 insert into usage_record (tenant_id, record_id, ts, model, prompt_id, prompt_version, prompt_label,
+                                           experiment_id, variant, feature, subject, input_tokens, output_tokens,
+                                           cached_input_tokens, latency_ms, status, metrics, cost, currency, key_id)
+                 select $1, * , $19 from unnest($2::text[], $3::timestamptz[], $4::text[], $5::uuid[], $6::int[],
+                                                $7::text[], $8::uuid[], $9::text[], $10::text[], $11::text[],
+                                                $12::bigint[], $13::bigint[], $14::bigint[], $15::int[], $16::text[],
+                                                $17::jsonb[], $18::numeric[], $20::text[])
+                 returning ts, model, prompt_id, feature, currency, input_tokens, output_tokens, cached_input_tokens,
+                           cost
+             )
+             insert into usage_rollup as r (tenant_id, day, model, prompt_id, feature, key_id, currency, calls,
+                                            input_tokens, output_tokens, cached_input_tokens, cost, uncosted)
+             select $1, (ts at time zone 'UTC')::date, model, prompt_id, feature, $19, currency, count(*),
+                    sum(input_tokens), sum(output_tokens), sum(cached_input_tokens), coalesce(sum(cost), 0),
+                    count(*) filter (where cost is null)
+             from stored
+             group by 2, 3, 4, 5, 7
+             order by 2, 3, 4, 5, 7
+             on conflict (tenant_id, day, model, prompt_id, feature, key_id, currency) do update set
+                 calls = r.calls + excluded.calls,
+                 input_tokens = r.input_tokens + excluded.input_tokens,
+                 output_tokens = r.output_tokens + excluded.output_tokens,
+                 cached_input_tokens = r.cached_input_tokens + excluded.cached_input_tokens,
+                 cost = r.cost + excluded.cost,
+                 uncosted = r.uncosted + excluded.uncosted",
         )
         .bind(tenant)
         .bind(columns.ids)

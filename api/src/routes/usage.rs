@@ -14,7 +14,9 @@ use commands::usage::CostedRecord;
 use domain::access::Permission;
 use domain::usage::{self, UsageRecord, MAX_RECORDS};
 use projections::registry::queries as registry;
-use projections::usage::queries::{self as usage_queries, UsageCursor, UsageFilter, UsageView};
+use projections::usage::queries::{
+    self as usage_queries, SpendDimension, SpendReport, UsageCursor, UsageFilter, UsageView,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -36,7 +38,9 @@ pub fn ingestion_router() -> OpenApiRouter<AppState> {
 
 /// The reads.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_usage))
+    OpenApiRouter::new()
+        .routes(routes!(list_usage))
+        .routes(routes!(spend))
 }
 
 /// A record refused, with why.
@@ -308,5 +312,80 @@ async fn list_usage(
     };
     Ok(Json(
         usage_queries::records(&app.pool, &caller.tenant, &filter, limit).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct SpendQuery {
+    /// The first day counted (`YYYY-MM-DD`, UTC).
+    #[param(format = Date, example = "2026-11-01")]
+    from: Option<String>,
+    /// The day after the last one counted (`YYYY-MM-DD`, UTC).
+    #[param(format = Date, example = "2026-12-01")]
+    to: Option<String>,
+    /// What to group by, one or several separated by commas: `day`, `model`, `prompt`,
+    /// `feature`, `key`.
+    #[param(
+        pattern = "^(day|model|prompt|feature|key)(,(day|model|prompt|feature|key))*$",
+        example = "model,day"
+    )]
+    group_by: Option<String>,
+}
+
+/// `GET /v1/spend?from=&to=&group_by=`: what usage cost, in total and by group, from the
+/// roll-ups ingestion keeps current (never a scan of the records).
+#[utoipa::path(
+    get,
+    path = "/v1/spend",
+    tag = "usage",
+    params(SpendQuery),
+    responses(
+        (status = 200, description = "Totals and groups; costs are exact decimals as strings", body = SpendReport),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn spend(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<SpendQuery>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Permission::Read)?;
+    let day = |field: &'static str, value: Option<String>| -> ApiResult<Option<chrono::NaiveDate>> {
+        value
+            .map(|text| {
+                chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+                    .map_err(|_| ApiError::invalid(field, "must be a date, YYYY-MM-DD"))
+            })
+            .transpose()
+    };
+    let (from, to) = (day("from", query.from)?, day("to", query.to)?);
+    if let (Some(from), Some(to)) = (from, to) {
+        if to < from {
+            return Err(ApiError::invalid("to", "must not be before from"));
+        }
+    }
+    let mut group_by = Vec::new();
+    for name in query
+        .group_by
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|n| !n.is_empty())
+    {
+        let dimension = SpendDimension::parse(name).ok_or_else(|| {
+            ApiError::invalid(
+                "group_by",
+                "must be day, model, prompt, feature or key, separated by commas",
+            )
+        })?;
+        if group_by.contains(&dimension) {
+            return Err(ApiError::invalid("group_by", format!("names {name} twice")));
+        }
+        group_by.push(dimension);
+    }
+    Ok(Json(
+        usage_queries::spend(&app.pool, &caller.tenant, from, to, &group_by).await?,
     ))
 }

@@ -139,3 +139,161 @@ pub async fn records(
         .text()
     }))
 }
+
+/// What spend can be grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SpendDimension {
+    Day,
+    Model,
+    Prompt,
+    Feature,
+    Key,
+}
+
+impl SpendDimension {
+    pub const ALL: [SpendDimension; 5] = [Self::Day, Self::Model, Self::Prompt, Self::Feature, Self::Key];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Day => "day",
+            Self::Model => "model",
+            Self::Prompt => "prompt",
+            Self::Feature => "feature",
+            Self::Key => "key",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.name() == text)
+    }
+
+    /// The roll-up's column, as text, and the name the answer gives it.
+    fn column(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Day => ("day::text", "day"),
+            Self::Model => ("model", "model"),
+            Self::Prompt => ("prompt_id::text", "prompt_id"),
+            Self::Feature => ("feature", "feature"),
+            Self::Key => ("key_id::text", "key_id"),
+        }
+    }
+}
+
+/// Spend over a range of days, in total and by group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SpendReport {
+    /// The currency of every cost, when there is one; `null` when the costs are in several
+    /// (see `totals`) or there are none.
+    pub currency: Option<String>,
+    /// Exact decimal, as a string, in `currency`; `null` when `currency` is.
+    pub total: Option<String>,
+    /// The total in each currency.
+    pub totals: Vec<CurrencyTotal>,
+    pub calls: i64,
+    /// Records no price applied to: counted in `calls`, not in any cost.
+    pub uncosted_records: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
+    pub groups: Vec<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CurrencyTotal {
+    pub currency: String,
+    /// Exact decimal, as a string.
+    pub cost: String,
+}
+
+/// `tenant`'s spend on days `from` (inclusive) to `to` (exclusive), grouped by `group_by`
+/// (and currency), from the roll-ups.
+pub async fn spend(
+    pool: &PgPool,
+    tenant: &str,
+    from: Option<chrono::NaiveDate>,
+    to: Option<chrono::NaiveDate>,
+    group_by: &[SpendDimension],
+) -> sqlx::Result<SpendReport> {
+    use sqlx::Row;
+    let filter = |query: &mut QueryBuilder<'_, Postgres>| {
+        query
+            .push(" from usage_rollup where tenant_id = ")
+            .push_bind(tenant.to_string());
+        if let Some(from) = from {
+            query.push(" and day >= ").push_bind(from);
+        }
+        if let Some(to) = to {
+            query.push(" and day < ").push_bind(to);
+        }
+    };
+    let columns: Vec<(&str, &str)> = group_by.iter().map(|d| d.column()).collect();
+    let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new("select ");
+    for (column, name) in &columns {
+        query.push(format!("{column} as {name}, "));
+    }
+    query.push(
+        "currency, sum(cost) as cost, sum(input_tokens)::bigint as input_tokens,
+         sum(output_tokens)::bigint as output_tokens, sum(calls)::bigint as calls,
+         sum(uncosted)::bigint as uncosted",
+    );
+    filter(&mut query);
+    let keys: Vec<&str> = columns.iter().map(|(_, name)| *name).collect();
+    let grouping = keys
+        .iter()
+        .copied()
+        .chain(["currency"])
+        .collect::<Vec<_>>()
+        .join(", ");
+    query.push(format!(" group by {grouping} order by {grouping}"));
+    let rows = query.build().fetch_all(pool).await?;
+    let mut groups = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut group = serde_json::Map::new();
+        for name in &keys {
+            group.insert(
+                name.to_string(),
+                Value::from(row.try_get::<Option<String>, _>(*name)?),
+            );
+        }
+        let cost: Decimal = row.try_get("cost")?;
+        group.insert(
+            "currency".into(),
+            Value::from(row.try_get::<Option<String>, _>("currency")?),
+        );
+        group.insert("cost".into(), Value::from(cost.normalize().to_string()));
+        for name in ["input_tokens", "output_tokens", "calls", "uncosted"] {
+            group.insert(name.into(), Value::from(row.try_get::<i64, _>(name)?));
+        }
+        groups.push(Value::Object(group));
+    }
+    let mut totals_query: QueryBuilder<'_, Postgres> = QueryBuilder::new(
+        "select currency, sum(cost) as cost, sum(calls)::bigint as calls, sum(uncosted)::bigint as uncosted",
+    );
+    filter(&mut totals_query);
+    totals_query.push(" group by currency order by currency");
+    let mut totals = Vec::new();
+    let (mut calls, mut uncosted_records) = (0, 0);
+    for row in totals_query.build().fetch_all(pool).await? {
+        calls += row.try_get::<i64, _>("calls")?;
+        uncosted_records += row.try_get::<i64, _>("uncosted")?;
+        if let Some(currency) = row.try_get::<Option<String>, _>("currency")? {
+            let cost: Decimal = row.try_get("cost")?;
+            totals.push(CurrencyTotal {
+                currency,
+                cost: cost.normalize().to_string(),
+            });
+        }
+    }
+    let (currency, total) = match totals.as_slice() {
+        [only] => (Some(only.currency.clone()), Some(only.cost.clone())),
+        _ => (None, None),
+    };
+    Ok(SpendReport {
+        currency,
+        total,
+        totals,
+        calls,
+        uncosted_records,
+        groups,
+    })
+}

@@ -167,6 +167,14 @@ async fn records_are_checked_one_by_one_counted_once_and_priced_at_their_own_tim
     assert_eq!(by_feature["items"].as_array().map(Vec::len), Some(4));
 }
 
+async fn spend(app: &TestApp, query: &str) -> Value {
+    expect_status(
+        app.get(&format!("/v1/spend{query}"), &app.admin_key).await,
+        StatusCode::OK,
+    )
+    .await
+}
+
 fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
@@ -267,4 +275,131 @@ async fn another_tenant_neither_sees_usage_nor_shares_its_ids() {
     let ours = usage(&app, "").await;
     assert_eq!(ours["items"].as_array().map(Vec::len), Some(1));
     assert_ne!(theirs["items"][0]["key_id"], ours["items"][0]["key_id"]);
+}
+
+/// A small deterministic generator, so that a failing case can be replayed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_roll_ups_equal_sums_over_the_raw_records() {
+    let app = TestApp::spawn().await;
+    priced_model(&app).await;
+    let ingest_key = app.key("acme", "ingest").await;
+    let prompts = [app.create_prompt("One").await, app.create_prompt("Two").await];
+    let mut random = Lcg(20261202);
+    let batches: Vec<Vec<Value>> = (0..4)
+        .map(|batch| {
+            (0..250)
+                .map(|n| {
+                    let model = ["openai/gpt-4o-mini", "openai/gpt-4o-mini", "acme/home-grown"][random.next(3) as usize];
+                    let day = 1 + random.next(60);
+                    let timestamp = (chrono::DateTime::parse_from_rfc3339("2026-10-01T00:00:00Z").unwrap()
+                        + chrono::Duration::hours(day as i64 * 24 - 24 + random.next(24) as i64))
+                    .to_rfc3339();
+                    let input = random.next(50_000);
+                    let mut record = json!({"id": format!("b{batch}-{n}"), "timestamp": timestamp, "model": model,
+                                            "input_tokens": input, "output_tokens": random.next(20_000),
+                                            "cached_input_tokens": random.next(input + 1)});
+                    if let Some(feature) = [None, Some("search"), Some("support-chat")][random.next(3) as usize] {
+                        record["feature"] = json!(feature);
+                    }
+                    if random.next(2) == 0 {
+                        record["prompt_id"] = json!(prompts[random.next(2) as usize]);
+                    }
+                    record
+                })
+                .collect()
+        })
+        .collect();
+    // Two keys ingest concurrently, and one batch is sent twice: duplicates add nothing.
+    let sends = batches.iter().enumerate().map(|(n, batch)| {
+        let key = if n % 2 == 0 {
+            app.admin_key.clone()
+        } else {
+            ingest_key.clone()
+        };
+        let body = json!(batch);
+        let app = &app;
+        async move { ingest(app, &key, body).await }
+    });
+    for outcome in futures::future::join_all(sends).await {
+        assert_eq!(outcome["accepted"], 250, "{outcome}");
+    }
+    assert_eq!(
+        ingest(&app, &ingest_key, json!(batches[1])).await["duplicates"],
+        250
+    );
+
+    let dimensions = [
+        ("", vec![]),
+        ("model", vec!["model"]),
+        ("day", vec!["(ts at time zone 'UTC')::date::text as day"]),
+        ("feature", vec!["feature"]),
+        ("prompt", vec!["prompt_id::text as prompt_id"]),
+        ("key", vec!["key_id::text as key_id"]),
+        (
+            "model,day",
+            vec!["model", "(ts at time zone 'UTC')::date::text as day"],
+        ),
+        (
+            "feature,key,prompt",
+            vec![
+                "feature",
+                "key_id::text as key_id",
+                "prompt_id::text as prompt_id",
+            ],
+        ),
+    ];
+    for (group_by, columns) in dimensions {
+        let report = usage(
+            &app,
+            &format!("/../spend?from=2026-10-01&to=2026-12-01&group_by={group_by}"),
+        )
+        .await;
+        let names: Vec<String> = columns
+            .iter()
+            .map(|c| c.rsplit(" as ").next().expect("name").to_string())
+            .collect();
+        let select = columns.iter().map(|c| format!("{c}, ")).collect::<String>();
+        let grouping = names.iter().map(|n| format!("{n}, ")).collect::<String>();
+        let sql = format!(
+            "select coalesce(jsonb_agg(g order by g::text), '[]') from (
+                 select {select} currency, trim_scale(coalesce(sum(cost), 0))::text as cost,
+                        sum(input_tokens)::bigint as input_tokens, sum(output_tokens)::bigint as output_tokens,
+                        count(*) as calls, count(*) filter (where cost is null) as uncosted
+                 from usage_record where tenant_id = 'acme' and ts >= '2026-10-01' and ts < '2026-12-01'
+                 group by {grouping} currency) g"
+        );
+        let direct: Value = sqlx::query_scalar(&sql)
+            .fetch_one(app.pool())
+            .await
+            .expect("direct sums");
+        let mut rolled: Vec<Value> = report["groups"].as_array().expect("groups").clone();
+        rolled.sort_by_key(|g| serde_json::to_string(g).unwrap_or_default());
+        let mut direct: Vec<Value> = direct.as_array().expect("rows").clone();
+        direct.sort_by_key(|g| serde_json::to_string(g).unwrap_or_default());
+        assert_eq!(rolled, direct, "group_by={group_by}");
+    }
+    let total = spend(&app, "").await;
+    let direct_total: String =
+        sqlx::query_scalar("select trim_scale(sum(cost))::text from usage_record where tenant_id = 'acme'")
+            .fetch_one(app.pool())
+            .await
+            .expect("total");
+    assert_eq!(total["total"], direct_total.as_str());
+    assert_eq!(total["currency"], "USD");
+    assert_eq!(total["calls"], 1000);
+    assert!(total["uncosted_records"].as_i64().unwrap_or(0) > 0);
+    let refused = app.get("/v1/spend?group_by=model,colour", &app.admin_key).await;
+    expect_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
 }
