@@ -252,7 +252,7 @@ struct UsageQuery {
     #[param(min_length = 1, max_length = 200, pattern = r"^[^\x00]*$")]
     feature: Option<String>,
     /// `next_cursor` of the previous page.
-    #[param(max_length = 300, pattern = r"^-?[0-9]{1,19}:.*$")]
+    #[param(max_length = 300, pattern = r"^[0-9]{1,16}:.*$")]
     cursor: Option<String>,
     /// Page size (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -370,9 +370,9 @@ async fn spend(
     for name in query
         .group_by
         .as_deref()
-        .unwrap_or_default()
-        .split(',')
-        .filter(|n| !n.is_empty())
+        .map(|text| text.split(','))
+        .into_iter()
+        .flatten()
     {
         let dimension = SpendDimension::parse(name).ok_or_else(|| {
             ApiError::invalid(
@@ -380,10 +380,10 @@ async fn spend(
                 "must be day, model, prompt, feature or key, separated by commas",
             )
         })?;
-        if group_by.contains(&dimension) {
-            return Err(ApiError::invalid("group_by", format!("names {name} twice")));
+        // Naming a dimension twice groups by it once.
+        if !group_by.contains(&dimension) {
+            group_by.push(dimension);
         }
-        group_by.push(dimension);
     }
     Ok(Json(
         usage_queries::spend(&app.pool, &caller.tenant, from, to, &group_by).await?,

@@ -361,11 +361,12 @@ async fn spend_roll_ups_equal_sums_over_the_raw_records() {
         ),
     ];
     for (group_by, columns) in dimensions {
-        let report = usage(
-            &app,
-            &format!("/../spend?from=2026-10-01&to=2026-12-01&group_by={group_by}"),
-        )
-        .await;
+        let grouping = if group_by.is_empty() {
+            String::new()
+        } else {
+            format!("&group_by={group_by}")
+        };
+        let report = spend(&app, &format!("?from=2026-10-01&to=2026-12-01{grouping}")).await;
         let names: Vec<String> = columns
             .iter()
             .map(|c| c.rsplit(" as ").next().expect("name").to_string())
@@ -400,6 +401,15 @@ async fn spend_roll_ups_equal_sums_over_the_raw_records() {
     assert_eq!(total["currency"], "USD");
     assert_eq!(total["calls"], 1000);
     assert!(total["uncosted_records"].as_i64().unwrap_or(0) > 0);
-    let refused = app.get("/v1/spend?group_by=model,colour", &app.admin_key).await;
-    expect_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+    for refused in [
+        "group_by=model,colour",
+        "group_by=",
+        "from=2026-12-01&to=2026-11-01",
+        "from=yesterday",
+    ] {
+        let refused = app.get(&format!("/v1/spend?{refused}"), &app.admin_key).await;
+        expect_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+    }
+    let twice = spend(&app, "?group_by=model,model").await;
+    assert_eq!(twice["groups"], spend(&app, "?group_by=model").await["groups"]);
 }
