@@ -2,8 +2,10 @@
 //! model, a prompt, a feature, an API key) per period, the thresholds to warn at, and whether
 //! going over only warns (`soft`) or refuses (`hard`). Spend arrives with usage.
 
+use chrono::{DateTime, Datelike, Days, Months, NaiveDate, NaiveTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::governed::{Claims, Governed};
@@ -79,6 +81,79 @@ impl Period {
             .into_iter()
             .find(|period| period.as_str() == text)
             .ok_or_else(|| InvalidText::new(field, "must be one of daily, weekly, monthly"))
+    }
+
+    /// The period holding `at`: its first day and the first day after it, in UTC (a week
+    /// starts on Monday, a month on its first).
+    pub fn bounds(self, at: DateTime<Utc>) -> (NaiveDate, NaiveDate) {
+        let day = at.date_naive();
+        match self {
+            Self::Daily => (day, day + Days::new(1)),
+            Self::Weekly => {
+                let start = day - Days::new(u64::from(day.weekday().num_days_from_monday()));
+                (start, start + Days::new(7))
+            }
+            Self::Monthly => {
+                let start = day.with_day(1).unwrap_or(day);
+                (start, start + Months::new(1))
+            }
+        }
+    }
+}
+
+/// Where a budget stands in its current period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetStanding {
+    pub period_start: NaiveDate,
+    pub period_end: NaiveDate,
+    pub spent: Decimal,
+    /// The amount less what was spent: negative once over.
+    pub remaining: Decimal,
+    /// Spent in percent of the amount, to two decimals.
+    pub percent_used: Decimal,
+    /// What will have been spent at the period's end if spending goes on at its pace so far.
+    pub forecast_end_of_period: Decimal,
+    /// Days of the period after today's.
+    pub days_left: u32,
+    /// The thresholds (percent) reached.
+    pub thresholds_crossed: Vec<u32>,
+    /// A hard budget whose amount is spent: further spend is to be refused.
+    pub exhausted: bool,
+}
+
+/// Where a budget with `terms` over `period` stands at `now`, having spent `spent` in it.
+pub fn standing(terms: &BudgetTerms, period: Period, spent: Decimal, now: DateTime<Utc>) -> BudgetStanding {
+    let (start, end) = period.bounds(now);
+    let amount = terms.amount.value();
+    let percent_used = if amount.is_zero() {
+        if spent.is_zero() {
+            Decimal::ZERO
+        } else {
+            Decimal::ONE_HUNDRED
+        }
+    } else {
+        (spent * Decimal::ONE_HUNDRED / amount).round_dp(2)
+    };
+    let start_at = start.and_time(NaiveTime::MIN).and_utc();
+    let length = (end - start).num_seconds();
+    let elapsed = (now - start_at).num_seconds().clamp(1, length.max(1));
+    let forecast = (spent * Decimal::from(length) / Decimal::from(elapsed)).round_dp(10);
+    let today = now.date_naive();
+    BudgetStanding {
+        period_start: start,
+        period_end: end,
+        spent: spent.normalize(),
+        remaining: (amount - spent).normalize(),
+        percent_used: percent_used.normalize(),
+        forecast_end_of_period: forecast.normalize(),
+        days_left: u32::try_from((end - today).num_days() - 1).unwrap_or(0),
+        thresholds_crossed: terms
+            .thresholds
+            .iter()
+            .copied()
+            .filter(|t| percent_used >= Decimal::from(*t))
+            .collect(),
+        exhausted: terms.enforcement == Enforcement::Hard && spent >= amount,
     }
 }
 
@@ -349,6 +424,41 @@ mod tests {
         }
         assert!(ScopeKind::parse("k", "team").is_err());
         assert!(Period::parse("p", "yearly").is_err());
+    }
+
+    #[test]
+    fn a_period_is_the_utc_day_week_or_month_holding_the_instant() {
+        let at: DateTime<Utc> = "2026-12-02T23:30:00Z".parse().unwrap();
+        let day = |text: &str| text.parse::<NaiveDate>().unwrap();
+        assert_eq!(Period::Daily.bounds(at), (day("2026-12-02"), day("2026-12-03")));
+        assert_eq!(Period::Weekly.bounds(at), (day("2026-11-30"), day("2026-12-07")));
+        assert_eq!(Period::Monthly.bounds(at), (day("2026-12-01"), day("2027-01-01")));
+    }
+
+    #[test]
+    fn standing_forecasts_at_the_pace_so_far_and_names_the_thresholds_reached() {
+        let terms = BudgetTerms {
+            amount: Amount::parse("a", "100").unwrap(),
+            currency: Currency::parse("c", "USD").unwrap(),
+            thresholds: vec![50, 80, 100],
+            enforcement: Enforcement::Hard,
+        };
+        // The 2nd of December at noon is 1.5 days into a 31-day month.
+        let now: DateTime<Utc> = "2026-12-02T12:00:00Z".parse().unwrap();
+        let standing = standing(&terms, Period::Monthly, Decimal::new(85, 0), now);
+        assert_eq!(standing.percent_used, Decimal::new(85, 0));
+        assert_eq!(standing.thresholds_crossed, vec![50, 80]);
+        assert_eq!(standing.remaining, Decimal::new(15, 0));
+        assert_eq!(standing.days_left, 29);
+        // 85 spent in 1.5 of 31 days: 85 × 31 / 1.5.
+        assert_eq!(
+            standing.forecast_end_of_period.round_dp(2),
+            Decimal::new(175667, 2)
+        );
+        assert!(!standing.exhausted);
+        let over = super::standing(&terms, Period::Monthly, Decimal::new(100, 0), now);
+        assert!(over.exhausted);
+        assert_eq!(over.thresholds_crossed, vec![50, 80, 100]);
     }
 
     #[test]

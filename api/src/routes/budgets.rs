@@ -8,8 +8,8 @@ use axum::Json;
 use cqrs_es::Aggregate;
 use domain::access::Permission;
 use domain::budget::{
-    parse_feature, parse_thresholds, Budget, BudgetCommand, BudgetScope, BudgetTerms, Enforcement, Period,
-    ScopeKind,
+    parse_feature, parse_thresholds, standing, Budget, BudgetCommand, BudgetScope, BudgetTerms, Enforcement,
+    Period, ScopeKind,
 };
 use domain::fields::AllValid;
 use domain::money::{Amount, Currency};
@@ -18,7 +18,8 @@ use projections::access::queries as access;
 use projections::budget::queries::{self as budgets, BudgetView};
 use projections::catalog::queries as catalog;
 use projections::registry::queries as registry;
-use serde::Deserialize;
+use projections::usage::queries as usage;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -40,6 +41,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(define_budget, list_budgets))
         .routes(routes!(get_budget, change_budget, delete_budget))
         .routes(routes!(budget_history))
+        .routes(routes!(budget_status))
 }
 
 fn respond(status: StatusCode, view: BudgetView) -> impl IntoResponse {
@@ -432,4 +434,77 @@ async fn budget_history(
         "budget",
     )
     .await
+}
+
+/// Where a budget stands in its current period. Money is exact decimal, as strings.
+#[derive(Serialize, ToSchema)]
+struct BudgetStatus {
+    /// The period's first day (UTC).
+    #[schema(format = Date)]
+    period_start: String,
+    /// The first day after the period.
+    #[schema(format = Date)]
+    period_end: String,
+    currency: String,
+    #[schema(value_type = AmountText)]
+    amount: String,
+    /// Spent in the period so far, in the budget's currency.
+    spent: String,
+    /// `amount` less `spent`: negative once over.
+    remaining: String,
+    /// `spent` in percent of `amount`, to two decimals.
+    percent_used: String,
+    /// What will have been spent at the period's end at the pace so far.
+    forecast_end_of_period: String,
+    /// Days of the period after today.
+    days_left: u32,
+    /// The thresholds (percent) the spend has reached.
+    thresholds_crossed: Vec<u32>,
+    /// A hard budget whose amount is spent: further spend is to be refused.
+    exhausted: bool,
+}
+
+/// `GET /v1/budgets/{id}/status`: the current period, what was spent in it (from the usage
+/// roll-ups), what remains, the forecast for the period's end and the thresholds reached.
+#[utoipa::path(
+    get,
+    path = "/v1/budgets/{budget_id}/status",
+    tag = "budgets",
+    params(("budget_id" = Uuid, Path, description = "The budget's id")),
+    responses(
+        (status = 200, description = "Where the budget stands now", body = BudgetStatus),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn budget_status(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Permission::Read)?;
+    let (budget, _) = app.budgets.load(&id.to_string()).await?;
+    let (Some(scope), Some(period), Some(terms)) = (&budget.scope, budget.period, &budget.terms) else {
+        return Err(ApiError::NotFound("budget"));
+    };
+    if budget.deleted || budget.tenant.as_deref() != Some(caller.tenant.as_str()) {
+        return Err(ApiError::NotFound("budget"));
+    }
+    let now = chrono::Utc::now();
+    let bounds = period.bounds(now);
+    let spent = usage::spent_on(&app.pool, &caller.tenant, scope, terms.currency.as_ref(), bounds).await?;
+    let standing = standing(terms, period, spent, now);
+    Ok(Json(BudgetStatus {
+        period_start: standing.period_start.to_string(),
+        period_end: standing.period_end.to_string(),
+        currency: terms.currency.as_ref().to_string(),
+        amount: terms.amount.to_string(),
+        spent: standing.spent.to_string(),
+        remaining: standing.remaining.to_string(),
+        percent_used: standing.percent_used.to_string(),
+        forecast_end_of_period: standing.forecast_end_of_period.to_string(),
+        days_left: standing.days_left,
+        thresholds_crossed: standing.thresholds_crossed,
+        exhausted: standing.exhausted,
+    }))
 }

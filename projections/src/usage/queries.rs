@@ -297,3 +297,44 @@ pub async fn spend(
         groups,
     })
 }
+
+/// What `tenant` spent in `currency` on days `from` (inclusive) to `to` (exclusive) on what
+/// a budget's `scope` names, from the roll-ups.
+pub async fn spent_on(
+    pool: &PgPool,
+    tenant: &str,
+    scope: &domain::budget::BudgetScope,
+    currency: &str,
+    (from, to): (chrono::NaiveDate, chrono::NaiveDate),
+) -> sqlx::Result<Decimal> {
+    use domain::budget::ScopeKind;
+    let mut query: QueryBuilder<'_, Postgres> =
+        QueryBuilder::new("select coalesce(sum(cost), 0) from usage_rollup where tenant_id = ");
+    query
+        .push_bind(tenant.to_string())
+        .push(" and currency = ")
+        .push_bind(currency.to_string())
+        .push(" and day >= ")
+        .push_bind(from)
+        .push(" and day < ")
+        .push_bind(to);
+    let id = scope.id.clone().unwrap_or_default();
+    let uuid = || id.parse::<Uuid>().unwrap_or(Uuid::nil());
+    match scope.kind {
+        ScopeKind::Tenant => {}
+        ScopeKind::Model => {
+            query.push(" and model = ").push_bind(id.clone());
+        }
+        ScopeKind::Prompt => {
+            query.push(" and prompt_id = ").push_bind(uuid());
+        }
+        ScopeKind::Feature => {
+            query.push(" and feature = ").push_bind(id.clone());
+        }
+        ScopeKind::Key => {
+            query.push(" and key_id = ").push_bind(uuid());
+        }
+    }
+    let spent: Decimal = query.build_query_scalar().fetch_one(pool).await?;
+    Ok(spent.normalize())
+}

@@ -413,3 +413,64 @@ async fn spend_roll_ups_equal_sums_over_the_raw_records() {
     let twice = spend(&app, "?group_by=model,model").await;
     assert_eq!(twice["groups"], spend(&app, "?group_by=model").await["groups"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_status_counts_the_spend_of_its_scope_in_its_current_period() {
+    let app = TestApp::spawn().await;
+    priced_model(&app).await;
+    let key = &app.admin_key;
+    let define = |scope: Value| {
+        let body = json!({"name": format!("budget {scope}"), "scope": scope, "period": "monthly", "amount": "1.00",
+                          "currency": "USD", "thresholds": [50, 80, 100], "enforcement": "hard"});
+        let app = &app;
+        async move {
+            expect_status(app.post("/v1/budgets", key, body).await, StatusCode::CREATED).await["id"]
+                .as_str()
+                .expect("id")
+                .to_string()
+        }
+    };
+    let on_model = define(json!({"kind": "model", "id": "openai/gpt-4o-mini"})).await;
+    let on_search = define(json!({"kind": "feature", "id": "search"})).await;
+    let status = |id: &str| {
+        let path = format!("/v1/budgets/{id}/status");
+        let app = &app;
+        async move { expect_status(app.get(&path, key).await, StatusCode::OK).await }
+    };
+    let fresh = status(&on_model).await;
+    assert_eq!(
+        (fresh["spent"].as_str(), fresh["remaining"].as_str()),
+        (Some("0"), Some("1"))
+    );
+    assert_eq!(fresh["thresholds_crossed"], json!([]));
+
+    // Each record costs 0.86 at the June price (see `record`); a month ago is another period.
+    let now = chrono::Utc::now();
+    let month_ago = (now - chrono::Duration::days(40)).to_rfc3339();
+    let at = now.to_rfc3339();
+    ingest(
+        &app,
+        key,
+        json!([record("now-1", &at), record("long-ago", &month_ago)]),
+    )
+    .await;
+    let once = status(&on_model).await;
+    assert_eq!(once["spent"], "0.86", "{once}");
+    assert_eq!(once["percent_used"], "86");
+    assert_eq!(once["thresholds_crossed"], json!([50, 80]));
+    assert_eq!(once["exhausted"], false);
+    assert_eq!(status(&on_search).await["spent"], "0", "another feature's spend");
+
+    ingest(&app, key, json!([record("now-2", &at)])).await;
+    let twice = status(&on_model).await;
+    assert_eq!(
+        (twice["spent"].as_str(), twice["remaining"].as_str()),
+        (Some("1.72"), Some("-0.72"))
+    );
+    assert_eq!(twice["thresholds_crossed"], json!([50, 80, 100]));
+    assert_eq!(twice["exhausted"], true);
+
+    let other = app.key("globex", "admin").await;
+    let theirs = app.get(&format!("/v1/budgets/{on_model}/status"), &other).await;
+    expect_problem(theirs, StatusCode::NOT_FOUND, "not-found").await;
+}
