@@ -252,6 +252,28 @@ impl TestApp {
         body["version"].as_i64().expect("version")
     }
 
+    /// Registers the provider `openai` (an OpenAI-compatible server) with the admin key and
+    /// returns its id.
+    pub async fn register_openai(&self) -> String {
+        let body = serde_json::json!({ "name": "openai", "kind": "openai", "base_url": "https://api.openai.com/v1",
+                                       "credential_ref": "env:OPENAI_API_KEY" });
+        let response = self.post("/v1/providers", &self.admin_key, body).await;
+        let body = expect_status(response, StatusCode::CREATED).await;
+        body["id"].as_str().expect("id").to_string()
+    }
+
+    /// Registers the model `openai/<model_id>` (with `extra` fields) with the admin key and
+    /// returns its id.
+    pub async fn register_model(&self, model_id: &str, extra: Value) -> String {
+        let mut body = serde_json::json!({ "provider": "openai", "model_id": model_id });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        let response = self.post("/v1/models", &self.admin_key, body).await;
+        let body = expect_status(response, StatusCode::CREATED).await;
+        body["id"].as_str().expect("id").to_string()
+    }
+
     /// Number of rows in the event log.
     pub async fn event_count(&self) -> i64 {
         sqlx::query_scalar("select count(*) from events")
@@ -259,6 +281,21 @@ impl TestApp {
             .await
             .expect("count")
     }
+}
+
+/// The keys and values of a configuration listing (`GET /v1/config`), in its order.
+pub fn keys_and_values(listing: &Value) -> Vec<(String, Value)> {
+    listing["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|item| {
+            (
+                item["key"].as_str().expect("key").to_string(),
+                item["value"].clone(),
+            )
+        })
+        .collect()
 }
 
 /// The cursor of the last event in the global order.

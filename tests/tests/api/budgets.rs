@@ -17,32 +17,13 @@ fn fields(problem: &Value) -> Vec<String> {
 async fn budgets_name_what_they_cover_and_keep_their_history() {
     let app = TestApp::spawn().await;
     let key = &app.admin_key;
-    expect_status(
-        app.post(
-            "/v1/providers",
-            key,
-            json!({ "name": "openai", "kind": "openai", "base_url": "https://api.openai.com/v1",
-                    "credential_ref": "env:OPENAI_API_KEY" }),
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
-    let model = expect_status(
-        app.post(
-            "/v1/models",
-            key,
-            json!({ "provider": "openai", "model_id": "gpt-4o-mini" }),
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    app.register_openai().await;
+    let model = app.register_model("gpt-4o-mini", json!({})).await;
     let defined = expect_status(
         app.post(
             "/v1/budgets",
             key,
-            json!({ "name": "Mini monthly", "scope": { "kind": "model", "id": model["id"] }, "period": "monthly",
+            json!({ "name": "Mini monthly", "scope": { "kind": "model", "id": model }, "period": "monthly",
                     "amount": "500.00", "currency": "USD", "thresholds": [100, 50, 80], "enforcement": "hard" }),
         )
         .await,
@@ -105,12 +86,8 @@ async fn budgets_name_what_they_cover_and_keep_their_history() {
 
     // Deprecating the model names the budget over it among what still refers to it.
     let deprecated = expect_status(
-        app.post(
-            &format!("/v1/models/{}/deprecate", model["id"].as_str().unwrap()),
-            key,
-            json!({}),
-        )
-        .await,
+        app.post(&format!("/v1/models/{}/deprecate", model), key, json!({}))
+            .await,
         StatusCode::OK,
     )
     .await;

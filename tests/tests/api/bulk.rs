@@ -4,7 +4,9 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use integration_tests::harness::{expect_each_not_found, expect_problem, expect_status, TestApp};
+use integration_tests::harness::{
+    expect_each_not_found, expect_problem, expect_status, keys_and_values, TestApp,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -73,17 +75,7 @@ async fn config_values(app: &TestApp, prefix: &str) -> Vec<(String, Value)> {
         StatusCode::OK,
     )
     .await;
-    listing["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .map(|item| {
-            (
-                item["key"].as_str().expect("key").to_string(),
-                item["value"].clone(),
-            )
-        })
-        .collect()
+    keys_and_values(&listing)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -620,26 +612,10 @@ async fn a_filter_is_resolved_once_when_the_job_is_accepted() {
 async fn an_atomic_price_change_that_fails_on_one_model_withdraws_the_periods_it_set() {
     let app = TestApp::spawn().await;
     let key = &app.admin_key;
-    expect_status(
-        app.post(
-            "/v1/providers",
-            key,
-            json!({"name": "openai", "kind": "openai", "base_url": "https://api.openai.com/v1",
-                   "credential_ref": "env:OPENAI_API_KEY"}),
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    app.register_openai().await;
     let mut models = Vec::new();
     for name in ["gpt-4o-mini", "gpt-4o"] {
-        let model = expect_status(
-            app.post("/v1/models", key, json!({"provider": "openai", "model_id": name}))
-                .await,
-            StatusCode::CREATED,
-        )
-        .await;
-        models.push(model["id"].as_str().expect("id").to_string());
+        models.push(app.register_model(name, json!({})).await);
     }
     // The second model already has a later period: a new one must start after it.
     expect_status(

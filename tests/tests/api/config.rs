@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use integration_tests::harness::{expect_each_not_found, expect_problem, expect_status, TestApp};
+use integration_tests::harness::{
+    expect_each_not_found, expect_problem, expect_status, keys_and_values, TestApp,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -22,20 +24,6 @@ async fn set(app: &TestApp, key: &str, value: Value, reason: &str) -> Value {
         StatusCode::OK,
     )
     .await
-}
-
-fn keys_and_values(listing: &Value) -> Vec<(String, Value)> {
-    listing["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .map(|item| {
-            (
-                item["key"].as_str().expect("key").to_string(),
-                item["value"].clone(),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

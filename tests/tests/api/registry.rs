@@ -6,33 +6,14 @@ use serde_json::{json, Value};
 
 /// Registers the provider `openai` and the model `openai/gpt-4o-mini`; returns their ids.
 async fn provider_and_model(app: &TestApp) -> (String, String) {
-    let key = &app.admin_key;
-    let provider = expect_status(
-        app.post(
-            "/v1/providers",
-            key,
-            json!({ "name": "openai", "kind": "openai", "base_url": "https://api.openai.com/v1",
-                    "credential_ref": "env:OPENAI_API_KEY" }),
+    let provider = app.register_openai().await;
+    let model = app
+        .register_model(
+            "gpt-4o-mini",
+            json!({ "context_window": 128000, "capabilities": ["chat", "vision"] }),
         )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
-    let model = expect_status(
-        app.post(
-            "/v1/models",
-            key,
-            json!({ "provider": "openai", "model_id": "gpt-4o-mini", "context_window": 128000,
-                    "capabilities": ["chat", "vision"] }),
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
-    (
-        provider["id"].as_str().expect("provider id").to_string(),
-        model["id"].as_str().expect("model id").to_string(),
-    )
+        .await;
+    (provider, model)
 }
 
 fn price(from: &str, input: &str, output: &str) -> Value {

@@ -9,27 +9,8 @@ use serde_json::{json, Value};
 /// million) and another from June (input 0.30, output 1.20, cached input 0.10).
 async fn priced_model(app: &TestApp) {
     let key = &app.admin_key;
-    expect_status(
-        app.post(
-            "/v1/providers",
-            key,
-            json!({"name": "openai", "kind": "openai", "base_url": "https://api.openai.com/v1",
-                   "credential_ref": "env:OPENAI_API_KEY"}),
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
-    expect_status(
-        app.post(
-            "/v1/models",
-            key,
-            json!({"provider": "openai", "model_id": "gpt-4o-mini"}),
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    app.register_openai().await;
+    app.register_model("gpt-4o-mini", json!({})).await;
     for (from, input, output, cached) in [
         ("2026-01-01T00:00:00Z", "0.15", "0.60", None),
         ("2026-06-01T00:00:00Z", "0.30", "1.20", Some("0.10")),
