@@ -104,14 +104,6 @@ enum Stopped {
     Refused(String),
 }
 
-impl From<ItemFailure> for Stopped {
-    fn from(failure: ItemFailure) -> Self {
-        match failure {
-            ItemFailure::Failed(error) | ItemFailure::Unavailable(error) => Stopped::Unavailable(error),
-        }
-    }
-}
-
 /// Works on `job` until it finishes, unless another process holds it.
 async fn run(app: &AppState, job: Uuid) -> Result<(), Stopped> {
     let mut lock = PgConnection::connect_with(&app.pool.connect_options()).await?;
