@@ -95,6 +95,7 @@ pub async fn serve_until(
     // Stops with the server, as the relay does.
     let _scheduler = crate::scheduler::spawn(state.clone());
     let _bulk_runner = crate::bulk::runner::spawn(state.clone());
+    let _budget_watcher = crate::budget_watch::spawn(state.clone());
     let feed = state.feed.clone();
     // Open connections hold the state after the server stops; the feed stops with it.
     let _relay = state.relay.as_ref().map(|relay| relay.stop_on_drop());

@@ -82,6 +82,7 @@ impl Caller {
             Permission::ManageRegistry => "manage the model registry",
             Permission::ReviewChanges => "protect scopes or review changes",
             Permission::ManageBudgets => "manage budgets",
+            Permission::CheckBudgets => "check budgets",
         };
         Err(ApiError::Forbidden {
             role: self.role.as_str(),

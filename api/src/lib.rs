@@ -14,13 +14,15 @@
 //!   metadata and `If-Match`; [`openapi`]: the document's shared parts.
 //! - [`state`]: the application context, and running a command through it;
 //!   [`scheduler`]: applying scheduled configuration changes when they are due; [`bulk`]:
-//!   running bulk jobs.
+//!   running bulk jobs; [`budget_watch`]: budgets' standings in memory, and their
+//!   thresholds recorded as spend crosses them.
 //! - [`routes`]: one module per resource; handlers stay thin.
 //! - [`app`]: the router, middleware and server loop.
 //! - [`cli`]: the `aipm` command line (`serve`, `keys`, `replay`, `audit`).
 
 pub mod app;
 pub mod auth;
+pub mod budget_watch;
 pub mod bulk;
 pub mod cli;
 pub mod db;

@@ -21,6 +21,7 @@ use domain::prompt::Prompt;
 use domain::provider::Provider;
 use domain::Governed;
 use projections::audit::anchor::{self, AnchorSettings};
+use projections::budget::live::LiveBudgets;
 use projections::catalog::live::LiveLabels;
 use projections::feed::Feed;
 use projections::flag::live::LiveFlags;
@@ -67,6 +68,8 @@ pub struct App {
     /// Every prompt's labels and the versions they point at, in memory and current with the
     /// log: what `resolve` answers from.
     pub live_labels: LiveLabels,
+    /// Every budget's standing in its current period: what the budget check answers from.
+    pub live_budgets: LiveBudgets,
     /// Wakes the scheduler when this process schedules a change.
     pub schedule_added: Arc<tokio::sync::Notify>,
     /// Wakes the bulk runner when this process accepts a job.
@@ -117,6 +120,8 @@ impl App {
         let guards = Arc::new(Guards::new(&settings.security));
         let live_flags = LiveFlags::start(pool.clone(), projections.wake_signal()).await?;
         let live_labels = LiveLabels::start(pool.clone(), projections.wake_signal()).await?;
+        let live_budgets = LiveBudgets::default();
+        live_budgets.refresh(&pool, chrono::Utc::now()).await?;
         Ok(App {
             authenticator: Authenticator::new(pool.clone(), guards.clone()),
             guards,
@@ -143,6 +148,7 @@ impl App {
             usage: commands::usage::UsageStore::default(),
             live_flags,
             live_labels,
+            live_budgets,
             schedule_added: Arc::new(tokio::sync::Notify::new()),
             bulk_submitted: Arc::new(tokio::sync::Notify::new()),
         })
@@ -180,6 +186,14 @@ impl App {
     {
         let run = store.create(aggregate_id, command, &context.metadata);
         apply_once(store, context.idempotency.as_ref(), run).await
+    }
+
+    /// Brings the budgets' standings in memory up to date with what this process has
+    /// committed so far (usage, budget changes), waiting at most a few seconds.
+    pub async fn refresh_budgets(&self) {
+        self.live_budgets
+            .refreshed(std::time::Duration::from_secs(5))
+            .await;
     }
 
     /// What the idempotency middleware works with.

@@ -41,6 +41,8 @@ pub enum Permission {
     ReviewChanges,
     /// Define, change and delete budgets.
     ManageBudgets,
+    /// Ask whether a call is within its budgets (what an application does before one).
+    CheckBudgets,
 }
 
 impl Role {
@@ -66,10 +68,10 @@ impl Role {
         use Permission::*;
         match self {
             Role::Admin => true,
-            Role::Editor => matches!(permission, Read | Write | IngestUsage),
-            Role::Viewer => matches!(permission, Read),
+            Role::Editor => matches!(permission, Read | Write | IngestUsage | CheckBudgets),
+            Role::Viewer => matches!(permission, Read | CheckBudgets),
             Role::Auditor => matches!(permission, Read | ReadAudit),
-            Role::Ingest => matches!(permission, IngestUsage),
+            Role::Ingest => matches!(permission, IngestUsage | CheckBudgets),
         }
     }
 }

@@ -233,6 +233,15 @@ pub enum BudgetCommand {
         enforcement: Option<Enforcement>,
     },
     DeleteBudget,
+    /// Records the thresholds the spend has reached in the period starting `period_start`
+    /// (`percent_used` of the amount): each one not yet recorded in that period is crossed
+    /// now, once.
+    RecordSpend {
+        period_start: NaiveDate,
+        period_end: NaiveDate,
+        spent: Decimal,
+        percent_used: Decimal,
+    },
 }
 
 /// Stored in `events.event_type` by variant name: never rename one.
@@ -252,6 +261,17 @@ pub enum BudgetEvent {
         previous: BudgetTerms,
     },
     BudgetDeleted,
+    /// The spend in the period reached `threshold` percent of the amount: recorded once per
+    /// threshold per period.
+    BudgetThresholdCrossed {
+        period_start: NaiveDate,
+        period_end: NaiveDate,
+        threshold: u32,
+        spent: Decimal,
+        amount: Decimal,
+        currency: String,
+        percent_used: Decimal,
+    },
 }
 
 impl DomainEvent for BudgetEvent {
@@ -260,6 +280,7 @@ impl DomainEvent for BudgetEvent {
             Self::BudgetDefined { .. } => "BudgetDefined",
             Self::BudgetChanged { .. } => "BudgetChanged",
             Self::BudgetDeleted => "BudgetDeleted",
+            Self::BudgetThresholdCrossed { .. } => "BudgetThresholdCrossed",
         }
         .to_string()
     }
@@ -285,6 +306,9 @@ pub struct Budget {
     pub period: Option<Period>,
     pub terms: Option<BudgetTerms>,
     pub deleted: bool,
+    /// The latest period a threshold was crossed in, and the thresholds crossed in it.
+    #[serde(default)]
+    pub crossed: Option<(NaiveDate, Vec<u32>)>,
 }
 
 impl Aggregate for Budget {
@@ -352,6 +376,34 @@ impl Aggregate for Budget {
                 }
             }
             BudgetCommand::DeleteBudget => sink.write(BudgetEvent::BudgetDeleted, self).await,
+            BudgetCommand::RecordSpend {
+                period_start,
+                period_end,
+                spent,
+                percent_used,
+            } => {
+                let Some(terms) = self.terms.clone() else {
+                    return Err(BudgetError::NotFound);
+                };
+                let already: Vec<u32> = match &self.crossed {
+                    Some((start, thresholds)) if *start == period_start => thresholds.clone(),
+                    _ => Vec::new(),
+                };
+                for threshold in terms.thresholds.iter().copied() {
+                    if percent_used >= Decimal::from(threshold) && !already.contains(&threshold) {
+                        let event = BudgetEvent::BudgetThresholdCrossed {
+                            period_start,
+                            period_end,
+                            threshold,
+                            spent,
+                            amount: terms.amount.value(),
+                            currency: terms.currency.as_ref().to_string(),
+                            percent_used,
+                        };
+                        sink.write(event, self).await;
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -376,6 +428,14 @@ impl Aggregate for Budget {
                 self.terms = Some(terms);
             }
             BudgetEvent::BudgetDeleted => self.deleted = true,
+            BudgetEvent::BudgetThresholdCrossed {
+                period_start,
+                threshold,
+                ..
+            } => match &mut self.crossed {
+                Some((start, thresholds)) if *start == period_start => thresholds.push(threshold),
+                _ => self.crossed = Some((period_start, vec![threshold])),
+            },
         }
     }
 }
@@ -401,7 +461,7 @@ impl Governed for Budget {
                         .claim(BUDGET_NAME_SCOPE, new);
                     name = new.clone();
                 }
-                BudgetEvent::BudgetChanged { .. } => {}
+                BudgetEvent::BudgetChanged { .. } | BudgetEvent::BudgetThresholdCrossed { .. } => {}
                 BudgetEvent::BudgetDeleted => claims = claims.release(BUDGET_NAME_SCOPE, &name),
             }
         }
@@ -459,6 +519,61 @@ mod tests {
         let over = super::standing(&terms, Period::Monthly, Decimal::new(100, 0), now);
         assert!(over.exhausted);
         assert_eq!(over.thresholds_crossed, vec![50, 80, 100]);
+    }
+
+    #[test]
+    fn a_threshold_is_crossed_once_per_period() {
+        use cqrs_es::test::TestFramework;
+        let day = |text: &str| text.parse::<NaiveDate>().unwrap();
+        let defined = BudgetEvent::BudgetDefined {
+            tenant: "acme".into(),
+            name: "LLM spend".into(),
+            scope: BudgetScope {
+                kind: ScopeKind::Tenant,
+                id: None,
+            },
+            period: Period::Monthly,
+            terms: BudgetTerms {
+                amount: Amount::parse("a", "100").unwrap(),
+                currency: Currency::parse("c", "USD").unwrap(),
+                thresholds: vec![50, 80, 100],
+                enforcement: Enforcement::Hard,
+            },
+        };
+        let record = |start: &str, end: &str, spent: i64| BudgetCommand::RecordSpend {
+            period_start: day(start),
+            period_end: day(end),
+            spent: Decimal::from(spent),
+            percent_used: Decimal::from(spent),
+        };
+        let crossed =
+            |start: &str, end: &str, threshold: u32, spent: i64| BudgetEvent::BudgetThresholdCrossed {
+                period_start: day(start),
+                period_end: day(end),
+                threshold,
+                spent: Decimal::from(spent),
+                amount: Decimal::from(100),
+                currency: "USD".into(),
+                percent_used: Decimal::from(spent),
+            };
+        // 85 % crosses 50 and 80 at once.
+        TestFramework::<Budget>::with(())
+            .given(vec![defined.clone()])
+            .when(record("2026-12-01", "2027-01-01", 85))
+            .then_expect_events(vec![
+                crossed("2026-12-01", "2027-01-01", 50, 85),
+                crossed("2026-12-01", "2027-01-01", 80, 85),
+            ]);
+        // Recorded already in this period: nothing again, only what is new.
+        TestFramework::<Budget>::with(())
+            .given(vec![defined.clone(), crossed("2026-12-01", "2027-01-01", 50, 60)])
+            .when(record("2026-12-01", "2027-01-01", 85))
+            .then_expect_events(vec![crossed("2026-12-01", "2027-01-01", 80, 85)]);
+        // A new period starts afresh.
+        TestFramework::<Budget>::with(())
+            .given(vec![defined, crossed("2026-11-01", "2026-12-01", 50, 60)])
+            .when(record("2026-12-01", "2027-01-01", 55))
+            .then_expect_events(vec![crossed("2026-12-01", "2027-01-01", 50, 55)]);
     }
 
     #[test]

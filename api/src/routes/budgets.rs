@@ -15,6 +15,7 @@ use domain::fields::AllValid;
 use domain::money::{Amount, Currency};
 use domain::text::DisplayName;
 use projections::access::queries as access;
+use projections::budget::live::Call;
 use projections::budget::queries::{self as budgets, BudgetView};
 use projections::catalog::queries as catalog;
 use projections::registry::queries as registry;
@@ -42,6 +43,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_budget, change_budget, delete_budget))
         .routes(routes!(budget_history))
         .routes(routes!(budget_status))
+        .routes(routes!(check_budgets))
 }
 
 fn respond(status: StatusCode, view: BudgetView) -> impl IntoResponse {
@@ -224,6 +226,7 @@ async fn define_budget(
     };
     app.create(&app.budgets, &id.to_string(), command, &context)
         .await?;
+    app.refresh_budgets().await;
     Ok(respond(
         StatusCode::CREATED,
         read_budget(&app, &tenant, id).await?,
@@ -371,6 +374,7 @@ async fn change_budget(
     };
     app.execute(&app.budgets, &id.to_string(), command, &context)
         .await?;
+    app.refresh_budgets().await;
     Ok(respond(
         StatusCode::OK,
         read_budget(&app, &context.caller.tenant, id).await?,
@@ -403,6 +407,7 @@ async fn delete_budget(
         &context,
     )
     .await?;
+    app.refresh_budgets().await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -492,7 +497,19 @@ async fn budget_status(
     }
     let now = chrono::Utc::now();
     let bounds = period.bounds(now);
-    let spent = usage::spent_on(&app.pool, &caller.tenant, scope, terms.currency.as_ref(), bounds).await?;
+    let spent = usage::spent_on(
+        &app.pool,
+        &[usage::BudgetSpend {
+            id,
+            tenant: &caller.tenant,
+            scope,
+            currency: terms.currency.as_ref(),
+            days: bounds,
+        }],
+    )
+    .await?
+    .remove(&id)
+    .unwrap_or_default();
     let standing = standing(terms, period, spent, now);
     Ok(Json(BudgetStatus {
         period_start: standing.period_start.to_string(),
@@ -506,5 +523,119 @@ async fn budget_status(
         days_left: standing.days_left,
         thresholds_crossed: standing.thresholds_crossed,
         exhausted: standing.exhausted,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct CheckQuery {
+    /// The model about to be called, by reference (`provider/model_id`).
+    #[param(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00]*$",
+        example = "openai/gpt-4o-mini"
+    )]
+    model: Option<String>,
+    /// The prompt the call renders.
+    prompt: Option<Uuid>,
+    /// The feature the call serves.
+    #[param(min_length = 1, max_length = 200, pattern = r"^[^\x00]*$")]
+    feature: Option<String>,
+    /// The key the call's usage will be sent with; the caller's own key when not given.
+    key: Option<Uuid>,
+}
+
+/// A budget that covers the call, and where it stands.
+#[derive(Serialize, ToSchema)]
+struct CheckedBudget {
+    id: Uuid,
+    name: String,
+    scope: budgets::ScopeView,
+    /// `soft` or `hard`.
+    enforcement: String,
+    currency: String,
+    amount: String,
+    spent: String,
+    remaining: String,
+    percent_used: String,
+    /// The first day after the current period.
+    #[schema(format = Date)]
+    period_end: String,
+    /// A hard budget whose amount is spent: it refuses the call.
+    exhausted: bool,
+}
+
+/// Whether a call may go ahead.
+#[derive(Serialize, ToSchema)]
+struct BudgetCheck {
+    /// False when a hard budget covering the call is exhausted.
+    allowed: bool,
+    /// Every budget covering the call, exhausted ones first.
+    budgets: Vec<CheckedBudget>,
+}
+
+/// `GET /v1/budgets/check?model=&prompt=&feature=&key=`: the check an application makes
+/// before calling a model. Answered from memory, current with this process's ingestion at
+/// once and with other processes' within a second.
+#[utoipa::path(
+    get,
+    path = "/v1/budgets/check",
+    tag = "budgets",
+    params(CheckQuery),
+    responses(
+        (status = 200, description = "Whether the call is within its budgets, and each budget covering it", body = BudgetCheck),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn check_budgets(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<CheckQuery>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Permission::CheckBudgets)?;
+    for (field, value) in [("model", &query.model), ("feature", &query.feature)] {
+        if value
+            .as_ref()
+            .is_some_and(|text| text.is_empty() || text.chars().count() > 200)
+        {
+            return Err(ApiError::invalid(field, "must be 1 to 200 characters"));
+        }
+    }
+    let call = Call {
+        model: query.model.as_deref(),
+        prompt: query.prompt,
+        feature: query.feature.as_deref(),
+        key: Some(query.key.unwrap_or(caller.key_id)),
+    };
+    let mut covering: Vec<CheckedBudget> = app
+        .live_budgets
+        .covering(&caller.tenant, &call)
+        .iter()
+        .map(|live| {
+            let (budget, standing) = (&live.budget, &live.standing);
+            CheckedBudget {
+                id: budget.id,
+                name: budget.name.clone(),
+                scope: budgets::ScopeView {
+                    kind: budget.scope.kind.as_str().to_string(),
+                    id: budget.scope.id.clone(),
+                },
+                enforcement: budget.terms.enforcement.as_str().to_string(),
+                currency: budget.terms.currency.as_ref().to_string(),
+                amount: budget.terms.amount.to_string(),
+                spent: standing.spent.to_string(),
+                remaining: standing.remaining.to_string(),
+                percent_used: standing.percent_used.to_string(),
+                period_end: standing.period_end.to_string(),
+                exhausted: standing.exhausted,
+            }
+        })
+        .collect();
+    covering.sort_by_key(|budget| !budget.exhausted);
+    Ok(Json(BudgetCheck {
+        allowed: !covering.iter().any(|budget| budget.exhausted),
+        budgets: covering,
     }))
 }

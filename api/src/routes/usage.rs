@@ -199,6 +199,10 @@ async fn ingest(
         .usage
         .store(&app.pool, &caller.tenant, caller.key_id, costed)
         .await?;
+    // The budget check and the threshold crossings see these records before the answer.
+    if stored.accepted > stored.uncosted {
+        app.refresh_budgets().await;
+    }
     Ok(Json(IngestOutcome {
         accepted: stored.accepted,
         duplicates: stored.duplicates,

@@ -3,6 +3,7 @@
 //!
 //! Applied inline, in the transaction that appends the events.
 
+pub mod live;
 pub mod queries;
 
 use async_trait::async_trait;
@@ -107,6 +108,25 @@ async fn apply(
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+        }
+        BudgetEvent::BudgetThresholdCrossed {
+            period_start,
+            threshold,
+            ..
+        } => {
+            sqlx::query(
+                "update budget set
+                     crossed = case when crossed_period = $2 then crossed || $3 else array[$3] end,
+                     crossed_period = $2,
+                     version = $4
+                 where budget_id = $1",
+            )
+            .bind(id)
+            .bind(period_start)
+            .bind(threshold as i32)
+            .bind(event.sequence)
+            .execute(&mut *tx)
+            .await?;
         }
     }
     Ok(())

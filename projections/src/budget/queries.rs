@@ -156,3 +156,76 @@ pub async fn budgets_over_model(
         .await?;
     Ok(rows.into_iter().map(BudgetView::from).collect())
 }
+
+/// A budget as the budget watcher works with it: its definition in domain terms, and the
+/// thresholds already recorded as crossed in the period starting `crossed_period`.
+#[derive(Debug, Clone)]
+pub struct WatchedBudget {
+    pub id: Uuid,
+    pub tenant: String,
+    pub name: String,
+    pub scope: domain::budget::BudgetScope,
+    pub period: domain::budget::Period,
+    pub terms: domain::budget::BudgetTerms,
+    pub crossed_period: Option<chrono::NaiveDate>,
+    pub crossed: Vec<u32>,
+}
+
+/// Every tenant's budgets. A row the domain cannot read (which the projection never writes)
+/// is left out and logged.
+pub async fn every_budget(pool: &PgPool) -> sqlx::Result<Vec<WatchedBudget>> {
+    use domain::budget::{BudgetScope, BudgetTerms, Enforcement, Period, ScopeKind};
+    use domain::money::{Amount, Currency};
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        id: Uuid,
+        tenant_id: String,
+        name: String,
+        scope_kind: String,
+        scope_id: Option<String>,
+        period: String,
+        amount: Decimal,
+        currency: String,
+        thresholds: Vec<i32>,
+        enforcement: String,
+        crossed_period: Option<chrono::NaiveDate>,
+        crossed: Vec<i32>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "select budget_id as id, tenant_id, name, scope_kind, scope_id, period, amount, currency, thresholds,
+                enforcement, crossed_period, crossed
+         from budget order by tenant_id, name",
+    )
+    .fetch_all(pool)
+    .await?;
+    let percentages = |values: Vec<i32>| values.into_iter().filter_map(|t| u32::try_from(t).ok()).collect();
+    let mut budgets = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id = row.id;
+        let read = (|| {
+            Some(WatchedBudget {
+                id: row.id,
+                scope: BudgetScope {
+                    kind: ScopeKind::parse("scope_kind", &row.scope_kind).ok()?,
+                    id: row.scope_id,
+                },
+                period: Period::parse("period", &row.period).ok()?,
+                terms: BudgetTerms {
+                    amount: Amount::parse("amount", &row.amount.normalize().to_string()).ok()?,
+                    currency: Currency::parse("currency", &row.currency).ok()?,
+                    thresholds: percentages(row.thresholds),
+                    enforcement: Enforcement::parse("enforcement", &row.enforcement).ok()?,
+                },
+                tenant: row.tenant_id,
+                name: row.name,
+                crossed_period: row.crossed_period,
+                crossed: percentages(row.crossed),
+            })
+        })();
+        match read {
+            Some(budget) => budgets.push(budget),
+            None => tracing::error!(budget = %id, "a budget row does not read as a budget"),
+        }
+    }
+    Ok(budgets)
+}

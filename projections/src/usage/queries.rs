@@ -298,43 +298,58 @@ pub async fn spend(
     })
 }
 
-/// What `tenant` spent in `currency` on days `from` (inclusive) to `to` (exclusive) on what
-/// a budget's `scope` names, from the roll-ups.
+/// What a budget counts: the spend of `tenant` in `currency` on days `days.0` (inclusive)
+/// to `days.1` (exclusive) on what `scope` names.
+pub struct BudgetSpend<'a> {
+    pub id: Uuid,
+    pub tenant: &'a str,
+    pub scope: &'a domain::budget::BudgetScope,
+    pub currency: &'a str,
+    pub days: (chrono::NaiveDate, chrono::NaiveDate),
+}
+
+/// What each of `budgets` counts, by its id, from the roll-ups, in one statement.
 pub async fn spent_on(
     pool: &PgPool,
-    tenant: &str,
-    scope: &domain::budget::BudgetScope,
-    currency: &str,
-    (from, to): (chrono::NaiveDate, chrono::NaiveDate),
-) -> sqlx::Result<Decimal> {
-    use domain::budget::ScopeKind;
-    let mut query: QueryBuilder<'_, Postgres> =
-        QueryBuilder::new("select coalesce(sum(cost), 0) from usage_rollup where tenant_id = ");
-    query
-        .push_bind(tenant.to_string())
-        .push(" and currency = ")
-        .push_bind(currency.to_string())
-        .push(" and day >= ")
-        .push_bind(from)
-        .push(" and day < ")
-        .push_bind(to);
-    let id = scope.id.clone().unwrap_or_default();
-    let uuid = || id.parse::<Uuid>().unwrap_or(Uuid::nil());
-    match scope.kind {
-        ScopeKind::Tenant => {}
-        ScopeKind::Model => {
-            query.push(" and model = ").push_bind(id.clone());
-        }
-        ScopeKind::Prompt => {
-            query.push(" and prompt_id = ").push_bind(uuid());
-        }
-        ScopeKind::Feature => {
-            query.push(" and feature = ").push_bind(id.clone());
-        }
-        ScopeKind::Key => {
-            query.push(" and key_id = ").push_bind(uuid());
-        }
+    budgets: &[BudgetSpend<'_>],
+) -> sqlx::Result<std::collections::HashMap<Uuid, Decimal>> {
+    let mut ids = Vec::with_capacity(budgets.len());
+    let (mut tenants, mut kinds, mut scope_ids, mut currencies, mut starts, mut ends) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for budget in budgets {
+        ids.push(budget.id);
+        tenants.push(budget.tenant);
+        kinds.push(budget.scope.kind.as_str());
+        scope_ids.push(budget.scope.id.as_deref());
+        currencies.push(budget.currency);
+        starts.push(budget.days.0);
+        ends.push(budget.days.1);
     }
-    let spent: Decimal = query.build_query_scalar().fetch_one(pool).await?;
-    Ok(spent.normalize())
+    let rows: Vec<(Uuid, Decimal)> = sqlx::query_as(
+        "select b.id, coalesce(sum(r.cost), 0)
+         from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::date[], $7::date[])
+              as b(id, tenant_id, kind, scope_id, currency, first_day, end_day)
+         left join usage_rollup r
+           on r.tenant_id = b.tenant_id and r.currency = b.currency
+          and r.day >= b.first_day and r.day < b.end_day
+          and case b.kind when 'model' then r.model = b.scope_id
+                          when 'prompt' then r.prompt_id::text = b.scope_id
+                          when 'feature' then r.feature = b.scope_id
+                          when 'key' then r.key_id::text = b.scope_id
+                          else true end
+         group by b.id",
+    )
+    .bind(&ids)
+    .bind(&tenants)
+    .bind(&kinds)
+    .bind(&scope_ids)
+    .bind(&currencies)
+    .bind(&starts)
+    .bind(&ends)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, spent)| (id, spent.normalize()))
+        .collect())
 }

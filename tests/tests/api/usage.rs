@@ -455,3 +455,198 @@ async fn a_budget_status_counts_the_spend_of_its_scope_in_its_current_period() {
     let theirs = app.get(&format!("/v1/budgets/{on_model}/status"), &other).await;
     expect_problem(theirs, StatusCode::NOT_FOUND, "not-found").await;
 }
+
+/// Defines a budget of the tenant `acme` and returns its id.
+async fn define_budget(app: &TestApp, body: Value) -> String {
+    expect_status(
+        app.post("/v1/budgets", &app.admin_key, body).await,
+        StatusCode::CREATED,
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_string()
+}
+
+async fn check(app: &TestApp, key: &str, query: &str) -> Value {
+    expect_status(
+        app.get(&format!("/v1/budgets/check{query}"), key).await,
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// The thresholds a budget's history records as crossed, in order.
+async fn thresholds_recorded(app: &TestApp, budget: &str) -> Vec<(Value, Value)> {
+    let history = expect_status(
+        app.get(&format!("/v1/budgets/{budget}/history"), &app.admin_key)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    history["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|item| item["event_type"] == "BudgetThresholdCrossed")
+        .map(|item| {
+            (
+                item["data"]["threshold"].clone(),
+                item["data"]["period_start"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threshold_is_recorded_once_under_concurrent_ingestion_in_two_processes_and_after_a_restart() {
+    let app = TestApp::spawn().await;
+    priced_model(&app).await;
+    let budget = define_budget(
+        &app,
+        json!({"name": "all LLM spend", "scope": {"kind": "tenant"}, "period": "monthly", "amount": "10",
+               "currency": "USD", "thresholds": [10, 50, 100], "enforcement": "hard"}),
+    )
+    .await;
+    let ingest_key = app.key("acme", "ingest").await;
+    let peer = app.spawn_peer().await;
+
+    // Sixteen records of 0.86 each (13.76, 137.6 %), sent at once, half through each process.
+    let at = chrono::Utc::now().to_rfc3339();
+    let sends = (0..16).map(|n| {
+        let address = if n % 2 == 0 { &app.address } else { &peer.address };
+        app.client
+            .post(format!("{address}/v1/usage"))
+            .bearer_auth(&ingest_key)
+            .json(&json!([record(&format!("call-{n}"), &at)]))
+            .send()
+    });
+    for response in futures::future::join_all(sends).await {
+        expect_status(response.expect("ingest"), StatusCode::OK).await;
+    }
+    let period_start = json!(chrono::Utc::now().format("%Y-%m-01").to_string());
+    let once = vec![
+        (json!(10), period_start.clone()),
+        (json!(50), period_start.clone()),
+        (json!(100), period_start.clone()),
+    ];
+    assert_eq!(thresholds_recorded(&app, &budget).await, once);
+
+    // A process started afterwards reads the same spend and records nothing again, however
+    // much more is spent.
+    drop(peer);
+    let restarted = app.spawn_peer().await;
+    let more = app
+        .client
+        .post(format!("{}/v1/usage", restarted.address))
+        .bearer_auth(&ingest_key)
+        .json(&json!([record("after-restart", &at)]))
+        .send()
+        .await
+        .expect("ingest");
+    expect_status(more, StatusCode::OK).await;
+    assert_eq!(thresholds_recorded(&app, &budget).await, once);
+
+    // The crossings are in the audit log, by the watcher, with their figures.
+    let auditor = app.key("acme", "auditor").await;
+    let audit = expect_status(
+        app.get("/v1/audit?event_type=BudgetThresholdCrossed&limit=100", &auditor)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let entries = audit["items"].as_array().expect("items");
+    assert_eq!(entries.len(), 3, "{audit}");
+    assert!(
+        entries.iter().all(|entry| entry["actor_name"] == "budget-watch"),
+        "{audit}"
+    );
+    assert_eq!(
+        entries[0]["payload"]["BudgetThresholdCrossed"]["amount"], "10",
+        "{audit}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_check_refuses_a_call_once_a_hard_budget_covering_it_is_exhausted() {
+    let app = TestApp::spawn().await;
+    priced_model(&app).await;
+    let on_search = define_budget(
+        &app,
+        json!({"name": "search", "scope": {"kind": "feature", "id": "search"}, "period": "daily",
+               "amount": "1.5", "currency": "USD", "enforcement": "hard"}),
+    )
+    .await;
+    let on_model = define_budget(
+        &app,
+        json!({"name": "mini", "scope": {"kind": "model", "id": "openai/gpt-4o-mini"}, "period": "weekly",
+               "amount": "1", "currency": "USD", "enforcement": "soft"}),
+    )
+    .await;
+    let ingest_key = app.key("acme", "ingest").await;
+    let search_call = "?model=openai%2Fgpt-4o-mini&feature=search";
+    let fresh = check(&app, &ingest_key, search_call).await;
+    assert_eq!(fresh["allowed"], true, "{fresh}");
+    let covering: Vec<&Value> = fresh["budgets"]
+        .as_array()
+        .expect("budgets")
+        .iter()
+        .map(|b| &b["id"])
+        .collect();
+    assert_eq!(covering.len(), 2, "{fresh}");
+    assert!(covering.contains(&&json!(on_search)) && covering.contains(&&json!(on_model)));
+    let elsewhere = check(&app, &ingest_key, "?feature=chat").await;
+    assert_eq!(
+        elsewhere["budgets"],
+        json!([]),
+        "no budget covers another feature on no model"
+    );
+
+    // Two calls for search at 0.86 each: 1.72 of 1.5.
+    let at = chrono::Utc::now().to_rfc3339();
+    let search = |id: &str| {
+        let mut record = record(id, &at);
+        record["feature"] = json!("search");
+        record
+    };
+    ingest(&app, &ingest_key, json!([search("s-1")])).await;
+    assert_eq!(check(&app, &ingest_key, search_call).await["allowed"], true);
+    ingest(&app, &ingest_key, json!([search("s-2")])).await;
+    let refused = check(&app, &ingest_key, search_call).await;
+    assert_eq!(refused["allowed"], false, "{refused}");
+    assert_eq!(refused["budgets"][0]["id"], json!(on_search), "exhausted first");
+    assert_eq!(refused["budgets"][0]["spent"], "1.72");
+    assert_eq!(refused["budgets"][0]["exhausted"], true);
+    // The soft budget over the model is over too, and only warns.
+    assert_eq!(refused["budgets"][1]["percent_used"], "172");
+    assert_eq!(refused["budgets"][1]["exhausted"], false);
+    let other_feature = check(&app, &ingest_key, "?model=openai%2Fgpt-4o-mini&feature=chat").await;
+    assert_eq!(other_feature["allowed"], true, "{other_feature}");
+
+    // Raising the amount lets calls through again at once.
+    expect_status(
+        app.patch(
+            &format!("/v1/budgets/{on_search}"),
+            &app.admin_key,
+            json!({"amount": "5"}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(check(&app, &ingest_key, search_call).await["allowed"], true);
+
+    // Another tenant sees none of these budgets; a role that may not check is refused.
+    let globex = app.key("globex", "ingest").await;
+    assert_eq!(check(&app, &globex, search_call).await["budgets"], json!([]));
+    let auditor = app.key("acme", "auditor").await;
+    expect_problem(
+        app.get(&format!("/v1/budgets/check{search_call}"), &auditor)
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    let bad = app.get("/v1/budgets/check?prompt=not-a-uuid", &ingest_key).await;
+    expect_problem(bad, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+}
