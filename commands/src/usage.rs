@@ -95,10 +95,11 @@ impl UsageStore {
                            cost
              )
              insert into usage_rollup as r (tenant_id, day, model, prompt_id, feature, key_id, currency, calls,
-                                            input_tokens, output_tokens, cached_input_tokens, cost, uncosted)
+                                            input_tokens, output_tokens, cached_input_tokens, cost, uncosted,
+                                            original_cost)
              select $1, (ts at time zone 'UTC')::date, model, prompt_id, feature, $19, currency, count(*),
                     sum(input_tokens), sum(output_tokens), sum(cached_input_tokens), coalesce(sum(cost), 0),
-                    count(*) filter (where cost is null)
+                    count(*) filter (where cost is null), coalesce(sum(cost), 0)
              from stored
              group by 2, 3, 4, 5, 7
              order by 2, 3, 4, 5, 7
@@ -108,7 +109,8 @@ impl UsageStore {
                  output_tokens = r.output_tokens + excluded.output_tokens,
                  cached_input_tokens = r.cached_input_tokens + excluded.cached_input_tokens,
                  cost = r.cost + excluded.cost,
-                 uncosted = r.uncosted + excluded.uncosted",
+                 uncosted = r.uncosted + excluded.uncosted,
+                 original_cost = r.original_cost + excluded.original_cost",
         )
         .bind(tenant)
         .bind(columns.ids)

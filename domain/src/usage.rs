@@ -239,16 +239,26 @@ pub fn price_at(periods: &[PricePeriod], at: DateTime<Utc>) -> Option<&Price> {
 /// What `record` cost at `price`: uncached input, cached input (at the cached price when
 /// the provider has one, else the input price) and output, per million tokens. Exact.
 pub fn cost(record: &UsageRecord, price: &Price) -> Cost {
+    cost_of_tokens(
+        record.input_tokens,
+        record.cached_input_tokens,
+        record.output_tokens,
+        price,
+    )
+}
+
+/// What `input` tokens (of which `cached` were read from the cache) and `output` tokens
+/// cost at `price`; see [`cost`].
+pub fn cost_of_tokens(input: u64, cached: u64, output: u64, price: &Price) -> Cost {
     let per_token =
         |tokens: u64, per_mtok: Decimal| Decimal::from(tokens) * per_mtok / Decimal::from(TOKENS_PER_UNIT);
     let input_price = price.input_per_mtok.value();
     let cached_price = price
         .cached_input_per_mtok
         .map_or(input_price, |amount| amount.value());
-    let uncached = record.input_tokens - record.cached_input_tokens;
-    let amount = per_token(uncached, input_price)
-        + per_token(record.cached_input_tokens, cached_price)
-        + per_token(record.output_tokens, price.output_per_mtok.value());
+    let amount = per_token(input.saturating_sub(cached), input_price)
+        + per_token(cached, cached_price)
+        + per_token(output, price.output_per_mtok.value());
     Cost {
         amount: amount.normalize(),
         currency: price.currency.as_ref().to_string(),

@@ -121,6 +121,34 @@ async fn apply_model(
     id: Uuid,
     payload: ModelEvent,
 ) -> Result<(), sqlx::Error> {
+    // A price change applies to the records from its period's start on.
+    let repriced_from = match &payload {
+        ModelEvent::ModelPriceSet { effective_from, .. }
+        | ModelEvent::ModelPriceCorrected { effective_from, .. }
+        | ModelEvent::ModelPriceWithdrawn { effective_from, .. } => Some(*effective_from),
+        _ => None,
+    };
+    apply_model_tables(tx, event, id, payload).await?;
+    if let Some(from) = repriced_from {
+        let reference: String = sqlx::query_scalar("select reference from model where model_id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let periods = queries::price_periods(&mut *tx, &event.tenant_id, std::slice::from_ref(&reference))
+            .await?
+            .remove(&reference)
+            .unwrap_or_default();
+        crate::usage::recost::recost(tx, &event.tenant_id, &reference, from, &periods).await?;
+    }
+    Ok(())
+}
+
+async fn apply_model_tables(
+    tx: &mut PgConnection,
+    event: &StoredEvent,
+    id: Uuid,
+    payload: ModelEvent,
+) -> Result<(), sqlx::Error> {
     match payload {
         ModelEvent::ModelRegistered {
             tenant,

@@ -368,7 +368,7 @@ pub async fn still_referencing(pool: &PgPool, tenant: &str, reference: &str) -> 
 /// The price periods of `tenant`'s models named by `references`, each model's in order of
 /// their start: what ingestion prices usage records with. Unknown references are absent.
 pub async fn price_periods(
-    pool: &PgPool,
+    executor: impl sqlx::PgExecutor<'_>,
     tenant: &str,
     references: &[String],
 ) -> sqlx::Result<std::collections::HashMap<String, Vec<PricePeriod>>> {
@@ -382,7 +382,7 @@ pub async fn price_periods(
     )
     .bind(tenant)
     .bind(references)
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await?;
     let mut periods: std::collections::HashMap<String, Vec<PricePeriod>> = std::collections::HashMap::new();
     for (reference, effective_from, input, output, cached, currency) in rows {

@@ -2,3 +2,4 @@
 //! they are telemetry, not events). [`queries`] reads them.
 
 pub mod queries;
+pub mod recost;

@@ -36,6 +36,13 @@ pub struct UsageView {
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "0.000345"))]
     pub cost: Option<Decimal>,
     pub currency: Option<String>,
+    /// The record was priced again after its model's prices changed: `cost` is the
+    /// corrected figure, `original_cost` (in `original_currency`) what it first cost.
+    pub recosted: bool,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub original_cost: Option<Decimal>,
+    pub original_currency: Option<String>,
     /// No price applied: the model is unknown, or had no price at the record's time.
     #[sqlx(skip)]
     pub uncosted: bool,
@@ -92,7 +99,7 @@ pub async fn records(
     let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(
         "select record_id, ts, model, prompt_id, prompt_version, prompt_label, experiment_id, variant, feature,
                 subject, input_tokens, output_tokens, cached_input_tokens, latency_ms, status, metrics, cost,
-                currency, key_id, ingested_at
+                currency, recosted, original_cost, original_currency, key_id, ingested_at
          from usage_record where tenant_id = ",
     );
     query.push_bind(tenant.to_string());
@@ -129,6 +136,7 @@ pub async fn records(
     for row in &mut rows {
         // Stored with 16 decimals; shown as the exact figure it is.
         row.cost = row.cost.map(|cost| cost.normalize());
+        row.original_cost = row.original_cost.map(|cost| cost.normalize());
         row.uncosted = row.cost.is_none();
     }
     Ok(Page::from_rows(rows, limit, |row: &UsageView| {
@@ -188,11 +196,16 @@ pub struct SpendReport {
     pub currency: Option<String>,
     /// Exact decimal, as a string, in `currency`; `null` when `currency` is.
     pub total: Option<String>,
+    /// What `total` was before any price correction (equal to it when none applied).
+    pub original_total: Option<String>,
     /// The total in each currency.
     pub totals: Vec<CurrencyTotal>,
     pub calls: i64,
     /// Records no price applied to: counted in `calls`, not in any cost.
     pub uncosted_records: i64,
+    /// Records priced again after their model's prices changed; each group and total
+    /// shows what its records first cost as `original_cost` beside the corrected `cost`.
+    pub recosted_records: i64,
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
     pub groups: Vec<Value>,
 }
@@ -203,6 +216,8 @@ pub struct CurrencyTotal {
     pub currency: String,
     /// Exact decimal, as a string.
     pub cost: String,
+    /// What the same records cost before any price correction.
+    pub original_cost: String,
 }
 
 /// `tenant`'s spend on days `from` (inclusive) to `to` (exclusive), grouped by `group_by`
@@ -234,7 +249,7 @@ pub async fn spend(
     query.push(
         "currency, sum(cost) as cost, sum(input_tokens)::bigint as input_tokens,
          sum(output_tokens)::bigint as output_tokens, sum(calls)::bigint as calls,
-         sum(uncosted)::bigint as uncosted",
+         sum(uncosted)::bigint as uncosted, sum(original_cost) as original_cost, sum(recosted)::bigint as recosted",
     );
     filter(&mut query);
     let keys: Vec<&str> = columns.iter().map(|(_, name)| *name).collect();
@@ -260,40 +275,55 @@ pub async fn spend(
             "currency".into(),
             Value::from(row.try_get::<Option<String>, _>("currency")?),
         );
+        let original_cost: Decimal = row.try_get("original_cost")?;
         group.insert("cost".into(), Value::from(cost.normalize().to_string()));
-        for name in ["input_tokens", "output_tokens", "calls", "uncosted"] {
+        group.insert(
+            "original_cost".into(),
+            Value::from(original_cost.normalize().to_string()),
+        );
+        for name in ["input_tokens", "output_tokens", "calls", "uncosted", "recosted"] {
             group.insert(name.into(), Value::from(row.try_get::<i64, _>(name)?));
         }
         groups.push(Value::Object(group));
     }
     let mut totals_query: QueryBuilder<'_, Postgres> = QueryBuilder::new(
-        "select currency, sum(cost) as cost, sum(calls)::bigint as calls, sum(uncosted)::bigint as uncosted",
+        "select currency, sum(cost) as cost, sum(original_cost) as original_cost, sum(calls)::bigint as calls,
+                sum(uncosted)::bigint as uncosted, sum(recosted)::bigint as recosted",
     );
     filter(&mut totals_query);
     totals_query.push(" group by currency order by currency");
     let mut totals = Vec::new();
-    let (mut calls, mut uncosted_records) = (0, 0);
+    let (mut calls, mut uncosted_records, mut recosted_records) = (0, 0, 0);
     for row in totals_query.build().fetch_all(pool).await? {
         calls += row.try_get::<i64, _>("calls")?;
         uncosted_records += row.try_get::<i64, _>("uncosted")?;
+        recosted_records += row.try_get::<i64, _>("recosted")?;
         if let Some(currency) = row.try_get::<Option<String>, _>("currency")? {
             let cost: Decimal = row.try_get("cost")?;
+            let original_cost: Decimal = row.try_get("original_cost")?;
             totals.push(CurrencyTotal {
                 currency,
                 cost: cost.normalize().to_string(),
+                original_cost: original_cost.normalize().to_string(),
             });
         }
     }
-    let (currency, total) = match totals.as_slice() {
-        [only] => (Some(only.currency.clone()), Some(only.cost.clone())),
-        _ => (None, None),
+    let (currency, total, original_total) = match totals.as_slice() {
+        [only] => (
+            Some(only.currency.clone()),
+            Some(only.cost.clone()),
+            Some(only.original_cost.clone()),
+        ),
+        _ => (None, None, None),
     };
     Ok(SpendReport {
         currency,
         total,
+        original_total,
         totals,
         calls,
         uncosted_records,
+        recosted_records,
         groups,
     })
 }

@@ -358,7 +358,10 @@ async fn spend_roll_ups_equal_sums_over_the_raw_records() {
             "select coalesce(jsonb_agg(g order by g::text), '[]') from (
                  select {select} currency, trim_scale(coalesce(sum(cost), 0))::text as cost,
                         sum(input_tokens)::bigint as input_tokens, sum(output_tokens)::bigint as output_tokens,
-                        count(*) as calls, count(*) filter (where cost is null) as uncosted
+                        count(*) as calls, count(*) filter (where cost is null) as uncosted,
+                        trim_scale(coalesce(sum(case when recosted then original_cost else cost end), 0))::text
+                            as original_cost,
+                        count(*) filter (where recosted) as recosted
                  from usage_record where tenant_id = 'acme' and ts >= '2026-10-01' and ts < '2026-12-01'
                  group by {grouping} currency) g"
         );
@@ -649,4 +652,113 @@ async fn the_budget_check_refuses_a_call_once_a_hard_budget_covering_it_is_exhau
     .await;
     let bad = app.get("/v1/budgets/check?prompt=not-a-uuid", &ingest_key).await;
     expect_problem(bad, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+}
+
+/// Sums over the raw records against the roll-ups of `acme`: (cost, original cost, calls).
+async fn raw_and_rolled_up(app: &TestApp) -> ((String, String, i64), (String, String, i64)) {
+    let raw: (String, String, i64) = sqlx::query_as(
+        "select trim_scale(coalesce(sum(cost), 0))::text,
+                trim_scale(coalesce(sum(case when recosted then original_cost else cost end), 0))::text, count(*)
+         from usage_record where tenant_id = 'acme'",
+    )
+    .fetch_one(app.pool())
+    .await
+    .expect("raw sums");
+    let rolled: (String, String, i64) = sqlx::query_as(
+        "select trim_scale(coalesce(sum(cost), 0))::text, trim_scale(coalesce(sum(original_cost), 0))::text,
+                coalesce(sum(calls), 0)::bigint
+         from usage_rollup where tenant_id = 'acme'",
+    )
+    .fetch_one(app.pool())
+    .await
+    .expect("roll-up sums");
+    (raw, rolled)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_correction_recosts_its_period_and_reports_show_both_figures() {
+    let app = TestApp::spawn().await;
+    priced_model(&app).await;
+    let key = &app.admin_key;
+    // March at the January price (0.45), July at the June price (0.86 each).
+    ingest(
+        &app,
+        key,
+        json!([
+            record("march", "2026-03-10T10:00:00Z"),
+            record("july-1", "2026-07-10T10:00:00Z"),
+            record("july-2", "2026-07-11T10:00:00Z")
+        ]),
+    )
+    .await;
+    let before = spend(&app, "?group_by=model").await;
+    assert_eq!(before["total"], "2.17", "{before}");
+    assert_eq!(before["original_total"], "2.17");
+    assert_eq!(before["recosted_records"], 0);
+
+    // The June price was mistyped: output is 0.90, not 1.20.
+    expect_status(
+        app.post(
+            "/v1/models/openai%2Fgpt-4o-mini/prices/corrections",
+            key,
+            json!({"effective_from": "2026-06-01T00:00:00Z", "input_per_mtok": "0.30", "output_per_mtok": "0.90",
+                   "cached_input_per_mtok": "0.10", "currency": "USD", "reason": "mistyped output price"}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    // Each July record: 0.80 × 0.30 + 0.20 × 0.10 + 0.5 × 0.90 = 0.71.
+    let after = spend(&app, "?group_by=day").await;
+    assert_eq!(after["total"], "1.87", "{after}");
+    assert_eq!(after["original_total"], "2.17");
+    assert_eq!(after["recosted_records"], 2);
+    let july = after["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .find(|group| group["day"] == "2026-07-10")
+        .expect("the 10th of July");
+    assert_eq!(
+        (
+            july["cost"].as_str(),
+            july["original_cost"].as_str(),
+            july["recosted"].as_i64()
+        ),
+        (Some("0.71"), Some("0.86"), Some(1))
+    );
+    let records = usage(&app, "?model=openai%2Fgpt-4o-mini").await;
+    let first = &records["items"][0];
+    assert_eq!(first["id"], "july-2");
+    assert_eq!(
+        (
+            first["cost"].as_str(),
+            first["original_cost"].as_str(),
+            first["recosted"].as_bool()
+        ),
+        (Some("0.71"), Some("0.86"), Some(true))
+    );
+    assert_eq!(records["items"][2]["recosted"], false, "March kept its price");
+    let (raw, rolled) = raw_and_rolled_up(&app).await;
+    assert_eq!(raw, rolled);
+
+    // Withdrawing the June period prices July at January's price; a second change keeps
+    // the first figures as the original.
+    let withdrawn = app
+        .request(
+            Method::DELETE,
+            "/v1/models/openai%2Fgpt-4o-mini/prices/2026-06-01T00:00:00Z",
+            key,
+        )
+        .header("X-Reason", "the June price never applied")
+        .send()
+        .await
+        .expect("withdraw");
+    assert!(withdrawn.status().is_success(), "{}", withdrawn.status());
+    let withdrawn_spend = spend(&app, "").await;
+    assert_eq!(withdrawn_spend["total"], "1.35", "{withdrawn_spend}");
+    assert_eq!(withdrawn_spend["original_total"], "2.17");
+    let (raw, rolled) = raw_and_rolled_up(&app).await;
+    assert_eq!(raw, rolled);
+    assert_eq!(raw.0, "1.35");
 }
