@@ -39,6 +39,7 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::audit::router())
         .merge(routes::rate_limits::router())
         .merge(routes::usage::router())
+        .merge(routes::analytics::router())
         .split_for_parts();
     // The live feed stays outside the idempotency layer, as it is not a command.
     let (feed, feed_document) = routes::feed::router().split_for_parts();

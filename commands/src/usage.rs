@@ -4,13 +4,14 @@
 //! new are inserted as arrays, and added to the spend roll-ups, in one statement. The
 //! months' partitions are created first, once per process.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use domain::call_summary::CallSummary;
 use domain::usage::{Cost, UsageRecord};
 use rust_decimal::Decimal;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// A valid record ready to store: its cost (`None`: uncosted) and the prompt version its
@@ -91,26 +92,30 @@ impl UsageStore {
                                                 $7::text[], $8::uuid[], $9::text[], $10::text[], $11::text[],
                                                 $12::bigint[], $13::bigint[], $14::bigint[], $15::int[], $16::text[],
                                                 $17::jsonb[], $18::numeric[], $20::text[])
-                 returning ts, model, prompt_id, feature, currency, input_tokens, output_tokens, cached_input_tokens,
-                           cost
+                 returning ts, model, prompt_id, prompt_version, prompt_label, feature, currency, input_tokens,
+                           output_tokens, cached_input_tokens, cost, status
              )
-             insert into usage_rollup as r (tenant_id, day, model, prompt_id, feature, key_id, currency, calls,
-                                            input_tokens, output_tokens, cached_input_tokens, cost, uncosted,
-                                            original_cost)
-             select $1, (ts at time zone 'UTC')::date, model, prompt_id, feature, $19, currency, count(*),
-                    sum(input_tokens), sum(output_tokens), sum(cached_input_tokens), coalesce(sum(cost), 0),
-                    count(*) filter (where cost is null), coalesce(sum(cost), 0)
+             insert into usage_rollup as r (tenant_id, day, model, prompt_id, prompt_version, prompt_label, feature,
+                                            key_id, currency, calls, input_tokens, output_tokens, cached_input_tokens,
+                                            cost, uncosted, original_cost, errors, last_used)
+             select $1, (ts at time zone 'UTC')::date, model, prompt_id, prompt_version, prompt_label, feature, $19,
+                    currency, count(*), sum(input_tokens), sum(output_tokens), sum(cached_input_tokens),
+                    coalesce(sum(cost), 0), count(*) filter (where cost is null), coalesce(sum(cost), 0),
+                    count(*) filter (where status <> 'ok'), max(ts)
              from stored
-             group by 2, 3, 4, 5, 7
-             order by 2, 3, 4, 5, 7
-             on conflict (tenant_id, day, model, prompt_id, feature, key_id, currency) do update set
+             group by 2, 3, 4, 5, 6, 7, 9
+             order by 2, 3, 4, 5, 6, 7, 9
+             on conflict (tenant_id, day, model, prompt_id, prompt_version, prompt_label, feature, key_id, currency)
+             do update set
                  calls = r.calls + excluded.calls,
                  input_tokens = r.input_tokens + excluded.input_tokens,
                  output_tokens = r.output_tokens + excluded.output_tokens,
                  cached_input_tokens = r.cached_input_tokens + excluded.cached_input_tokens,
                  cost = r.cost + excluded.cost,
                  uncosted = r.uncosted + excluded.uncosted,
-                 original_cost = r.original_cost + excluded.original_cost",
+                 original_cost = r.original_cost + excluded.original_cost,
+                 errors = r.errors + excluded.errors,
+                 last_used = greatest(r.last_used, excluded.last_used)",
         )
         .bind(tenant)
         .bind(columns.ids)
@@ -134,6 +139,7 @@ impl UsageStore {
         .bind(columns.currencies)
         .execute(&mut *tx)
         .await?;
+        add_to_analytics(&mut tx, tenant, &fresh).await?;
         tx.commit().await?;
         Ok(Stored {
             accepted: fresh.len(),
@@ -173,6 +179,103 @@ impl UsageStore {
         }
         Ok(())
     }
+}
+
+/// A row of `usage_analytics`: day, prompt, prompt version, label and feature.
+type AnalyticsKey = (
+    NaiveDate,
+    Option<Uuid>,
+    Option<i32>,
+    Option<String>,
+    Option<String>,
+);
+
+/// Adds the latencies and metrics of `records` to their rows of `usage_analytics`: rows are
+/// made if new, then read, merged and written back, locked in one order by every writer.
+async fn add_to_analytics(
+    tx: &mut PgConnection,
+    tenant: &str,
+    records: &[&CostedRecord],
+) -> sqlx::Result<()> {
+    let mut groups: BTreeMap<AnalyticsKey, CallSummary> = BTreeMap::new();
+    for costed in records {
+        let record = &costed.record;
+        if record.latency_ms.is_none() && record.metrics.is_empty() {
+            continue;
+        }
+        let key = (
+            record.timestamp.date_naive(),
+            record.prompt_id,
+            costed.prompt_version.or(record.prompt_version).map(|v| v as i32),
+            record.prompt_label.clone(),
+            record.feature.clone(),
+        );
+        groups.entry(key).or_default().add(record);
+    }
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let (mut days, mut prompts, mut versions, mut labels, mut features) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for (day, prompt, version, label, feature) in groups.keys() {
+        days.push(*day);
+        prompts.push(*prompt);
+        versions.push(*version);
+        labels.push(label.clone());
+        features.push(feature.clone());
+    }
+    let keys = "unnest($2::date[], $3::uuid[], $4::int[], $5::text[], $6::text[])
+                with ordinality as k(day, prompt_id, prompt_version, prompt_label, feature, ord)";
+    let matching = "a.tenant_id = $1 and a.day = k.day and a.prompt_id is not distinct from k.prompt_id
+                    and a.prompt_version is not distinct from k.prompt_version
+                    and a.prompt_label is not distinct from k.prompt_label
+                    and a.feature is not distinct from k.feature";
+    sqlx::query(&format!(
+        "insert into usage_analytics (tenant_id, day, prompt_id, prompt_version, prompt_label, feature, summary)
+         select $1, day, prompt_id, prompt_version, prompt_label, feature, '{{}}' from {keys} order by ord
+         on conflict do nothing"
+    ))
+    .bind(tenant)
+    .bind(&days)
+    .bind(&prompts)
+    .bind(&versions)
+    .bind(&labels)
+    .bind(&features)
+    .execute(&mut *tx)
+    .await?;
+    let stored: Vec<(i64, serde_json::Value)> = sqlx::query_as(&format!(
+        "select k.ord, a.summary from usage_analytics a join {keys} on {matching} order by k.ord for update of a"
+    ))
+    .bind(tenant)
+    .bind(&days)
+    .bind(&prompts)
+    .bind(&versions)
+    .bind(&labels)
+    .bind(&features)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut merged: Vec<serde_json::Value> = Vec::with_capacity(groups.len());
+    for ((_, added), (_, summary)) in groups.iter().zip(stored) {
+        // A row just made holds `{}`, which reads as an empty summary.
+        let mut summary: CallSummary = serde_json::from_value(summary).unwrap_or_default();
+        summary.merge(added);
+        merged.push(serde_json::to_value(&summary).unwrap_or_default());
+    }
+    sqlx::query(&format!(
+        "update usage_analytics a set summary = s.summary
+         from {keys} join unnest($7::jsonb[]) with ordinality as s(summary, ord) on s.ord = k.ord
+         where {matching}"
+    ))
+    .bind(tenant)
+    .bind(&days)
+    .bind(&prompts)
+    .bind(&versions)
+    .bind(&labels)
+    .bind(&features)
+    .bind(&merged)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// The records as one array per column, for one `unnest` insert.

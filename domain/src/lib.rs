@@ -27,6 +27,7 @@ pub mod approval;
 pub mod audit;
 pub mod budget;
 pub mod bulk;
+pub mod call_summary;
 pub mod category;
 pub mod config;
 pub mod fields;

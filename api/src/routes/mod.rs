@@ -3,6 +3,7 @@
 //! through the application state or a projection's queries, and renders the answer. SQL
 //! lives with the projections, not here.
 
+pub mod analytics;
 pub mod approvals;
 pub mod audit;
 pub mod budgets;

@@ -24,18 +24,32 @@ struct RollupDelta {
     uncosted: i64,
     original_cost: Decimal,
     recosted: i64,
+    errors: i64,
+    /// The latest call the row gains.
+    last_used: Option<DateTime<Utc>>,
 }
 
-/// A roll-up row of the model: day, prompt, feature, key and currency.
-type RollupKey = (NaiveDate, Option<Uuid>, Option<String>, Uuid, Option<String>);
+/// A roll-up row of the model: day, prompt, prompt version, label, feature, key and currency.
+type RollupKey = (
+    NaiveDate,
+    Option<Uuid>,
+    Option<i32>,
+    Option<String>,
+    Option<String>,
+    Uuid,
+    Option<String>,
+);
 
 #[derive(sqlx::FromRow)]
 struct Stored {
     record_id: String,
     ts: DateTime<Utc>,
     prompt_id: Option<Uuid>,
+    prompt_version: Option<i32>,
+    prompt_label: Option<String>,
     feature: Option<String>,
     key_id: Uuid,
+    status: String,
     input_tokens: i64,
     output_tokens: i64,
     cached_input_tokens: i64,
@@ -56,7 +70,7 @@ pub async fn recost(
     periods: &[PricePeriod],
 ) -> sqlx::Result<usize> {
     let records: Vec<Stored> = sqlx::query_as(
-        "select record_id, ts, prompt_id, feature, key_id, input_tokens, output_tokens, cached_input_tokens,
+        "select record_id, ts, prompt_id, prompt_version, prompt_label, feature, key_id, status, input_tokens, output_tokens, cached_input_tokens,
                 cost, currency, recosted, original_cost
          from usage_record where tenant_id = $1 and model = $2 and ts >= $3
          for update",
@@ -99,6 +113,8 @@ pub async fn recost(
             let key: RollupKey = (
                 record.ts.date_naive(),
                 record.prompt_id,
+                record.prompt_version,
+                record.prompt_label.clone(),
                 record.feature.clone(),
                 record.key_id,
                 currency,
@@ -110,6 +126,10 @@ pub async fn recost(
             delta.cached_input_tokens += sign * record.cached_input_tokens;
             delta.cost += Decimal::from(sign) * cost.unwrap_or_default();
             delta.uncosted += sign * i64::from(cost.is_none());
+            delta.errors += sign * i64::from(record.status != "ok");
+            if sign > 0 {
+                delta.last_used = delta.last_used.max(Some(record.ts));
+            }
             delta.original_cost += Decimal::from(sign) * original.unwrap_or_default();
             // The row it leaves loses it as recosted if it was; the row it joins counts it.
             delta.recosted += if sign > 0 { 1 } else { -i64::from(record.recosted) };
@@ -160,12 +180,17 @@ async fn apply_deltas(
     let mut rows: Vec<_> = deltas.into_iter().collect();
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     let mut days = vec![];
-    let (mut prompts, mut features, mut keys, mut currencies) = (vec![], vec![], vec![], vec![]);
+    let (mut prompts, mut versions, mut labels, mut features) = (vec![], vec![], vec![], vec![]);
+    let (mut keys, mut currencies, mut errors, mut last_used) = (vec![], vec![], vec![], vec![]);
     let (mut calls, mut inputs, mut outputs, mut cached) = (vec![], vec![], vec![], vec![]);
     let (mut costs, mut uncosted, mut originals, mut recosted) = (vec![], vec![], vec![], vec![]);
-    for ((day, prompt, feature, key, currency), delta) in rows {
+    for ((day, prompt, version, label, feature, key, currency), delta) in rows {
         days.push(day);
         prompts.push(prompt);
+        versions.push(version);
+        labels.push(label);
+        errors.push(delta.errors);
+        last_used.push(delta.last_used);
         features.push(feature);
         keys.push(key);
         currencies.push(currency);
@@ -181,11 +206,13 @@ async fn apply_deltas(
     sqlx::query(
         "insert into usage_rollup as r (tenant_id, model, day, prompt_id, feature, key_id, currency, calls,
                                         input_tokens, output_tokens, cached_input_tokens, cost, uncosted,
-                                        original_cost, recosted)
+                                        original_cost, recosted, prompt_version, prompt_label, errors, last_used)
          select $1, $2, * from unnest($3::date[], $4::uuid[], $5::text[], $6::uuid[], $7::text[], $8::bigint[],
                                       $9::bigint[], $10::bigint[], $11::bigint[], $12::numeric[], $13::bigint[],
-                                      $14::numeric[], $15::bigint[])
-         on conflict (tenant_id, day, model, prompt_id, feature, key_id, currency) do update set
+                                      $14::numeric[], $15::bigint[], $16::int[], $17::text[], $18::bigint[],
+                                      $19::timestamptz[])
+         on conflict (tenant_id, day, model, prompt_id, prompt_version, prompt_label, feature, key_id, currency)
+         do update set
              calls = r.calls + excluded.calls,
              input_tokens = r.input_tokens + excluded.input_tokens,
              output_tokens = r.output_tokens + excluded.output_tokens,
@@ -193,6 +220,8 @@ async fn apply_deltas(
              cost = r.cost + excluded.cost,
              uncosted = r.uncosted + excluded.uncosted,
              original_cost = r.original_cost + excluded.original_cost,
+             errors = r.errors + excluded.errors,
+             last_used = greatest(r.last_used, excluded.last_used),
              recosted = r.recosted + excluded.recosted",
     )
     .bind(tenant)
@@ -210,6 +239,10 @@ async fn apply_deltas(
     .bind(&uncosted)
     .bind(&originals)
     .bind(&recosted)
+    .bind(&versions)
+    .bind(&labels)
+    .bind(&errors)
+    .bind(&last_used)
     .execute(&mut *tx)
     .await?;
     // A row every record moved out of is gone, not a row of zeros.

@@ -762,3 +762,124 @@ async fn a_price_correction_recosts_its_period_and_reports_show_both_figures() {
     assert_eq!(raw, rolled);
     assert_eq!(raw.0, "1.35");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_give_each_version_label_and_feature_its_figures_and_percentiles() {
+    let app = TestApp::spawn().await;
+    priced_model(&app).await;
+    let key = &app.admin_key;
+    let prompt = app.create_prompt("support-answer").await;
+    app.publish(&prompt, "v1 {{question}}").await;
+    app.publish(&prompt, "v2 {{question}}").await;
+    let label = |version: i64| {
+        let path = format!("/v1/prompts/{prompt}/labels/production");
+        let app = &app;
+        async move {
+            expect_status(
+                app.put(&path, key, json!({"version": version})).await,
+                StatusCode::OK,
+            )
+            .await;
+        }
+    };
+    let today = chrono::Utc::now();
+    let yesterday = today - chrono::Duration::days(1);
+    // Yesterday production served v1: 100 calls of 1..=100 ms, every tenth failing.
+    label(1).await;
+    let calls = |prefix: &str, at: chrono::DateTime<chrono::Utc>, feature: &str, rating: f64| {
+        (1..=100)
+            .map(|n| {
+                let mut record = record(&format!("{prefix}-{n}"), &at.to_rfc3339());
+                record["prompt_id"] = json!(prompt);
+                record["prompt_label"] = json!("production");
+                record["feature"] = json!(feature);
+                record["latency_ms"] = json!(n * 10);
+                record["status"] = json!(if n % 10 == 0 { "timeout" } else { "ok" });
+                record["metrics"] = json!({"rating": rating});
+                record
+            })
+            .collect::<Vec<Value>>()
+    };
+    ingest(&app, key, json!(calls("old", yesterday, "search", 3.0))).await;
+    // Today it serves v2, for two features.
+    label(2).await;
+    ingest(&app, key, json!(calls("new", today, "search", 5.0))).await;
+    ingest(&app, key, json!(calls("chat", today, "chat", 4.0))).await;
+
+    let analytics = expect_status(
+        app.get(&format!("/v1/analytics/prompts/{prompt}"), key).await,
+        StatusCode::OK,
+    )
+    .await;
+    let versions = analytics["versions"].as_array().expect("versions");
+    assert_eq!(versions.len(), 2, "{analytics}");
+    let (v2, v1) = (&versions[0], &versions[1]);
+    assert_eq!(
+        (v2["version"].as_i64(), v2["calls"].as_i64()),
+        (Some(2), Some(200))
+    );
+    assert_eq!(
+        (v1["version"].as_i64(), v1["calls"].as_i64()),
+        (Some(1), Some(100))
+    );
+    assert_eq!(v1["error_rate"], 0.1);
+    // 100 calls at 0.86 (the June price applies to any recent day).
+    assert_eq!(
+        v1["cost"],
+        json!([{"currency": "USD", "cost": "86", "original_cost": "86"}])
+    );
+    // Latencies 10..=1000 ms: the sketch is within 1 % of the exact percentile.
+    for (name, exact) in [("p50", 500.0), ("p95", 950.0), ("p99", 990.0)] {
+        let estimate = v1["latency_ms"][name].as_f64().expect("percentile");
+        assert!((estimate - exact).abs() / exact <= 0.0101, "{name} {estimate}");
+    }
+    assert_eq!(v2["metrics"]["rating"], 4.5);
+    assert!(v2["last_used"].as_str().is_some());
+    let labels = analytics["labels"].as_array().expect("labels");
+    assert_eq!(labels.len(), 2, "{analytics}");
+    assert_eq!(labels[0]["versions"], json!([1]));
+    assert_eq!(labels[1]["versions"], json!([2]));
+    assert_eq!(labels[1]["calls"], 200);
+
+    // Features today against yesterday: search kept its calls and its rating rose.
+    let from = today.date_naive();
+    let to = from + chrono::Days::new(1);
+    let features = expect_status(
+        app.get(&format!("/v1/analytics/features?from={from}&to={to}"), key)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let by_name = |name: &str| {
+        features["features"]
+            .as_array()
+            .expect("features")
+            .iter()
+            .find(|f| f["feature"] == name)
+            .cloned()
+            .expect("feature")
+    };
+    let search = by_name("search");
+    assert_eq!(search["calls"], 100);
+    assert_eq!(search["previous"]["calls"], 100);
+    assert_eq!(search["change"]["calls"], 0.0);
+    assert_eq!(search["change"]["error_rate"], 0.0);
+    assert_eq!(search["metrics"]["rating"], 5.0);
+    assert_eq!(search["previous"]["metrics"]["rating"], 3.0);
+    let chat = by_name("chat");
+    assert_eq!(chat["previous"], Value::Null);
+    assert_eq!(chat["change"]["calls"], Value::Null);
+
+    // Bad ranges and another tenant's prompt are refused.
+    for bad in [
+        "?from=2026-12-01&to=2026-11-01",
+        "?from=2020-01-01&to=2026-01-01",
+        "?to=soon",
+    ] {
+        let refused = app.get(&format!("/v1/analytics/features{bad}"), key).await;
+        expect_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+    }
+    let globex = app.key("globex", "viewer").await;
+    let hidden = app.get(&format!("/v1/analytics/prompts/{prompt}"), &globex).await;
+    expect_problem(hidden, StatusCode::NOT_FOUND, "not-found").await;
+}
