@@ -60,7 +60,12 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::docs::router(&document))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    let routes = routes.route_layer(axum::middleware::from_fn(crate::metrics::mark_route));
     crate::hardening::protect(routes, &state.guards)
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
+        ))
         .layer(
             // One line per answered request, in the request-id span (the current one here);
             // failures are logged where they are understood, so not again here.
@@ -97,6 +102,10 @@ pub async fn serve_until(
     let _scheduler = crate::scheduler::spawn(state.clone());
     let _bulk_runner = crate::bulk::runner::spawn(state.clone());
     let _budget_watcher = crate::budget_watch::spawn(state.clone());
+    let _metrics_server = match &settings.metrics_listen {
+        Some(address) => Some(serve_metrics(state.clone(), address).await?),
+        None => None,
+    };
     let feed = state.feed.clone();
     // Open connections hold the state after the server stops; the feed stops with it.
     let _relay = state.relay.as_ref().map(|relay| relay.stop_on_drop());
@@ -130,4 +139,40 @@ async fn shutdown_signal() {
         _ = terminate => {},
     }
     tracing::info!("shutting down");
+}
+
+/// A server of `GET /metrics` alone; it stops when this is dropped.
+struct MetricsServer(tokio::task::JoinHandle<()>);
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves `GET /metrics` without a key on `address`, for a scraper on a private network.
+async fn serve_metrics(state: AppState, address: &str) -> std::io::Result<MetricsServer> {
+    let listener = TcpListener::bind(address).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {address} (AIPM_METRICS_LISTEN): {e}"),
+        )
+    })?;
+    tracing::info!(%address, "serving metrics");
+    let router = Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(
+                |axum::extract::State(state): axum::extract::State<AppState>| async move {
+                    routes::system::metrics_response(&state).await
+                },
+            ),
+        )
+        .fallback(|| async { ApiError::NoRoute })
+        .with_state(state);
+    Ok(MetricsServer(tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, "the metrics server stopped");
+        }
+    })))
 }

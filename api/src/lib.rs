@@ -6,6 +6,7 @@
 //! - [`settings`]: what a server is configured with (limits, the feed, idempotency).
 //! - [`error`]: problem+json errors; [`telemetry`], [`request_id`]: logging and request ids;
 //!   [`db`]: connecting, creating the database and migrating.
+//! - [`metrics`]: Prometheus metrics, and the middleware counting HTTP requests.
 //! - [`hardening`]: rate limits, brute-force protection, body limits, timeouts, load
 //!   shedding, CORS and security headers.
 //! - [`auth`]: API keys and the authenticated [`auth::Caller`].
@@ -30,6 +31,7 @@ pub mod error;
 pub mod extract;
 pub mod hardening;
 pub mod idempotency;
+pub mod metrics;
 pub mod openapi;
 pub mod request_id;
 pub mod routes;

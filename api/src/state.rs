@@ -92,6 +92,10 @@ pub struct App {
     pub feed_settings: FeedSettings,
     /// The NATS feed, when configured. Commands never wait for it.
     pub relay: Option<Relay>,
+    /// What `GET /metrics` renders.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Commands run and events appended by this process, by type.
+    pub command_stats: Arc<commands::stats::CommandStats>,
     /// Where the audit chains are anchored, when configured.
     pub anchors: Option<AnchorSettings>,
 }
@@ -140,6 +144,8 @@ impl App {
             feed_settings: settings.feed.clone(),
             relay,
             anchors: settings.anchors.clone(),
+            metrics: Arc::default(),
+            command_stats: store.stats.clone(),
             flags: store.aggregates(()),
             protections: store.aggregates(()),
             change_requests: store.aggregates(()),

@@ -7,6 +7,7 @@
 //! - [`idempotency`]: idempotency keys: claims and stored responses.
 //! - `append`: writing appends (events, claims, snapshots, idempotency outcomes and the
 //!   inline read models) in one transaction per batch of concurrent commands.
+//! - [`stats`]: counts of the commands run and events appended, by type, for metrics.
 //! - [`store`]: the event store: loading, the aggregate cache, optimistic concurrency,
 //!   running commands, and rebuilding what a keyed command committed.
 //! - [`usage`]: storing usage records, telemetry rather than events.
@@ -14,6 +15,7 @@
 mod append;
 pub mod idempotency;
 pub mod metadata;
+pub mod stats;
 pub mod store;
 pub mod usage;
 

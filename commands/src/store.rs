@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::append::{Append, AppendError, Appender};
 use crate::metadata::{CommandMetadata, IdempotencyScope};
+use crate::stats::{CommandStats, Outcome};
 
 /// A snapshot is written every this many events of one aggregate, so that loading a
 /// prompt with thousands of versions reads at most this many events after its snapshot.
@@ -96,6 +97,8 @@ pub struct EventStore {
     /// Writes appends, with group commit, and the inline projections with them.
     appender: Appender,
     appended: Arc<watch::Sender<u64>>,
+    /// Commands run and events appended, by type.
+    pub stats: Arc<CommandStats>,
 }
 
 impl EventStore {
@@ -107,6 +110,7 @@ impl EventStore {
             appender: Appender::start(pool.clone(), inline),
             pool,
             appended: Arc::new(watch::channel(0).0),
+            stats: Arc::default(),
         }
     }
 
@@ -164,8 +168,11 @@ where
         expected_version: Option<u64>,
         metadata: &CommandMetadata,
     ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
-        self.run(aggregate_id, command, expected_version, metadata, false)
-            .await
+        let result = self
+            .run(aggregate_id, command, expected_version, metadata, false)
+            .await;
+        self.count(&result);
+        result
     }
 
     /// Like [`execute`](Self::execute) for an id the caller has just generated: the first
@@ -178,7 +185,32 @@ where
         command: A::Command,
         metadata: &CommandMetadata,
     ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
-        self.run(aggregate_id, command, None, metadata, true).await
+        let result = self.run(aggregate_id, command, None, metadata, true).await;
+        self.count(&result);
+        result
+    }
+
+    fn count(&self, result: &Result<Committed<A::Event>, CommandError<A::Error>>) {
+        let (outcome, event_types) = match result {
+            Ok(committed) if committed.events.is_empty() => (Outcome::Unchanged, Vec::new()),
+            Ok(committed) => (
+                Outcome::Committed,
+                committed.events.iter().map(DomainEvent::event_type).collect(),
+            ),
+            Err(
+                CommandError::Rejected(_)
+                | CommandError::NotFound
+                | CommandError::NameTaken { .. }
+                | CommandError::NoSuchReference { .. }
+                | CommandError::StillReferenced { .. }
+                | CommandError::AlreadyApplied,
+            ) => (Outcome::Rejected, Vec::new()),
+            Err(CommandError::VersionMismatch { .. } | CommandError::Contended) => {
+                (Outcome::Conflict, Vec::new())
+            }
+            Err(_) => (Outcome::Failed, Vec::new()),
+        };
+        self.store.stats.record(A::TYPE, outcome, &event_types);
     }
 
     async fn run(

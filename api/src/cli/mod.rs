@@ -77,6 +77,9 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "AIPM_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// Also serve `GET /metrics`, without a key, on this address (keep it private).
+    #[arg(long, env = "AIPM_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Database connections in the pool.
     #[arg(long, env = "AIPM_DB_CONNECTIONS", default_value_t = 48)]
     pub db_connections: u32,
@@ -111,6 +114,7 @@ impl ServeArgs {
         }
         .with_relay(relay);
         settings.idempotency.ttl = self.idempotency_ttl;
+        settings.metrics_listen = self.metrics_listen.clone().filter(|address| !address.is_empty());
         Ok(settings)
     }
 }

@@ -4,7 +4,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
+use chrono::Datelike;
 use domain::access::Permission;
+use rust_decimal::prelude::ToPrimitive;
 use serde_json::json;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -19,6 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(projection_lag))
+        .routes(routes!(metrics))
 }
 
 // The types below describe the JSON the handlers build; the OpenAPI test validates real
@@ -144,4 +147,91 @@ async fn nats_feed(app: &AppState) -> serde_json::Value {
             }
         },
     }
+}
+
+/// `GET /metrics`: the process's metrics in the Prometheus text format (operators: the
+/// figures span every tenant). Unauthenticated on `AIPM_METRICS_LISTEN` when that is set.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "system",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain", body = String),
+        (status = 403, description = "The key may not see operational state"),
+    )
+)]
+async fn metrics(State(app): State<AppState>, caller: Caller) -> ApiResult<impl IntoResponse> {
+    caller.require(Permission::Operate)?;
+    metrics_response(&app).await
+}
+
+/// The metrics, with the figures read at scrape time brought up to date.
+pub async fn metrics_response(app: &AppState) -> ApiResult<axum::response::Response> {
+    let metrics = &app.metrics;
+    for (aggregate, outcome, count) in app.command_stats.commands() {
+        let counter = metrics.commands.with_label_values(&[aggregate, outcome.as_str()]);
+        counter.inc_by(count.saturating_sub(counter.get()));
+    }
+    for (aggregate, event_type, count) in app.command_stats.events() {
+        let counter = metrics
+            .events
+            .with_label_values(&[aggregate, event_type.as_str()]);
+        counter.inc_by(count.saturating_sub(counter.get()));
+    }
+    let mut lags = Vec::new();
+    for projection in projections::all() {
+        if !projection.inline() {
+            lags.push(projections::lag::lag(&app.pool, projection.name()).await?);
+        }
+    }
+    if let Some(relay) = &app.relay {
+        lags.push(relay.report(&app.pool).await?.lag);
+    }
+    for lag in lags {
+        metrics
+            .projection_lag_events
+            .with_label_values(&[lag.name.as_str()])
+            .set(lag.events_behind);
+        metrics
+            .projection_lag_seconds
+            .with_label_values(&[lag.name.as_str()])
+            .set(lag.seconds_behind);
+    }
+    // Series of what no longer exists go with it.
+    metrics.spend.reset();
+    let month_start = chrono::Utc::now().date_naive().with_day(1).unwrap_or_default();
+    for spend in projections::usage::queries::spend_since(&app.pool, month_start).await? {
+        metrics
+            .spend
+            .with_label_values(&[
+                spend.tenant.as_str(),
+                spend.model.as_str(),
+                spend.currency.as_str(),
+            ])
+            .set(spend.cost.to_f64().unwrap_or(f64::NAN));
+    }
+    metrics.budget_used.reset();
+    for live in app.live_budgets.every() {
+        let (budget, standing) = (&live.budget, &live.standing);
+        let ratio = (standing.percent_used / rust_decimal::Decimal::ONE_HUNDRED)
+            .to_f64()
+            .unwrap_or(f64::NAN);
+        metrics
+            .budget_used
+            .with_label_values(&[
+                budget.tenant.as_str(),
+                &budget.id.to_string(),
+                budget.name.as_str(),
+                budget.terms.enforcement.as_str(),
+            ])
+            .set(ratio);
+    }
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+        .into_response())
 }

@@ -199,6 +199,16 @@ async fn ingest(
         .usage
         .store(&app.pool, &caller.tenant, caller.key_id, costed)
         .await?;
+    for (outcome, count) in [
+        ("accepted", stored.accepted),
+        ("duplicate", stored.duplicates),
+        ("rejected", rejected.len()),
+    ] {
+        app.metrics
+            .usage_records
+            .with_label_values(&[caller.tenant.as_str(), outcome])
+            .inc_by(count as u64);
+    }
     // The budget check and the threshold crossings see these records before the answer.
     if stored.accepted > stored.uncosted {
         app.refresh_budgets().await;

@@ -33,6 +33,9 @@ pub struct Settings {
     pub relay: Option<projections::relay::RelaySettings>,
     /// Anchoring the audit chains; `None`: not anchored.
     pub anchors: Option<projections::audit::anchor::AnchorSettings>,
+    /// Where to serve `GET /metrics` without a key (`AIPM_METRICS_LISTEN`); `None`: only on
+    /// the API, to operators' keys.
+    pub metrics_listen: Option<String>,
 }
 
 impl Settings {

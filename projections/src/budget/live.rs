@@ -91,6 +91,16 @@ impl LiveBudgets {
             .unwrap_or_default()
     }
 
+    /// Every budget of every tenant, as of the last refresh.
+    pub fn every(&self) -> Vec<Arc<LiveBudget>> {
+        let standings = self
+            .standings
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        standings.values().flatten().cloned().collect()
+    }
+
     /// Reads every budget and what it spent in its current period at `now`, and holds that.
     pub async fn refresh(&self, pool: &PgPool, now: DateTime<Utc>) -> sqlx::Result<Arc<Standings>> {
         let budgets = every_budget(pool).await?;

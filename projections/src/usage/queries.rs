@@ -383,3 +383,25 @@ pub async fn spent_on(
         .map(|(id, spent)| (id, spent.normalize()))
         .collect())
 }
+
+/// Spend of one tenant on one model in one currency.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ModelSpend {
+    pub tenant: String,
+    pub model: String,
+    pub currency: String,
+    pub cost: Decimal,
+}
+
+/// Every tenant's spend by model and currency from `first_day` on, from the roll-ups (for
+/// operators' metrics; not scoped to a tenant).
+pub async fn spend_since(pool: &PgPool, first_day: chrono::NaiveDate) -> sqlx::Result<Vec<ModelSpend>> {
+    sqlx::query_as(
+        "select tenant_id as tenant, model, currency, sum(cost) as cost from usage_rollup
+         where day >= $1 and currency is not null
+         group by tenant_id, model, currency order by tenant_id, model, currency",
+    )
+    .bind(first_day)
+    .fetch_all(pool)
+    .await
+}

@@ -883,3 +883,108 @@ async fn analytics_give_each_version_label_and_feature_its_figures_and_percentil
     let hidden = app.get(&format!("/v1/analytics/prompts/{prompt}"), &globex).await;
     expect_problem(hidden, StatusCode::NOT_FOUND, "not-found").await;
 }
+
+/// The value of the series `series` (name and labels as Prometheus prints them) in `text`.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_commands_events_and_usage_and_show_spend_budgets_and_lag() {
+    // A free port for the keyless metrics listener.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port();
+    let mut settings = integration_tests::harness::test_settings();
+    settings.metrics_listen = Some(format!("127.0.0.1:{port}"));
+    let app = TestApp::spawn_with(settings).await;
+    priced_model(&app).await;
+    let key = &app.admin_key;
+    let budget = define_budget(
+        &app,
+        json!({"name": "all", "scope": {"kind": "tenant"}, "period": "monthly", "amount": "10",
+               "currency": "USD"}),
+    )
+    .await;
+    let at = chrono::Utc::now().to_rfc3339();
+    ingest(
+        &app,
+        key,
+        json!([record("one", &at), record("one", &at), {"id": "bad"}]),
+    )
+    .await;
+
+    let response = app.get("/metrics", key).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .is_ok_and(|v| v.starts_with("text/plain")));
+    let text = response.text().await.expect("text");
+    let value = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+    assert_eq!(
+        value(r#"aipm_http_requests_total{method="POST",route="/v1/usage",status="200"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"aipm_http_requests_total{method="POST",route="/v1/models/{model}/prices",status="201"}"#),
+        2.0,
+        "requests count by route pattern, not by path"
+    );
+    assert_eq!(
+        value(r#"aipm_http_request_duration_seconds_count{method="POST",route="/v1/usage"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"aipm_commands_total{aggregate_type="budget",outcome="committed"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"aipm_events_appended_total{aggregate_type="model",event_type="ModelPriceSet"}"#),
+        2.0
+    );
+    for (outcome, count) in [("accepted", 1.0), ("duplicate", 1.0), ("rejected", 1.0)] {
+        let series = format!(r#"aipm_usage_records_total{{outcome="{outcome}",tenant="acme"}}"#);
+        assert_eq!(value(&series), count, "{outcome}");
+    }
+    assert_eq!(
+        value(r#"aipm_spend_month_to_date{currency="USD",model="openai/gpt-4o-mini",tenant="acme"}"#),
+        0.86
+    );
+    let budget_series =
+        format!(r#"aipm_budget_used_ratio{{budget="{budget}",enforcement="soft",name="all",tenant="acme"}}"#);
+    assert_eq!(value(&budget_series), 0.086);
+    assert!(metric(&text, r#"aipm_projection_lag_events{projection="audit"}"#).is_some());
+
+    // Operators only on the API; anyone who can reach the metrics listener.
+    let viewer = app.key("acme", "viewer").await;
+    expect_problem(
+        app.get("/metrics", &viewer).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    let anonymous = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let scraped = app
+        .client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(scraped.status(), StatusCode::OK);
+    let scraped = scraped.text().await.expect("text");
+    assert_eq!(
+        metric(
+            &scraped,
+            r#"aipm_usage_records_total{outcome="accepted",tenant="acme"}"#
+        ),
+        Some(1.0)
+    );
+}
