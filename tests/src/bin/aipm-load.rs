@@ -170,6 +170,9 @@ enum Scenario {
     /// GET /v1/prompts/{id}/resolve?label=production, each client its own labelled prompt:
     /// a read from memory.
     ResolveLabel,
+    /// GET /v1/budgets/check for one of eight features, with budgets over the tenant and a
+    /// feature: a read from memory.
+    CheckBudget,
 }
 
 impl Scenario {
@@ -181,6 +184,7 @@ impl Scenario {
             Scenario::Healthz => "healthz",
             Scenario::EvaluateFlag => "evaluate-flag",
             Scenario::ResolveLabel => "resolve-label",
+            Scenario::CheckBudget => "check-budget",
         }
     }
 
@@ -209,6 +213,10 @@ impl Scenario {
                 api.client
                     .get(api.url(&format!("/v1/prompts/{prompt}/resolve?label=production"))),
             ),
+            (Scenario::CheckBudget, _) => authorized(api.client.get(api.url(&format!(
+                "/v1/budgets/check?model=openai%2Fgpt-4o-mini&feature=feature-{}",
+                n % 8
+            )))),
             (Scenario::EvaluateFlag, _) => authorized(
                 api.client
                     .get(api.url(&format!("/v1/flags/{BENCH_FLAG}/evaluate?subject={prefix}-{n}"))),
@@ -713,6 +721,23 @@ async fn prepare_prompts(
         api.send_ok(reqwest::Method::PUT, &format!("/v1/flags/{BENCH_FLAG}"), &flag)
             .await?;
     }
+    if scenario == Scenario::CheckBudget {
+        for (name, scope) in [
+            ("bench: everything", json!({"kind": "tenant"})),
+            ("bench: feature-1", json!({"kind": "feature", "id": "feature-1"})),
+        ] {
+            let budget = json!({"name": name, "scope": scope, "period": "monthly", "amount": "1000000",
+                                "currency": "USD", "enforcement": "hard"});
+            // Defined by an earlier run already: a 409, which is fine.
+            let _ = api
+                .client
+                .post(api.url("/v1/budgets"))
+                .bearer_auth(&*api.key)
+                .json(&budget)
+                .send()
+                .await;
+        }
+    }
     if !scenario.needs_prompt() {
         return Ok(vec![None; clients]);
     }
@@ -931,10 +956,25 @@ async fn bulk(args: BulkArgs) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // Ingestion
 
-/// One usage record as JSON, the same shape for the API and (as CSV) for COPY.
-fn usage_record_json(id: &str) -> String {
+/// The varying parts of the `i`th record of a batch: its feature (one of eight), latency and
+/// rating, so that ingestion keeps several analytics summaries and real latency sketches.
+fn usage_record_parts(i: usize) -> (String, usize, usize) {
+    (format!("feature-{}", i % 8), 200 + (i * 37) % 3000, i % 5)
+}
+
+/// One usage record as JSON, the same record as [`usage_record_csv`] gives COPY.
+fn usage_record_json(id: &str, i: usize) -> String {
+    let (feature, latency, rating) = usage_record_parts(i);
     format!(
-        r#"{{"id":"{id}","timestamp":"2026-11-15T10:00:00Z","model":"openai/gpt-4o-mini","feature":"support-chat","input_tokens":1200,"output_tokens":300,"cached_input_tokens":200,"latency_ms":840,"status":"ok"}}"#
+        r#"{{"id":"{id}","timestamp":"2026-11-15T10:00:00Z","model":"openai/gpt-4o-mini","feature":"{feature}","input_tokens":1200,"output_tokens":300,"cached_input_tokens":200,"latency_ms":{latency},"status":"ok","metrics":{{"rating":{rating}}}}}"#
+    )
+}
+
+/// One usage record as a CSV row for COPY, as ingestion stores it.
+fn usage_record_csv(id: &str, i: usize, key_id: Uuid) -> String {
+    let (feature, latency, rating) = usage_record_parts(i);
+    format!(
+        "acme,{id},2026-11-15T10:00:00Z,openai/gpt-4o-mini,{feature},1200,300,200,{latency},ok,\"{{\"\"rating\"\":{rating}}}\",0.000345,USD,{key_id}\n"
     )
 }
 
@@ -968,14 +1008,13 @@ async fn ingest(args: IngestArgs) -> Result<()> {
             while Instant::now() < deadline {
                 let mut csv = String::with_capacity(batch * 160);
                 for i in 0..batch {
-                    csv.push_str(&format!(
-                        "acme,{tag}-c{client}-b{n}-{i},2026-11-15T10:00:00Z,openai/gpt-4o-mini,support-chat,1200,300,200,840,ok,0.000345,USD,{key_id}\n"
-                    ));
+                    csv.push_str(&usage_record_csv(&format!("{tag}-c{client}-b{n}-{i}"), i, key_id));
                 }
                 let mut copy = conn
                     .copy_in_raw(
                         "copy usage_copy_ceiling (tenant_id, record_id, ts, model, feature, input_tokens, output_tokens,
-                             cached_input_tokens, latency_ms, status, cost, currency, key_id) from stdin (format csv)",
+                             cached_input_tokens, latency_ms, status, metrics, cost, currency, key_id)
+                         from stdin (format csv)",
                     )
                     .await?;
                 copy.send(csv.into_bytes()).await?;
@@ -1039,7 +1078,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
                     if i > 0 {
                         body.push(',');
                     }
-                    body.push_str(&usage_record_json(&format!("{tag}-c{client}-b{n}-{i}")));
+                    body.push_str(&usage_record_json(&format!("{tag}-c{client}-b{n}-{i}"), i));
                 }
                 body.push(']');
                 n += 1;
