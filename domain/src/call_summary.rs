@@ -80,12 +80,14 @@ impl CallSummary {
     /// Latency percentiles, rounded to 0.1 ms; `None` when no call reported a latency.
     pub fn latency_percentiles(&self) -> Option<LatencyPercentiles> {
         let sketch = self.latency.as_ref()?;
+        let (min, max) = (sketch.min()?, sketch.max()?);
+        // The sketch keeps the exact extremes: an estimate never lies outside them.
         let at = |q: f64| {
             sketch
                 .quantile(q)
                 .ok()
                 .flatten()
-                .map(|ms| (ms * 10.0).round() / 10.0)
+                .map(|ms| ((ms.clamp(min, max)) * 10.0).round() / 10.0)
         };
         Some(LatencyPercentiles {
             p50: at(0.5)?,
