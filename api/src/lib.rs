@@ -15,7 +15,8 @@
 //! - [`state`]: the application context, and running a command through it;
 //!   [`scheduler`]: applying scheduled configuration changes when they are due; [`bulk`]:
 //!   running bulk jobs; [`budget_watch`]: budgets' standings in memory, and their
-//!   thresholds recorded as spend crosses them.
+//!   thresholds recorded as spend crosses them; [`incidents`]: opening an incident with the
+//!   changes it relates to; [`prober`]: probing providers' health (it opens incidents).
 //! - [`routes`]: one module per resource; handlers stay thin.
 //! - [`app`]: the router, middleware and server loop.
 //! - [`cli`]: the `aipm` command line (`serve`, `keys`, `replay`, `audit`).
@@ -30,7 +31,9 @@ pub mod error;
 pub mod extract;
 pub mod hardening;
 pub mod idempotency;
+pub mod incidents;
 pub mod openapi;
+pub mod prober;
 pub mod request_id;
 pub mod routes;
 pub mod scheduler;

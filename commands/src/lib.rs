@@ -9,9 +9,11 @@
 //!   inline read models) in one transaction per batch of concurrent commands.
 //! - [`store`]: the event store: loading, the aggregate cache, optimistic concurrency,
 //!   running commands, and rebuilding what a keyed command committed.
-//! - [`usage`]: storing usage records, telemetry rather than events.
+//! - [`usage`]: storing usage records, telemetry rather than events; [`health`]: storing
+//!   provider probes, telemetry too.
 
 mod append;
+pub mod health;
 pub mod idempotency;
 pub mod metadata;
 pub mod store;

@@ -6,13 +6,16 @@
 //! - [`feed`]: the live feed over HTTP.
 //! - [`idempotency`]: how long idempotency keys live.
 //! - [`anchors`]: anchoring the audit chains outside the database.
+//! - [`health`]: whether providers are probed in the background.
 
 pub mod anchors;
 pub mod feed;
+pub mod health;
 pub mod idempotency;
 pub mod security;
 
 pub use feed::FeedSettings;
+pub use health::HealthSettings;
 pub use idempotency::IdempotencySettings;
 pub use security::{SecurityArgs, SecuritySettings};
 
@@ -33,6 +36,8 @@ pub struct Settings {
     pub relay: Option<projections::relay::RelaySettings>,
     /// Anchoring the audit chains; `None`: not anchored.
     pub anchors: Option<projections::audit::anchor::AnchorSettings>,
+    /// Probing providers' health in the background.
+    pub health: HealthSettings,
 }
 
 impl Settings {

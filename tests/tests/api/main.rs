@@ -17,6 +17,7 @@ mod feed;
 mod flags;
 mod global_order;
 mod hardening;
+mod health;
 mod idempotency;
 mod openapi;
 mod prompts;
