@@ -19,6 +19,7 @@ mod global_order;
 mod hardening;
 mod health;
 mod idempotency;
+mod incidents;
 mod openapi;
 mod prompts;
 mod rebuild;
