@@ -40,6 +40,8 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::rate_limits::router())
         .merge(routes::usage::router())
         .merge(routes::analytics::router())
+        .merge(routes::health::router())
+        .merge(routes::incidents::router())
         .split_for_parts();
     // The live feed stays outside the idempotency layer, as it is not a command.
     let (feed, feed_document) = routes::feed::router().split_for_parts();
@@ -106,6 +108,10 @@ pub async fn serve_until(
         Some(address) => Some(serve_metrics(state.clone(), address).await?),
         None => None,
     };
+    let _prober = settings
+        .health
+        .prober
+        .then(|| crate::prober::spawn(state.clone()));
     let feed = state.feed.clone();
     // Open connections hold the state after the server stops; the feed stops with it.
     let _relay = state.relay.as_ref().map(|relay| relay.stop_on_drop());

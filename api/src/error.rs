@@ -14,6 +14,8 @@ use domain::category::{CategoryError, PromptCategory};
 use domain::config::{ConfigError, Violation};
 use domain::fields::Invalid;
 use domain::flag::FlagError;
+use domain::health::ProviderHealthError;
+use domain::incident::IncidentError;
 use domain::model::{Model, ModelError};
 use domain::prompt::PromptError;
 use domain::provider::{Provider, ProviderError};
@@ -425,6 +427,21 @@ impl DomainProblem for BulkError {
             | BulkError::Finished(_)
             | BulkError::UnexpectedItem(_)
             | BulkError::WrongStatus(_) => ApiError::Conflict(self.to_string()),
+        }
+    }
+}
+
+impl DomainProblem for ProviderHealthError {
+    fn into_api_error(self) -> ApiError {
+        match self {}
+    }
+}
+
+impl DomainProblem for IncidentError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            IncidentError::NotFound => ApiError::NotFound("incident"),
+            IncidentError::AlreadyExists | IncidentError::Resolved => ApiError::Conflict(self.to_string()),
         }
     }
 }

@@ -16,7 +16,8 @@
 //! - [`state`]: the application context, and running a command through it;
 //!   [`scheduler`]: applying scheduled configuration changes when they are due; [`bulk`]:
 //!   running bulk jobs; [`budget_watch`]: budgets' standings in memory, and their
-//!   thresholds recorded as spend crosses them.
+//!   thresholds recorded as spend crosses them; [`incidents`]: opening an incident with the
+//!   changes it relates to; [`prober`]: probing providers' health (it opens incidents).
 //! - [`routes`]: one module per resource; handlers stay thin.
 //! - [`app`]: the router, middleware and server loop.
 //! - [`cli`]: the `aipm` command line (`serve`, `keys`, `replay`, `audit`).
@@ -31,8 +32,10 @@ pub mod error;
 pub mod extract;
 pub mod hardening;
 pub mod idempotency;
+pub mod incidents;
 pub mod metrics;
 pub mod openapi;
+pub mod prober;
 pub mod request_id;
 pub mod routes;
 pub mod scheduler;

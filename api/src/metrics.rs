@@ -106,7 +106,7 @@ impl Metrics {
             ),
             provider_state: int_gauge(
                 "aipm_provider_health_state",
-                "A provider's health: 1 for its current state (healthy, degraded, down), 0 for the others",
+                "A provider's health: 1 for its current state (healthy, degraded, down, unknown), 0 for the others",
                 &["tenant", "provider", "state"],
             ),
             registry,

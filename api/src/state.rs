@@ -16,6 +16,8 @@ use domain::bulk::BulkJob;
 use domain::category::PromptCategory;
 use domain::config::ConfigEntry;
 use domain::flag::Flag;
+use domain::health::ProviderHealth;
+use domain::incident::Incident;
 use domain::model::Model;
 use domain::prompt::Prompt;
 use domain::provider::Provider;
@@ -61,6 +63,10 @@ pub struct App {
     pub change_requests: AggregateStore<ChangeRequest>,
     pub budgets: AggregateStore<Budget>,
     pub bulk_jobs: AggregateStore<BulkJob>,
+    pub provider_health: AggregateStore<ProviderHealth>,
+    pub incidents: AggregateStore<Incident>,
+    /// Probes providers' health (`crate::prober`): no redirects followed, no credentials sent.
+    pub probe_client: reqwest::Client,
     /// Stores usage records (telemetry, not events).
     pub usage: commands::usage::UsageStore,
     /// Every feature flag, in memory and current with the log: evaluations read only this.
@@ -126,6 +132,10 @@ impl App {
         let live_labels = LiveLabels::start(pool.clone(), projections.wake_signal()).await?;
         let live_budgets = LiveBudgets::default();
         live_budgets.refresh(&pool, chrono::Utc::now()).await?;
+        let probe_client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|error| sqlx::Error::Configuration(Box::new(error)))?;
         Ok(App {
             authenticator: Authenticator::new(pool.clone(), guards.clone()),
             guards,
@@ -151,6 +161,9 @@ impl App {
             change_requests: store.aggregates(()),
             budgets: store.aggregates(()),
             bulk_jobs: store.aggregates(()),
+            provider_health: store.aggregates(()),
+            incidents: store.aggregates(()),
+            probe_client,
             usage: commands::usage::UsageStore::default(),
             live_flags,
             live_labels,

@@ -10,9 +10,11 @@
 //! - [`stats`]: counts of the commands run and events appended, by type, for metrics.
 //! - [`store`]: the event store: loading, the aggregate cache, optimistic concurrency,
 //!   running commands, and rebuilding what a keyed command committed.
-//! - [`usage`]: storing usage records, telemetry rather than events.
+//! - [`usage`]: storing usage records, telemetry rather than events; [`health`]: storing
+//!   provider probes, telemetry too.
 
 mod append;
+pub mod health;
 pub mod idempotency;
 pub mod metadata;
 pub mod stats;

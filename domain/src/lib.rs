@@ -8,6 +8,8 @@
 //! - [`access`]: tenants and API keys with their roles.
 //! - [`provider`], [`model`]: the model registry: providers, models and their effective-dated
 //!   prices; [`money`]: exact amounts and currencies.
+//! - [`health`]: how providers are probed, the rule deciding their state from the probes,
+//!   and the changes of state; [`incident`]: incidents and what changed before them.
 //! - [`config`]: configuration keys with their JSON Schemas and values; [`flag`]: feature
 //!   flags and their deterministic evaluation.
 //! - [`approval`]: protected scopes and the change requests another key must approve.
@@ -33,6 +35,8 @@ pub mod config;
 pub mod fields;
 pub mod flag;
 pub mod governed;
+pub mod health;
+pub mod incident;
 pub mod model;
 pub mod money;
 pub mod position;

@@ -7,6 +7,7 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::governed::{Claims, Governed};
+use crate::health::HealthCheck;
 use crate::text::{InvalidText, Slug};
 
 /// Scope of the per-tenant unique provider name.
@@ -181,6 +182,8 @@ pub enum ProviderCommand {
         credential_ref: Option<CredentialRef>,
         enabled: Option<bool>,
     },
+    /// How the provider is probed (`crate::health`); nothing is recorded when it is already so.
+    SetHealthCheck { health_check: HealthCheck },
 }
 
 /// Stored in `events.event_type` by variant name: never rename one.
@@ -201,6 +204,8 @@ pub enum ProviderEvent {
         credential_ref: String,
         enabled: bool,
     },
+    /// How the provider is probed from now on.
+    ProviderHealthCheckSet { health_check: HealthCheck },
 }
 
 impl DomainEvent for ProviderEvent {
@@ -208,6 +213,7 @@ impl DomainEvent for ProviderEvent {
         match self {
             Self::ProviderRegistered { .. } => "ProviderRegistered",
             Self::ProviderUpdated { .. } => "ProviderUpdated",
+            Self::ProviderHealthCheckSet { .. } => "ProviderHealthCheckSet",
         }
         .to_string()
     }
@@ -233,6 +239,9 @@ pub struct Provider {
     pub base_url: String,
     pub credential_ref: String,
     pub enabled: bool,
+    /// Absent from snapshots taken before health checks existed: the defaults then.
+    #[serde(default)]
+    pub health_check: HealthCheck,
 }
 
 impl Aggregate for Provider {
@@ -299,6 +308,13 @@ impl Aggregate for Provider {
                 }
                 Ok(())
             }
+            ProviderCommand::SetHealthCheck { health_check } => {
+                if health_check != self.health_check {
+                    sink.write(ProviderEvent::ProviderHealthCheckSet { health_check }, self)
+                        .await;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -329,6 +345,9 @@ impl Aggregate for Provider {
                 self.base_url = base_url;
                 self.credential_ref = credential_ref;
                 self.enabled = enabled;
+            }
+            ProviderEvent::ProviderHealthCheckSet { health_check } => {
+                self.health_check = health_check;
             }
         }
     }

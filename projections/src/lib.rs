@@ -16,6 +16,9 @@
 //! - [`approval`]: protected scopes and change requests (`protection`, `change_request`).
 //! - [`budget`]: budget definitions (`budget`).
 //! - [`bulk`]: bulk jobs and their items (`bulk_job`, `bulk_item`).
+//! - [`health`]: providers' health states (`provider_health`) and their probes
+//!   (`provider_probe`, telemetry the prober writes); [`incident`]: incidents with their
+//!   timelines (`incident`), and the search of the log for the changes they relate to.
 //! - [`usage`]: usage records (`usage_record`), which ingestion writes directly: telemetry,
 //!   not events.
 //! - [`audit`]: the hash-chained audit log (`audit_entry`), its verification against the
@@ -41,7 +44,9 @@ pub mod csv;
 pub mod feed;
 pub mod flag;
 pub mod global_order;
+pub mod health;
 pub mod history;
+pub mod incident;
 pub mod lag;
 pub mod live;
 pub mod page;
@@ -66,6 +71,8 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(approval::ApprovalProjection),
         Arc::new(budget::BudgetProjection),
         Arc::new(bulk::BulkProjection),
+        Arc::new(health::HealthProjection),
+        Arc::new(incident::IncidentProjection),
         Arc::new(audit::AuditProjection),
     ]
 }

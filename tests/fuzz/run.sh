@@ -54,7 +54,9 @@ log "starting aipm on $BASE (database $DATABASE)"
 # One client sends thousands of requests, many of them without a valid key on purpose: the
 # per-key rate limit and the per-address brute-force limit would answer them 429 (which the
 # document allows) instead of exercising the API. Their own tests cover those limits.
-AIPM_RATE_LIMIT_RPS=0 AIPM_AUTH_FAILURE_BURST=0 \
+# Nor does it probe providers in the background: the fuzzer registers providers at URLs it
+# makes up, which must not be called.
+AIPM_RATE_LIMIT_RPS=0 AIPM_AUTH_FAILURE_BURST=0 AIPM_HEALTH_PROBER=false \
   AIPM_LISTEN="127.0.0.1:$PORT" RUST_LOG="${RUST_LOG:-warn}" "$AIPM" serve >"$SERVER_LOG" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 1 120); do

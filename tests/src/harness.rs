@@ -124,8 +124,12 @@ impl TestApp {
         Self::spawn_on(TestDatabase::create().await, settings).await
     }
 
-    /// A server on `db` (not a fresh database), with an admin key for tenant `acme`.
-    pub async fn spawn_on(db: TestDatabase, settings: api::Settings) -> Self {
+    /// A server on `db` (not a fresh database), with an admin key for tenant `acme`. It
+    /// never probes providers in the background (tests register providers on the real
+    /// internet's addresses, which must not be called): tests probe with
+    /// `POST /v1/health/checks/run`.
+    pub async fn spawn_on(db: TestDatabase, mut settings: api::Settings) -> Self {
+        settings.health.prober = false;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = format!("http://{}", listener.local_addr().expect("address"));
         let pool = db.pool.clone();

@@ -90,6 +90,8 @@ pub struct ServeArgs {
     pub security: crate::settings::SecurityArgs,
     #[command(flatten)]
     pub feed: crate::settings::FeedSettings,
+    #[command(flatten)]
+    pub health: crate::settings::HealthSettings,
     /// JetStream stream the event feed is published to.
     #[arg(long, env = "AIPM_NATS_STREAM", default_value = projections::relay::DEFAULT_STREAM)]
     pub nats_stream: String,
@@ -110,6 +112,7 @@ impl ServeArgs {
         let mut settings = crate::Settings {
             security: self.security.settings(),
             feed: self.feed.clone(),
+            health: self.health.clone(),
             ..crate::Settings::default()
         }
         .with_relay(relay);

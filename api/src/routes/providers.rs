@@ -7,6 +7,7 @@ use axum::Json;
 use cqrs_es::Aggregate;
 use domain::access::Permission;
 use domain::fields::AllValid;
+use domain::health::HealthCheck;
 use domain::provider::{BaseUrl, CredentialRef, Provider, ProviderCommand, ProviderKind};
 use domain::text::Slug;
 use projections::registry::queries::{self as registry, ProviderView};
@@ -31,6 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(register_provider, list_providers))
         .routes(routes!(get_provider, update_provider))
         .routes(routes!(provider_history))
+        .routes(routes!(set_health_check))
 }
 
 fn respond(status: StatusCode, view: ProviderView) -> impl IntoResponse {
@@ -281,4 +283,72 @@ async fn provider_history(
         "provider",
     )
     .await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct HealthCheckBody {
+    /// Seconds between two probes (default 60).
+    #[schema(minimum = 10, maximum = 86400)]
+    interval_seconds: Option<u32>,
+    /// A probe not answered within this many milliseconds failed (default 5000).
+    #[schema(minimum = 100, maximum = 60000)]
+    timeout_ms: Option<u32>,
+    /// A successful probe slower than this makes the provider `degraded` (default 2000; at
+    /// most `timeout_ms`).
+    #[schema(minimum = 1, maximum = 60000)]
+    degraded_latency_ms: Option<u32>,
+    /// Open an incident when the provider goes `down` (default false).
+    open_incident_on_down: Option<bool>,
+    /// Why; stored with the change (as `X-Reason`).
+    #[schema(value_type = Option<ReasonText>)]
+    reason: Option<String>,
+}
+
+impl HealthCheckBody {
+    /// The settings given, the defaults for those left out.
+    fn into_command(self) -> Result<ProviderCommand, ApiError> {
+        let defaults = HealthCheck::default();
+        let health_check = HealthCheck {
+            interval_seconds: self.interval_seconds.unwrap_or(defaults.interval_seconds),
+            timeout_ms: self.timeout_ms.unwrap_or(defaults.timeout_ms),
+            degraded_latency_ms: self.degraded_latency_ms.unwrap_or(defaults.degraded_latency_ms),
+            open_incident_on_down: self
+                .open_incident_on_down
+                .unwrap_or(defaults.open_incident_on_down),
+        }
+        .validate()?;
+        Ok(ProviderCommand::SetHealthCheck { health_check })
+    }
+}
+
+/// `PUT /v1/providers/{id}/health-check`: how the provider is probed; fields left out take
+/// their defaults. See `GET /v1/health` for what the probes find.
+#[utoipa::path(
+    put,
+    path = "/v1/providers/{provider_id}/health-check",
+    tag = "registry",
+    params(("provider_id" = Uuid, Path, description = "The provider's id"), ChangeHeaders),
+    request_body = HealthCheckBody,
+    responses(
+        (status = 200, description = "The provider after the change", body = ProviderView,
+            headers(("ETag" = String, description = "The provider's version"))),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn set_health_check(
+    State(app): State<AppState>,
+    context: CommandContext,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<HealthCheckBody>,
+) -> ApiResult<impl IntoResponse> {
+    context.caller.require(Permission::ManageRegistry)?;
+    let context = context.with_reason(body.reason.clone())?;
+    let command = body.into_command()?;
+    app.execute(&app.providers, &id.to_string(), command, &context)
+        .await?;
+    let view = read_provider(&app, &context.caller.tenant, id).await?;
+    Ok(respond(StatusCode::OK, view))
 }

@@ -226,6 +226,15 @@ pub async fn metrics_response(app: &AppState) -> ApiResult<axum::response::Respo
             ])
             .set(ratio);
     }
+    metrics.provider_state.reset();
+    for (tenant, provider, current) in projections::health::queries::every_state(&app.pool).await? {
+        for state in ["healthy", "degraded", "down", "unknown"] {
+            metrics
+                .provider_state
+                .with_label_values(&[tenant.as_str(), provider.as_str(), state])
+                .set(i64::from(state == current));
+        }
+    }
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -6,13 +6,16 @@
 //! - [`feed`]: the live feed over HTTP.
 //! - [`idempotency`]: how long idempotency keys live.
 //! - [`anchors`]: anchoring the audit chains outside the database.
+//! - [`health`]: whether providers are probed in the background.
 
 pub mod anchors;
 pub mod feed;
+pub mod health;
 pub mod idempotency;
 pub mod security;
 
 pub use feed::FeedSettings;
+pub use health::HealthSettings;
 pub use idempotency::IdempotencySettings;
 pub use security::{SecurityArgs, SecuritySettings};
 
@@ -36,6 +39,8 @@ pub struct Settings {
     /// Where to serve `GET /metrics` without a key (`AIPM_METRICS_LISTEN`); `None`: only on
     /// the API, to operators' keys.
     pub metrics_listen: Option<String>,
+    /// Probing providers' health in the background.
+    pub health: HealthSettings,
 }
 
 impl Settings {

@@ -44,6 +44,8 @@ use domain::budget::Budget;
 use domain::category::PromptCategory;
 use domain::config::ConfigEntry;
 use domain::flag::Flag;
+use domain::health::ProviderHealth;
+use domain::incident::Incident;
 use domain::model::Model;
 use domain::position::GlobalCursor;
 use domain::prompt::Prompt;
@@ -353,6 +355,8 @@ fn fold(aggregate_type: &str, state: Option<&str>, payload: &str) -> Result<Fold
         Protection::TYPE => fold_as::<Protection>(state, payload),
         ChangeRequest::TYPE => fold_as::<ChangeRequest>(state, payload),
         Budget::TYPE => fold_as::<Budget>(state, payload),
+        ProviderHealth::TYPE => fold_as::<ProviderHealth>(state, payload),
+        Incident::TYPE => fold_as::<Incident>(state, payload),
         _ => Ok(Fold::Unknown),
     }
 }

@@ -111,6 +111,17 @@ async fn apply_provider(
             .execute(&mut *tx)
             .await?;
         }
+        ProviderEvent::ProviderHealthCheckSet { health_check } => {
+            sqlx::query(
+                "update provider set health_check = $2, version = $3, updated_at = $4 where provider_id = $1",
+            )
+            .bind(id)
+            .bind(sqlx::types::Json(health_check))
+            .bind(event.sequence)
+            .bind(event.recorded_at)
+            .execute(&mut *tx)
+            .await?;
+        }
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! [`super::RegistryProjection`]'s.
 
 use chrono::{DateTime, Utc};
+use domain::health::HealthCheck;
 use domain::model::{Model, Price, PricePeriod, Referrer};
 use domain::money::{Amount, Currency};
 use domain::provider::Provider;
@@ -24,10 +25,32 @@ pub struct ProviderView {
     /// Where the secret lives (`env:…` or `file:…`); never the secret.
     pub credential_ref: String,
     pub enabled: bool,
+    /// How the provider is probed (`PUT /v1/providers/{id}/health-check`).
+    #[sqlx(json)]
+    #[cfg_attr(feature = "openapi", schema(value_type = HealthCheckView))]
+    pub health_check: HealthCheck,
     /// The provider's version, also sent as `ETag`.
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// How a provider is probed (`domain::health::HealthCheck`).
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // describes `HealthCheck`'s JSON
+pub struct HealthCheckView {
+    /// Seconds between two probes.
+    #[schema(minimum = 10, maximum = 86400, example = 60)]
+    interval_seconds: u32,
+    /// A probe not answered within this many milliseconds failed.
+    #[schema(minimum = 100, maximum = 60000, example = 5000)]
+    timeout_ms: u32,
+    /// A successful probe slower than this makes the provider `degraded`.
+    #[schema(minimum = 1, maximum = 60000, example = 2000)]
+    degraded_latency_ms: u32,
+    /// Open an incident when the provider goes `down`.
+    open_incident_on_down: bool,
 }
 
 impl ProviderView {
@@ -46,6 +69,7 @@ impl ProviderView {
             base_url: provider.base_url,
             credential_ref: provider.credential_ref,
             enabled: provider.enabled,
+            health_check: provider.health_check,
             version: version as i64,
             created_at,
             updated_at,
@@ -53,8 +77,9 @@ impl ProviderView {
     }
 }
 
-const PROVIDER_COLUMNS: &str = "provider_id as id, name, kind, base_url, credential_ref, enabled, version, \
-     created_at, updated_at";
+const PROVIDER_COLUMNS: &str =
+    "provider_id as id, name, kind, base_url, credential_ref, enabled, health_check, \
+     version, created_at, updated_at";
 
 /// A provider of `tenant`.
 pub async fn provider(pool: &PgPool, tenant: &str, id: Uuid) -> sqlx::Result<Option<ProviderView>> {

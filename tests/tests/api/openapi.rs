@@ -667,6 +667,97 @@ async fn sample_responses_match_the_document() {
     let prompt = conforms(doc, Method::PUT, "/v1/prompts/{prompt_id}/labels/{label}", label).await;
     assert_eq!(prompt["labels"]["staging"], 1, "{prompt}");
 
+    // Provider health, against a provider in the test, and an incident.
+    let fake = crate::health::FakeProvider::start().await;
+    let provider = crate::health::register_local(app, &fake).await;
+    conforms(
+        doc,
+        Method::PUT,
+        "/v1/providers/{provider_id}/health-check",
+        app.put(
+            &format!("/v1/providers/{provider}/health-check"),
+            key,
+            json!({ "timeout_ms": 1000, "degraded_latency_ms": 500 }),
+        )
+        .await,
+    )
+    .await;
+    conforms(doc, Method::GET, "/v1/health", get("/v1/health".into()).await).await;
+    conforms(
+        doc,
+        Method::POST,
+        "/v1/health/checks/run",
+        app.post("/v1/health/checks/run", key, json!({})).await,
+    )
+    .await;
+    fake.set(crate::health::Behaviour::Failing);
+    conforms(
+        doc,
+        Method::POST,
+        "/v1/health/checks/run",
+        app.post("/v1/health/checks/run", key, json!({})).await,
+    )
+    .await;
+    conforms(doc, Method::GET, "/v1/health", get("/v1/health".into()).await).await;
+    let incident = conforms(
+        doc,
+        Method::POST,
+        "/v1/incidents",
+        app.post(
+            "/v1/incidents",
+            key,
+            json!({ "severity": "sev2", "title": "Local is failing", "affected": { "providers": ["local"] } }),
+        )
+        .await,
+    )
+    .await;
+    let incident_path = format!("/v1/incidents/{}", incident["id"].as_str().expect("id"));
+    conforms(
+        doc,
+        Method::POST,
+        "/v1/incidents/{incident_id}/updates",
+        app.post(
+            &format!("{incident_path}/updates"),
+            key,
+            json!({ "message": "Looking", "status": "identified" }),
+        )
+        .await,
+    )
+    .await;
+    conforms(
+        doc,
+        Method::POST,
+        "/v1/incidents/{incident_id}/resolve",
+        app.post(
+            &format!("{incident_path}/resolve"),
+            key,
+            json!({ "summary": "Back" }),
+        )
+        .await,
+    )
+    .await;
+    conforms(
+        doc,
+        Method::GET,
+        "/v1/incidents/{incident_id}",
+        get(incident_path.clone()).await,
+    )
+    .await;
+    conforms(
+        doc,
+        Method::GET,
+        "/v1/incidents/{incident_id}/history",
+        get(format!("{incident_path}/history")).await,
+    )
+    .await;
+    conforms(
+        doc,
+        Method::GET,
+        "/v1/incidents",
+        get("/v1/incidents?status=resolved".into()).await,
+    )
+    .await;
+
     // Idempotent retries: the replay, a key reused for another request, a malformed key.
     let keyed = |body: Value| {
         app.request(Method::POST, "/v1/categories", key)

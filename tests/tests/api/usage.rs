@@ -882,6 +882,17 @@ async fn analytics_give_each_version_label_and_feature_its_figures_and_percentil
     let globex = app.key("globex", "viewer").await;
     let hidden = app.get(&format!("/v1/analytics/prompts/{prompt}"), &globex).await;
     expect_problem(hidden, StatusCode::NOT_FOUND, "not-found").await;
+    let theirs = expect_status(
+        app.get(&format!("/v1/analytics/features?from={from}&to={to}"), &globex)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        theirs["features"],
+        json!([]),
+        "another tenant's features are its own"
+    );
 }
 
 /// The value of the series `series` (name and labels as Prometheus prints them) in `text`.
@@ -956,6 +967,15 @@ async fn metrics_count_requests_commands_events_and_usage_and_show_spend_budgets
         format!(r#"aipm_budget_used_ratio{{budget="{budget}",enforcement="soft",name="all",tenant="acme"}}"#);
     assert_eq!(value(&budget_series), 0.086);
     assert!(metric(&text, r#"aipm_projection_lag_events{projection="audit"}"#).is_some());
+    // Never probed yet: its state is unknown.
+    assert_eq!(
+        value(r#"aipm_provider_health_state{provider="openai",state="unknown",tenant="acme"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"aipm_provider_health_state{provider="openai",state="healthy",tenant="acme"}"#),
+        0.0
+    );
 
     // Operators only on the API; anyone who can reach the metrics listener.
     let viewer = app.key("acme", "viewer").await;
