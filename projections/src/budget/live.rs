@@ -91,6 +91,14 @@ impl LiveBudgets {
             .unwrap_or_default()
     }
 
+    /// Whether `tenant` had a budget at the last refresh.
+    pub fn any_of(&self, tenant: &str) -> bool {
+        self.standings
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains_key(tenant)
+    }
+
     /// Every budget of every tenant, as of the last refresh.
     pub fn every(&self) -> Vec<Arc<LiveBudget>> {
         let standings = self
