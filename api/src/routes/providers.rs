@@ -294,8 +294,8 @@ struct HealthCheckBody {
     /// A probe not answered within this many milliseconds failed (default 5000).
     #[schema(minimum = 100, maximum = 60000)]
     timeout_ms: Option<u32>,
-    /// A successful probe slower than this makes the provider `degraded` (default 2000; at
-    /// most `timeout_ms`).
+    /// A successful probe slower than this makes the provider `degraded` (default 2000, or
+    /// `timeout_ms` when that is shorter; at most `timeout_ms`).
     #[schema(minimum = 1, maximum = 60000)]
     degraded_latency_ms: Option<u32>,
     /// Open an incident when the provider goes `down` (default false).
@@ -309,10 +309,15 @@ impl HealthCheckBody {
     /// The settings given, the defaults for those left out.
     fn into_command(self) -> Result<ProviderCommand, ApiError> {
         let defaults = HealthCheck::default();
+        let timeout_ms = self.timeout_ms.unwrap_or(defaults.timeout_ms);
         let health_check = HealthCheck {
             interval_seconds: self.interval_seconds.unwrap_or(defaults.interval_seconds),
-            timeout_ms: self.timeout_ms.unwrap_or(defaults.timeout_ms),
-            degraded_latency_ms: self.degraded_latency_ms.unwrap_or(defaults.degraded_latency_ms),
+            timeout_ms,
+            // A timeout shorter than the default threshold makes a slow answer one that
+            // failed: the threshold left out is then the timeout.
+            degraded_latency_ms: self
+                .degraded_latency_ms
+                .unwrap_or(defaults.degraded_latency_ms.min(timeout_ms)),
             open_incident_on_down: self
                 .open_incident_on_down
                 .unwrap_or(defaults.open_incident_on_down),
