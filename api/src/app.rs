@@ -40,6 +40,7 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::rate_limits::router())
         .merge(routes::usage::router())
         .merge(routes::analytics::router())
+        .merge(routes::experiments::router())
         .merge(routes::health::router())
         .merge(routes::incidents::router())
         .split_for_parts();

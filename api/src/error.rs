@@ -437,6 +437,19 @@ impl DomainProblem for ProviderHealthError {
     }
 }
 
+impl DomainProblem for domain::experiment::ExperimentError {
+    fn into_api_error(self) -> ApiError {
+        use domain::experiment::ExperimentError;
+        match self {
+            ExperimentError::NotFound => ApiError::NotFound("experiment"),
+            ExperimentError::AlreadyExists | ExperimentError::WrongStatus { .. } => {
+                ApiError::Conflict(self.to_string())
+            }
+            ExperimentError::NoSuchVariant(_) => ApiError::invalid("winner", self.to_string()),
+        }
+    }
+}
+
 impl DomainProblem for IncidentError {
     fn into_api_error(self) -> ApiError {
         match self {

@@ -65,6 +65,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         (name = "usage", description = "Usage records as clients report them, priced at ingestion with the price in force at their time"),
         (name = "health", description = "Providers' health: probed on an interval, their state (healthy, degraded, down) and uptime"),
         (name = "incidents", description = "Incidents: what is broken, the changes before it that touch it, updates and resolution"),
+        (name = "experiments", description = "Experiments: variants compared on live traffic, assignment from memory, observations and results"),
         (name = "bulk", description = "Bulk operations: one change over many targets as one tracked, cancellable, reversible job"),
         (name = "keys", description = "API keys of the caller's tenant and their rate limits (admins)"),
         (name = "audit", description = "The tenant's hash-chained audit log (auditors and admins); reads are recorded"),

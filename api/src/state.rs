@@ -15,6 +15,7 @@ use domain::budget::Budget;
 use domain::bulk::BulkJob;
 use domain::category::PromptCategory;
 use domain::config::ConfigEntry;
+use domain::experiment::Experiment;
 use domain::flag::Flag;
 use domain::health::ProviderHealth;
 use domain::incident::Incident;
@@ -25,6 +26,7 @@ use domain::Governed;
 use projections::audit::anchor::{self, AnchorSettings};
 use projections::budget::live::LiveBudgets;
 use projections::catalog::live::LiveLabels;
+use projections::experiment::live::LiveExperiments;
 use projections::feed::Feed;
 use projections::flag::live::LiveFlags;
 use projections::relay::Relay;
@@ -63,6 +65,10 @@ pub struct App {
     pub change_requests: AggregateStore<ChangeRequest>,
     pub budgets: AggregateStore<Budget>,
     pub bulk_jobs: AggregateStore<BulkJob>,
+    pub experiments: AggregateStore<Experiment>,
+    /// Every experiment's salt, variants and status, in memory and current with the log:
+    /// what assignment answers from.
+    pub live_experiments: LiveExperiments,
     pub provider_health: AggregateStore<ProviderHealth>,
     pub incidents: AggregateStore<Incident>,
     /// Probes providers' health (`crate::prober`): no redirects followed, no credentials sent.
@@ -130,6 +136,7 @@ impl App {
         let guards = Arc::new(Guards::new(&settings.security));
         let live_flags = LiveFlags::start(pool.clone(), projections.wake_signal()).await?;
         let live_labels = LiveLabels::start(pool.clone(), projections.wake_signal()).await?;
+        let live_experiments = LiveExperiments::start(pool.clone(), projections.wake_signal()).await?;
         let live_budgets = LiveBudgets::default();
         live_budgets.refresh(&pool, chrono::Utc::now()).await?;
         let probe_client = reqwest::Client::builder()
@@ -161,6 +168,8 @@ impl App {
             change_requests: store.aggregates(()),
             budgets: store.aggregates(()),
             bulk_jobs: store.aggregates(()),
+            experiments: store.aggregates(()),
+            live_experiments,
             provider_health: store.aggregates(()),
             incidents: store.aggregates(()),
             probe_client,

@@ -17,6 +17,7 @@ mod append;
 pub mod health;
 pub mod idempotency;
 pub mod metadata;
+pub mod observations;
 pub mod stats;
 pub mod store;
 pub mod usage;

@@ -32,6 +32,7 @@ pub mod bulk;
 pub mod call_summary;
 pub mod category;
 pub mod config;
+pub mod experiment;
 pub mod fields;
 pub mod flag;
 pub mod governed;

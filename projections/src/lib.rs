@@ -19,6 +19,8 @@
 //! - [`health`]: providers' health states (`provider_health`) and their probes
 //!   (`provider_probe`, telemetry the prober writes); [`incident`]: incidents with their
 //!   timelines (`incident`), and the search of the log for the changes they relate to.
+//! - [`experiment`]: experiments (`experiment`), their assignment in memory, and the units
+//!   their results are computed from.
 //! - [`usage`]: usage records (`usage_record`), which ingestion writes directly: telemetry,
 //!   not events.
 //! - [`audit`]: the hash-chained audit log (`audit_entry`), its verification against the
@@ -41,6 +43,7 @@ pub mod catalog;
 pub mod cloudevent;
 pub mod config;
 pub mod csv;
+pub mod experiment;
 pub mod feed;
 pub mod flag;
 pub mod global_order;
@@ -73,6 +76,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(bulk::BulkProjection),
         Arc::new(health::HealthProjection),
         Arc::new(incident::IncidentProjection),
+        Arc::new(experiment::ExperimentProjection),
         Arc::new(audit::AuditProjection),
     ]
 }

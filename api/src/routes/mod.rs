@@ -11,6 +11,7 @@ pub mod bulk;
 pub mod categories;
 pub mod config;
 pub mod docs;
+pub mod experiments;
 pub mod feed;
 pub mod flags;
 pub mod health;

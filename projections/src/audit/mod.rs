@@ -43,6 +43,7 @@ use domain::audit::ReadRecord;
 use domain::budget::Budget;
 use domain::category::PromptCategory;
 use domain::config::ConfigEntry;
+use domain::experiment::Experiment;
 use domain::flag::Flag;
 use domain::health::ProviderHealth;
 use domain::incident::Incident;
@@ -357,6 +358,7 @@ fn fold(aggregate_type: &str, state: Option<&str>, payload: &str) -> Result<Fold
         Budget::TYPE => fold_as::<Budget>(state, payload),
         ProviderHealth::TYPE => fold_as::<ProviderHealth>(state, payload),
         Incident::TYPE => fold_as::<Incident>(state, payload),
+        Experiment::TYPE => fold_as::<Experiment>(state, payload),
         _ => Ok(Fold::Unknown),
     }
 }

@@ -13,6 +13,7 @@ mod concurrency;
 mod config;
 mod durability;
 mod errors;
+mod experiments;
 mod feed;
 mod flags;
 mod global_order;

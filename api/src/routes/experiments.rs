@@ -1,0 +1,688 @@
+//! Experiments: variants compared on live traffic, their lifecycle, assignment of subjects
+//! (from memory), observations reported after the call, and results.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use chrono::Utc;
+use cqrs_es::Aggregate;
+use domain::access::Permission;
+use domain::experiment::{
+    parse_spec, Experiment, ExperimentCommand, ExperimentStatus, Observation, RawMetric, RawSpec, RawVariant,
+    Targeting,
+};
+use domain::text::Slug;
+use projections::catalog::queries as catalog;
+use projections::experiment::queries::{self as experiments, ExperimentView, StoredExperiment};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, FieldError};
+use crate::extract::{etag, ApiJson, ApiPath, ApiQuery, ChangeHeaders, CommandContext, CreateHeaders};
+use crate::openapi::{Conflict, NameText, NotFound, ReasonText, ValidationFailed};
+use crate::routes::history::{self, AsOfQuery, HistoryPage, HistoryQuery};
+use crate::routes::parse_instant;
+use crate::state::AppState;
+
+/// Most observations one request may carry.
+const MAX_OBSERVATIONS: usize = 10_000;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_experiment, list_experiments))
+        .routes(routes!(get_experiment))
+        .routes(routes!(experiment_history))
+        .routes(routes!(start))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(stop))
+        .routes(routes!(conclude))
+        .routes(routes!(assign))
+        .routes(routes!(observe))
+}
+
+fn respond(status: StatusCode, view: ExperimentView) -> impl IntoResponse {
+    let location = [(header::LOCATION, format!("/v1/experiments/{}", view.id))];
+    (status, etag(view.version as u64), location, Json(view))
+}
+
+async fn read_experiment(app: &AppState, tenant: &str, id: Uuid) -> ApiResult<StoredExperiment> {
+    experiments::experiment(&app.pool, tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound("experiment"))
+}
+
+/// `binary`, `continuous` or `ratio`.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // describes what `MetricKind::parse` accepts
+enum MetricKindName {
+    Binary,
+    Continuous,
+    Ratio,
+}
+
+/// What is measured: an observation name, or for a ratio the two it divides.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct MetricBody {
+    /// A slug; for binary and continuous metrics also the observation name it reads (a usage
+    /// record's `metrics` key, or an observation's `metric`).
+    #[schema(example = "converted")]
+    name: String,
+    #[schema(value_type = MetricKindName)]
+    kind: String,
+    /// A ratio's numerator, an observation name.
+    numerator: Option<String>,
+    /// A ratio's denominator, an observation name.
+    denominator: Option<String>,
+    /// Default true.
+    higher_is_better: Option<bool>,
+}
+
+impl MetricBody {
+    fn raw(self) -> RawMetric {
+        RawMetric {
+            name: self.name,
+            kind: self.kind,
+            numerator: self.numerator,
+            denominator: self.denominator,
+            higher_is_better: self.higher_is_better.unwrap_or(true),
+        }
+    }
+}
+
+/// A configuration value a variant sets.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ConfigTreatment {
+    key: String,
+    #[schema(value_type = Object)]
+    value: Value,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct VariantBody {
+    /// A slug, unique in the experiment.
+    #[schema(example = "control")]
+    name: String,
+    /// Percent of subjects; the weights sum to 100.
+    #[schema(minimum = 1, maximum = 100)]
+    weight: u32,
+    /// Exactly one variant is the control.
+    control: Option<bool>,
+    /// A version of the experiment's prompt.
+    #[schema(minimum = 1)]
+    prompt_version: Option<u32>,
+    /// A model reference.
+    model: Option<String>,
+    config: Option<ConfigTreatment>,
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+struct TargetingBody {
+    /// Only calls for these features (slugs).
+    #[serde(default)]
+    features: Vec<String>,
+    /// Only calls made with these API keys.
+    #[serde(default)]
+    keys: Vec<Uuid>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    #[schema(value_type = NameText)]
+    name: String,
+    /// What the experiment is to show.
+    #[schema(max_length = 2000)]
+    hypothesis: String,
+    prompt_id: Option<Uuid>,
+    #[schema(min_items = 2, max_items = 10)]
+    variants: Vec<VariantBody>,
+    primary_metric: MetricBody,
+    #[serde(default)]
+    secondary_metrics: Vec<MetricBody>,
+    /// Metrics that must not get significantly worse: one that does pauses the experiment.
+    #[serde(default)]
+    guardrail_metrics: Vec<MetricBody>,
+    /// Units each variant should have before its figures are read as final (default 0).
+    min_units_per_variant: Option<u64>,
+    targeting: Option<TargetingBody>,
+    /// Total units at which the sequential method's intervals are tightest (default 10,000).
+    #[schema(minimum = 1)]
+    sequential_tuning_units: Option<u64>,
+    #[schema(value_type = Option<ReasonText>)]
+    reason: Option<String>,
+}
+
+impl CreateBody {
+    fn raw(self) -> RawSpec {
+        let targeting = self.targeting.unwrap_or_default();
+        RawSpec {
+            name: self.name,
+            hypothesis: self.hypothesis,
+            prompt_id: self.prompt_id,
+            variants: self
+                .variants
+                .into_iter()
+                .map(|variant| RawVariant {
+                    name: variant.name,
+                    weight: variant.weight,
+                    control: variant.control.unwrap_or(false),
+                    prompt_version: variant.prompt_version,
+                    model: variant.model,
+                    config: variant.config.map(|config| (config.key, config.value)),
+                })
+                .collect(),
+            primary_metric: self.primary_metric.raw(),
+            secondary_metrics: self.secondary_metrics.into_iter().map(MetricBody::raw).collect(),
+            guardrail_metrics: self.guardrail_metrics.into_iter().map(MetricBody::raw).collect(),
+            min_units_per_variant: self.min_units_per_variant,
+            targeting: Targeting {
+                features: targeting.features,
+                keys: targeting.keys,
+            },
+            sequential_tuning_units: self.sequential_tuning_units,
+        }
+    }
+}
+
+/// `POST /v1/experiments`: define an experiment (a draft until started). A prompt and the
+/// versions its variants name must exist in the tenant.
+#[utoipa::path(
+    post,
+    path = "/v1/experiments",
+    tag = "experiments",
+    params(CreateHeaders),
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "The new experiment, a draft", body = ExperimentView, headers(
+            ("ETag" = String, description = "The experiment's version"),
+            ("Location" = String, description = "The experiment's URL"))),
+        (status = 409, response = Conflict),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn create_experiment(
+    State(app): State<AppState>,
+    context: CommandContext,
+    ApiJson(body): ApiJson<CreateBody>,
+) -> ApiResult<impl IntoResponse> {
+    context.caller.require(Permission::Write)?;
+    let context = context.with_reason(body.reason.clone())?;
+    let spec = parse_spec(body.raw())?;
+    let tenant = context.caller.tenant.clone();
+    if let Some(prompt) = spec.prompt_id {
+        let versions = catalog::prompt(&app.pool, &tenant, prompt)
+            .await?
+            .ok_or_else(|| ApiError::invalid("prompt_id", "no such prompt in this tenant"))?
+            .latest_version;
+        for variant in &spec.variants {
+            if let domain::experiment::Treatment::PromptVersion(version) = variant.treatment {
+                if i64::from(version) > i64::from(versions) || version == 0 {
+                    return Err(ApiError::invalid(
+                        "variants.prompt_version",
+                        format!("the prompt has no version {version}"),
+                    ));
+                }
+            }
+        }
+    }
+    let id = context.new_id();
+    let command = ExperimentCommand::Create {
+        tenant: tenant.clone(),
+        spec: Box::new(spec),
+        salt: Uuid::new_v4().simple().to_string(),
+    };
+    app.create(&app.experiments, &id.to_string(), command, &context)
+        .await?;
+    let stored = read_experiment(&app, &tenant, id).await?;
+    Ok(respond(StatusCode::CREATED, stored.view()))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Only experiments in this status.
+    #[param(pattern = "^(draft|running|paused|stopped|concluded)$")]
+    status: Option<String>,
+}
+
+/// The tenant's experiments.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes the JSON `list_experiments` builds
+struct ExperimentList {
+    items: Vec<ExperimentView>,
+}
+
+/// `GET /v1/experiments?status=`: the tenant's experiments, newest first (at most 1000).
+#[utoipa::path(
+    get,
+    path = "/v1/experiments",
+    tag = "experiments",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Experiments, newest first", body = ExperimentList),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn list_experiments(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Permission::Read)?;
+    if let Some(status) = &query.status {
+        if !["draft", "running", "paused", "stopped", "concluded"].contains(&status.as_str()) {
+            return Err(ApiError::invalid(
+                "status",
+                "must be one of draft, running, paused, stopped, concluded",
+            ));
+        }
+    }
+    let items: Vec<ExperimentView> =
+        experiments::experiments(&app.pool, &caller.tenant, query.status.as_deref())
+            .await?
+            .iter()
+            .map(StoredExperiment::view)
+            .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+/// `GET /v1/experiments/{id}`: the experiment now, or as it was at `?as_of=`.
+#[utoipa::path(
+    get,
+    path = "/v1/experiments/{experiment_id}",
+    tag = "experiments",
+    params(("experiment_id" = Uuid, Path, description = "The experiment's id"), AsOfQuery),
+    responses(
+        (status = 200, description = "The experiment", body = ExperimentView,
+            headers(("ETag" = String, description = "The experiment's version"))),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn get_experiment(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(query): ApiQuery<AsOfQuery>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Permission::Read)?;
+    let Some(as_of) = query.as_of else {
+        return Ok(respond(
+            StatusCode::OK,
+            read_experiment(&app, &caller.tenant, id).await?.view(),
+        ));
+    };
+    let past = history::as_of(
+        &app.experiments,
+        &caller.tenant,
+        &id.to_string(),
+        &as_of,
+        "experiment",
+    )
+    .await?;
+    let Experiment {
+        tenant: Some(tenant),
+        spec: Some(spec),
+        salt,
+        status,
+        winner,
+    } = past.aggregate
+    else {
+        return Err(ApiError::NotFound("experiment"));
+    };
+    let stored = StoredExperiment {
+        id,
+        tenant,
+        spec,
+        salt,
+        status,
+        winner,
+        version: past.version as i64,
+        created_at: past.created_at,
+        updated_at: past.updated_at,
+        started_at: None,
+    };
+    Ok(respond(StatusCode::OK, stored.view()))
+}
+
+/// `GET /v1/experiments/{id}/history`: the experiment's events with who, when and why.
+#[utoipa::path(
+    get,
+    path = "/v1/experiments/{experiment_id}/history",
+    tag = "experiments",
+    params(("experiment_id" = Uuid, Path, description = "The experiment's id"), HistoryQuery),
+    responses(
+        (status = 200, description = "A page of the experiment's events, oldest first", body = HistoryPage),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn experiment_history(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Permission::Read)?;
+    history::events(
+        &app,
+        &caller.tenant,
+        Experiment::TYPE,
+        &id.to_string(),
+        query,
+        "experiment",
+    )
+    .await
+}
+
+/// Runs a lifecycle command and answers with the experiment after it.
+async fn change(
+    app: &AppState,
+    context: CommandContext,
+    id: Uuid,
+    command: ExperimentCommand,
+) -> ApiResult<impl IntoResponse> {
+    context.caller.require(Permission::Write)?;
+    let committed = app
+        .execute(&app.experiments, &id.to_string(), command, &context)
+        .await?;
+    // This process assigns with the change at once; others follow the log.
+    for (offset, event) in committed.events.iter().enumerate() {
+        let version = committed.version as i64 - committed.events.len() as i64 + offset as i64 + 1;
+        app.live_experiments.apply_event(id, event, version);
+    }
+    let stored = read_experiment(app, &context.caller.tenant, id).await?;
+    Ok(respond(StatusCode::OK, stored.view()))
+}
+
+macro_rules! lifecycle_route {
+    ($name:ident, $path:literal, $what:literal, $command:expr) => {
+        #[doc = concat!("`POST ", $path, "`: ", $what, " (why: `X-Reason`).")]
+        #[utoipa::path(
+            post,
+            path = $path,
+            tag = "experiments",
+            params(("experiment_id" = Uuid, Path, description = "The experiment's id"), ChangeHeaders),
+            responses(
+                (status = 200, description = "The experiment after the change", body = ExperimentView,
+                    headers(("ETag" = String, description = "The experiment's version"))),
+                (status = 404, response = NotFound),
+                (status = 409, response = Conflict),
+                (status = 422, response = ValidationFailed),
+            )
+        )]
+        async fn $name(
+            State(app): State<AppState>,
+            context: CommandContext,
+            ApiPath(id): ApiPath<Uuid>,
+        ) -> ApiResult<impl IntoResponse> {
+            change(&app, context, id, $command).await
+        }
+    };
+}
+
+lifecycle_route!(
+    start,
+    "/v1/experiments/{experiment_id}/start",
+    "start assigning subjects to the variants (draft → running)",
+    ExperimentCommand::Start
+);
+lifecycle_route!(
+    pause,
+    "/v1/experiments/{experiment_id}/pause",
+    "assign every subject the control until resumed (running → paused)",
+    ExperimentCommand::Pause { evidence: None }
+);
+lifecycle_route!(
+    resume,
+    "/v1/experiments/{experiment_id}/resume",
+    "assign by the weights again (paused → running)",
+    ExperimentCommand::Resume
+);
+lifecycle_route!(
+    stop,
+    "/v1/experiments/{experiment_id}/stop",
+    "stop for good (running or paused → stopped); results stay readable",
+    ExperimentCommand::Stop
+);
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ConcludeBody {
+    /// The winning variant's name.
+    winner: String,
+    #[schema(value_type = ReasonText)]
+    reason: String,
+}
+
+/// `POST /v1/experiments/{id}/conclude`: name the winner of a stopped experiment, with why.
+#[utoipa::path(
+    post,
+    path = "/v1/experiments/{experiment_id}/conclude",
+    tag = "experiments",
+    params(("experiment_id" = Uuid, Path, description = "The experiment's id"), ChangeHeaders),
+    request_body = ConcludeBody,
+    responses(
+        (status = 200, description = "The concluded experiment", body = ExperimentView,
+            headers(("ETag" = String, description = "The experiment's version"))),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn conclude(
+    State(app): State<AppState>,
+    context: CommandContext,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<ConcludeBody>,
+) -> ApiResult<impl IntoResponse> {
+    let context = context.with_reason(Some(body.reason))?;
+    let winner = Slug::parse("winner", &body.winner)?.to_string();
+    change(&app, context, id, ExperimentCommand::Conclude { winner }).await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct AssignBody {
+    /// Who is being assigned: a user, a session, an account.
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00]*$")]
+    subject: String,
+}
+
+/// A subject's variant.
+#[derive(Serialize, ToSchema)]
+struct AssignmentView {
+    experiment_id: Uuid,
+    subject: String,
+    variant: String,
+    /// `assigned` while the experiment runs; `not_running`: the control, as it does not.
+    reason: &'static str,
+}
+
+/// `POST /v1/experiments/{id}/assign`: the subject's variant, from memory: the same on
+/// every instance and after restarts. While the experiment does not run, the control.
+#[utoipa::path(
+    post,
+    path = "/v1/experiments/{experiment_id}/assign",
+    tag = "experiments",
+    params(("experiment_id" = Uuid, Path, description = "The experiment's id")),
+    request_body = AssignBody,
+    responses(
+        (status = 200, description = "The subject's variant", body = AssignmentView),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn assign(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<AssignBody>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Permission::CheckBudgets)?;
+    if body.subject.is_empty() || body.subject.chars().count() > 200 || body.subject.contains('\0') {
+        return Err(ApiError::invalid("subject", "must be 1 to 200 characters"));
+    }
+    let assignment = match app.live_experiments.assign(&caller.tenant, id, &body.subject) {
+        Some(assignment) => assignment,
+        // Created by another process a moment ago: not in this one's memory yet.
+        None => {
+            let stored = read_experiment(&app, &caller.tenant, id).await?;
+            domain::experiment::assign(&stored.salt, &stored.spec.variants, stored.status, &body.subject)
+                .ok_or(ApiError::NotFound("experiment"))?
+        }
+    };
+    Ok(Json(AssignmentView {
+        experiment_id: id,
+        subject: body.subject,
+        variant: assignment.variant,
+        reason: assignment.reason,
+    }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)] // describes what `observe` reads
+struct ObservationBody {
+    #[schema(min_length = 1, max_length = 200)]
+    subject: String,
+    /// The variant the subject was assigned.
+    variant: String,
+    /// An observation name one of the experiment's metrics reads.
+    metric: String,
+    value: f64,
+    /// When it happened (default: now).
+    #[schema(format = DateTime)]
+    timestamp: Option<String>,
+}
+
+/// What was stored.
+#[derive(Serialize, ToSchema)]
+struct ObserveOutcome {
+    accepted: u64,
+}
+
+/// `POST /v1/experiments/{id}/observations`: outcomes that arrive after the call (a
+/// conversion, a rating), up to 10,000. All are checked first: one bad observation refuses
+/// the request, naming each bad one.
+#[utoipa::path(
+    post,
+    path = "/v1/experiments/{experiment_id}/observations",
+    tag = "experiments",
+    params(("experiment_id" = Uuid, Path, description = "The experiment's id")),
+    request_body = Vec<ObservationBody>,
+    responses(
+        (status = 200, description = "How many were stored", body = ObserveOutcome),
+        (status = 404, response = NotFound),
+        (status = 413, description = "More than 10,000 observations"),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn observe(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<Vec<Value>>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Permission::IngestUsage)?;
+    if body.len() > MAX_OBSERVATIONS {
+        return Err(ApiError::TooManyRecords {
+            limit: MAX_OBSERVATIONS,
+        });
+    }
+    let experiment = read_experiment(&app, &caller.tenant, id).await?;
+    if experiment.status == ExperimentStatus::Draft {
+        return Err(ApiError::Conflict("the experiment has not started".into()));
+    }
+    let now = Utc::now();
+    let mut observations = Vec::with_capacity(body.len());
+    let mut errors = Vec::new();
+    for (index, value) in body.iter().enumerate() {
+        let field = |name: &str| format!("[{index}].{name}");
+        let text = |name: &str| value.get(name).and_then(Value::as_str);
+        let subject =
+            text("subject").filter(|s| !s.is_empty() && s.chars().count() <= 200 && !s.contains('\0'));
+        let variant = text("variant").filter(|v| experiment.spec.variant(v).is_some());
+        let metric = text("metric").filter(|m| experiment.spec.observes(m));
+        let number = value
+            .get("value")
+            .and_then(Value::as_f64)
+            .filter(|v| v.is_finite());
+        let at = match text("timestamp") {
+            Some(stamp) => parse_instant("timestamp", stamp)
+                .ok()
+                .filter(|at| *at <= now + chrono::Duration::hours(24)),
+            None if value.get("timestamp").is_some_and(|t| !t.is_null()) => None,
+            None => Some(now),
+        };
+        let known = ["subject", "variant", "metric", "value", "timestamp"];
+        let unknown = value
+            .as_object()
+            .map(|fields| fields.keys().any(|key| !known.contains(&key.as_str())))
+            .unwrap_or(true);
+        for (ok, name, message) in [
+            (
+                subject.is_some(),
+                "subject",
+                "must be a string of 1 to 200 characters",
+            ),
+            (
+                variant.is_some(),
+                "variant",
+                "must name one of the experiment's variants",
+            ),
+            (
+                metric.is_some(),
+                "metric",
+                "must be an observation one of the experiment's metrics reads",
+            ),
+            (number.is_some(), "value", "must be a finite number"),
+            (
+                at.is_some(),
+                "timestamp",
+                "must be an RFC 3339 timestamp, at most a day ahead",
+            ),
+            (
+                !unknown,
+                "record",
+                "must be an object of subject, variant, metric, value and timestamp",
+            ),
+        ] {
+            if !ok {
+                errors.push(FieldError {
+                    field: field(name),
+                    message: message.into(),
+                });
+            }
+        }
+        if let (Some(subject), Some(variant), Some(metric), Some(value), Some(at)) =
+            (subject, variant, metric, number, at)
+        {
+            observations.push(Observation {
+                subject: subject.to_string(),
+                variant: variant.to_string(),
+                metric: metric.to_string(),
+                value,
+                at,
+            });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let accepted =
+        commands::observations::store(&app.pool, &caller.tenant, id, caller.key_id, &observations).await?;
+    Ok(Json(ObserveOutcome { accepted }))
+}
