@@ -14,6 +14,9 @@
 //!   flags and their deterministic evaluation.
 //! - [`approval`]: protected scopes and the change requests another key must approve.
 //! - [`budget`]: what to spend per scope and period.
+//! - [`experiment_stats`]: the statistics that compare an experiment's variants (tests,
+//!   intervals, sample ratio mismatch, multiple-testing corrections, sequential and
+//!   Bayesian summaries).
 //! - [`bulk`]: bulk jobs: one operation over many targets, tracked, cancellable, reversible.
 //! - [`audit`]: records of who read the audit log and key listings.
 //! - [`usage`]: usage records as clients report them, and their exact cost.
@@ -32,6 +35,7 @@ pub mod bulk;
 pub mod call_summary;
 pub mod category;
 pub mod config;
+pub mod experiment_stats;
 pub mod fields;
 pub mod flag;
 pub mod governed;
