@@ -203,7 +203,7 @@ pub fn two_proportions(
 }
 
 /// A ratio metric per variant: per unit a numerator `x` and a denominator `y` (say revenue
-/// and sessions), estimated as `Σx / Σy = mean_x / mean_y`. The variances and covariance are
+/// and visits), estimated as `Σx / Σy = mean_x / mean_y`. The variances and covariance are
 /// sample ones over units (denominator `n − 1`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct RatioSample {
@@ -580,4 +580,428 @@ fn finite_comparison(comparison: Comparison) -> Option<Comparison> {
         && comparison.lift_rel.is_none_or(f64::is_finite)
         && comparison.lift_rel_ci.is_none_or(|i| i.is_finite());
     finite.then_some(comparison)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every number is checked against `domain/tests/reference/experiment_stats.json`, which
+    //! `domain/tests/reference/experiment_stats.py` computes with SciPy and NumPy.
+
+    use serde_json::Value;
+
+    use super::*;
+
+    const FIXTURE: &str = include_str!("../tests/reference/experiment_stats.json");
+
+    /// Relative tolerance for every value, Student-t tails and quantiles included: statrs
+    /// and SciPy agree to about 1e-10 there (different algorithms for the special functions).
+    const REL: f64 = 1e-9;
+
+    fn fixture() -> Value {
+        serde_json::from_str(FIXTURE).expect("the fixture is JSON")
+    }
+
+    fn f(v: &Value) -> f64 {
+        v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+    }
+
+    fn u(v: &Value) -> u64 {
+        v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+    }
+
+    fn cases<'a>(fixture: &'a Value, key: &str) -> &'a Vec<Value> {
+        let cases = fixture[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {key} in the fixture"));
+        assert!(!cases.is_empty(), "{key} has no cases");
+        cases
+    }
+
+    /// `|actual − expected| <= rel·|expected|`, with `rel` as an absolute bound near 0.
+    #[track_caller]
+    fn close(what: &str, actual: f64, expected: f64, rel: f64) {
+        let bound = rel * expected.abs().max(1e-300);
+        assert!(
+            (actual - expected).abs() <= bound || (expected == 0.0 && actual.abs() <= rel),
+            "{what}: {actual} vs SciPy's {expected} (relative error {:e})",
+            ((actual - expected) / expected).abs()
+        );
+    }
+
+    #[track_caller]
+    fn close_interval(what: &str, actual: Interval, expected: &Value, rel: f64) {
+        close(&format!("{what} low"), actual.low, f(&expected[0]), rel);
+        close(&format!("{what} high"), actual.high, f(&expected[1]), rel);
+    }
+
+    fn sample(v: &Value) -> Sample {
+        match v.get("values") {
+            Some(values) => Sample::from_values(
+                &values
+                    .as_array()
+                    .expect("values")
+                    .iter()
+                    .map(f)
+                    .collect::<Vec<_>>(),
+            ),
+            None => Sample {
+                n: u(&v["n"]),
+                mean: f(&v["mean"]),
+                variance: f(&v["variance"]),
+            },
+        }
+    }
+
+    #[track_caller]
+    fn check_comparison(what: &str, actual: Comparison, expected: &Value) {
+        close(
+            &format!("{what} lift_abs"),
+            actual.lift_abs,
+            f(&expected["lift_abs"]),
+            REL,
+        );
+        close_interval(
+            &format!("{what} lift_abs_ci"),
+            actual.lift_abs_ci,
+            &expected["lift_abs_ci"],
+            REL,
+        );
+        match (actual.lift_rel, expected["lift_rel"].as_f64()) {
+            (Some(lift), Some(reference)) => close(&format!("{what} lift_rel"), lift, reference, REL),
+            (None, None) => {}
+            (ours, theirs) => panic!("{what} lift_rel: {ours:?} vs SciPy's {theirs:?}"),
+        }
+        match actual.lift_rel_ci {
+            Some(ci) => close_interval(&format!("{what} lift_rel_ci"), ci, &expected["lift_rel_ci"], REL),
+            None => assert!(expected["lift_rel_ci"].is_null(), "{what} lift_rel_ci missing"),
+        }
+        close(
+            &format!("{what} p_value"),
+            actual.p_value,
+            f(&expected["p_value"]),
+            REL,
+        );
+        assert_eq!(
+            actual.significant,
+            expected["significant"].as_bool().expect("significant"),
+            "{what}"
+        );
+    }
+
+    #[test]
+    fn samples_match_numpy() {
+        let fixture = fixture();
+        for case in cases(&fixture, "samples") {
+            let s = sample(case);
+            assert_eq!(s.n, u(&case["n"]));
+            close("mean", s.mean, f(&case["mean"]), REL);
+            close("variance", s.variance, f(&case["variance"]), REL);
+        }
+        for case in cases(&fixture, "sums") {
+            let s = Sample::from_sums(u(&case["n"]), f(&case["sum"]), f(&case["sum_squares"]));
+            close("mean from sums", s.mean, f(&case["mean"]), REL);
+            close("variance from sums", s.variance, f(&case["variance"]), REL);
+        }
+    }
+
+    #[test]
+    fn mean_intervals_match_scipy() {
+        let fixture = fixture();
+        for case in cases(&fixture, "mean_interval") {
+            let interval = mean_interval(&sample(&case["sample"]), f(&case["alpha"])).expect("interval");
+            close_interval("mean interval", interval, &case["interval"], REL);
+        }
+    }
+
+    #[test]
+    fn welch_matches_scipy() {
+        let fixture = fixture();
+        for (i, case) in cases(&fixture, "welch").iter().enumerate() {
+            let (control, treatment) = (sample(&case["control"]), sample(&case["treatment"]));
+            let result = welch(&control, &treatment, f(&case["alpha"])).expect("comparison");
+            check_comparison(&format!("welch #{i}"), result, &case["expected"]);
+        }
+    }
+
+    #[test]
+    fn two_proportions_match_scipy() {
+        let fixture = fixture();
+        for (i, case) in cases(&fixture, "two_proportions").iter().enumerate() {
+            let pair = |v: &Value| (u(&v[0]), u(&v[1]));
+            let pooled = case["pooled"].as_bool().expect("pooled");
+            let result = two_proportions(
+                pair(&case["control"]),
+                pair(&case["treatment"]),
+                pooled,
+                f(&case["alpha"]),
+            )
+            .expect("comparison");
+            check_comparison(
+                &format!("proportions #{i} pooled={pooled}"),
+                result,
+                &case["expected"],
+            );
+        }
+    }
+
+    #[test]
+    fn ratio_metrics_match_numpy() {
+        let fixture = fixture();
+        let mut samples = Vec::new();
+        for case in cases(&fixture, "ratio_samples") {
+            let pairs: Vec<(f64, f64)> = case["pairs"]
+                .as_array()
+                .expect("pairs")
+                .iter()
+                .map(|p| (f(&p[0]), f(&p[1])))
+                .collect();
+            let s = RatioSample::from_pairs(&pairs);
+            assert_eq!(s.n, u(&case["n"]));
+            for (what, ours, key) in [
+                ("mean_x", s.mean_x, "mean_x"),
+                ("mean_y", s.mean_y, "mean_y"),
+                ("var_x", s.var_x, "var_x"),
+                ("var_y", s.var_y, "var_y"),
+                ("cov_xy", s.cov_xy, "cov_xy"),
+            ] {
+                close(what, ours, f(&case[key]), REL);
+            }
+            close("ratio", s.ratio().expect("ratio"), f(&case["ratio"]), REL);
+            close(
+                "ratio variance",
+                s.ratio_variance().expect("variance"),
+                f(&case["ratio_variance"]),
+                REL,
+            );
+            samples.push(s);
+        }
+        let by_name = |name: &Value| {
+            let index: usize = name.as_str().expect("name")[1..].parse().expect("r<number>");
+            samples[index - 1]
+        };
+        for (i, case) in cases(&fixture, "ratio_comparisons").iter().enumerate() {
+            let result = ratio_comparison(
+                &by_name(&case["control"]),
+                &by_name(&case["treatment"]),
+                f(&case["alpha"]),
+            )
+            .expect("comparison");
+            check_comparison(&format!("ratio #{i}"), result, &case["expected"]);
+        }
+    }
+
+    #[test]
+    fn srm_matches_scipy_chisquare() {
+        let fixture = fixture();
+        for case in cases(&fixture, "srm") {
+            let observed: Vec<u64> = case["observed"]
+                .as_array()
+                .expect("observed")
+                .iter()
+                .map(u)
+                .collect();
+            let weights: Vec<f64> = case["weights"]
+                .as_array()
+                .expect("weights")
+                .iter()
+                .map(f)
+                .collect();
+            let result = srm(&observed, &weights).expect("srm");
+            close("chi-square", result.chi_square, f(&case["chi_square"]), REL);
+            close("srm p-value", result.p_value, f(&case["p_value"]), REL);
+            assert_eq!(
+                result.flagged,
+                case["flagged"].as_bool().expect("flagged"),
+                "{observed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn holm_and_benjamini_hochberg_match_the_reference() {
+        let fixture = fixture();
+        for case in cases(&fixture, "multiple_testing") {
+            let p: Vec<f64> = case["p_values"].as_array().expect("p").iter().map(f).collect();
+            for (what, ours, key) in [
+                ("holm", holm(&p), "holm"),
+                ("bh", benjamini_hochberg(&p), "benjamini_hochberg"),
+            ] {
+                let reference = case[key].as_array().expect("adjusted");
+                assert_eq!(ours.len(), reference.len());
+                for (a, e) in ours.iter().zip(reference) {
+                    close(what, *a, f(e), REL);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sequential_matches_the_boundary_formula() {
+        let fixture = fixture();
+        for (i, case) in cases(&fixture, "sequential").iter().enumerate() {
+            let (alpha, tuning_n) = (f(&case["alpha"]), u(&case["tuning_n"]));
+            // ρ² from Newton's method against SciPy's Lambert W.
+            let rho2 = (mixture_u(alpha).expect("u") - 1.0) / tuning_n as f64;
+            close("rho²", rho2, f(&case["rho2"]), REL);
+            let (control, treatment) = (sample(&case["control"]), sample(&case["treatment"]));
+            let result = sequential(&control, &treatment, alpha, tuning_n).expect("comparison");
+            check_comparison(&format!("sequential #{i}"), result, &case["expected"]);
+        }
+    }
+
+    #[test]
+    fn bayesian_matches_scipy_norm() {
+        let fixture = fixture();
+        for case in cases(&fixture, "bayesian") {
+            let prior = case["prior"].as_array().map(|p| (f(&p[0]), f(&p[1])));
+            let higher = case["higher_is_better"].as_bool().expect("higher_is_better");
+            let (control, treatment) = (sample(&case["control"]), sample(&case["treatment"]));
+            let posterior =
+                bayesian(&control, &treatment, prior, higher, f(&case["alpha"])).expect("posterior");
+            let expected = &case["expected"];
+            close("posterior mean", posterior.mean, f(&expected["mean"]), REL);
+            close("posterior sd", posterior.sd, f(&expected["sd"]), REL);
+            close_interval(
+                "credible interval",
+                posterior.interval,
+                &expected["interval"],
+                REL,
+            );
+            close(
+                "chance to beat control",
+                posterior.chance_to_beat_control,
+                f(&expected["chance_to_beat_control"]),
+                REL,
+            );
+        }
+    }
+
+    fn s(n: u64, mean: f64, variance: f64) -> Sample {
+        Sample { n, mean, variance }
+    }
+
+    #[test]
+    fn degenerate_samples_give_none() {
+        let one = s(1, 3.0, 0.0);
+        let fine = s(100, 3.0, 2.0);
+        let constant = s(100, 3.0, 0.0);
+        assert_eq!(Sample::from_values(&[]), s(0, 0.0, 0.0));
+        assert_eq!(Sample::from_values(&[4.0]), s(1, 4.0, 0.0));
+        assert_eq!(Sample::from_sums(0, 0.0, 0.0), s(0, 0.0, 0.0));
+        // Seven units of 0.7: rounding would make this variance slightly negative.
+        assert_eq!(Sample::from_sums(7, 4.9, 3.4299999999999993).variance, 0.0);
+
+        assert_eq!(mean_interval(&one, 0.05), None);
+        assert_eq!(
+            mean_interval(&constant, 0.05),
+            Some(Interval { low: 3.0, high: 3.0 })
+        );
+        for alpha in [0.0, 1.0, -0.1, f64::NAN] {
+            assert_eq!(mean_interval(&fine, alpha), None, "alpha {alpha}");
+            assert_eq!(welch(&fine, &fine, alpha), None, "alpha {alpha}");
+            assert_eq!(sequential(&fine, &fine, alpha, 100), None, "alpha {alpha}");
+            assert_eq!(bayesian(&fine, &fine, None, true, alpha), None, "alpha {alpha}");
+            assert_eq!(
+                two_proportions((1, 10), (2, 10), true, alpha),
+                None,
+                "alpha {alpha}"
+            );
+        }
+        assert_eq!(welch(&one, &fine, 0.05), None);
+        assert_eq!(welch(&constant, &constant, 0.05), None);
+        assert_eq!(welch(&s(10, f64::INFINITY, 1.0), &fine, 0.05), None);
+        assert_eq!(sequential(&constant, &constant, 0.05, 100), None);
+        assert_eq!(sequential(&fine, &fine, 0.05, 0), None);
+        assert_eq!(bayesian(&constant, &constant, None, true, 0.05), None);
+        assert_eq!(bayesian(&fine, &fine, Some((0.0, 0.0)), true, 0.05), None);
+        assert_eq!(
+            bayesian(&fine, &fine, Some((0.0, f64::INFINITY)), true, 0.05),
+            None
+        );
+    }
+
+    #[test]
+    fn a_zero_control_mean_has_no_relative_lift() {
+        let result = welch(&s(50, 0.0, 1.0), &s(50, 0.5, 1.0), 0.05).expect("comparison");
+        assert_eq!((result.lift_rel, result.lift_rel_ci), (None, None));
+        // One variance 0: Welch's df falls back to the other variant's n − 1.
+        let one_sided = welch(&s(20, 1.0, 0.0), &s(30, 1.5, 2.0), 0.05).expect("comparison");
+        assert!(one_sided.p_value > 0.0 && one_sided.p_value < 1.0);
+    }
+
+    #[test]
+    fn degenerate_proportions_give_none() {
+        assert_eq!(two_proportions((0, 0), (1, 10), true, 0.05), None);
+        assert_eq!(two_proportions((11, 10), (1, 10), true, 0.05), None);
+        // Nothing varies: no standard error for either test.
+        assert_eq!(two_proportions((0, 10), (0, 20), true, 0.05), None);
+        assert_eq!(two_proportions((10, 10), (20, 20), false, 0.05), None);
+        // 0 % against 100 %: the pooled error exists, the unpooled one does not.
+        assert!(two_proportions((0, 10), (10, 10), true, 0.05).is_some());
+        assert_eq!(two_proportions((0, 10), (10, 10), false, 0.05), None);
+    }
+
+    #[test]
+    fn degenerate_ratios_give_none() {
+        let empty = RatioSample::from_pairs(&[]);
+        assert_eq!((empty.ratio(), empty.ratio_variance()), (None, None));
+        let single = RatioSample::from_pairs(&[(2.0, 4.0)]);
+        assert_eq!((single.ratio(), single.ratio_variance()), (Some(0.5), None));
+        let zero_denominator = RatioSample::from_pairs(&[(1.0, 0.0), (2.0, 0.0)]);
+        assert_eq!(zero_denominator.ratio(), None);
+        // Every unit has the same ratio: the delta-method variance is 0.
+        let exact = RatioSample::from_pairs(&[(1.0, 2.0), (2.0, 4.0), (3.0, 6.0)]);
+        assert_eq!(exact.ratio_variance(), Some(0.0));
+        assert_eq!(ratio_comparison(&exact, &exact, 0.05), None);
+        assert_eq!(ratio_comparison(&zero_denominator, &exact, 0.05), None);
+    }
+
+    #[test]
+    fn degenerate_srm_inputs_give_none() {
+        assert_eq!(srm(&[], &[]), None);
+        assert_eq!(srm(&[10], &[1.0]), None);
+        assert_eq!(srm(&[10, 10], &[1.0]), None);
+        assert_eq!(srm(&[10, 10], &[1.0, 0.0]), None);
+        assert_eq!(srm(&[10, 10], &[1.0, -1.0]), None);
+        assert_eq!(srm(&[10, 10], &[1.0, f64::NAN]), None);
+        assert_eq!(srm(&[0, 0], &[1.0, 1.0]), None);
+        let even = srm(&[500, 500], &[1.0, 1.0]).expect("srm");
+        assert_eq!((even.chi_square, even.p_value, even.flagged), (0.0, 1.0, false));
+    }
+
+    #[test]
+    fn corrections_handle_empty_and_out_of_range_input() {
+        assert!(holm(&[]).is_empty());
+        assert!(benjamini_hochberg(&[]).is_empty());
+        // NaN counts as 1, values outside [0, 1] are clamped; nothing comes out NaN.
+        let p = [f64::NAN, 0.01, -0.5, 2.0];
+        assert_eq!(holm(&p), vec![1.0, 0.03, 0.0, 1.0]);
+        assert_eq!(benjamini_hochberg(&p), vec![1.0, 0.02, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn the_sequential_p_value_and_interval_agree() {
+        let (control, treatment) = (s(4000, 10.0, 25.0), s(4100, 10.4, 26.0));
+        for alpha in [0.2, 0.05, 0.01] {
+            let result = sequential(&control, &treatment, alpha, 5000).expect("comparison");
+            assert_eq!(result.significant, result.p_value < alpha, "alpha {alpha}");
+        }
+        // Wider than the fixed-horizon interval at the same level: the price of peeking.
+        let fixed = welch(&control, &treatment, 0.05).expect("comparison");
+        let always_valid = sequential(&control, &treatment, 0.05, 8100).expect("comparison");
+        assert!(always_valid.lift_abs_ci.low < fixed.lift_abs_ci.low);
+        assert!(always_valid.p_value > fixed.p_value);
+    }
+
+    #[test]
+    fn mixture_u_solves_its_equation() {
+        for alpha in [1e-12, 1e-3, 0.05, 0.5, 0.999] {
+            let u = mixture_u(alpha).expect("u");
+            let residual = u - 1.0 - u.ln() + 2.0 * alpha.ln();
+            assert!(
+                u > 1.0 && residual.abs() < 1e-9,
+                "alpha {alpha}: u {u}, residual {residual}"
+            );
+        }
+    }
 }
