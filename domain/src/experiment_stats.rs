@@ -183,7 +183,8 @@ pub fn two_proportions(
     let (vc, vt) = (pc * (1.0 - pc) / nc as f64, pt * (1.0 - pt) / nt as f64);
     let se_unpooled = (vc + vt).sqrt();
     let se_test = if pooled {
-        let p = (xc + xt) as f64 / (nc + nt) as f64;
+        // In f64: u64 sums of counts could overflow.
+        let p = (xc as f64 + xt as f64) / (nc as f64 + nt as f64);
         positive_se(p * (1.0 - p) * (1.0 / nc as f64 + 1.0 / nt as f64))?
     } else {
         positive_se(vc + vt)?
@@ -420,7 +421,7 @@ pub fn sequential(control: &Sample, treatment: &Sample, alpha: f64, tuning_n: u6
     let (vc, vt) = (control.mean_variance(), treatment.mean_variance());
     let se = positive_se(vc + vt)?;
     let diff = treatment.mean - control.mean;
-    let v = (control.n + treatment.n) as f64 * rho2;
+    let v = (control.n as f64 + treatment.n as f64) * rho2;
     // Half-width in standard errors; it stands in for the quantile of a fixed-horizon test.
     let multiplier = (2.0 * (v + 1.0) / v * ((v + 1.0).sqrt() / alpha).ln()).sqrt();
     let z = diff / se;
@@ -918,6 +919,13 @@ mod tests {
             bayesian(&fine, &fine, Some((0.0, f64::INFINITY)), true, 0.05),
             None
         );
+    }
+
+    #[test]
+    fn huge_counts_do_not_overflow() {
+        assert!(two_proportions((u64::MAX / 2, u64::MAX), (u64::MAX / 3, u64::MAX), true, 0.05).is_some());
+        let huge = s(u64::MAX, 1.0, 1.0);
+        assert!(sequential(&huge, &s(u64::MAX, 2.0, 1.0), 0.05, 1000).is_some());
     }
 
     #[test]
