@@ -14,9 +14,14 @@
 //!   flags and their deterministic evaluation.
 //! - [`approval`]: protected scopes and the change requests another key must approve.
 //! - [`budget`]: what to spend per scope and period.
+//! - [`experiment`]: experiments: variants, metrics, lifecycle and deterministic
+//!   assignment; [`experiment_stats`]: the statistics that compare an experiment's variants (tests,
+//!   intervals, sample ratio mismatch, multiple-testing corrections, sequential and
+//!   Bayesian summaries).
 //! - [`bulk`]: bulk jobs: one operation over many targets, tracked, cancellable, reversible.
 //! - [`audit`]: records of who read the audit log and key listings.
-//! - [`usage`]: usage records as clients report them, and their exact cost.
+//! - [`usage`]: usage records as clients report them, and their exact cost;
+//!   [`call_summary`]: their latencies and metrics in a mergeable form.
 //! - [`template`]: parsing `{{variable}}` placeholders.
 //! - [`text`]: validated text values; [`fields`]: reading raw input into them with every
 //!   invalid field reported at once.
@@ -33,6 +38,7 @@ pub mod call_summary;
 pub mod category;
 pub mod config;
 pub mod experiment;
+pub mod experiment_stats;
 pub mod fields;
 pub mod flag;
 pub mod governed;
