@@ -105,6 +105,7 @@ pub async fn serve_until(
     let _scheduler = crate::scheduler::spawn(state.clone());
     let _bulk_runner = crate::bulk::runner::spawn(state.clone());
     let _budget_watcher = crate::budget_watch::spawn(state.clone());
+    let _guardrails = crate::guardrails::spawn(state.clone());
     let _metrics_server = match &settings.metrics_listen {
         Some(address) => Some(serve_metrics(state.clone(), address).await?),
         None => None,

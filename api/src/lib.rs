@@ -30,6 +30,7 @@ pub mod cli;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod guardrails;
 pub mod hardening;
 pub mod idempotency;
 pub mod incidents;

@@ -15,7 +15,8 @@
 //! - [`approval`]: protected scopes and the change requests another key must approve.
 //! - [`budget`]: what to spend per scope and period.
 //! - [`experiment`]: experiments: variants, metrics, lifecycle and deterministic
-//!   assignment; [`experiment_stats`]: the statistics that compare an experiment's variants (tests,
+//!   assignment; [`experiment_results`]: their results from their units' data;
+//!   [`experiment_stats`]: the statistics that compare an experiment's variants (tests,
 //!   intervals, sample ratio mismatch, multiple-testing corrections, sequential and
 //!   Bayesian summaries).
 //! - [`bulk`]: bulk jobs: one operation over many targets, tracked, cancellable, reversible.
@@ -38,6 +39,7 @@ pub mod call_summary;
 pub mod category;
 pub mod config;
 pub mod experiment;
+pub mod experiment_results;
 pub mod experiment_stats;
 pub mod fields;
 pub mod flag;

@@ -45,6 +45,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(conclude))
         .routes(routes!(assign))
         .routes(routes!(observe))
+        .routes(routes!(results))
 }
 
 fn respond(status: StatusCode, view: ExperimentView) -> impl IntoResponse {
@@ -685,4 +686,120 @@ async fn observe(
     let accepted =
         commands::observations::store(&app.pool, &caller.tenant, id, caller.key_id, &observations).await?;
     Ok(Json(ObserveOutcome { accepted }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ResultsQuery {
+    /// `fixed` (default): read once at the planned size; `sequential`: safe to read as often
+    /// as you like; `bayesian`: the posterior on the lift and the chance to beat control.
+    #[param(pattern = "^(fixed|sequential|bayesian)$")]
+    method: Option<String>,
+    /// Across primary and secondary metrics × variants: `none` (default), `holm` or `bh`.
+    #[param(pattern = "^(none|holm|bh)$")]
+    correction: Option<String>,
+    /// Compute the results from the data as it stood at this instant (RFC 3339).
+    #[param(format = DateTime)]
+    as_of: Option<String>,
+}
+
+/// What a result was computed from, to compute it again exactly (`?as_of=<until>`).
+#[derive(Serialize, ToSchema)]
+struct ResultsData {
+    /// Usage records and observations stamped and received by then.
+    until: chrono::DateTime<Utc>,
+    /// The experiment's version (its definition and status) the result used.
+    version: i64,
+    usage_records: i64,
+    observations: i64,
+}
+
+/// An experiment's results.
+#[derive(Serialize, ToSchema)]
+struct ResultsView {
+    experiment_id: Uuid,
+    status: String,
+    /// The method, correction, sample ratio check, per metric the variants' figures and the
+    /// comparisons with the control, and the guardrails found worse.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    results: domain::experiment_results::ExperimentResults,
+    data: ResultsData,
+}
+
+/// `GET /v1/experiments/{id}/results?method=&correction=&as_of=`: per variant and metric
+/// `units`, `mean`, `variance` and a 95 % interval; per treatment against the control the
+/// absolute and relative lift with their intervals, the p-value (adjusted when asked) and
+/// whether it is significant; the sample ratio check; the guardrails found worse. The unit
+/// is the subject; a subject seen in several variants is counted apart, in no figure.
+#[utoipa::path(
+    get,
+    path = "/v1/experiments/{experiment_id}/results",
+    tag = "experiments",
+    params(("experiment_id" = Uuid, Path, description = "The experiment's id"), ResultsQuery),
+    responses(
+        (status = 200, description = "The results", body = ResultsView),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn results(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(query): ApiQuery<ResultsQuery>,
+) -> ApiResult<impl IntoResponse> {
+    use domain::experiment_results::{Correction, Method};
+    caller.require(Permission::Read)?;
+    let method = match query.method.as_deref() {
+        None => Method::Fixed,
+        Some(text) => Method::parse(text)
+            .ok_or_else(|| ApiError::invalid("method", "must be fixed, sequential or bayesian"))?,
+    };
+    let correction = match query.correction.as_deref() {
+        None => Correction::None,
+        Some(text) => Correction::parse(text)
+            .ok_or_else(|| ApiError::invalid("correction", "must be none, holm or bh"))?,
+    };
+    let until = match &query.as_of {
+        Some(text) => parse_instant("as_of", text)?,
+        None => Utc::now(),
+    };
+    let experiment = read_experiment(&app, &caller.tenant, id).await?;
+    let units =
+        projections::experiment::results::units(&app.pool, &caller.tenant, id, &experiment.spec, until)
+            .await?;
+    let results = domain::experiment_results::results(
+        &experiment.spec,
+        &units.variants,
+        units.subjects_in_several_variants,
+        method,
+        correction,
+    );
+    // A guardrail found worse pauses a running experiment now, not at the next round.
+    let mut status = experiment.status;
+    if query.as_of.is_none() {
+        let fixed = domain::experiment_results::results(
+            &experiment.spec,
+            &units.variants,
+            units.subjects_in_several_variants,
+            Method::Fixed,
+            Correction::None,
+        );
+        if crate::guardrails::enforce(&app, &experiment, &fixed).await {
+            status = ExperimentStatus::Paused;
+        }
+    }
+    Ok(Json(ResultsView {
+        experiment_id: id,
+        status: status.as_str().to_string(),
+        results,
+        data: ResultsData {
+            until,
+            version: experiment.version,
+            usage_records: units.records,
+            observations: units.observations,
+        },
+    }))
 }

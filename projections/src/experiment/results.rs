@@ -8,26 +8,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use domain::experiment::{ExperimentSpec, MetricKind};
+use domain::experiment_results::VariantData;
 use sqlx::PgPool;
 use uuid::Uuid;
-
-/// Per variant, what its units gave.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct VariantUnits {
-    /// Subjects exposed to the variant (and to no other).
-    pub units: u64,
-    /// Per binary or continuous metric, one value per unit that has one (a binary or ratio
-    /// metric: every unit, 0 when it reported nothing; a continuous one: the units that
-    /// reported it).
-    pub values: BTreeMap<String, Vec<f64>>,
-    /// Per ratio metric, per unit its numerator and denominator.
-    pub pairs: BTreeMap<String, Vec<(f64, f64)>>,
-}
 
 /// An experiment's units as they stood at `until`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExperimentUnits {
-    pub variants: BTreeMap<String, VariantUnits>,
+    pub variants: BTreeMap<String, VariantData>,
     /// Subjects seen in more than one variant: counted here, in no figure.
     pub subjects_in_several_variants: u64,
     /// Usage records and observations read.
@@ -103,10 +91,10 @@ pub async fn units(
             sums.insert(metric, (sum, max));
         }
     }
-    let mut variants: BTreeMap<String, VariantUnits> = spec
+    let mut variants: BTreeMap<String, VariantData> = spec
         .variants
         .iter()
-        .map(|variant| (variant.name.clone(), VariantUnits::default()))
+        .map(|variant| (variant.name.clone(), VariantData::default()))
         .collect();
     let mut several = 0;
     for seen in subjects.into_values() {

@@ -218,6 +218,7 @@ async fn definitions_and_observations_are_checked_and_tenants_kept_apart() {
     for (method, path, body) in [
         (Method::GET, format!("/v1/experiments/{id}"), None),
         (Method::GET, format!("/v1/experiments/{id}/history"), None),
+        (Method::GET, format!("/v1/experiments/{id}/results"), None),
         (Method::POST, format!("/v1/experiments/{id}/stop"), None),
         (
             Method::POST,
@@ -243,4 +244,186 @@ async fn definitions_and_observations_are_checked_and_tenants_kept_apart() {
     )
     .await;
     assert_eq!(mine["items"].as_array().map(Vec::len), Some(1));
+}
+
+/// Observations for `count` subjects `<prefix>-<n>` of `variant`: `converted` 1 for the
+/// first `converting` of them (0 for the others), and `latency` from `latency_from` up by
+/// the subject's number modulo 50.
+fn traffic(prefix: &str, variant: &str, count: usize, converting: usize, latency_from: f64) -> Vec<Value> {
+    (0..count)
+        .flat_map(|n| {
+            let subject = format!("{prefix}-{n}");
+            [
+                json!({"subject": subject, "variant": variant, "metric": "converted",
+                       "value": if n < converting { 1 } else { 0 }}),
+                json!({"subject": subject, "variant": variant, "metric": "latency",
+                       "value": latency_from + (n % 50) as f64}),
+            ]
+        })
+        .collect()
+}
+
+async fn observe(app: &TestApp, key: &str, id: &str, observations: Vec<Value>) {
+    for chunk in observations.chunks(10_000) {
+        expect_status(
+            app.post(&format!("/v1/experiments/{id}/observations"), key, json!(chunk))
+                .await,
+            StatusCode::OK,
+        )
+        .await;
+    }
+}
+
+async fn results(app: &TestApp, id: &str, query: &str) -> Value {
+    expect_status(
+        app.get(&format!("/v1/experiments/{id}/results{query}"), &app.admin_key)
+            .await,
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// The comparison of `variant` for `metric` in `results`.
+fn comparison<'a>(results: &'a Value, metric: &str, variant: &str) -> &'a Value {
+    results["metrics"]
+        .as_array()
+        .and_then(|metrics| metrics.iter().find(|m| m["name"] == metric))
+        .and_then(|m| m["comparisons"].as_array())
+        .and_then(|comparisons| comparisons.iter().find(|c| c["variant"] == variant))
+        .unwrap_or_else(|| panic!("no {metric} comparison for {variant} in {results}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_effect_is_found_by_every_method_and_a_harmful_guardrail_pauses_the_experiment() {
+    let app = TestApp::spawn().await;
+    let (id, _) = experiment(&app, (50, 50)).await;
+    let ingest = app.key("acme", "ingest").await;
+    expect_status(lifecycle(&app, &id, "start").await, StatusCode::OK).await;
+    let before_traffic = chrono::Utc::now().to_rfc3339();
+
+    // 10 % of the control's 1,000 subjects convert, 20 % of the treatment's; the treatment's
+    // latency is 50 ms worse. One subject turns up in both variants.
+    let mut observations = traffic("c", "control", 1_000, 100, 100.0);
+    observations.extend(traffic("s", "short", 1_000, 200, 150.0));
+    observations.push(json!({"subject": "c-0", "variant": "short", "metric": "converted", "value": 1}));
+    observe(&app, &ingest, &id, observations).await;
+    // Ratings arrive with the usage records of the calls.
+    let at = chrono::Utc::now().to_rfc3339();
+    let records: Vec<Value> = (0..200)
+        .map(|n| {
+            let (variant, prefix) = if n % 2 == 0 { ("control", "c") } else { ("short", "s") };
+            json!({"id": format!("call-{n}"), "timestamp": at, "model": "openai/gpt-4o-mini", "experiment_id": id,
+                   "variant": variant, "subject": format!("{prefix}-{}", n + 1), "metrics": {"rating": (n % 5) + 1}})
+        })
+        .collect();
+    expect_status(
+        app.post("/v1/usage", &ingest, json!(records)).await,
+        StatusCode::OK,
+    )
+    .await;
+
+    let fixed = results(&app, &id, "?correction=holm").await;
+    assert_eq!(fixed["method"], "fixed");
+    assert_eq!(fixed["subjects_in_several_variants"], 1, "{fixed}");
+    assert_eq!(fixed["srm"]["units"], json!([999, 1000]));
+    assert_eq!(fixed["srm"]["flagged"], false);
+    assert_eq!(fixed["min_units_reached"], true);
+    let converted = comparison(&fixed, "converted", "short");
+    // Without c-0 (seen in both): 99 of 999 against 200 of 1,000.
+    let lift = converted["lift_abs"].as_f64().expect("lift");
+    assert!((lift - (0.2 - 99.0 / 999.0)).abs() < 1e-12, "{converted}");
+    assert_eq!(
+        (converted["significant"].as_bool(), converted["better"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert!(converted["p_value"].as_f64().expect("p") < 1e-6);
+    assert!(
+        converted["p_value_adjusted"].as_f64().expect("adjusted")
+            >= converted["p_value"].as_f64().expect("p")
+    );
+    let rating = comparison(&fixed, "rating", "short");
+    assert_eq!(
+        rating["significant"], false,
+        "the ratings do not differ: {rating}"
+    );
+    let variants = &fixed["metrics"][0]["variants"];
+    assert_eq!(variants[0]["units"], 999);
+    assert!((variants[0]["mean"].as_f64().expect("mean") - 99.0 / 999.0).abs() < 1e-12);
+
+    // The harmful guardrail paused the experiment, with the evidence in the event.
+    assert_eq!(fixed["guardrails_breached"][0]["metric"], "latency", "{fixed}");
+    assert_eq!(fixed["status"], "paused");
+    let history = expect_status(
+        app.get(&format!("/v1/experiments/{id}/history"), &app.admin_key)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let paused = history["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|item| item["event_type"] == "ExperimentPaused")
+        .expect("paused");
+    assert_eq!(
+        paused["data"]["evidence"]["guardrails_breached"][0]["variant"],
+        "short"
+    );
+    assert_eq!(paused["actor"]["name"], "guardrail", "{paused}");
+    let subject = assign_subject(&app, &ingest, &id).await;
+    assert_eq!(subject, "control", "a paused experiment assigns the control");
+
+    let sequential = results(&app, &id, "?method=sequential").await;
+    assert_eq!(comparison(&sequential, "converted", "short")["significant"], true);
+    let bayesian = results(&app, &id, "?method=bayesian").await;
+    let chance = comparison(&bayesian, "converted", "short")["chance_to_beat_control"]
+        .as_f64()
+        .expect("chance");
+    assert!(chance > 0.999, "{chance}");
+
+    // As the data stood before the traffic: nothing.
+    let empty = results(&app, &id, &format!("?as_of={}", urlencode(&before_traffic))).await;
+    assert_eq!(empty["srm"]["units"], json!([0, 0]), "{empty}");
+    assert_eq!(empty["data"]["observations"], 0);
+    for bad in [
+        "?method=frequentist",
+        "?correction=bonferroni",
+        "?as_of=yesterday",
+    ] {
+        let refused = app
+            .get(&format!("/v1/experiments/{id}/results{bad}"), &app.admin_key)
+            .await;
+        expect_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_effect_is_not_significant_and_a_sample_ratio_mismatch_is_flagged() {
+    let app = TestApp::spawn().await;
+    let (id, _) = experiment(&app, (50, 50)).await;
+    let ingest = app.key("acme", "ingest").await;
+    expect_status(lifecycle(&app, &id, "start").await, StatusCode::OK).await;
+    // 15 % convert in both; 1,000 subjects against 800 where the weights expect as many.
+    let mut observations = traffic("c", "control", 1_000, 150, 100.0);
+    observations.extend(traffic("s", "short", 800, 120, 100.0));
+    observe(&app, &ingest, &id, observations).await;
+    let fixed = results(&app, &id, "").await;
+    let converted = comparison(&fixed, "converted", "short");
+    assert_eq!(converted["lift_abs"], 0.0);
+    assert_eq!(converted["significant"], false, "{converted}");
+    assert_eq!(fixed["srm"]["flagged"], true, "{fixed}");
+    assert!(fixed["srm"]["p_value"].as_f64().expect("p") < 0.001);
+    assert_eq!(fixed["guardrails_breached"], json!([]));
+    assert_eq!(fixed["status"], "running");
+}
+
+async fn assign_subject(app: &TestApp, key: &str, id: &str) -> String {
+    assign(app, &app.address, key, id, "newcomer").await["variant"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn urlencode(text: &str) -> String {
+    text.replace('+', "%2B").replace(':', "%3A")
 }
