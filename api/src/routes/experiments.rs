@@ -555,6 +555,7 @@ async fn assign(
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)] // describes what `observe` reads
 struct ObservationBody {
     #[schema(min_length = 1, max_length = 200)]
