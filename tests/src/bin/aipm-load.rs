@@ -173,6 +173,9 @@ enum Scenario {
     /// GET /v1/budgets/check for one of eight features, with budgets over the tenant and a
     /// feature: a read from memory.
     CheckBudget,
+    /// POST /v1/experiments/{id}/assign for a new subject each request, in a running
+    /// experiment of three variants: a read from memory.
+    AssignExperiment,
 }
 
 impl Scenario {
@@ -185,6 +188,7 @@ impl Scenario {
             Scenario::EvaluateFlag => "evaluate-flag",
             Scenario::ResolveLabel => "resolve-label",
             Scenario::CheckBudget => "check-budget",
+            Scenario::AssignExperiment => "assign-experiment",
         }
     }
 
@@ -212,6 +216,11 @@ impl Scenario {
             (Scenario::ResolveLabel, Some(prompt)) => authorized(
                 api.client
                     .get(api.url(&format!("/v1/prompts/{prompt}/resolve?label=production"))),
+            ),
+            (Scenario::AssignExperiment, Some(experiment)) => authorized(
+                api.client
+                    .post(api.url(&format!("/v1/experiments/{experiment}/assign")))
+                    .json(&json!({ "subject": format!("{prefix}-{n}") })),
             ),
             (Scenario::CheckBudget, _) => authorized(api.client.get(api.url(&format!(
                 "/v1/budgets/check?model=openai%2Fgpt-4o-mini&feature=feature-{}",
@@ -737,6 +746,28 @@ async fn prepare_prompts(
                 .send()
                 .await;
         }
+    }
+    if scenario == Scenario::AssignExperiment {
+        let experiment = json!({
+            "name": format!("load {tag} experiment"), "hypothesis": "assignment is fast",
+            "variants": [{"name": "control", "weight": 50, "control": true},
+                         {"name": "a", "weight": 25}, {"name": "b", "weight": 25}],
+            "primary_metric": {"name": "converted", "kind": "binary"}
+        });
+        let created = api
+            .send_ok(reqwest::Method::POST, "/v1/experiments", &experiment)
+            .await?;
+        let id = created["id"]
+            .as_str()
+            .ok_or("the experiment has no id")?
+            .to_string();
+        api.send_ok(
+            reqwest::Method::POST,
+            &format!("/v1/experiments/{id}/start"),
+            &json!({}),
+        )
+        .await?;
+        return Ok(vec![Some(id); clients]);
     }
     if !scenario.needs_prompt() {
         return Ok(vec![None; clients]);
