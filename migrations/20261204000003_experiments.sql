@@ -9,6 +9,8 @@ create table experiment (
     spec          jsonb not null,
     salt          text not null,
     winner        text,
+    -- domain::experiment::Promotion as JSON, when concluding promoted the winner
+    promotion     jsonb,
     version       bigint not null,
     created_at    timestamptz not null,
     updated_at    timestamptz not null,

@@ -14,6 +14,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::approval::ProposedChange;
 use crate::config::ConfigKey;
 use crate::fields::Invalid;
 use crate::governed::{Claims, Governed};
@@ -29,6 +30,19 @@ const MAX_METRICS: usize = 20;
 const MAX_HYPOTHESIS_CHARS: usize = 2_000;
 /// The total of the variants' weights.
 pub const TOTAL_WEIGHT: u32 = 100;
+/// The label promoting a prompt-version winner moves.
+pub const PROMOTED_LABEL: &str = "production";
+
+/// What promoting the winner did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Promotion {
+    /// The change: the prompt's label moved, or a configuration value set.
+    pub change: ProposedChange,
+    /// The version of its target the change produced; `None` while it awaits approval.
+    pub applied_version: Option<u64>,
+    /// The change request it became, its target being protected.
+    pub change_request: Option<Uuid>,
+}
 
 /// What a variant changes for the subjects assigned to it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +154,31 @@ impl ExperimentSpec {
         std::iter::once((&self.primary_metric, MetricRole::Primary))
             .chain(self.secondary_metrics.iter().map(|m| (m, MetricRole::Secondary)))
             .chain(self.guardrail_metrics.iter().map(|m| (m, MetricRole::Guardrail)))
+    }
+
+    /// The change that promotes `winner`: the prompt's `production` label moved to its
+    /// version, or its configuration value set. A model, or a variant naming nothing, is not
+    /// something aipm can switch for the application.
+    pub fn promotion_of(&self, winner: &str) -> Result<ProposedChange, InvalidText> {
+        let variant = self
+            .variant(winner)
+            .ok_or_else(|| InvalidText::new("winner", "must name one of the experiment's variants"))?;
+        match (&variant.treatment, self.prompt_id) {
+            (Treatment::PromptVersion(version), Some(prompt)) => Ok(ProposedChange::MovePromptLabel {
+                prompt,
+                label: PROMOTED_LABEL.to_string(),
+                version: *version,
+            }),
+            (Treatment::Config { key, value }, _) => Ok(ProposedChange::SetConfig {
+                key: key.clone(),
+                value: value.clone(),
+            }),
+            (Treatment::Model(_), _) => Err(InvalidText::new(
+                "promote",
+                "a model variant is promoted where the model is chosen (a prompt version or a configuration value); conclude without promote",
+            )),
+            _ => Err(InvalidText::new("promote", "the winner names nothing to promote")),
+        }
     }
 
     pub fn metric(&self, name: &str) -> Option<&Metric> {
@@ -490,6 +529,7 @@ pub enum ExperimentCommand {
     Stop,
     Conclude {
         winner: String,
+        promotion: Option<Promotion>,
     },
 }
 
@@ -510,6 +550,8 @@ pub enum ExperimentEvent {
     ExperimentStopped,
     ExperimentConcluded {
         winner: String,
+        /// What promoting the winner did, when asked to.
+        promotion: Option<Promotion>,
     },
 }
 
@@ -553,6 +595,8 @@ pub struct Experiment {
     pub salt: String,
     pub status: ExperimentStatus,
     pub winner: Option<String>,
+    #[serde(default)]
+    pub promotion: Option<Promotion>,
 }
 
 impl Aggregate for Experiment {
@@ -602,7 +646,7 @@ impl Aggregate for Experiment {
                 Stopped => return Ok(()),
                 other => return Err(wrong(other, "stopped")),
             },
-            ExperimentCommand::Conclude { winner } => {
+            ExperimentCommand::Conclude { winner, promotion } => {
                 if self.status != Stopped {
                     return Err(wrong(self.status, "concluded before it is stopped"));
                 }
@@ -614,7 +658,7 @@ impl Aggregate for Experiment {
                 {
                     return Err(ExperimentError::NoSuchVariant(winner));
                 }
-                ExperimentEvent::ExperimentConcluded { winner }
+                ExperimentEvent::ExperimentConcluded { winner, promotion }
             }
         };
         sink.write(event, self).await;
@@ -634,9 +678,10 @@ impl Aggregate for Experiment {
             }
             ExperimentEvent::ExperimentPaused { .. } => self.status = ExperimentStatus::Paused,
             ExperimentEvent::ExperimentStopped => self.status = ExperimentStatus::Stopped,
-            ExperimentEvent::ExperimentConcluded { winner } => {
+            ExperimentEvent::ExperimentConcluded { winner, promotion } => {
                 self.status = ExperimentStatus::Concluded;
                 self.winner = Some(winner);
+                self.promotion = promotion;
             }
         }
     }
@@ -779,6 +824,7 @@ mod tests {
             .given(vec![created.clone(), ExperimentEvent::ExperimentStarted])
             .when(ExperimentCommand::Conclude {
                 winner: "short".into(),
+                promotion: None,
             })
             .then_expect_error(ExperimentError::WrongStatus {
                 current: "running",
@@ -803,9 +849,11 @@ mod tests {
             ])
             .when(ExperimentCommand::Conclude {
                 winner: "short".into(),
+                promotion: None,
             })
             .then_expect_events(vec![ExperimentEvent::ExperimentConcluded {
                 winner: "short".into(),
+                promotion: None,
             }]);
     }
 }

@@ -49,6 +49,19 @@ pub async fn propose_if_protected(
     context: &CommandContext,
     change: ProposedChange,
 ) -> ApiResult<Option<Response>> {
+    let Some(view) = propose_when_protected(app, context, change).await? else {
+        return Ok(None);
+    };
+    let location = [(header::LOCATION, format!("/v1/change-requests/{}", view.id))];
+    Ok(Some((StatusCode::ACCEPTED, location, Json(view)).into_response()))
+}
+
+/// [`propose_if_protected`], answering with the change request itself.
+pub async fn propose_when_protected(
+    app: &AppState,
+    context: &CommandContext,
+    change: ProposedChange,
+) -> ApiResult<Option<ChangeRequestView>> {
     let tenant = &context.caller.tenant;
     let Some(scope) = approvals::protecting(&app.pool, tenant, &change).await? else {
         return Ok(None);
@@ -62,9 +75,7 @@ pub async fn propose_if_protected(
     };
     app.create(&app.change_requests, &id.to_string(), command, context)
         .await?;
-    let view = read_request(app, tenant, id).await?;
-    let location = [(header::LOCATION, format!("/v1/change-requests/{id}"))];
-    Ok(Some((StatusCode::ACCEPTED, location, Json(view)).into_response()))
+    Ok(Some(read_request(app, tenant, id).await?))
 }
 
 fn reviewer(caller: &Caller) -> Reviewer {
@@ -251,18 +262,19 @@ struct DecisionBody {
     reason: Option<String>,
 }
 
-/// Makes the change a request proposed, as the approving key's, caused by the request;
-/// returns the version of its target it produced.
-async fn apply_change(
+/// Makes a change (one a request proposed, or an experiment's promotion) as the caller's,
+/// caused by `cause` (the request, the experiment); returns the version of its target it
+/// produced.
+pub async fn apply_change(
     app: &AppState,
     context: &CommandContext,
-    request: Uuid,
+    cause: Uuid,
     change: ProposedChange,
 ) -> ApiResult<u64> {
-    // The approval request's own Idempotency-Key belongs to the approval, not to the change.
+    // The caller's own Idempotency-Key belongs to its request, not to the change.
     let mut metadata = context.metadata.clone();
     metadata.idempotency_key = None;
-    metadata.causation_id = Some(request.to_string());
+    metadata.causation_id = Some(cause.to_string());
     let inner = CommandContext {
         caller: context.caller.clone(),
         metadata,

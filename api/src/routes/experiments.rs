@@ -9,8 +9,8 @@ use chrono::Utc;
 use cqrs_es::Aggregate;
 use domain::access::Permission;
 use domain::experiment::{
-    parse_spec, Experiment, ExperimentCommand, ExperimentStatus, Observation, RawMetric, RawSpec, RawVariant,
-    Targeting,
+    parse_spec, Experiment, ExperimentCommand, ExperimentStatus, Observation, Promotion, RawMetric, RawSpec,
+    RawVariant, Targeting,
 };
 use domain::text::Slug;
 use projections::catalog::queries as catalog;
@@ -26,6 +26,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::extract::{etag, ApiJson, ApiPath, ApiQuery, ChangeHeaders, CommandContext, CreateHeaders};
 use crate::openapi::{Conflict, NameText, NotFound, ReasonText, ValidationFailed};
+use crate::routes::approvals;
 use crate::routes::history::{self, AsOfQuery, HistoryPage, HistoryQuery};
 use crate::routes::parse_instant;
 use crate::state::AppState;
@@ -340,6 +341,7 @@ async fn get_experiment(
         salt,
         status,
         winner,
+        promotion,
     } = past.aggregate
     else {
         return Err(ApiError::NotFound("experiment"));
@@ -351,6 +353,7 @@ async fn get_experiment(
         salt,
         status,
         winner,
+        promotion,
         version: past.version as i64,
         created_at: past.created_at,
         updated_at: past.updated_at,
@@ -467,9 +470,15 @@ struct ConcludeBody {
     winner: String,
     #[schema(value_type = ReasonText)]
     reason: String,
+    /// Also make the winner what everyone gets: move the prompt's `production` label to its
+    /// version, or set its configuration value. A protected label or key becomes a change
+    /// request for another key to approve. Default false.
+    promote: Option<bool>,
 }
 
-/// `POST /v1/experiments/{id}/conclude`: name the winner of a stopped experiment, with why.
+/// `POST /v1/experiments/{id}/conclude`: name the winner of a stopped experiment, with why,
+/// and promote it when asked, in the same act (one request id; the promotion's cause is the
+/// experiment).
 #[utoipa::path(
     post,
     path = "/v1/experiments/{experiment_id}/conclude",
@@ -490,9 +499,49 @@ async fn conclude(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<ConcludeBody>,
 ) -> ApiResult<impl IntoResponse> {
+    context.caller.require(Permission::Write)?;
     let context = context.with_reason(Some(body.reason))?;
     let winner = Slug::parse("winner", &body.winner)?.to_string();
-    change(&app, context, id, ExperimentCommand::Conclude { winner }).await
+    let experiment = read_experiment(&app, &context.caller.tenant, id).await?;
+    // Checked before promoting, so that a refused conclusion changes nothing.
+    if experiment.status != ExperimentStatus::Stopped {
+        return Err(ApiError::Conflict(format!(
+            "the experiment is {}, so it cannot be concluded before it is stopped",
+            experiment.status.as_str()
+        )));
+    }
+    if experiment.spec.variant(&winner).is_none() {
+        return Err(ApiError::invalid(
+            "winner",
+            "must name one of the experiment's variants",
+        ));
+    }
+    let promotion = if body.promote.unwrap_or(false) {
+        let change = experiment.spec.promotion_of(&winner)?;
+        Some(
+            match approvals::propose_when_protected(&app, &context, change.clone()).await? {
+                Some(request) => Promotion {
+                    change,
+                    applied_version: None,
+                    change_request: Some(request.id),
+                },
+                None => Promotion {
+                    applied_version: Some(approvals::apply_change(&app, &context, id, change.clone()).await?),
+                    change,
+                    change_request: None,
+                },
+            },
+        )
+    } else {
+        None
+    };
+    change(
+        &app,
+        context,
+        id,
+        ExperimentCommand::Conclude { winner, promotion },
+    )
+    .await
 }
 
 #[derive(Deserialize, ToSchema)]

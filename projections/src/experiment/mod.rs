@@ -82,14 +82,17 @@ async fn apply(
         ExperimentEvent::ExperimentStopped => "stopped",
         ExperimentEvent::ExperimentConcluded { .. } => "concluded",
     };
-    let winner = match &payload {
-        ExperimentEvent::ExperimentConcluded { winner } => Some(winner.clone()),
-        _ => None,
+    let (winner, promotion) = match &payload {
+        ExperimentEvent::ExperimentConcluded { winner, promotion } => {
+            (Some(winner.clone()), promotion.as_ref().map(|p| json!(p)))
+        }
+        _ => (None, None),
     };
     let started = matches!(payload, ExperimentEvent::ExperimentStarted);
     sqlx::query(
         "update experiment set status = $2, winner = coalesce($3, winner), version = $4, updated_at = $5,
-                               started_at = case when $6 then $5 else started_at end
+                               started_at = case when $6 then $5 else started_at end,
+                               promotion = coalesce($7, promotion)
          where experiment_id = $1",
     )
     .bind(id)
@@ -98,6 +101,7 @@ async fn apply(
     .bind(event.sequence)
     .bind(event.recorded_at)
     .bind(started)
+    .bind(promotion)
     .execute(&mut *tx)
     .await?;
     Ok(())

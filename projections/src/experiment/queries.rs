@@ -2,7 +2,7 @@
 //! the process's memory). The table is [`super::ExperimentProjection`]'s.
 
 use chrono::{DateTime, Utc};
-use domain::experiment::{ExperimentSpec, ExperimentStatus};
+use domain::experiment::{ExperimentSpec, ExperimentStatus, Promotion};
 use serde::Serialize;
 use sqlx::types::Json;
 use sqlx::{PgExecutor, PgPool};
@@ -17,6 +17,7 @@ pub struct StoredExperiment {
     pub salt: String,
     pub status: ExperimentStatus,
     pub winner: Option<String>,
+    pub promotion: Option<Promotion>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -35,6 +36,10 @@ pub struct ExperimentView {
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub spec: ExperimentSpec,
     pub winner: Option<String>,
+    /// What concluding did to promote the winner: the change, the version it produced, or
+    /// the change request awaiting approval.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub promotion: Option<Promotion>,
     /// The experiment's version, also sent as `ETag`.
     pub version: i64,
     pub created_at: DateTime<Utc>,
@@ -49,6 +54,7 @@ impl StoredExperiment {
             status: self.status.as_str().to_string(),
             spec: self.spec.clone(),
             winner: self.winner.clone(),
+            promotion: self.promotion.clone(),
             version: self.version,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -65,6 +71,7 @@ struct Row {
     salt: String,
     status: String,
     winner: Option<String>,
+    promotion: Option<Json<Promotion>>,
     version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -85,6 +92,7 @@ impl From<Row> for StoredExperiment {
             salt: row.salt,
             status,
             winner: row.winner,
+            promotion: row.promotion.map(|p| p.0),
             version: row.version,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -94,7 +102,7 @@ impl From<Row> for StoredExperiment {
 }
 
 const COLUMNS: &str =
-    "experiment_id, tenant_id, spec, salt, status, winner, version, created_at, updated_at, started_at";
+    "experiment_id, tenant_id, spec, salt, status, winner, promotion, version, created_at, updated_at, started_at";
 
 /// An experiment of `tenant`.
 pub async fn experiment(pool: &PgPool, tenant: &str, id: Uuid) -> sqlx::Result<Option<StoredExperiment>> {

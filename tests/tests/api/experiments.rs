@@ -427,3 +427,128 @@ async fn assign_subject(app: &TestApp, key: &str, id: &str) -> String {
 fn urlencode(text: &str) -> String {
     text.replace('+', "%2B").replace(':', "%3A")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concluding_with_promote_moves_production_to_the_winner_or_asks_for_approval_when_protected() {
+    let app = TestApp::spawn().await;
+    let key = &app.admin_key;
+    let (id, prompt) = experiment(&app, (50, 50)).await;
+    let production = format!("/v1/prompts/{prompt}/labels/production");
+    expect_status(
+        app.put(&production, key, json!({"version": 1})).await,
+        StatusCode::OK,
+    )
+    .await;
+    for action in ["start", "stop"] {
+        expect_status(lifecycle(&app, &id, action).await, StatusCode::OK).await;
+    }
+    let concluded = expect_status(
+        app.post(
+            &format!("/v1/experiments/{id}/conclude"),
+            key,
+            json!({"winner": "short", "reason": "converts better", "promote": true}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        concluded["promotion"]["change"]["kind"], "move_prompt_label",
+        "{concluded}"
+    );
+    assert_eq!(concluded["promotion"]["change_request"], Value::Null);
+    let labels = expect_status(
+        app.get(&format!("/v1/prompts/{prompt}"), key).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(labels["labels"]["production"], 2, "{labels}");
+    // One act: the label's move is caused by the experiment, with the conclusion's reason
+    // and request id.
+    let history = expect_status(
+        app.get(&format!("/v1/prompts/{prompt}/history"), key).await,
+        StatusCode::OK,
+    )
+    .await;
+    let moved = history["items"]
+        .as_array()
+        .expect("items")
+        .last()
+        .cloned()
+        .expect("last");
+    assert_eq!(moved["event_type"], "PromptLabelMoved", "{moved}");
+    assert_eq!(moved["causation"], json!(id));
+    assert_eq!(moved["reason"], "converts better");
+
+    // A second experiment on the same prompt, its label now protected: the promotion waits
+    // for another admin.
+    let second = expect_status(
+        app.post(
+            "/v1/experiments",
+            key,
+            json!({"name": "Back to v1", "hypothesis": "v1 was better after all", "prompt_id": prompt,
+                   "variants": [{"name": "now", "weight": 50, "control": true, "prompt_version": 2},
+                                {"name": "old", "weight": 50, "prompt_version": 1}],
+                   "primary_metric": {"name": "converted", "kind": "binary"}}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    for action in ["start", "stop"] {
+        expect_status(lifecycle(&app, &second, action).await, StatusCode::OK).await;
+    }
+    expect_status(
+        app.request(
+            Method::PUT,
+            &format!("/v1/protections/prompt:{prompt}:production"),
+            key,
+        )
+        .send()
+        .await
+        .expect("protect"),
+        StatusCode::OK,
+    )
+    .await;
+    let awaiting = expect_status(
+        app.post(
+            &format!("/v1/experiments/{second}/conclude"),
+            key,
+            json!({"winner": "old", "reason": "v1 converts better", "promote": true}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let request = awaiting["promotion"]["change_request"]
+        .as_str()
+        .expect("change request")
+        .to_string();
+    assert_eq!(awaiting["promotion"]["applied_version"], Value::Null);
+    let unchanged = expect_status(
+        app.get(&format!("/v1/prompts/{prompt}"), key).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(unchanged["labels"]["production"], 2, "not before approval");
+    let second_admin = app.key("acme", "admin").await;
+    expect_status(
+        app.post(
+            &format!("/v1/change-requests/{request}/approve"),
+            &second_admin,
+            json!({"reason": "agreed"}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let approved = expect_status(
+        app.get(&format!("/v1/prompts/{prompt}"), key).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(approved["labels"]["production"], 1);
+}
