@@ -11,6 +11,8 @@ create table experiment (
     winner        text,
     -- domain::experiment::Promotion as JSON, when concluding promoted the winner
     promotion     jsonb,
+    -- Weights or targeting changed after it started: results flag it.
+    reallocated_while_running boolean not null default false,
     version       bigint not null,
     created_at    timestamptz not null,
     updated_at    timestamptz not null,

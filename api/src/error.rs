@@ -446,6 +446,7 @@ impl DomainProblem for domain::experiment::ExperimentError {
                 ApiError::Conflict(self.to_string())
             }
             ExperimentError::NoSuchVariant(_) => ApiError::invalid("winner", self.to_string()),
+            ExperimentError::InvalidWeights => ApiError::invalid("weights", self.to_string()),
         }
     }
 }

@@ -141,6 +141,16 @@ pub struct ExperimentSpec {
 }
 
 impl ExperimentSpec {
+    /// Applies new weights (by name) and targeting.
+    pub fn reallocate(&mut self, weights: &[(String, u32)], targeting: Targeting) {
+        for variant in &mut self.variants {
+            if let Some((_, weight)) = weights.iter().find(|(name, _)| *name == variant.name) {
+                variant.weight = *weight;
+            }
+        }
+        self.targeting = targeting;
+    }
+
     pub fn control(&self) -> Option<&Variant> {
         self.variants.iter().find(|variant| variant.control)
     }
@@ -457,7 +467,8 @@ impl ExperimentStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Assignment {
     pub variant: String,
-    /// `assigned` while running; otherwise `not_running`: the control, until it runs.
+    /// `assigned` while running; otherwise the control: `not_running`, or `not_targeted`
+    /// for a call outside the experiment's targeting.
     pub reason: &'static str,
 }
 
@@ -476,18 +487,28 @@ pub fn bucket_of(salt: &str, subject: &str) -> u32 {
     (number % u64::from(TOTAL_WEIGHT)) as u32
 }
 
-/// The variant `subject` is assigned to in an experiment with these variants and status.
+/// Whether a call for `feature` made with the key `key` is one the targeting covers.
+pub fn targets(targeting: &Targeting, feature: Option<&str>, key: Uuid) -> bool {
+    let feature_ok = targeting.features.is_empty()
+        || feature.is_some_and(|feature| targeting.features.iter().any(|f| f == feature));
+    let key_ok = targeting.keys.is_empty() || targeting.keys.contains(&key);
+    feature_ok && key_ok
+}
+
+/// The variant `subject` is assigned to in an experiment with these variants and status:
+/// the control while it does not run, or when the call is outside its targeting.
 pub fn assign(
     salt: &str,
     variants: &[Variant],
     status: ExperimentStatus,
+    targeted: bool,
     subject: &str,
 ) -> Option<Assignment> {
     let control = variants.iter().find(|variant| variant.control)?;
-    if status != ExperimentStatus::Running {
+    if status != ExperimentStatus::Running || !targeted {
         return Some(Assignment {
             variant: control.name.clone(),
-            reason: "not_running",
+            reason: if targeted { "not_running" } else { "not_targeted" },
         });
     }
     let mut point = bucket_of(salt, subject);
@@ -502,8 +523,6 @@ pub fn assign(
     })
 }
 
-/// An outcome reported after the call (a conversion, a rating), checked against the
-/// experiment: its variant exists and its metric is one the experiment reads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
     pub subject: String,
@@ -531,6 +550,11 @@ pub enum ExperimentCommand {
         winner: String,
         promotion: Option<Promotion>,
     },
+    /// New weights (by variant name, summing to 100) and targeting, before it concludes.
+    ChangeAllocation {
+        weights: Vec<(String, u32)>,
+        targeting: Targeting,
+    },
 }
 
 /// Stored in `events.event_type` by variant name: never rename one.
@@ -553,6 +577,15 @@ pub enum ExperimentEvent {
         /// What promoting the winner did, when asked to.
         promotion: Option<Promotion>,
     },
+    /// The weights or targeting changed; `while_running` when units were already being
+    /// assigned, which results flag (units before and after were split differently).
+    ExperimentAllocationChanged {
+        weights: Vec<(String, u32)>,
+        targeting: Targeting,
+        previous_weights: Vec<(String, u32)>,
+        previous_targeting: Targeting,
+        while_running: bool,
+    },
 }
 
 impl DomainEvent for ExperimentEvent {
@@ -564,6 +597,7 @@ impl DomainEvent for ExperimentEvent {
             Self::ExperimentResumed => "ExperimentResumed",
             Self::ExperimentStopped => "ExperimentStopped",
             Self::ExperimentConcluded { .. } => "ExperimentConcluded",
+            Self::ExperimentAllocationChanged { .. } => "ExperimentAllocationChanged",
         }
         .to_string()
     }
@@ -586,6 +620,8 @@ pub enum ExperimentError {
     },
     #[error("the experiment has no variant {0}")]
     NoSuchVariant(String),
+    #[error("the weights must name each variant once and sum to 100")]
+    InvalidWeights,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -597,6 +633,9 @@ pub struct Experiment {
     pub winner: Option<String>,
     #[serde(default)]
     pub promotion: Option<Promotion>,
+    /// Weights or targeting changed after it started: results flag it.
+    #[serde(default)]
+    pub reallocated_while_running: bool,
 }
 
 impl Aggregate for Experiment {
@@ -660,6 +699,42 @@ impl Aggregate for Experiment {
                 }
                 ExperimentEvent::ExperimentConcluded { winner, promotion }
             }
+            ExperimentCommand::ChangeAllocation { weights, targeting } => {
+                if matches!(self.status, Stopped | Concluded) {
+                    return Err(wrong(self.status, "reallocated"));
+                }
+                let Some(spec) = &self.spec else {
+                    return Err(ExperimentError::NotFound);
+                };
+                let names: BTreeSet<&str> = weights.iter().map(|(name, _)| name.as_str()).collect();
+                let valid = weights.len() == spec.variants.len()
+                    && names.len() == weights.len()
+                    && spec.variants.iter().all(|v| names.contains(v.name.as_str()))
+                    && weights.iter().all(|(_, weight)| *weight >= 1)
+                    && weights.iter().map(|(_, weight)| u64::from(*weight)).sum::<u64>()
+                        == u64::from(TOTAL_WEIGHT);
+                if !valid {
+                    return Err(ExperimentError::InvalidWeights);
+                }
+                // In the variants' own order, as assignment lays them out.
+                let weights: Vec<(String, u32)> = spec
+                    .variants
+                    .iter()
+                    .filter_map(|v| weights.iter().find(|(name, _)| *name == v.name).cloned())
+                    .collect();
+                let previous_weights: Vec<(String, u32)> =
+                    spec.variants.iter().map(|v| (v.name.clone(), v.weight)).collect();
+                if weights == previous_weights && targeting == spec.targeting {
+                    return Ok(());
+                }
+                ExperimentEvent::ExperimentAllocationChanged {
+                    weights,
+                    targeting,
+                    previous_weights,
+                    previous_targeting: spec.targeting.clone(),
+                    while_running: matches!(self.status, Running | Paused),
+                }
+            }
         };
         sink.write(event, self).await;
         Ok(())
@@ -682,6 +757,17 @@ impl Aggregate for Experiment {
                 self.status = ExperimentStatus::Concluded;
                 self.winner = Some(winner);
                 self.promotion = promotion;
+            }
+            ExperimentEvent::ExperimentAllocationChanged {
+                weights,
+                targeting,
+                while_running,
+                ..
+            } => {
+                if let Some(spec) = &mut self.spec {
+                    spec.reallocate(&weights, targeting);
+                }
+                self.reallocated_while_running |= while_running;
             }
         }
     }
@@ -730,6 +816,7 @@ mod tests {
                 "salt-1",
                 &variants,
                 ExperimentStatus::Running,
+                true,
                 &format!("user-{n}"),
             )
             .unwrap();
@@ -740,21 +827,31 @@ mod tests {
             assert!((share - weight).abs() < 1.0, "{counts:?}");
         }
         // The same subject, the same answer; another salt, another split.
-        let once = assign("salt-1", &variants, ExperimentStatus::Running, "user-7").unwrap();
+        let once = assign("salt-1", &variants, ExperimentStatus::Running, true, "user-7").unwrap();
         assert_eq!(
             once,
-            assign("salt-1", &variants, ExperimentStatus::Running, "user-7").unwrap()
+            assign("salt-1", &variants, ExperimentStatus::Running, true, "user-7").unwrap()
         );
         let moved = (0..1000)
             .filter(|n| {
                 let subject = format!("user-{n}");
-                assign("salt-1", &variants, ExperimentStatus::Running, &subject)
-                    != assign("salt-2", &variants, ExperimentStatus::Running, &subject)
+                assign("salt-1", &variants, ExperimentStatus::Running, true, &subject)
+                    != assign("salt-2", &variants, ExperimentStatus::Running, true, &subject)
             })
             .count();
         assert!(moved > 300, "{moved}");
-        let paused = assign("salt-1", &variants, ExperimentStatus::Paused, "user-7").unwrap();
+        let paused = assign("salt-1", &variants, ExperimentStatus::Paused, true, "user-7").unwrap();
         assert_eq!((paused.variant.as_str(), paused.reason), ("v0", "not_running"));
+        let outside = assign("salt-1", &variants, ExperimentStatus::Running, false, "user-7").unwrap();
+        assert_eq!((outside.variant.as_str(), outside.reason), ("v0", "not_targeted"));
+        let targeting = Targeting {
+            features: vec!["checkout".into()],
+            keys: vec![],
+        };
+        assert!(targets(&targeting, Some("checkout"), Uuid::nil()));
+        assert!(!targets(&targeting, Some("search"), Uuid::nil()));
+        assert!(!targets(&targeting, None, Uuid::nil()));
+        assert!(targets(&Targeting::default(), None, Uuid::nil()));
     }
 
     fn raw() -> RawSpec {

@@ -47,6 +47,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(assign))
         .routes(routes!(observe))
         .routes(routes!(results))
+        .routes(routes!(reallocate))
 }
 
 fn respond(status: StatusCode, view: ExperimentView) -> impl IntoResponse {
@@ -342,6 +343,7 @@ async fn get_experiment(
         status,
         winner,
         promotion,
+        reallocated_while_running,
     } = past.aggregate
     else {
         return Err(ApiError::NotFound("experiment"));
@@ -354,6 +356,7 @@ async fn get_experiment(
         status,
         winner,
         promotion,
+        reallocated_while_running,
         version: past.version as i64,
         created_at: past.created_at,
         updated_at: past.updated_at,
@@ -550,6 +553,9 @@ struct AssignBody {
     /// Who is being assigned: a user, a session, an account.
     #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00]*$")]
     subject: String,
+    /// The feature the call serves, for an experiment targeting features.
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00]*$")]
+    feature: Option<String>,
 }
 
 /// A subject's variant.
@@ -558,12 +564,14 @@ struct AssignmentView {
     experiment_id: Uuid,
     subject: String,
     variant: String,
-    /// `assigned` while the experiment runs; `not_running`: the control, as it does not.
+    /// `assigned` while the experiment runs; otherwise the control: `not_running`, or
+    /// `not_targeted` for a call outside its targeting (a feature, or the calling key).
     reason: &'static str,
 }
 
 /// `POST /v1/experiments/{id}/assign`: the subject's variant, from memory: the same on
-/// every instance and after restarts. While the experiment does not run, the control.
+/// every instance and after restarts. While the experiment does not run, or for a call
+/// outside its targeting (its features; the calling key), the control.
 #[utoipa::path(
     post,
     path = "/v1/experiments/{experiment_id}/assign",
@@ -586,15 +594,27 @@ async fn assign(
     if body.subject.is_empty() || body.subject.chars().count() > 200 || body.subject.contains('\0') {
         return Err(ApiError::invalid("subject", "must be 1 to 200 characters"));
     }
-    let assignment = match app.live_experiments.assign(&caller.tenant, id, &body.subject) {
-        Some(assignment) => assignment,
-        // Created by another process a moment ago: not in this one's memory yet.
-        None => {
-            let stored = read_experiment(&app, &caller.tenant, id).await?;
-            domain::experiment::assign(&stored.salt, &stored.spec.variants, stored.status, &body.subject)
+    let feature = body.feature.as_deref();
+    let assignment =
+        match app
+            .live_experiments
+            .assign(&caller.tenant, id, &body.subject, feature, caller.key_id)
+        {
+            Some(assignment) => assignment,
+            // Created by another process a moment ago: not in this one's memory yet.
+            None => {
+                let stored = read_experiment(&app, &caller.tenant, id).await?;
+                let targeted = domain::experiment::targets(&stored.spec.targeting, feature, caller.key_id);
+                domain::experiment::assign(
+                    &stored.salt,
+                    &stored.spec.variants,
+                    stored.status,
+                    targeted,
+                    &body.subject,
+                )
                 .ok_or(ApiError::NotFound("experiment"))?
-        }
-    };
+            }
+        };
     Ok(Json(AssignmentView {
         experiment_id: id,
         subject: body.subject,
@@ -770,6 +790,9 @@ struct ResultsData {
 struct ResultsView {
     experiment_id: Uuid,
     status: String,
+    /// Weights or targeting changed after it started: units before and after the change were
+    /// split differently; the sample ratio check uses the weights now.
+    reallocated_while_running: bool,
     /// The method, correction, sample ratio check, per metric the variants' figures and the
     /// comparisons with the control, and the guardrails found worse.
     #[serde(flatten)]
@@ -844,6 +867,7 @@ async fn results(
     Ok(Json(ResultsView {
         experiment_id: id,
         status: status.as_str().to_string(),
+        reallocated_while_running: experiment.reallocated_while_running,
         results,
         data: ResultsData {
             until,
@@ -852,4 +876,62 @@ async fn results(
             observations: units.observations,
         },
     }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct WeightBody {
+    /// A variant's name.
+    name: String,
+    #[schema(minimum = 1, maximum = 100)]
+    weight: u32,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct AllocationBody {
+    /// Every variant once, the weights summing to 100.
+    weights: Vec<WeightBody>,
+    /// The targeting from now on (none: all traffic).
+    targeting: Option<TargetingBody>,
+    #[schema(value_type = ReasonText)]
+    reason: String,
+}
+
+/// `PUT /v1/experiments/{id}/allocation`: new weights and targeting, before the experiment
+/// stops. A change while it runs is recorded as such and flagged in its results.
+#[utoipa::path(
+    put,
+    path = "/v1/experiments/{experiment_id}/allocation",
+    tag = "experiments",
+    params(("experiment_id" = Uuid, Path, description = "The experiment's id"), ChangeHeaders),
+    request_body = AllocationBody,
+    responses(
+        (status = 200, description = "The experiment after the change", body = ExperimentView,
+            headers(("ETag" = String, description = "The experiment's version"))),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 422, response = ValidationFailed),
+    )
+)]
+async fn reallocate(
+    State(app): State<AppState>,
+    context: CommandContext,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<AllocationBody>,
+) -> ApiResult<impl IntoResponse> {
+    let context = context.with_reason(Some(body.reason))?;
+    let targeting = body.targeting.unwrap_or_default();
+    let mut features = Vec::with_capacity(targeting.features.len());
+    for feature in &targeting.features {
+        features.push(Slug::parse("targeting.features", feature)?.to_string());
+    }
+    let command = ExperimentCommand::ChangeAllocation {
+        weights: body.weights.into_iter().map(|w| (w.name, w.weight)).collect(),
+        targeting: Targeting {
+            features,
+            keys: targeting.keys,
+        },
+    };
+    change(&app, context, id, command).await
 }

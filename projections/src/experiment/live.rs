@@ -7,7 +7,9 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use cqrs_es::Aggregate;
-use domain::experiment::{assign, Assignment, Experiment, ExperimentEvent, ExperimentStatus, Variant};
+use domain::experiment::{
+    assign, targets, Assignment, Experiment, ExperimentEvent, ExperimentStatus, Targeting, Variant,
+};
 use eventlog::StoredEvent;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -22,6 +24,7 @@ struct Held {
     tenant: String,
     salt: String,
     variants: Vec<Variant>,
+    targeting: Targeting,
     status: ExperimentStatus,
     version: i64,
 }
@@ -44,6 +47,7 @@ impl LiveExperiments {
                     tenant: experiment.tenant,
                     salt: experiment.salt,
                     variants: experiment.spec.variants,
+                    targeting: experiment.spec.targeting,
                     status: experiment.status,
                     version: experiment.version,
                 },
@@ -53,12 +57,27 @@ impl LiveExperiments {
         Ok(live)
     }
 
-    /// The variant of `tenant`'s experiment `id` for `subject`; `None` when the tenant has
-    /// no such experiment (that this process has seen).
-    pub fn assign(&self, tenant: &str, id: Uuid, subject: &str) -> Option<Assignment> {
+    /// The variant of `tenant`'s experiment `id` for `subject` in a call for `feature` made
+    /// with the key `key`; `None` when the tenant has no such experiment (that this process
+    /// has seen).
+    pub fn assign(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        subject: &str,
+        feature: Option<&str>,
+        key: Uuid,
+    ) -> Option<Assignment> {
         let held = self.held.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let experiment = held.get(&id).filter(|held| held.tenant == tenant)?;
-        assign(&experiment.salt, &experiment.variants, experiment.status, subject)
+        let targeted = targets(&experiment.targeting, feature, key);
+        assign(
+            &experiment.salt,
+            &experiment.variants,
+            experiment.status,
+            targeted,
+            subject,
+        )
     }
 
     /// Holds `experiment` unless a newer version of it is held already.
@@ -81,6 +100,7 @@ impl LiveExperiments {
                     tenant: tenant.clone(),
                     salt: salt.clone(),
                     variants: spec.variants.clone(),
+                    targeting: spec.targeting.clone(),
                     status: ExperimentStatus::Draft,
                     version,
                 },
@@ -91,6 +111,19 @@ impl LiveExperiments {
         let Some(experiment) = held.get_mut(&id).filter(|held| held.version < version) else {
             return;
         };
+        if let ExperimentEvent::ExperimentAllocationChanged {
+            weights, targeting, ..
+        } = event
+        {
+            for variant in &mut experiment.variants {
+                if let Some((_, weight)) = weights.iter().find(|(name, _)| *name == variant.name) {
+                    variant.weight = *weight;
+                }
+            }
+            experiment.targeting = targeting.clone();
+            experiment.version = version;
+            return;
+        }
         experiment.status = match event {
             ExperimentEvent::ExperimentStarted | ExperimentEvent::ExperimentResumed => {
                 ExperimentStatus::Running
@@ -98,7 +131,8 @@ impl LiveExperiments {
             ExperimentEvent::ExperimentPaused { .. } => ExperimentStatus::Paused,
             ExperimentEvent::ExperimentStopped => ExperimentStatus::Stopped,
             ExperimentEvent::ExperimentConcluded { .. } => ExperimentStatus::Concluded,
-            ExperimentEvent::ExperimentCreated { .. } => experiment.status,
+            ExperimentEvent::ExperimentCreated { .. }
+            | ExperimentEvent::ExperimentAllocationChanged { .. } => experiment.status,
         };
         experiment.version = version;
     }

@@ -10,7 +10,7 @@ pub mod results;
 
 use async_trait::async_trait;
 use cqrs_es::Aggregate;
-use domain::experiment::{Experiment, ExperimentEvent};
+use domain::experiment::{Experiment, ExperimentEvent, ExperimentSpec};
 use eventlog::{Projection, ProjectionError, StoredEvent};
 use serde_json::json;
 use sqlx::PgConnection;
@@ -71,6 +71,33 @@ async fn apply(
             .bind(&spec.name)
             .bind(json!(spec))
             .bind(salt)
+            .bind(event.sequence)
+            .bind(event.recorded_at)
+            .execute(&mut *tx)
+            .await?;
+            return Ok(());
+        }
+        ExperimentEvent::ExperimentAllocationChanged {
+            weights,
+            targeting,
+            while_running,
+            ..
+        } => {
+            let stored: sqlx::types::Json<ExperimentSpec> =
+                sqlx::query_scalar("select spec from experiment where experiment_id = $1 for update")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let mut spec = stored.0;
+            spec.reallocate(weights, targeting.clone());
+            sqlx::query(
+                "update experiment set spec = $2, reallocated_while_running = reallocated_while_running or $3,
+                                       version = $4, updated_at = $5
+                 where experiment_id = $1",
+            )
+            .bind(id)
+            .bind(json!(spec))
+            .bind(while_running)
             .bind(event.sequence)
             .bind(event.recorded_at)
             .execute(&mut *tx)

@@ -18,6 +18,7 @@ pub struct StoredExperiment {
     pub status: ExperimentStatus,
     pub winner: Option<String>,
     pub promotion: Option<Promotion>,
+    pub reallocated_while_running: bool,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -40,6 +41,9 @@ pub struct ExperimentView {
     /// the change request awaiting approval.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub promotion: Option<Promotion>,
+    /// Its weights or targeting changed after it started: units before and after the change
+    /// were split differently, so read the sample ratio check and the comparisons with care.
+    pub reallocated_while_running: bool,
     /// The experiment's version, also sent as `ETag`.
     pub version: i64,
     pub created_at: DateTime<Utc>,
@@ -55,6 +59,7 @@ impl StoredExperiment {
             spec: self.spec.clone(),
             winner: self.winner.clone(),
             promotion: self.promotion.clone(),
+            reallocated_while_running: self.reallocated_while_running,
             version: self.version,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -72,6 +77,7 @@ struct Row {
     status: String,
     winner: Option<String>,
     promotion: Option<Json<Promotion>>,
+    reallocated_while_running: bool,
     version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -93,6 +99,7 @@ impl From<Row> for StoredExperiment {
             status,
             winner: row.winner,
             promotion: row.promotion.map(|p| p.0),
+            reallocated_while_running: row.reallocated_while_running,
             version: row.version,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -102,7 +109,8 @@ impl From<Row> for StoredExperiment {
 }
 
 const COLUMNS: &str =
-    "experiment_id, tenant_id, spec, salt, status, winner, promotion, version, created_at, updated_at, started_at";
+    "experiment_id, tenant_id, spec, salt, status, winner, promotion, reallocated_while_running, version, created_at, \
+     updated_at, started_at";
 
 /// An experiment of `tenant`.
 pub async fn experiment(pool: &PgPool, tenant: &str, id: Uuid) -> sqlx::Result<Option<StoredExperiment>> {

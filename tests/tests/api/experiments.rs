@@ -552,3 +552,101 @@ async fn concluding_with_promote_moves_production_to_the_winner_or_asks_for_appr
     .await;
     assert_eq!(approved["labels"]["production"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targeting_and_a_reallocation_while_running_shape_assignment_and_are_flagged() {
+    let app = TestApp::spawn().await;
+    let key = &app.admin_key;
+    let ingest = app.key("acme", "ingest").await;
+    let id = expect_status(
+        app.post(
+            "/v1/experiments",
+            key,
+            json!({"name": "Checkout copy", "hypothesis": "Friendlier copy converts better",
+                   "variants": [{"name": "control", "weight": 50, "control": true,
+                                 "config": {"key": "checkout.copy", "value": "Pay"}},
+                                {"name": "friendly", "weight": 50, "config": {"key": "checkout.copy", "value": "Pay now"}}],
+                   "primary_metric": {"name": "converted", "kind": "binary"},
+                   "targeting": {"features": ["checkout"]}}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    expect_status(lifecycle(&app, &id, "start").await, StatusCode::OK).await;
+    let assign_for = |subject: String, feature: &'static str| {
+        let (app, ingest, id) = (&app, &ingest, &id);
+        async move {
+            let response = app
+                .post(
+                    &format!("/v1/experiments/{id}/assign"),
+                    ingest,
+                    json!({"subject": subject, "feature": feature}),
+                )
+                .await;
+            expect_status(response, StatusCode::OK).await
+        }
+    };
+    let elsewhere = assign_for("user-1".into(), "search").await;
+    assert_eq!(
+        (elsewhere["variant"].as_str(), elsewhere["reason"].as_str()),
+        (Some("control"), Some("not_targeted"))
+    );
+    let mut friendly = 0;
+    for n in 0..200 {
+        if assign_for(format!("user-{n}"), "checkout").await["variant"] == "friendly" {
+            friendly += 1;
+        }
+    }
+    assert!((60..=140).contains(&friendly), "{friendly}");
+
+    // Nearly everyone back to the control, while running: recorded and flagged.
+    let allocation = format!("/v1/experiments/{id}/allocation");
+    let bad = app
+        .put(
+            &allocation,
+            key,
+            json!({"weights": [{"name": "control", "weight": 99}], "reason": "x"}),
+        )
+        .await;
+    expect_problem(bad, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+    let changed = expect_status(
+        app.put(
+            &allocation,
+            key,
+            json!({"weights": [{"name": "friendly", "weight": 1}, {"name": "control", "weight": 99}],
+                   "targeting": {"features": ["checkout"]}, "reason": "complaints about the new copy"}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(changed["reallocated_while_running"], true);
+    assert_eq!(changed["variants"][1]["weight"], 1);
+    let mut now_friendly = 0;
+    for n in 0..200 {
+        if assign_for(format!("user-{n}"), "checkout").await["variant"] == "friendly" {
+            now_friendly += 1;
+        }
+    }
+    assert!(now_friendly < 15, "{now_friendly}");
+    let results = results(&app, &id, "").await;
+    assert_eq!(results["reallocated_while_running"], true);
+    let history = expect_status(
+        app.get(&format!("/v1/experiments/{id}/history"), key).await,
+        StatusCode::OK,
+    )
+    .await;
+    let event = history["items"]
+        .as_array()
+        .expect("items")
+        .last()
+        .cloned()
+        .expect("last");
+    assert_eq!(event["event_type"], "ExperimentAllocationChanged");
+    assert_eq!(event["data"]["while_running"], true);
+    assert_eq!(event["reason"], "complaints about the new copy");
+}
