@@ -97,13 +97,17 @@ impl MetricKind {
 
 /// What is measured: an observation name (a usage record's `metrics` key, or an
 /// observation's `metric`), or for a ratio the two names it divides.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metric {
     pub name: String,
     pub kind: MetricKind,
     pub numerator: Option<String>,
     pub denominator: Option<String>,
     pub higher_is_better: bool,
+    /// The Bayesian method's normal prior on the absolute lift: `(mean, standard
+    /// deviation)`; flat when `None`.
+    #[serde(default)]
+    pub prior: Option<(f64, f64)>,
 }
 
 impl Metric {
@@ -231,6 +235,8 @@ pub struct RawMetric {
     pub numerator: Option<String>,
     pub denominator: Option<String>,
     pub higher_is_better: bool,
+    pub prior_mean: Option<f64>,
+    pub prior_sd: Option<f64>,
 }
 
 /// An experiment as a client describes it, before it is checked.
@@ -262,6 +268,17 @@ fn parse_metric(field: &'static str, raw: &RawMetric, errors: &mut Invalid) -> O
             .flatten()
     };
     let (numerator, denominator) = (observed(&raw.numerator), observed(&raw.denominator));
+    let prior = match (raw.prior_mean, raw.prior_sd) {
+        (None, None) => None,
+        (Some(mean), Some(sd)) if mean.is_finite() && sd.is_finite() && sd > 0.0 => Some((mean, sd)),
+        _ => {
+            errors.push(InvalidText::new(
+                field,
+                "a prior gives both prior_mean and a positive prior_sd",
+            ));
+            return None;
+        }
+    };
     match kind {
         MetricKind::Ratio if numerator.is_none() || denominator.is_none() => {
             errors.push(InvalidText::new(
@@ -285,6 +302,7 @@ fn parse_metric(field: &'static str, raw: &RawMetric, errors: &mut Invalid) -> O
             numerator,
             denominator,
             higher_is_better: raw.higher_is_better,
+            prior,
         }),
     }
 }
@@ -861,6 +879,8 @@ mod tests {
             numerator: None,
             denominator: None,
             higher_is_better: true,
+            prior_mean: None,
+            prior_sd: None,
         };
         RawSpec {
             name: "Shorter answers".into(),

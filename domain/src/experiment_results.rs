@@ -400,7 +400,8 @@ fn compare(
         (MetricKind::Continuous, Method::Fixed) => welch(&c, &t, ALPHA),
         (_, Method::Sequential) => sequential(&c, &t, ALPHA, comparing.tuning_units),
         (_, Method::Bayesian) => {
-            let posterior = bayesian(&c, &t, None, metric.higher_is_better, ALPHA);
+            let prior = metric.prior.map(|(mean, sd)| (mean, sd * sd));
+            let posterior = bayesian(&c, &t, prior, metric.higher_is_better, ALPHA);
             if let Some(posterior) = posterior {
                 figures.lift_abs = Some(posterior.mean);
                 figures.lift_abs_ci_low = Some(posterior.interval.low);
@@ -432,4 +433,75 @@ fn compare(
     figures.better = figures.significant && up == metric.higher_is_better;
     figures.worse = figures.significant && up != metric.higher_is_better;
     figures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::{parse_spec, RawMetric, RawSpec, RawVariant, Targeting};
+
+    fn spec(prior_sd: Option<f64>) -> ExperimentSpec {
+        let variant = |name: &str, control| RawVariant {
+            name: name.into(),
+            weight: 50,
+            control,
+            prompt_version: None,
+            model: None,
+            config: None,
+        };
+        parse_spec(RawSpec {
+            name: "x".into(),
+            hypothesis: "y".into(),
+            prompt_id: None,
+            variants: vec![variant("a", true), variant("b", false)],
+            primary_metric: RawMetric {
+                name: "score".into(),
+                kind: "continuous".into(),
+                numerator: None,
+                denominator: None,
+                higher_is_better: true,
+                prior_mean: prior_sd.map(|_| 0.0),
+                prior_sd,
+            },
+            secondary_metrics: vec![],
+            guardrail_metrics: vec![],
+            min_units_per_variant: None,
+            targeting: Targeting::default(),
+            sequential_tuning_units: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_tight_prior_at_zero_pulls_the_bayesian_lift_towards_zero() {
+        let data: BTreeMap<String, VariantData> = [("a", 0.0), ("b", 1.0)]
+            .into_iter()
+            .map(|(name, shift)| {
+                let values = (0..100).map(|n| f64::from(n % 10) + shift).collect();
+                let mut data = VariantData {
+                    units: 100,
+                    ..VariantData::default()
+                };
+                data.values.insert("score".into(), values);
+                (name.to_string(), data)
+            })
+            .collect();
+        let lift = |prior_sd| {
+            results(&spec(prior_sd), &data, 0, Method::Bayesian, Correction::None).metrics[0].comparisons[0]
+                .lift_abs
+                .unwrap()
+        };
+        let flat = lift(None);
+        assert!((flat - 1.0).abs() < 1e-9, "{flat}");
+        let shrunk = lift(Some(0.1));
+        assert!(shrunk > 0.0 && shrunk < 0.5, "{shrunk}");
+        // Fixed: a clear difference, significant.
+        let fixed = results(&spec(None), &data, 0, Method::Fixed, Correction::Holm);
+        let comparison = &fixed.metrics[0].comparisons[0];
+        assert!(comparison.significant && comparison.better);
+        assert_eq!(
+            comparison.p_value_adjusted, comparison.p_value,
+            "one test: Holm leaves it"
+        );
+    }
 }

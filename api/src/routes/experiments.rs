@@ -87,6 +87,11 @@ struct MetricBody {
     denominator: Option<String>,
     /// Default true.
     higher_is_better: Option<bool>,
+    /// The Bayesian method's normal prior on the absolute lift: its mean (with `prior_sd`);
+    /// flat when left out.
+    prior_mean: Option<f64>,
+    /// The prior's standard deviation, positive.
+    prior_sd: Option<f64>,
 }
 
 impl MetricBody {
@@ -97,6 +102,8 @@ impl MetricBody {
             numerator: self.numerator,
             denominator: self.denominator,
             higher_is_better: self.higher_is_better.unwrap_or(true),
+            prior_mean: self.prior_mean,
+            prior_sd: self.prior_sd,
         }
     }
 }
