@@ -2,4 +2,6 @@
 -- budget watcher compares the spend with them, so a crossing is recorded once.
 alter table budget
     add column crossed_period date,
-    add column crossed integer[] not null default '{}';
+    add column crossed integer[] not null default '{}',
+    -- The start of the latest period recorded as started (BudgetPeriodStarted).
+    add column current_period date;

@@ -3,8 +3,8 @@
 //! this process ingests usage or changes a budget, and at least every [`INTERVAL`] for
 //! what other processes did and for a period that begins.
 //!
-//! A threshold is recorded by a command on the budget's aggregate, which records each
-//! threshold once per period: two processes racing to record it, or a process that stopped
+//! A period's start and each threshold reached in it are recorded by a command on the
+//! budget's aggregate, which records each once per period: two processes racing to record it, or a process that stopped
 //! before recording and the next one to start, record it once between them.
 
 use std::time::Duration;
@@ -48,7 +48,8 @@ pub fn spawn(app: AppState) -> BudgetWatcher {
     }))
 }
 
-/// Records the thresholds `budget` has reached in its period that are not recorded yet.
+/// Records the start of `budget`'s period and the thresholds it has reached in it, those
+/// not recorded yet.
 async fn record_crossings(app: &AppState, live: &LiveBudget, now: DateTime<Utc>) {
     let (budget, standing) = (&live.budget, &live.standing);
     let recorded: &[u32] = if budget.crossed_period == Some(standing.period_start) {
@@ -56,14 +57,23 @@ async fn record_crossings(app: &AppState, live: &LiveBudget, now: DateTime<Utc>)
     } else {
         &[]
     };
-    let Some(highest) = standing
+    let highest = standing
         .thresholds_crossed
         .iter()
         .filter(|t| !recorded.contains(t))
-        .max()
-    else {
-        return;
+        .max();
+    // A period begins for the record when the budget lived before it (its first period is
+    // implied by its definition, and recording it would change every new budget's version
+    // under its creator), or with the first threshold crossed in it.
+    let period_start = standing.period_start.and_time(chrono::NaiveTime::MIN).and_utc();
+    let period_due = match budget.current_period {
+        Some(started) => started < standing.period_start,
+        None => budget.created_at < period_start,
     };
+    if highest.is_none() && !period_due {
+        return;
+    }
+    let highest = highest.copied().unwrap_or(0);
     let metadata = CommandMetadata {
         tenant: budget.tenant.clone(),
         actor_key_id: "budget-watch".into(),

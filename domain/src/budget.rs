@@ -261,6 +261,12 @@ pub enum BudgetEvent {
         previous: BudgetTerms,
     },
     BudgetDeleted,
+    /// A period of the budget began, as the budget watcher saw it (a budget's first period
+    /// is recorded with its first threshold crossed): recorded once per period.
+    BudgetPeriodStarted {
+        period_start: NaiveDate,
+        period_end: NaiveDate,
+    },
     /// The spend in the period reached `threshold` percent of the amount: recorded once per
     /// threshold per period.
     BudgetThresholdCrossed {
@@ -280,6 +286,7 @@ impl DomainEvent for BudgetEvent {
             Self::BudgetDefined { .. } => "BudgetDefined",
             Self::BudgetChanged { .. } => "BudgetChanged",
             Self::BudgetDeleted => "BudgetDeleted",
+            Self::BudgetPeriodStarted { .. } => "BudgetPeriodStarted",
             Self::BudgetThresholdCrossed { .. } => "BudgetThresholdCrossed",
         }
         .to_string()
@@ -309,6 +316,9 @@ pub struct Budget {
     /// The latest period a threshold was crossed in, and the thresholds crossed in it.
     #[serde(default)]
     pub crossed: Option<(NaiveDate, Vec<u32>)>,
+    /// The start of the latest period recorded as started.
+    #[serde(default)]
+    pub period_started: Option<NaiveDate>,
 }
 
 impl Aggregate for Budget {
@@ -385,6 +395,13 @@ impl Aggregate for Budget {
                 let Some(terms) = self.terms.clone() else {
                     return Err(BudgetError::NotFound);
                 };
+                if self.period_started.is_none_or(|started| started < period_start) {
+                    let event = BudgetEvent::BudgetPeriodStarted {
+                        period_start,
+                        period_end,
+                    };
+                    sink.write(event, self).await;
+                }
                 let already: Vec<u32> = match &self.crossed {
                     Some((start, thresholds)) if *start == period_start => thresholds.clone(),
                     _ => Vec::new(),
@@ -428,6 +445,7 @@ impl Aggregate for Budget {
                 self.terms = Some(terms);
             }
             BudgetEvent::BudgetDeleted => self.deleted = true,
+            BudgetEvent::BudgetPeriodStarted { period_start, .. } => self.period_started = Some(period_start),
             BudgetEvent::BudgetThresholdCrossed {
                 period_start,
                 threshold,
@@ -461,7 +479,9 @@ impl Governed for Budget {
                         .claim(BUDGET_NAME_SCOPE, new);
                     name = new.clone();
                 }
-                BudgetEvent::BudgetChanged { .. } | BudgetEvent::BudgetThresholdCrossed { .. } => {}
+                BudgetEvent::BudgetChanged { .. }
+                | BudgetEvent::BudgetPeriodStarted { .. }
+                | BudgetEvent::BudgetThresholdCrossed { .. } => {}
                 BudgetEvent::BudgetDeleted => claims = claims.release(BUDGET_NAME_SCOPE, &name),
             }
         }
@@ -556,24 +576,40 @@ mod tests {
                 currency: "USD".into(),
                 percent_used: Decimal::from(spent),
             };
-        // 85 % crosses 50 and 80 at once.
+        let started = |start: &str, end: &str| BudgetEvent::BudgetPeriodStarted {
+            period_start: day(start),
+            period_end: day(end),
+        };
+        // The period's first record starts it; 85 % crosses 50 and 80 at once.
         TestFramework::<Budget>::with(())
             .given(vec![defined.clone()])
             .when(record("2026-12-01", "2027-01-01", 85))
             .then_expect_events(vec![
+                started("2026-12-01", "2027-01-01"),
                 crossed("2026-12-01", "2027-01-01", 50, 85),
                 crossed("2026-12-01", "2027-01-01", 80, 85),
             ]);
         // Recorded already in this period: nothing again, only what is new.
         TestFramework::<Budget>::with(())
-            .given(vec![defined.clone(), crossed("2026-12-01", "2027-01-01", 50, 60)])
+            .given(vec![
+                defined.clone(),
+                started("2026-12-01", "2027-01-01"),
+                crossed("2026-12-01", "2027-01-01", 50, 60),
+            ])
             .when(record("2026-12-01", "2027-01-01", 85))
             .then_expect_events(vec![crossed("2026-12-01", "2027-01-01", 80, 85)]);
         // A new period starts afresh.
         TestFramework::<Budget>::with(())
-            .given(vec![defined, crossed("2026-11-01", "2026-12-01", 50, 60)])
+            .given(vec![
+                defined,
+                started("2026-11-01", "2026-12-01"),
+                crossed("2026-11-01", "2026-12-01", 50, 60),
+            ])
             .when(record("2026-12-01", "2027-01-01", 55))
-            .then_expect_events(vec![crossed("2026-12-01", "2027-01-01", 50, 55)]);
+            .then_expect_events(vec![
+                started("2026-12-01", "2027-01-01"),
+                crossed("2026-12-01", "2027-01-01", 50, 55),
+            ]);
     }
 
     #[test]

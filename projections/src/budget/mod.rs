@@ -109,6 +109,14 @@ async fn apply(
                 .execute(&mut *tx)
                 .await?;
         }
+        BudgetEvent::BudgetPeriodStarted { period_start, .. } => {
+            sqlx::query("update budget set current_period = $2, version = $3 where budget_id = $1")
+                .bind(id)
+                .bind(period_start)
+                .bind(event.sequence)
+                .execute(&mut *tx)
+                .await?;
+        }
         BudgetEvent::BudgetThresholdCrossed {
             period_start,
             threshold,

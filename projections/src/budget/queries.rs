@@ -169,6 +169,9 @@ pub struct WatchedBudget {
     pub terms: domain::budget::BudgetTerms,
     pub crossed_period: Option<chrono::NaiveDate>,
     pub crossed: Vec<u32>,
+    /// The start of the latest period recorded as started.
+    pub current_period: Option<chrono::NaiveDate>,
+    pub created_at: DateTime<Utc>,
 }
 
 /// Every tenant's budgets. A row the domain cannot read (which the projection never writes)
@@ -190,10 +193,12 @@ pub async fn every_budget(pool: &PgPool) -> sqlx::Result<Vec<WatchedBudget>> {
         enforcement: String,
         crossed_period: Option<chrono::NaiveDate>,
         crossed: Vec<i32>,
+        current_period: Option<chrono::NaiveDate>,
+        created_at: DateTime<Utc>,
     }
     let rows: Vec<Row> = sqlx::query_as(
         "select budget_id as id, tenant_id, name, scope_kind, scope_id, period, amount, currency, thresholds,
-                enforcement, crossed_period, crossed
+                enforcement, crossed_period, crossed, current_period, created_at
          from budget order by tenant_id, name",
     )
     .fetch_all(pool)
@@ -220,6 +225,8 @@ pub async fn every_budget(pool: &PgPool) -> sqlx::Result<Vec<WatchedBudget>> {
                 name: row.name,
                 crossed_period: row.crossed_period,
                 crossed: percentages(row.crossed),
+                current_period: row.current_period,
+                created_at: row.created_at,
             })
         })();
         match read {

@@ -534,6 +534,24 @@ async fn a_threshold_is_recorded_once_under_concurrent_ingestion_in_two_processe
         (json!(100), period_start.clone()),
     ];
     assert_eq!(thresholds_recorded(&app, &budget).await, once);
+    let history = expect_status(
+        app.get(&format!("/v1/budgets/{budget}/history"), &app.admin_key)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let started: Vec<&Value> = history["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|item| item["event_type"] == "BudgetPeriodStarted")
+        .collect();
+    assert_eq!(
+        started.len(),
+        1,
+        "the period starts once, with its first crossing: {history}"
+    );
+    assert_eq!(started[0]["data"]["period_start"], period_start);
 
     // A process started afterwards reads the same spend and records nothing again, however
     // much more is spent.
@@ -1007,4 +1025,59 @@ async fn metrics_count_requests_commands_events_and_usage_and_show_spend_budgets
         ),
         Some(1.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_from_an_earlier_period_records_the_new_one_starting_once() {
+    let app = TestApp::spawn().await;
+    priced_model(&app).await;
+    let budget = define_budget(
+        &app,
+        json!({"name": "daily", "scope": {"kind": "tenant"}, "period": "daily", "amount": "100",
+               "currency": "USD"}),
+    )
+    .await;
+    let path = format!("/v1/budgets/{budget}/history");
+    let events = || {
+        let (app, path) = (&app, &path);
+        async move {
+            let history = expect_status(app.get(path, &app.admin_key).await, StatusCode::OK).await;
+            history["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .filter_map(|item| item["event_type"].as_str().map(str::to_string))
+                .collect::<Vec<_>>()
+        }
+    };
+    // Its first period is implied by its definition: nothing recorded, its version unchanged.
+    assert_eq!(events().await, ["BudgetDefined"]);
+    // As if it had been defined two days ago: today's period begins for the record, once,
+    // however often the watcher looks (each change makes it look at once).
+    sqlx::query("update budget set created_at = now() - interval '2 days' where budget_id = $1::uuid")
+        .bind(&budget)
+        .execute(app.pool())
+        .await
+        .expect("backdate");
+    for amount in ["200", "300"] {
+        expect_status(
+            app.patch(
+                &format!("/v1/budgets/{budget}"),
+                &app.admin_key,
+                json!({"amount": amount}),
+            )
+            .await,
+            StatusCode::OK,
+        )
+        .await;
+    }
+    // (The watcher's own round may come before either change.)
+    let recorded = events().await;
+    assert_eq!(recorded.len(), 4, "{recorded:?}");
+    assert_eq!(
+        recorded.iter().filter(|e| *e == "BudgetPeriodStarted").count(),
+        1,
+        "{recorded:?}"
+    );
+    assert_eq!(recorded.iter().filter(|e| *e == "BudgetChanged").count(), 2);
 }
