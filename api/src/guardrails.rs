@@ -101,10 +101,8 @@ pub async fn enforce(app: &AppState, experiment: &StoredExperiment, figures: &Ex
         .await
     {
         Ok(committed) => {
-            for (offset, event) in committed.events.iter().enumerate() {
-                let version = committed.version as i64 - committed.events.len() as i64 + offset as i64 + 1;
-                app.live_experiments.apply_event(experiment.id, event, version);
-            }
+            app.live_experiments
+                .apply_committed(experiment.id, &committed.events, committed.version);
             !committed.events.is_empty()
         }
         Err(error) => {

@@ -414,10 +414,8 @@ async fn change(
         .execute(&app.experiments, &id.to_string(), command, &context)
         .await?;
     // This process assigns with the change at once; others follow the log.
-    for (offset, event) in committed.events.iter().enumerate() {
-        let version = committed.version as i64 - committed.events.len() as i64 + offset as i64 + 1;
-        app.live_experiments.apply_event(id, event, version);
-    }
+    app.live_experiments
+        .apply_committed(id, &committed.events, committed.version);
     let stored = read_experiment(app, &context.caller.tenant, id).await?;
     Ok(respond(StatusCode::OK, stored.view()))
 }
@@ -850,24 +848,26 @@ async fn results(
     let units =
         projections::experiment::results::units(&app.pool, &caller.tenant, id, &experiment.spec, until)
             .await?;
-    let results = domain::experiment_results::results(
-        &experiment.spec,
-        &units.variants,
-        units.subjects_in_several_variants,
-        method,
-        correction,
-    );
-    // A guardrail found worse pauses a running experiment now, not at the next round.
-    let mut status = experiment.status;
-    if query.as_of.is_none() {
-        let fixed = domain::experiment_results::results(
+    let compute = |method, correction| {
+        domain::experiment_results::results(
             &experiment.spec,
             &units.variants,
             units.subjects_in_several_variants,
-            Method::Fixed,
-            Correction::None,
-        );
-        if crate::guardrails::enforce(&app, &experiment, &fixed).await {
+            method,
+            correction,
+        )
+    };
+    let results = compute(method, correction);
+    // A guardrail found worse (by the fixed method, uncorrected) pauses a running experiment
+    // now, not at the next round.
+    let mut status = experiment.status;
+    if query.as_of.is_none() {
+        let fixed = if (method, correction) == (Method::Fixed, Correction::None) {
+            None
+        } else {
+            Some(compute(Method::Fixed, Correction::None))
+        };
+        if crate::guardrails::enforce(&app, &experiment, fixed.as_ref().unwrap_or(&results)).await {
             status = ExperimentStatus::Paused;
         }
     }

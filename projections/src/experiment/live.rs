@@ -1,15 +1,13 @@
-//! Every experiment's salt, variants and status in this process's memory, kept current from
-//! the event log ([`crate::live`]), so that an assignment is a read from memory and every
-//! process answers alike.
+//! Every experiment in this process's memory, kept current from the event log
+//! ([`crate::live`]), so that an assignment is a read from memory and every process answers
+//! alike. The experiment is held as its aggregate, so its own `apply` keeps it current.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use cqrs_es::Aggregate;
-use domain::experiment::{
-    assign, targets, Assignment, Experiment, ExperimentEvent, ExperimentStatus, Targeting, Variant,
-};
+use domain::experiment::{assign, targets, Assignment, Experiment, ExperimentEvent};
 use eventlog::StoredEvent;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -18,21 +16,10 @@ use uuid::Uuid;
 use super::queries::every_experiment;
 use crate::live::{self, LiveView};
 
-/// What assignment needs of an experiment.
-#[derive(Debug, Clone)]
-struct Held {
-    tenant: String,
-    salt: String,
-    variants: Vec<Variant>,
-    targeting: Targeting,
-    status: ExperimentStatus,
-    version: i64,
-}
-
-/// The process's experiments. Cloning shares them.
+/// The process's experiments, each with the version it is at. Cloning shares them.
 #[derive(Clone, Default)]
 pub struct LiveExperiments {
-    held: Arc<RwLock<HashMap<Uuid, Held>>>,
+    held: Arc<RwLock<HashMap<Uuid, (Experiment, i64)>>>,
 }
 
 impl LiveExperiments {
@@ -40,18 +27,21 @@ impl LiveExperiments {
     pub async fn start(pool: PgPool, appended: watch::Receiver<u64>) -> Result<Self, sqlx::Error> {
         let live = Self::default();
         let cursor = live::start_cursor(&pool).await?;
-        for experiment in every_experiment(&pool).await? {
-            live.hold(
-                experiment.id,
-                Held {
-                    tenant: experiment.tenant,
-                    salt: experiment.salt,
-                    variants: experiment.spec.variants,
-                    targeting: experiment.spec.targeting,
-                    status: experiment.status,
-                    version: experiment.version,
-                },
-            );
+        let stored_experiments = every_experiment(&pool).await?;
+        {
+            let mut held = live.held.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for stored in stored_experiments {
+                let experiment = Experiment {
+                    tenant: Some(stored.tenant),
+                    spec: Some(stored.spec),
+                    salt: stored.salt,
+                    status: stored.status,
+                    winner: stored.winner,
+                    promotion: stored.promotion,
+                    reallocated_while_running: stored.reallocated_while_running,
+                };
+                held.insert(stored.id, (experiment, stored.version));
+            }
         }
         live::follow(Arc::new(live.clone()), pool, cursor, appended);
         Ok(live)
@@ -69,72 +59,38 @@ impl LiveExperiments {
         key: Uuid,
     ) -> Option<Assignment> {
         let held = self.held.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let experiment = held.get(&id).filter(|held| held.tenant == tenant)?;
-        let targeted = targets(&experiment.targeting, feature, key);
+        let (experiment, _) = held
+            .get(&id)
+            .filter(|(experiment, _)| experiment.tenant.as_deref() == Some(tenant))?;
+        let spec = experiment.spec.as_ref()?;
+        let targeted = targets(&spec.targeting, feature, key);
         assign(
             &experiment.salt,
-            &experiment.variants,
+            &spec.variants,
             experiment.status,
             targeted,
             subject,
         )
     }
 
-    /// Holds `experiment` unless a newer version of it is held already.
-    fn hold(&self, id: Uuid, experiment: Held) {
-        let mut held = self.held.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if held
-            .get(&id)
-            .is_none_or(|current| current.version < experiment.version)
-        {
-            held.insert(id, experiment);
+    /// Applies the events a command of this process just committed, the last at `version`,
+    /// so that this process assigns with them at once (others follow the log).
+    pub fn apply_committed(&self, id: Uuid, events: &[ExperimentEvent], version: u64) {
+        let first = version as i64 - events.len() as i64 + 1;
+        for (offset, event) in events.iter().enumerate() {
+            self.apply_event(id, event.clone(), first + offset as i64);
         }
     }
 
-    /// Applies one of the experiment's events at `version`.
-    pub fn apply_event(&self, id: Uuid, event: &ExperimentEvent, version: i64) {
-        if let ExperimentEvent::ExperimentCreated { tenant, spec, salt } = event {
-            self.hold(
-                id,
-                Held {
-                    tenant: tenant.clone(),
-                    salt: salt.clone(),
-                    variants: spec.variants.clone(),
-                    targeting: spec.targeting.clone(),
-                    status: ExperimentStatus::Draft,
-                    version,
-                },
-            );
-            return;
-        }
+    /// Applies one of the experiment's events at `version`, unless it is held at that version
+    /// or a later one already.
+    fn apply_event(&self, id: Uuid, event: ExperimentEvent, version: i64) {
         let mut held = self.held.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Some(experiment) = held.get_mut(&id).filter(|held| held.version < version) else {
-            return;
-        };
-        if let ExperimentEvent::ExperimentAllocationChanged {
-            weights, targeting, ..
-        } = event
-        {
-            for variant in &mut experiment.variants {
-                if let Some((_, weight)) = weights.iter().find(|(name, _)| *name == variant.name) {
-                    variant.weight = *weight;
-                }
-            }
-            experiment.targeting = targeting.clone();
-            experiment.version = version;
-            return;
+        let (experiment, at) = held.entry(id).or_insert_with(|| (Experiment::default(), 0));
+        if *at < version {
+            experiment.apply(event);
+            *at = version;
         }
-        experiment.status = match event {
-            ExperimentEvent::ExperimentStarted | ExperimentEvent::ExperimentResumed => {
-                ExperimentStatus::Running
-            }
-            ExperimentEvent::ExperimentPaused { .. } => ExperimentStatus::Paused,
-            ExperimentEvent::ExperimentStopped => ExperimentStatus::Stopped,
-            ExperimentEvent::ExperimentConcluded { .. } => ExperimentStatus::Concluded,
-            ExperimentEvent::ExperimentCreated { .. }
-            | ExperimentEvent::ExperimentAllocationChanged { .. } => experiment.status,
-        };
-        experiment.version = version;
     }
 }
 
@@ -155,7 +111,7 @@ impl LiveView for LiveExperiments {
         let payload = event
             .decode::<ExperimentEvent>()
             .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        self.apply_event(id, &payload, event.sequence);
+        self.apply_event(id, payload, event.sequence);
         Ok(())
     }
 }
