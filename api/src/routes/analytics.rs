@@ -18,6 +18,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::openapi::{NotFound, ValidationFailed};
+use crate::routes::parse_day;
 use crate::state::AppState;
 
 /// The longest range analytics cover, in days.
@@ -44,18 +45,9 @@ struct RangeQuery {
 impl RangeQuery {
     /// The days asked for: `default_days` up to today when not given; at most a year.
     fn days(&self, default_days: u64) -> ApiResult<(NaiveDate, NaiveDate)> {
-        let day = |field: &'static str, value: &Option<String>| -> ApiResult<Option<NaiveDate>> {
-            value
-                .as_deref()
-                .map(|text| {
-                    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-                        .map_err(|_| ApiError::invalid(field, "must be a date, YYYY-MM-DD"))
-                })
-                .transpose()
-        };
         let tomorrow = Utc::now().date_naive() + Days::new(1);
-        let to = day("to", &self.to)?.unwrap_or(tomorrow);
-        let from = match day("from", &self.from)? {
+        let to = parse_day("to", self.to.as_deref())?.unwrap_or(tomorrow);
+        let from = match parse_day("from", self.from.as_deref())? {
             Some(from) => from,
             None => to
                 .checked_sub_days(Days::new(default_days))

@@ -595,14 +595,7 @@ async fn check_budgets(
     ApiQuery(query): ApiQuery<CheckQuery>,
 ) -> ApiResult<impl IntoResponse> {
     caller.require(Permission::CheckBudgets)?;
-    for (field, value) in [("model", &query.model), ("feature", &query.feature)] {
-        if value
-            .as_ref()
-            .is_some_and(|text| text.is_empty() || text.chars().count() > 200)
-        {
-            return Err(ApiError::invalid(field, "must be 1 to 200 characters"));
-        }
-    }
+    crate::routes::check_short_texts(&[("model", &query.model), ("feature", &query.feature)])?;
     let call = Call {
         model: query.model.as_deref(),
         prompt: query.prompt,

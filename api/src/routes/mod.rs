@@ -35,6 +35,28 @@ pub fn parse_instant(field: &'static str, text: &str) -> Result<chrono::DateTime
         .map_err(|_| InvalidText::new(field, "must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z"))
 }
 
+/// A day given as `YYYY-MM-DD` in `field`, when given.
+pub fn parse_day(field: &'static str, text: Option<&str>) -> Result<Option<chrono::NaiveDate>, InvalidText> {
+    text.map(|text| {
+        chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .map_err(|_| InvalidText::new(field, "must be a date, YYYY-MM-DD"))
+    })
+    .transpose()
+}
+
+/// Optional query texts (`(field, value)`) that, when given, must be 1 to 200 characters.
+pub fn check_short_texts(texts: &[(&'static str, &Option<String>)]) -> Result<(), InvalidText> {
+    for (field, value) in texts {
+        if value
+            .as_ref()
+            .is_some_and(|text| text.is_empty() || text.chars().count() > 200)
+        {
+            return Err(InvalidText::new(field, "must be 1 to 200 characters"));
+        }
+    }
+    Ok(())
+}
+
 /// Page size: `limit` when given (1..=max), else `default`.
 pub fn page_size(limit: Option<i64>, default: i64, max: i64) -> Result<i64, InvalidText> {
     match limit {

@@ -28,7 +28,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::extract::ApiQuery;
 use crate::openapi::ValidationFailed;
-use crate::routes::{page_size, parse_instant};
+use crate::routes::{page_size, parse_day, parse_instant};
 use crate::state::AppState;
 
 /// `POST /v1/usage`: mounted with the ingestion limits (`hardening::ingestion_routes`).
@@ -308,14 +308,7 @@ async fn list_usage(
         ),
         None => None,
     };
-    for (field, value) in [("model", &query.model), ("feature", &query.feature)] {
-        if value
-            .as_ref()
-            .is_some_and(|text| text.is_empty() || text.chars().count() > 200)
-        {
-            return Err(ApiError::invalid(field, "must be 1 to 200 characters"));
-        }
-    }
+    crate::routes::check_short_texts(&[("model", &query.model), ("feature", &query.feature)])?;
     let filter = UsageFilter {
         from: instant("from", query.from)?,
         to: instant("to", query.to)?,
@@ -367,15 +360,10 @@ async fn spend(
     ApiQuery(query): ApiQuery<SpendQuery>,
 ) -> ApiResult<impl IntoResponse> {
     caller.require(Permission::Read)?;
-    let day = |field: &'static str, value: Option<String>| -> ApiResult<Option<chrono::NaiveDate>> {
-        value
-            .map(|text| {
-                chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d")
-                    .map_err(|_| ApiError::invalid(field, "must be a date, YYYY-MM-DD"))
-            })
-            .transpose()
-    };
-    let (from, to) = (day("from", query.from)?, day("to", query.to)?);
+    let (from, to) = (
+        parse_day("from", query.from.as_deref())?,
+        parse_day("to", query.to.as_deref())?,
+    );
     if let (Some(from), Some(to)) = (from, to) {
         if to < from {
             return Err(ApiError::invalid("to", "must not be before from"));
