@@ -45,7 +45,7 @@ fn push_json_string(out: &mut Vec<u8>, text: &str) {
 /// The report as NDJSON, line by line, and the SHA-256 of those lines: the data hash every
 /// writer reports (see the crate's documentation).
 #[derive(Default)]
-struct DataHash {
+pub(crate) struct DataHash {
     hasher: Sha256,
     line: Vec<u8>,
     rows: u64,
@@ -53,7 +53,7 @@ struct DataHash {
 
 impl DataHash {
     /// Encodes the row as its NDJSON line (in `self.line`) and adds it to the hash.
-    fn add(&mut self, section: &Section, cells: &[Cell]) -> &[u8] {
+    pub(crate) fn add(&mut self, section: &Section, cells: &[Cell]) -> &[u8] {
         self.line.clear();
         self.line.extend_from_slice(b"{\"section\":");
         push_json_string(&mut self.line, &section.name);
@@ -68,13 +68,20 @@ impl DataHash {
         &self.line
     }
 
-    fn finish(self) -> String {
+    pub(crate) fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub(crate) fn finish(self) -> String {
         hex::encode(self.hasher.finalize())
     }
 }
 
 /// The section rows are checked against: set by `section`, required by `row`.
-fn check_row<'a>(section: &'a Option<Section>, cells: &[Cell]) -> Result<&'a Section, ReportError> {
+pub(crate) fn check_row<'a>(
+    section: &'a Option<Section>,
+    cells: &[Cell],
+) -> Result<&'a Section, ReportError> {
     let section = section
         .as_ref()
         .ok_or_else(|| ReportError::Invalid("a row came before any section".to_owned()))?;
