@@ -12,12 +12,14 @@
 //! - [`auth`]: API keys and the authenticated [`auth::Caller`].
 //! - [`idempotency`]: `Idempotency-Key` on command endpoints.
 //! - [`extract`]: JSON, path and query extractors whose rejections are problems, command
-//!   metadata and `If-Match`; [`openapi`]: the document's shared parts.
+//!   metadata and `If-Match`; [`openapi`]: the document's shared parts; [`export_files`]:
+//!   where export files are kept.
 //! - [`state`]: the application context, and running a command through it;
 //!   [`scheduler`]: applying scheduled configuration changes when they are due; [`bulk`]:
 //!   running bulk jobs; [`budget_watch`]: budgets' standings in memory, and their
 //!   thresholds recorded as spend crosses them; [`incidents`]: opening an incident with the
-//!   changes it relates to; [`prober`]: probing providers' health (it opens incidents).
+//!   changes it relates to; [`prober`]: probing providers' health (it opens incidents);
+//!   [`exports`]: the reports and the runner writing them to files.
 //! - [`routes`]: one module per resource; handlers stay thin.
 //! - [`app`]: the router, middleware and server loop.
 //! - [`cli`]: the `aipm` command line (`serve`, `keys`, `replay`, `audit`).
@@ -29,6 +31,8 @@ pub mod bulk;
 pub mod cli;
 pub mod db;
 pub mod error;
+pub mod export_files;
+pub mod exports;
 pub mod extract;
 pub mod guardrails;
 pub mod hardening;

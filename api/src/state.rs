@@ -16,6 +16,7 @@ use domain::bulk::BulkJob;
 use domain::category::PromptCategory;
 use domain::config::ConfigEntry;
 use domain::experiment::Experiment;
+use domain::export::ExportJob;
 use domain::flag::Flag;
 use domain::health::ProviderHealth;
 use domain::incident::Incident;
@@ -66,6 +67,12 @@ pub struct App {
     pub budgets: AggregateStore<Budget>,
     pub bulk_jobs: AggregateStore<BulkJob>,
     pub experiments: AggregateStore<Experiment>,
+    pub exports: AggregateStore<ExportJob>,
+    /// Where export files are kept.
+    pub export_store: crate::export_files::ExportStore,
+    pub export_settings: crate::settings::ExportSettings,
+    /// Wakes the export runner when this process accepts a job.
+    pub export_requested: Arc<tokio::sync::Notify>,
     /// Every experiment's salt, variants and status, in memory and current with the log:
     /// what assignment answers from.
     pub live_experiments: LiveExperiments,
@@ -137,6 +144,8 @@ impl App {
         let live_flags = LiveFlags::start(pool.clone(), projections.wake_signal()).await?;
         let live_labels = LiveLabels::start(pool.clone(), projections.wake_signal()).await?;
         let live_experiments = LiveExperiments::start(pool.clone(), projections.wake_signal()).await?;
+        let export_store =
+            crate::export_files::ExportStore::local(&settings.exports.dir).map_err(sqlx::Error::Io)?;
         let live_budgets = LiveBudgets::default();
         live_budgets.refresh(&pool, chrono::Utc::now()).await?;
         let probe_client = reqwest::Client::builder()
@@ -169,6 +178,10 @@ impl App {
             budgets: store.aggregates(()),
             bulk_jobs: store.aggregates(()),
             experiments: store.aggregates(()),
+            exports: store.aggregates(()),
+            export_store,
+            export_settings: settings.exports.clone(),
+            export_requested: Arc::new(tokio::sync::Notify::new()),
             live_experiments,
             provider_health: store.aggregates(()),
             incidents: store.aggregates(()),

@@ -41,6 +41,7 @@ pub mod config;
 pub mod experiment;
 pub mod experiment_results;
 pub mod experiment_stats;
+pub mod export;
 pub mod fields;
 pub mod flag;
 pub mod governed;

@@ -44,6 +44,7 @@ pub mod cloudevent;
 pub mod config;
 pub mod csv;
 pub mod experiment;
+pub mod export;
 pub mod feed;
 pub mod flag;
 pub mod global_order;
@@ -77,6 +78,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(health::HealthProjection),
         Arc::new(incident::IncidentProjection),
         Arc::new(experiment::ExperimentProjection),
+        Arc::new(export::ExportProjection),
         Arc::new(audit::AuditProjection),
     ]
 }

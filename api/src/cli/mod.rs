@@ -92,6 +92,8 @@ pub struct ServeArgs {
     pub feed: crate::settings::FeedSettings,
     #[command(flatten)]
     pub health: crate::settings::HealthSettings,
+    #[command(flatten)]
+    pub exports: crate::settings::ExportSettings,
     /// JetStream stream the event feed is published to.
     #[arg(long, env = "AIPM_NATS_STREAM", default_value = projections::relay::DEFAULT_STREAM)]
     pub nats_stream: String,
@@ -113,6 +115,7 @@ impl ServeArgs {
             security: self.security.settings(),
             feed: self.feed.clone(),
             health: self.health.clone(),
+            exports: self.exports.clone(),
             ..crate::Settings::default()
         }
         .with_relay(relay);

@@ -7,13 +7,16 @@
 //! - [`idempotency`]: how long idempotency keys live.
 //! - [`anchors`]: anchoring the audit chains outside the database.
 //! - [`health`]: whether providers are probed in the background.
+//! - [`exports`]: where export files go, how long they are kept.
 
 pub mod anchors;
+pub mod exports;
 pub mod feed;
 pub mod health;
 pub mod idempotency;
 pub mod security;
 
+pub use exports::ExportSettings;
 pub use feed::FeedSettings;
 pub use health::HealthSettings;
 pub use idempotency::IdempotencySettings;
@@ -41,6 +44,8 @@ pub struct Settings {
     pub metrics_listen: Option<String>,
     /// Probing providers' health in the background.
     pub health: HealthSettings,
+    /// Export jobs: where their files go and how long they are kept.
+    pub exports: ExportSettings,
 }
 
 impl Settings {

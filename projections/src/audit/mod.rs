@@ -44,6 +44,7 @@ use domain::budget::Budget;
 use domain::category::PromptCategory;
 use domain::config::ConfigEntry;
 use domain::experiment::Experiment;
+use domain::export::ExportJob;
 use domain::flag::Flag;
 use domain::health::ProviderHealth;
 use domain::incident::Incident;
@@ -359,6 +360,7 @@ fn fold(aggregate_type: &str, state: Option<&str>, payload: &str) -> Result<Fold
         ProviderHealth::TYPE => fold_as::<ProviderHealth>(state, payload),
         Incident::TYPE => fold_as::<Incident>(state, payload),
         Experiment::TYPE => fold_as::<Experiment>(state, payload),
+        ExportJob::TYPE => fold_as::<ExportJob>(state, payload),
         _ => Ok(Fold::Unknown),
     }
 }

@@ -1,0 +1,148 @@
+//! What reports are made from, read at one point of the log and of time: the state of
+//! every aggregate of a kind folded from the log up to a cursor and an instant, and the
+//! telemetry recorded by that instant. Reading the log itself (not the read models) lets a
+//! report of a past instant and one of now take the same path, and a report asked again
+//! with the same cursor read exactly the same events.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use domain::position::GlobalCursor;
+use futures::{Stream, StreamExt};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::global_order;
+
+/// The point a report reflects: events at or before `cursor` recorded by `instant`, and
+/// telemetry received by `instant`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportPoint {
+    pub cursor: GlobalCursor,
+    pub instant: DateTime<Utc>,
+}
+
+/// The point of now: the settled end of the log, and the moment it was read.
+pub async fn now(pool: &PgPool) -> sqlx::Result<ReportPoint> {
+    let mut conn = pool.acquire().await?;
+    let instant = Utc::now();
+    let cursor = global_order::settled_end(&mut conn).await?;
+    Ok(ReportPoint { cursor, instant })
+}
+
+/// The point of a past `instant`: the last settled event recorded by then.
+pub async fn at(pool: &PgPool, instant: DateTime<Utc>) -> sqlx::Result<ReportPoint> {
+    let last: Option<(i64, i64)> = sqlx::query_as(
+        "select transaction_id::text::bigint, position from events
+         where transaction_id < (select events_horizon()) and recorded_at <= $1
+         order by events.transaction_id desc, events.position desc
+         limit 1",
+    )
+    .bind(instant)
+    .fetch_optional(pool)
+    .await?;
+    let cursor = last.map_or(GlobalCursor::START, |(t, p)| GlobalCursor::new(t, p));
+    Ok(ReportPoint { cursor, instant })
+}
+
+/// Every aggregate of type `A` of `tenant` as it stood at `point`, by id, in id order;
+/// aggregates with no event by then are absent. An event this build cannot read is an
+/// error, not skipped: a report must not silently leave things out.
+pub async fn fold_all<A: Aggregate>(
+    pool: &PgPool,
+    tenant: &str,
+    point: ReportPoint,
+) -> sqlx::Result<Vec<(String, A)>> {
+    let mut rows = sqlx::query_as::<_, (String, serde_json::Value)>(
+        "select aggregate_id, payload from events
+         where aggregate_type = $1 and tenant_id = $2 and recorded_at <= $3
+           and (transaction_id, position) <= ($4::bigint::text::xid8, $5)
+         order by aggregate_id, sequence",
+    )
+    .bind(A::TYPE)
+    .bind(tenant)
+    .bind(point.instant)
+    .bind(point.cursor.transaction_id)
+    .bind(point.cursor.position)
+    .fetch(pool);
+    let mut folded: Vec<(String, A)> = Vec::new();
+    while let Some(row) = rows.next().await {
+        let (id, payload) = row?;
+        let event: A::Event = serde_json::from_value(payload).map_err(|error| {
+            sqlx::Error::Decode(format!("unreadable {} event of {id}: {error}", A::TYPE).into())
+        })?;
+        match folded.last_mut() {
+            Some((last, aggregate)) if *last == id => aggregate.apply(event),
+            _ => {
+                let mut aggregate = A::default();
+                aggregate.apply(event);
+                folded.push((id, aggregate));
+            }
+        }
+    }
+    Ok(folded)
+}
+
+/// A usage record as reports read it: its cost is not read, as a report prices records
+/// with the prices known at its point.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct UsageRow {
+    pub record_id: String,
+    pub ts: DateTime<Utc>,
+    pub model: String,
+    pub prompt_id: Option<Uuid>,
+    pub prompt_version: Option<i32>,
+    pub prompt_label: Option<String>,
+    pub experiment_id: Option<Uuid>,
+    pub variant: Option<String>,
+    pub feature: Option<String>,
+    pub subject: Option<String>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub latency_ms: Option<i32>,
+    pub status: String,
+    pub key_id: Uuid,
+    pub ingested_at: DateTime<Utc>,
+}
+
+/// How many of `tenant`'s usage records made between `from` and `to` (exclusive) were
+/// received by `instant`: what a report of them will hold.
+pub async fn count_usage(
+    pool: &PgPool,
+    tenant: &str,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+    instant: DateTime<Utc>,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "select count(*) from usage_record
+         where tenant_id = $1 and ts >= $2 and ts < $3 and ingested_at <= $4",
+    )
+    .bind(tenant)
+    .bind(from)
+    .bind(to)
+    .bind(instant)
+    .fetch_one(pool)
+    .await
+}
+
+/// `tenant`'s usage records made between `from` and `to` (exclusive) and received by
+/// `instant`, in the order they were made (ties by id), streamed.
+pub fn usage<'a>(
+    pool: &'a PgPool,
+    tenant: &'a str,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+    instant: DateTime<Utc>,
+) -> impl Stream<Item = sqlx::Result<UsageRow>> + Send + 'a {
+    sqlx::query_as::<_, UsageRow>(
+        "select record_id, ts, model, prompt_id, prompt_version, prompt_label, experiment_id, variant, feature,
+                subject, input_tokens, output_tokens, cached_input_tokens, latency_ms, status, key_id, ingested_at
+         from usage_record
+         where tenant_id = $1 and ts >= $2 and ts < $3 and ingested_at <= $4
+         order by ts, record_id",
+    )
+    .bind(tenant)
+    .bind(from)
+    .bind(to)
+    .bind(instant)
+    .fetch(pool)
+}
