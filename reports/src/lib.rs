@@ -3,7 +3,8 @@
 //! A report is a [`Meta`] and a sequence of [`Section`]s, each a table of typed [`Cell`]s
 //! with the charts that read it. Producers push sections and rows into a [`ReportWriter`]
 //! one row at a time, so a report of any length is written in bounded memory; each format
-//! is one writer: [`text::CsvWriter`], [`text::JsonWriter`], [`text::NdjsonWriter`].
+//! is one writer: [`text::CsvWriter`], [`text::JsonWriter`], [`text::NdjsonWriter`],
+//! [`xlsx::XlsxWriter`].
 //!
 //! Every writer also computes the report's **data hash**: the SHA-256 of the report as
 //! NDJSON ([`text::NdjsonWriter`]), the same whatever format is written, so a reader of an
@@ -11,6 +12,7 @@
 
 pub mod model;
 pub mod text;
+pub mod xlsx;
 
 pub use model::{Cell, Chart, ChartKind, Column, ColumnKind, Format, Meta, Section};
 
@@ -31,6 +33,9 @@ pub enum ReportError {
     /// width) or asked for something the format cannot hold.
     #[error("{0}")]
     Invalid(String),
+    /// The XLSX library refused a value or could not write the file.
+    #[error("writing XLSX: {0}")]
+    Xlsx(#[from] rust_xlsxwriter::XlsxError),
 }
 
 /// Receives a report section by section and row by row, writing it as it comes.
@@ -55,6 +60,7 @@ pub fn writer_for(
         Format::Csv => Box::new(text::CsvWriter::new(out, csv_section)),
         Format::Json => Box::new(text::JsonWriter::new(out, meta)),
         Format::Ndjson => Box::new(text::NdjsonWriter::new(out)),
-        Format::Xlsx | Format::Pdf => Box::new(text::Unsupported(format)),
+        Format::Xlsx => Box::new(xlsx::XlsxWriter::new(out, meta)),
+        Format::Pdf => Box::new(text::Unsupported(format)),
     }
 }
