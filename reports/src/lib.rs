@@ -3,13 +3,15 @@
 //! A report is a [`Meta`] and a sequence of [`Section`]s, each a table of typed [`Cell`]s
 //! with the charts that read it. Producers push sections and rows into a [`ReportWriter`]
 //! one row at a time, so a report of any length is written in bounded memory; each format
-//! is one writer: [`text::CsvWriter`], [`text::JsonWriter`], [`text::NdjsonWriter`].
+//! is one writer: [`text::CsvWriter`], [`text::JsonWriter`], [`text::NdjsonWriter`],
+//! [`pdf::PdfWriter`].
 //!
 //! Every writer also computes the report's **data hash**: the SHA-256 of the report as
 //! NDJSON ([`text::NdjsonWriter`]), the same whatever format is written, so a reader of an
 //! XLSX or PDF file can check it against the NDJSON export of the same cursor.
 
 pub mod model;
+pub mod pdf;
 pub mod text;
 
 pub use model::{Cell, Chart, ChartKind, Column, ColumnKind, Format, Meta, Section};
@@ -31,6 +33,10 @@ pub enum ReportError {
     /// width) or asked for something the format cannot hold.
     #[error("{0}")]
     Invalid(String),
+    /// The PDF could not be assembled: a font could not be read or subset, or the document
+    /// could not be serialized.
+    #[error("PDF: {0}")]
+    Pdf(String),
 }
 
 /// Receives a report section by section and row by row, writing it as it comes.
@@ -55,6 +61,7 @@ pub fn writer_for(
         Format::Csv => Box::new(text::CsvWriter::new(out, csv_section)),
         Format::Json => Box::new(text::JsonWriter::new(out, meta)),
         Format::Ndjson => Box::new(text::NdjsonWriter::new(out)),
-        Format::Xlsx | Format::Pdf => Box::new(text::Unsupported(format)),
+        Format::Pdf => Box::new(pdf::PdfWriter::new(out, meta)),
+        Format::Xlsx => Box::new(text::Unsupported(format)),
     }
 }
