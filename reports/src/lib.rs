@@ -4,13 +4,14 @@
 //! with the charts that read it. Producers push sections and rows into a [`ReportWriter`]
 //! one row at a time, so a report of any length is written in bounded memory; each format
 //! is one writer: [`text::CsvWriter`], [`text::JsonWriter`], [`text::NdjsonWriter`],
-//! [`xlsx::XlsxWriter`].
+//! [`xlsx::XlsxWriter`], [`pdf::PdfWriter`].
 //!
 //! Every writer also computes the report's **data hash**: the SHA-256 of the report as
 //! NDJSON ([`text::NdjsonWriter`]), the same whatever format is written, so a reader of an
 //! XLSX or PDF file can check it against the NDJSON export of the same cursor.
 
 pub mod model;
+pub mod pdf;
 pub mod text;
 pub mod xlsx;
 
@@ -36,6 +37,10 @@ pub enum ReportError {
     /// The XLSX library refused a value or could not write the file.
     #[error("writing XLSX: {0}")]
     Xlsx(#[from] rust_xlsxwriter::XlsxError),
+    /// The PDF could not be assembled: a font could not be read or subset, or the document
+    /// could not be serialized.
+    #[error("PDF: {0}")]
+    Pdf(String),
 }
 
 /// Receives a report section by section and row by row, writing it as it comes.
@@ -61,6 +66,6 @@ pub fn writer_for(
         Format::Json => Box::new(text::JsonWriter::new(out, meta)),
         Format::Ndjson => Box::new(text::NdjsonWriter::new(out)),
         Format::Xlsx => Box::new(xlsx::XlsxWriter::new(out, meta)),
-        Format::Pdf => Box::new(text::Unsupported(format)),
+        Format::Pdf => Box::new(pdf::PdfWriter::new(out, meta)),
     }
 }

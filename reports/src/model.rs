@@ -181,7 +181,8 @@ impl Cell {
     }
 
     /// The value as text the way CSV and the PDF show it: money as its exact decimal,
-    /// dates as ISO 8601, instants in UTC to the millisecond, numbers shortest round-trip.
+    /// dates as ISO 8601, instants in UTC to the millisecond, numbers shortest round-trip
+    /// (the PDF shows a percentage as one, to two decimals).
     pub fn display(&self) -> Option<String> {
         match self {
             Cell::Empty => None,

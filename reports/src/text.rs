@@ -4,7 +4,7 @@ use std::io::{BufWriter, Write};
 
 use sha2::{Digest, Sha256};
 
-use crate::model::{format_instant, Cell, Format, Meta, Section};
+use crate::model::{format_instant, Cell, Meta, Section};
 use crate::{ReportError, ReportWriter, Written};
 
 /// A row as the JSON formats write it: an object of the section's column names.
@@ -352,31 +352,5 @@ impl ReportWriter for CsvWriter {
             rows: self.rows,
             data_sha256: self.hash.finish(),
         })
-    }
-}
-
-/// Stands in for a format this build does not write yet; refuses at the first section.
-pub struct Unsupported(pub Format);
-
-impl ReportWriter for Unsupported {
-    fn section(&mut self, _: &Section) -> Result<(), ReportError> {
-        Err(ReportError::Invalid(format!(
-            "{} is not written yet",
-            self.0.as_str()
-        )))
-    }
-
-    fn row(&mut self, _: &[Cell]) -> Result<(), ReportError> {
-        Err(ReportError::Invalid(format!(
-            "{} is not written yet",
-            self.0.as_str()
-        )))
-    }
-
-    fn finish(self: Box<Self>) -> Result<Written, ReportError> {
-        Err(ReportError::Invalid(format!(
-            "{} is not written yet",
-            self.0.as_str()
-        )))
     }
 }
