@@ -34,6 +34,7 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::approvals::router())
         .merge(routes::budgets::router())
         .merge(routes::bulk::router())
+        .merge(routes::exports::router())
         .merge(routes::flags::router())
         .merge(routes::keys::router())
         .merge(routes::audit::router())
@@ -104,7 +105,10 @@ pub async fn serve_until(
     // Stops with the server, as the relay does.
     let _scheduler = crate::scheduler::spawn(state.clone());
     let _bulk_runner = crate::bulk::runner::spawn(state.clone());
-    let _export_runner = crate::exports::runner::spawn(state.clone());
+    let _export_runner = settings
+        .exports
+        .runner
+        .then(|| crate::exports::runner::spawn(state.clone()));
     let _budget_watcher = crate::budget_watch::spawn(state.clone());
     let _guardrails = crate::guardrails::spawn(state.clone());
     let _metrics_server = match &settings.metrics_listen {

@@ -431,6 +431,18 @@ impl DomainProblem for BulkError {
     }
 }
 
+impl DomainProblem for domain::export::ExportError {
+    fn into_api_error(self) -> ApiError {
+        use domain::export::ExportError;
+        match self {
+            ExportError::NotFound => ApiError::NotFound("export"),
+            ExportError::AlreadyExists | ExportError::Finished(_) | ExportError::WrongStatus(_) => {
+                ApiError::Conflict(self.to_string())
+            }
+        }
+    }
+}
+
 impl DomainProblem for ProviderHealthError {
     fn into_api_error(self) -> ApiError {
         match self {}

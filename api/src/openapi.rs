@@ -67,6 +67,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         (name = "incidents", description = "Incidents: what is broken, the changes before it that touch it, updates and resolution"),
         (name = "experiments", description = "Experiments: variants compared on live traffic, assignment from memory, observations and results"),
         (name = "bulk", description = "Bulk operations: one change over many targets as one tracked, cancellable, reversible job"),
+        (name = "exports", description = "Exports: reports written to CSV, JSON, NDJSON, XLSX or PDF files in the background, as of now or of a past instant"),
         (name = "keys", description = "API keys of the caller's tenant and their rate limits (admins)"),
         (name = "audit", description = "The tenant's hash-chained audit log (auditors and admins); reads are recorded"),
         (name = "feed", description = "The tenant's live event feed (Server-Sent Events, WebSocket)"),

@@ -98,6 +98,14 @@ impl Drop for PeerServer {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.server.abort();
+        if self
+            .settings
+            .exports
+            .dir
+            .starts_with(std::env::temp_dir().join("aipm-test-exports"))
+        {
+            let _ = std::fs::remove_dir_all(&self.settings.exports.dir);
+        }
         if let Some(relay) = &self.settings.relay {
             crate::nats::delete_stream_blocking(&relay.nats_url, &relay.stream);
         }
@@ -130,6 +138,11 @@ impl TestApp {
     /// `POST /v1/health/checks/run`.
     pub async fn spawn_on(db: TestDatabase, mut settings: api::Settings) -> Self {
         settings.health.prober = false;
+        if settings.exports.dir == api::Settings::default().exports.dir {
+            // Export files of the test's own, shared with its peers as processes on one
+            // machine share a directory.
+            settings.exports.dir = std::env::temp_dir().join("aipm-test-exports").join(&db.name);
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = format!("http://{}", listener.local_addr().expect("address"));
         let pool = db.pool.clone();
@@ -157,10 +170,14 @@ impl TestApp {
     /// A second server on the same database, as another aipm process would be: its own
     /// pool, aggregate cache and projection runners. Stops when the value is dropped.
     pub async fn spawn_peer(&self) -> PeerServer {
+        self.spawn_peer_with(self.settings.clone()).await
+    }
+
+    /// [`Self::spawn_peer`] configured with `settings`.
+    pub async fn spawn_peer_with(&self, settings: api::Settings) -> PeerServer {
         let pool = api::db::connect(&self.db.url, 16).await.expect("peer pool");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = format!("http://{}", listener.local_addr().expect("address"));
-        let settings = self.settings.clone();
         let server = tokio::spawn(async move {
             let _ = api::serve(settings, pool, listener).await;
         });

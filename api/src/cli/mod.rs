@@ -54,7 +54,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the HTTP API (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -199,11 +199,11 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), String> {
     let command = match cli.command {
         Some(command) => command,
-        None => Command::Serve(
+        None => Command::Serve(Box::new(
             ServeByDefault::try_parse_from(["aipm"])
                 .map_err(|e| e.to_string())?
                 .serve,
-        ),
+        )),
     };
     match command {
         Command::Serve(args) => {
@@ -214,7 +214,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 listen,
                 db_connections,
                 ..
-            } = &args;
+            } = args.as_ref();
             let pool = db::connect(&cli.database_url, *db_connections)
                 .await
                 .map_err(|e| e.to_string())?;

@@ -12,6 +12,7 @@ pub mod categories;
 pub mod config;
 pub mod docs;
 pub mod experiments;
+pub mod exports;
 pub mod feed;
 pub mod flags;
 pub mod health;

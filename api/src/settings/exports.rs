@@ -17,6 +17,10 @@ pub struct ExportSettings {
     /// Exports this process writes at once; more wait their turn.
     #[arg(long = "export-concurrency", env = "AIPM_EXPORT_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
+    /// Write exports in this process (`false`: it only accepts and serves them, and other
+    /// processes write them).
+    #[arg(long = "export-runner", env = "AIPM_EXPORT_RUNNER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub runner: bool,
 }
 
 impl Default for ExportSettings {
@@ -25,6 +29,7 @@ impl Default for ExportSettings {
             dir: PathBuf::from("exports"),
             ttl: Duration::from_secs(7 * 24 * 60 * 60),
             concurrency: 2,
+            runner: true,
         }
     }
 }

@@ -351,36 +351,31 @@ pub async fn produce(input: &ReportInput<'_>, sink: &mut RowSink) -> Result<(), 
         name: "budgets".into(),
         title: "Budgets: standing and forecast".into(),
         columns: vec![
-            Column::new("budget_id", ColumnKind::Text),
             Column::new("name", ColumnKind::Text),
             Column::new("scope", ColumnKind::Text),
-            Column::new("scope_id", ColumnKind::Text),
-            Column::new("period", ColumnKind::Text),
             Column::new("period_start", ColumnKind::Date),
-            Column::new("period_end", ColumnKind::Date),
             Column::new("currency", ColumnKind::Text),
             Column::new(
                 "amount",
                 ColumnKind::Money {
-                    currency_column: Some(7),
+                    currency_column: Some(3),
                 },
             ),
             Column::new(
                 "spent",
                 ColumnKind::Money {
-                    currency_column: Some(7),
+                    currency_column: Some(3),
                 },
             ),
             Column::new("used", ColumnKind::Percent),
             Column::new(
                 "forecast",
                 ColumnKind::Money {
-                    currency_column: Some(7),
+                    currency_column: Some(3),
                 },
             ),
-            Column::new("forecast_of_amount", ColumnKind::Percent),
-            Column::new("enforcement", ColumnKind::Text),
             Column::new("status", ColumnKind::Text),
+            Column::new("budget_id", ColumnKind::Text),
         ],
         charts: Vec::new(),
     })
@@ -405,6 +400,12 @@ pub async fn produce(input: &ReportInput<'_>, sink: &mut RowSink) -> Result<(), 
             .map(|(_, value)| value.cost)
             .sum();
         let standing = domain::budget::standing(terms, period, spent, reference);
+        // A period over by the report's point is forecast at what it spent.
+        let forecast = if input.point.instant >= start_of(end) {
+            standing.spent
+        } else {
+            standing.forecast_end_of_period
+        };
         let amount = terms.amount.value();
         let fraction = |value: Decimal| {
             if amount.is_zero() {
@@ -417,27 +418,31 @@ pub async fn produce(input: &ReportInput<'_>, sink: &mut RowSink) -> Result<(), 
             "exhausted"
         } else if standing.spent >= amount {
             "over"
-        } else if standing.forecast_end_of_period > amount {
+        } else if forecast > amount {
             "forecast_over"
         } else {
             "within"
         };
+        // The scope, period and enforcement in one column, so that the table fits a page.
+        let scope_text = match &scope.id {
+            Some(named) => format!("{} {named}", scope.kind.as_str()),
+            None => scope.kind.as_str().to_owned(),
+        };
         sink.row(vec![
-            Cell::text(id),
             Cell::text(&budget.name),
-            Cell::text(scope.kind.as_str()),
-            Cell::optional_text(scope.id.clone()),
-            Cell::text(period.as_str()),
+            Cell::Text(format!(
+                "{scope_text} / {} / {}",
+                period.as_str(),
+                terms.enforcement.as_str()
+            )),
             Cell::Date(start),
-            Cell::Date(end - Days::new(1)),
             Cell::text(terms.currency.as_ref()),
             Cell::Money(amount.normalize()),
             Cell::Money(standing.spent),
             fraction(standing.spent),
-            Cell::Money(standing.forecast_end_of_period),
-            fraction(standing.forecast_end_of_period),
-            Cell::text(terms.enforcement.as_str()),
+            Cell::Money(forecast),
             Cell::text(status),
+            Cell::text(id),
         ])
         .await?;
     }
