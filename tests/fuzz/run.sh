@@ -56,7 +56,7 @@ log "starting aipm on $BASE (database $DATABASE)"
 # document allows) instead of exercising the API. Their own tests cover those limits.
 # Nor does it probe providers in the background: the fuzzer registers providers at URLs it
 # makes up, which must not be called.
-AIPM_RATE_LIMIT_RPS=0 AIPM_AUTH_FAILURE_BURST=0 AIPM_HEALTH_PROBER=false \
+AIPM_RATE_LIMIT_RPS=0 AIPM_AUTH_FAILURE_BURST=0 AIPM_HEALTH_PROBER=false AIPM_EXPORT_DIR="$TARGET_DIR/fuzz-exports" \
   AIPM_LISTEN="127.0.0.1:$PORT" RUST_LOG="${RUST_LOG:-warn}" "$AIPM" serve >"$SERVER_LOG" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 1 120); do
