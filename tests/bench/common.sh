@@ -40,8 +40,28 @@ serve() {
 
 stop() {
   if [ -n "${SERVER:-}" ]; then
-    kill "$SERVER" 2>/dev/null || true
+    kill "${SERVER_PROC:-$SERVER}" 2>/dev/null || true
     wait "$SERVER" 2>/dev/null || true
     SERVER=""
+    SERVER_PROC=""
   fi
+}
+
+# serve_existing <database> <port> [VAR=value ...]: a server on a database that `serve` set up
+# earlier (not dropped; KEY from then still holds), under `/usr/bin/time -v -o $TIME_OUT` when
+# TIME_OUT is set, so that its peak resident memory can be read once it has stopped. SERVER is
+# the pid to wait for; SERVER_PROC the server's own, which `stop` signals.
+serve_existing() {
+  local db=$1 port=$2
+  shift 2
+  local timed=()
+  [ -n "${TIME_OUT:-}" ] && timed=(/usr/bin/time -v -o "$TIME_OUT")
+  env NATS_URL= DATABASE_URL="$PG/$db" AIPM_LISTEN="127.0.0.1:$port" RUST_LOG=${RUST_LOG:-warn} "$@" \
+    "${timed[@]}" "$AIPM" serve &
+  SERVER=$!
+  SERVER_PROC=$SERVER
+  if [ -n "${TIME_OUT:-}" ]; then
+    for _ in $(seq 1 50); do SERVER_PROC=$(pgrep -P "$SERVER" || true); [ -n "$SERVER_PROC" ] && break; sleep 0.02; done
+  fi
+  for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 }
