@@ -202,6 +202,93 @@ pub fn format_instant(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+impl Cell {
+    /// Appends the value's text (as [`Cell::display`] gives it) to `out` without building a
+    /// string of it — the formats write millions of cells — and says whether there was one.
+    /// Only the kinds whose text never needs quoting or escaping: not text.
+    pub fn push_plain(&self, out: &mut Vec<u8>) -> bool {
+        use std::io::Write;
+        match self {
+            Cell::Empty => false,
+            Cell::Integer(value) => write!(out, "{value}").is_ok(),
+            Cell::Number(value) | Cell::Percent(value) => {
+                if !value.is_finite() {
+                    return false;
+                }
+                let mut buffer = ryu::Buffer::new();
+                let text = buffer.format_finite(*value);
+                out.extend_from_slice(text.strip_suffix(".0").unwrap_or(text).as_bytes());
+                true
+            }
+            Cell::Money(value) => write!(out, "{}", value.normalize()).is_ok(),
+            Cell::Date(day) => {
+                push_date(out, *day);
+                true
+            }
+            Cell::Timestamp(at) => {
+                push_instant(out, *at);
+                true
+            }
+            Cell::Boolean(value) => {
+                out.extend_from_slice(if *value { b"true" } else { b"false" });
+                true
+            }
+            Cell::Text(value) => {
+                out.extend_from_slice(value.as_bytes());
+                true
+            }
+        }
+    }
+}
+
+fn push_digits(out: &mut Vec<u8>, value: u32, width: usize) {
+    let mut digits = [b'0'; 10];
+    let mut rest = value;
+    for digit in digits[..width].iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.extend_from_slice(&digits[..width]);
+}
+
+/// `YYYY-MM-DD`, as `%Y-%m-%d` writes it.
+fn push_date(out: &mut Vec<u8>, day: NaiveDate) {
+    use chrono::Datelike;
+    match u32::try_from(day.year()) {
+        Ok(year) if year <= 9999 => {
+            push_digits(out, year, 4);
+            out.push(b'-');
+            push_digits(out, day.month(), 2);
+            out.push(b'-');
+            push_digits(out, day.day(), 2);
+        }
+        _ => out.extend_from_slice(day.format("%Y-%m-%d").to_string().as_bytes()),
+    }
+}
+
+/// [`format_instant`] into `out`.
+fn push_instant(out: &mut Vec<u8>, at: DateTime<Utc>) {
+    use chrono::Timelike;
+    let time = at.time();
+    let millis = time.nanosecond() / 1_000_000;
+    let year = chrono::Datelike::year(&at);
+    if !(0..=9999).contains(&year) || millis > 999 {
+        // Far years and leap seconds: chrono's own formatting.
+        out.extend_from_slice(format_instant(at).as_bytes());
+        return;
+    }
+    push_date(out, at.date_naive());
+    out.push(b'T');
+    push_digits(out, time.hour(), 2);
+    out.push(b':');
+    push_digits(out, time.minute(), 2);
+    out.push(b':');
+    push_digits(out, time.second(), 2);
+    out.push(b'.');
+    push_digits(out, millis, 3);
+    out.push(b'Z');
+}
+
 /// Shortest text that reads back as the same `f64`; a non-finite value has none (JSON
 /// cannot hold it) and is written empty.
 pub fn format_float(value: f64) -> Option<String> {
@@ -212,4 +299,42 @@ pub fn format_float(value: f64) -> Option<String> {
             None => text,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_is_the_display_text_of_every_kind() {
+        let at = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .map(|at| at.with_timezone(&Utc))
+                .ok()
+        };
+        let cells = [
+            Cell::Integer(-42),
+            Cell::Number(0.1),
+            Cell::Number(10.0),
+            Cell::Number(f64::NAN),
+            Cell::Percent(0.25),
+            Cell::Money(Decimal::new(1_720_000, 6)),
+            Cell::Date(NaiveDate::from_ymd_opt(2026, 7, 1).unwrap_or_default()),
+            Cell::Timestamp(at("2026-07-10T10:00:00.123456Z").unwrap_or_default()),
+            Cell::Timestamp(at("0099-01-02T03:04:05Z").unwrap_or_default()),
+            Cell::Boolean(false),
+            Cell::Empty,
+        ];
+        for cell in cells {
+            let mut plain = Vec::new();
+            let present = cell.push_plain(&mut plain);
+            let display = cell.display();
+            assert_eq!(present, display.is_some(), "{cell:?}");
+            assert_eq!(
+                String::from_utf8(plain).ok(),
+                Some(display.unwrap_or_default()),
+                "{cell:?}"
+            );
+        }
+    }
 }

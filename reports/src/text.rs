@@ -25,15 +25,18 @@ fn push_json_value(out: &mut Vec<u8>, cell: &Cell) {
     match cell {
         Cell::Empty => out.extend_from_slice(b"null"),
         Cell::Text(value) => push_json_string(out, value),
-        Cell::Integer(value) => out.extend_from_slice(value.to_string().as_bytes()),
-        Cell::Number(_) | Cell::Percent(_) => match cell.display() {
-            Some(number) => out.extend_from_slice(number.as_bytes()),
-            None => out.extend_from_slice(b"null"),
-        },
+        Cell::Integer(_) | Cell::Number(_) | Cell::Percent(_) | Cell::Boolean(_) => {
+            if !cell.push_plain(out) {
+                out.extend_from_slice(b"null");
+            }
+        }
         // Money is a string, as everywhere in the API: a JSON number would lose its exactness.
-        Cell::Money(_) | Cell::Date(_) => push_json_string(out, &cell.display().unwrap_or_default()),
-        Cell::Timestamp(at) => push_json_string(out, &format_instant(*at)),
-        Cell::Boolean(value) => out.extend_from_slice(if *value { b"true" } else { b"false" }),
+        // None of these texts needs escaping.
+        Cell::Money(_) | Cell::Date(_) | Cell::Timestamp(_) => {
+            out.push(b'"');
+            cell.push_plain(out);
+            out.push(b'"');
+        }
     }
 }
 
@@ -265,25 +268,26 @@ impl CsvWriter {
             buffer: Vec::new(),
         }
     }
+}
 
-    fn push_field(&mut self, value: &str) {
-        let needs_quotes = value
-            .bytes()
-            .any(|byte| matches!(byte, b'"' | b',' | b'\r' | b'\n'))
-            || value.starts_with(' ')
-            || value.ends_with(' ');
-        if needs_quotes {
-            self.buffer.push(b'"');
-            for byte in value.bytes() {
-                if byte == b'"' {
-                    self.buffer.push(b'"');
-                }
-                self.buffer.push(byte);
+/// Appends one CSV field, quoted when it holds a quote, a comma, a line break or edge spaces.
+fn push_csv_field(buffer: &mut Vec<u8>, value: &str) {
+    let needs_quotes = value
+        .bytes()
+        .any(|byte| matches!(byte, b'"' | b',' | b'\r' | b'\n'))
+        || value.starts_with(' ')
+        || value.ends_with(' ');
+    if needs_quotes {
+        buffer.push(b'"');
+        for byte in value.bytes() {
+            if byte == b'"' {
+                buffer.push(b'"');
             }
-            self.buffer.push(b'"');
-        } else {
-            self.buffer.extend_from_slice(value.as_bytes());
+            buffer.push(byte);
         }
+        buffer.push(b'"');
+    } else {
+        buffer.extend_from_slice(value.as_bytes());
     }
 }
 
@@ -299,8 +303,7 @@ impl ReportWriter for CsvWriter {
                 if i > 0 {
                     self.buffer.push(b',');
                 }
-                let name = column.name.clone();
-                self.push_field(&name);
+                push_csv_field(&mut self.buffer, &column.name);
             }
             self.buffer.extend_from_slice(b"\r\n");
             self.out.write_all(&self.buffer)?;
@@ -321,15 +324,10 @@ impl ReportWriter for CsvWriter {
                 self.buffer.push(b',');
             }
             match cell {
-                Cell::Integer(value) => self.buffer.extend_from_slice(value.to_string().as_bytes()),
-                Cell::Text(value) => {
-                    let value = value.clone();
-                    self.push_field(&value);
-                }
+                Cell::Text(value) => push_csv_field(&mut self.buffer, value),
+                // Numbers, money, days, instants and booleans never need quotes.
                 other => {
-                    if let Some(text) = other.display() {
-                        self.push_field(&text);
-                    }
+                    other.push_plain(&mut self.buffer);
                 }
             }
         }
@@ -352,5 +350,111 @@ impl ReportWriter for CsvWriter {
             rows: self.rows,
             data_sha256: self.hash.finish(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+    use rust_decimal::Decimal;
+
+    use super::*;
+    use crate::model::{Column, ColumnKind};
+
+    fn section(name: &str) -> Section {
+        Section {
+            name: name.into(),
+            title: "A table".into(),
+            columns: vec![
+                Column::new("note", ColumnKind::Text),
+                Column::new(
+                    "cost",
+                    ColumnKind::Money {
+                        currency_column: None,
+                    },
+                ),
+                Column::new("calls", ColumnKind::Integer),
+            ],
+            charts: Vec::new(),
+        }
+    }
+
+    fn meta() -> Meta {
+        Meta {
+            report: "test".into(),
+            title: "Test".into(),
+            tenant: "acme".into(),
+            period: None,
+            as_of: DateTime::from_timestamp(0, 0).unwrap_or_default(),
+            cursor: "1-1".into(),
+            params: serde_json::json!({}),
+        }
+    }
+
+    fn write(mut writer: Box<dyn ReportWriter>, path: &std::path::Path) -> (Written, String) {
+        writer.section(&section("first")).expect("section");
+        writer
+            .row(&[
+                Cell::text("say \"hi\", then\nbye"),
+                Cell::Money(Decimal::new(150, 2)),
+                Cell::Integer(3),
+            ])
+            .expect("row");
+        writer.section(&section("second")).expect("section");
+        writer
+            .row(&[Cell::Empty, Cell::Empty, Cell::Integer(-1)])
+            .expect("row");
+        let written = writer.finish().expect("finish");
+        let text = std::fs::read_to_string(path).expect("read");
+        (written, text)
+    }
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("aipm-text-{name}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn each_text_format_writes_its_form_and_states_one_data_hash() {
+        let paths = [temp("csv"), temp("json"), temp("ndjson")];
+        let open = |path: &std::path::Path| std::fs::File::create(path).expect("create");
+        let (csv, csv_text) = write(Box::new(CsvWriter::new(open(&paths[0]), None)), &paths[0]);
+        assert_eq!(
+            csv_text,
+            "note,cost,calls\r\n\"say \"\"hi\"\", then\nbye\",1.5,3\r\n"
+        );
+        assert_eq!(csv.rows, 1, "one section");
+        let (json, json_text) = write(Box::new(JsonWriter::new(open(&paths[1]), meta())), &paths[1]);
+        let document: serde_json::Value = serde_json::from_str(&json_text).expect("JSON");
+        assert_eq!(document["sections"]["first"]["rows"][0]["cost"], "1.5");
+        assert_eq!(
+            document["sections"]["second"]["rows"][0],
+            serde_json::json!({"note": null, "cost": null, "calls": -1})
+        );
+        let (ndjson, ndjson_text) = write(Box::new(NdjsonWriter::new(open(&paths[2]))), &paths[2]);
+        assert_eq!(ndjson_text.lines().count(), 2);
+        assert_eq!(
+            hex::encode(Sha256::digest(ndjson_text.as_bytes())),
+            ndjson.data_sha256
+        );
+        assert_eq!(
+            (csv.data_sha256.as_str(), json.data_sha256.as_str()),
+            (ndjson.data_sha256.as_str(), ndjson.data_sha256.as_str())
+        );
+        for path in paths {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    #[test]
+    fn a_csv_of_a_section_the_report_lacks_is_refused() {
+        let path = temp("missing");
+        let writer = CsvWriter::new(
+            std::fs::File::create(&path).expect("create"),
+            Some("third".into()),
+        );
+        let mut writer: Box<dyn ReportWriter> = Box::new(writer);
+        writer.section(&section("first")).expect("section");
+        assert!(matches!(writer.finish(), Err(ReportError::Invalid(_))));
+        let _ = std::fs::remove_file(path);
     }
 }

@@ -31,6 +31,8 @@ use crate::state::AppState;
 
 /// The longest the runner waits before looking for jobs another process queued or left.
 const MAX_WAIT: Duration = Duration::from_secs(1);
+/// How long a job waits, when it fixes its point, for writes begun before then to end.
+const WRITES_PATIENCE: Duration = Duration::from_secs(30);
 /// How often a running job records its progress (and looks for a cancellation).
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
@@ -178,7 +180,7 @@ async fn write(app: &AppState, id: Uuid) -> Result<(), Stopped> {
         Some(_) => None, // a resumed job keeps the point of its first attempt
         None => Some(match job.as_of {
             Some(as_of) => sources::at(&app.pool, as_of).await?,
-            None => sources::now(&app.pool).await?,
+            None => sources::now(&app.pool, WRITES_PATIENCE).await?,
         }),
     };
     let snapshot = point.map_or_else(

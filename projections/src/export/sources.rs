@@ -11,8 +11,6 @@ use futures::{Stream, StreamExt};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::global_order;
-
 /// The point a report reflects: events at or before `cursor` recorded by `instant`, and
 /// telemetry received by `instant`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,12 +19,34 @@ pub struct ReportPoint {
     pub instant: DateTime<Utc>,
 }
 
-/// The point of now: the settled end of the log, and the moment it was read.
-pub async fn now(pool: &PgPool) -> sqlx::Result<ReportPoint> {
-    let mut conn = pool.acquire().await?;
-    let instant = Utc::now();
-    let cursor = global_order::settled_end(&mut conn).await?;
-    Ok(ReportPoint { cursor, instant })
+/// The point of now: this moment, once every write begun before it has ended — so that
+/// nothing later commits with an earlier time (a usage record's `ingested_at` and an event's
+/// `recorded_at` are their transaction's start) and a report of this point read again
+/// finds the same rows. Waits at most `patience` for such writes; past it, the point is the
+/// start of the oldest write still running.
+pub async fn now(pool: &PgPool, patience: std::time::Duration) -> sqlx::Result<ReportPoint> {
+    let instant: DateTime<Utc> = sqlx::query_scalar("select clock_timestamp()")
+        .fetch_one(pool)
+        .await?;
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        // Writers: transactions of this database holding a transaction id.
+        let oldest: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "select min(xact_start) from pg_stat_activity
+             where datname = current_database() and backend_xid is not null and pid <> pg_backend_pid()",
+        )
+        .fetch_one(pool)
+        .await?;
+        match oldest {
+            Some(oldest) if oldest <= instant => {
+                if tokio::time::Instant::now() >= deadline {
+                    return at(pool, oldest - chrono::Duration::microseconds(1)).await;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            _ => return at(pool, instant).await,
+        }
+    }
 }
 
 /// The point of a past `instant`: the last settled event recorded by then.
