@@ -1293,19 +1293,4 @@ mod tests {
             started.elapsed()
         );
     }
-
-    /// A measurement, not a check: `cargo test --release -p reports -- --ignored a_million`
-    /// under `/usr/bin/time -v` for the peak memory.
-    #[test]
-    #[ignore = "a measurement; run in release"]
-    fn a_million_rows_of_twelve_columns() {
-        const ROWS: u32 = 1_000_000;
-        let file = TempFile::new("million.xlsx");
-        let (written, wrote) = write_long(&file, ROWS, 12);
-        assert_eq!(written.rows, u64::from(ROWS));
-        eprintln!(
-            "{ROWS} rows × 12 columns: written in {wrote:?}, {} bytes",
-            std::fs::metadata(&file.0).unwrap().len()
-        );
-    }
 }
