@@ -269,6 +269,23 @@ async fn cancel_export(
     ))
 }
 
+/// A JSON export: the report's point and parameters, then each section's rows as objects of
+/// its columns.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes the file `reports::text::JsonWriter` writes
+struct ExportDocument {
+    report: String,
+    title: String,
+    tenant: String,
+    /// `{from, to}` days, when the report covers a period.
+    period: Option<Value>,
+    as_of: String,
+    cursor: String,
+    params: Value,
+    /// `{<section>: {title, rows: [{<column>: <value>}]}}`
+    sections: Value,
+}
+
 /// `GET /v1/exports/{id}/download`: the file, streamed, once the export is done.
 #[utoipa::path(
     get,
@@ -276,7 +293,12 @@ async fn cancel_export(
     tag = "exports",
     params(("export_id" = Uuid, Path, description = "The export's id")),
     responses(
-        (status = 200, description = "The file: CSV, JSON, NDJSON, XLSX or PDF", content_type = "application/octet-stream",
+        (status = 200, description = "The file: CSV, JSON, NDJSON, XLSX or PDF", content(
+            (String = "text/csv"),
+            (ExportDocument = "application/json"),
+            (String = "application/x-ndjson"),
+            (String = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+            (String = "application/pdf")),
             headers(
                 ("Content-Disposition" = String, description = "attachment, with the file's name"),
                 ("ETag" = String, description = "The SHA-256 of the file"),
