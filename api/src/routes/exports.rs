@@ -41,14 +41,17 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExportBody {
-    /// `spend` or `usage`.
+    /// `spend`, `usage`, `catalog` or `audit` (the audit log: auditors and admins only).
     #[schema(example = "spend")]
     report: String,
     /// `csv`, `json`, `ndjson`, `xlsx` or `pdf`.
     #[schema(example = "csv")]
     format: String,
     /// The report's parameters: `spend` takes `month` (`YYYY-MM`); `usage` takes `from` and
-    /// `to` (days); every report takes `section` (which of its sections a CSV holds).
+    /// `to` (days, inclusive); `catalog` takes none; `audit` takes `from` and `to` (RFC 3339
+    /// instants: recorded at or after `from`, before `to`), `actor` (a key id or name),
+    /// `aggregate_type` and `event_type`; every report takes `section` (which of its
+    /// sections a CSV holds).
     #[schema(example = json!({"month": "2026-11"}))]
     params: Option<Value>,
     /// A past instant (RFC 3339): the report as it would have looked then, from the log.
@@ -316,6 +319,11 @@ async fn download_export(
 ) -> ApiResult<Response> {
     caller.require(Permission::Read)?;
     let view = read_export(&app, &caller.tenant, id).await?;
+    // The file holds what its report needs to be asked for (an auditor's audit log is not
+    // a viewer's to read).
+    if let Ok(report) = ReportKind::parse("report", &view.report) {
+        caller.require(report.permission())?;
+    }
     if view.status != "done" {
         return Err(ApiError::Conflict(format!(
             "the export is {}; only a done export has a file",

@@ -301,6 +301,43 @@ pub async fn verify(
     tenant: Option<&str>,
     anchors: Option<&AnchorSettings>,
 ) -> Result<VerifyReport, ProjectionError> {
+    verify_through(pool, tenant, anchors, None).await
+}
+
+/// Verifies `tenant`'s chain as far as the event at `until` (or the audit projection's
+/// checkpoint, if that is earlier): the part of the chain a report of that point shows.
+/// Entries of later events are neither compared nor reported as extra, and the anchors are
+/// not checked (an anchor may pin a later head).
+pub async fn verify_until(
+    pool: &PgPool,
+    tenant: &str,
+    until: GlobalCursor,
+) -> Result<(TenantReport, GlobalCursor), ProjectionError> {
+    let report = verify_through(pool, Some(tenant), None, Some(until)).await?;
+    let checkpoint: GlobalCursor = report.checkpoint.parse().unwrap_or(GlobalCursor::START);
+    let tenant_report = report
+        .tenants
+        .into_iter()
+        .find(|report| report.tenant == tenant)
+        .unwrap_or_else(|| TenantReport {
+            tenant: tenant.to_string(),
+            ok: true,
+            entries: 0,
+            head: ChainHead::genesis(),
+            stored_head: None,
+            pending_events: 0,
+            first_mismatch: None,
+            anchors: None,
+        });
+    Ok((tenant_report, checkpoint.min(until)))
+}
+
+async fn verify_through(
+    pool: &PgPool,
+    tenant: Option<&str>,
+    anchors: Option<&AnchorSettings>,
+    until: Option<GlobalCursor>,
+) -> Result<VerifyReport, ProjectionError> {
     // Anchors first: each pins an entry the audit table held when it was made, which the
     // snapshot below, taken later, holds too.
     let mut anchors = match anchors {
@@ -311,7 +348,9 @@ pub async fn verify(
     sqlx::query("set transaction isolation level repeatable read, read only")
         .execute(&mut *tx)
         .await?;
-    let checkpoint = runner::checkpoint(&mut tx, NAME).await?;
+    let audited = runner::checkpoint(&mut tx, NAME).await?;
+    // The end of what is compared: the audited log, or the part of it up to `until`.
+    let checkpoint = until.map_or(audited, |until| until.min(audited));
     let mut progress: BTreeMap<String, Progress> = BTreeMap::new();
     if let Some(tenant) = tenant {
         progress.insert(tenant.to_string(), Progress::new(anchors.remove(tenant)));
@@ -363,14 +402,14 @@ pub async fn verify(
                 .or_insert_with(|| Progress::new(tenant_anchors));
         }
     }
-    let pending = pending_events(&mut tx, checkpoint, tenant).await?;
+    let pending = pending_events(&mut tx, checkpoint, until, tenant).await?;
     let mut tenants = Vec::with_capacity(progress.len());
     for (tenant, mut chain) in progress {
         let stored_head = stored_head(&mut tx, &tenant).await?;
         let anchors = chain.anchor_report();
         let first_mismatch = match chain.first_mismatch {
             Some(mismatch) => Some(mismatch),
-            None => entry_beyond(&mut tx, &tenant, chain.head.sequence).await?,
+            None => entry_beyond(&mut tx, &tenant, chain.head.sequence, until).await?,
         };
         tenants.push(TenantReport {
             ok: first_mismatch.is_none() && anchors.as_ref().is_none_or(AnchorReport::ok),
@@ -572,18 +611,23 @@ async fn audited_at(conn: &mut PgConnection, entry: &AuditEntry) -> Result<Optio
 }
 
 /// The first stored entry past the end of the recomputed chain: one the log does not have.
+/// With `until`, only entries of events up to it count (later ones are later events).
 async fn entry_beyond(
     conn: &mut PgConnection,
     tenant: &str,
     last: i64,
+    until: Option<GlobalCursor>,
 ) -> Result<Option<Mismatch>, sqlx::Error> {
     let sql = format!(
         "select {ENTRY_COLUMNS} from audit_entry where tenant_id = $1 and chain_seq > $2
+           and ($3::bigint is null or (transaction_id, position) <= ($3, $4))
          order by chain_seq limit 1"
     );
     let extra: Option<ChainedEntry> = sqlx::query_as(&sql)
         .bind(tenant)
         .bind(last)
+        .bind(until.map(|until| until.transaction_id))
+        .bind(until.map(|until| until.position))
         .fetch_optional(conn)
         .await?;
     Ok(extra.map(|extra| {
@@ -612,21 +656,25 @@ async fn stored_head(conn: &mut PgConnection, tenant: &str) -> Result<Option<Cha
     Ok(row.map(|(sequence, hash)| ChainHead { sequence, hash }))
 }
 
-/// Events after the checkpoint, per tenant.
+/// Events after the checkpoint (and up to `until`, when given), per tenant.
 async fn pending_events(
     conn: &mut PgConnection,
     checkpoint: GlobalCursor,
+    until: Option<GlobalCursor>,
     tenant: Option<&str>,
 ) -> Result<HashMap<String, i64>, sqlx::Error> {
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "select tenant_id, count(*) from events
          where (transaction_id, position) > ($1::bigint::text::xid8, $2)
            and ($3::text is null or tenant_id = $3)
+           and ($4::bigint is null or (transaction_id, position) <= ($4::bigint::text::xid8, $5))
          group by tenant_id",
     )
     .bind(checkpoint.transaction_id)
     .bind(checkpoint.position)
     .bind(tenant)
+    .bind(until.map(|until| until.transaction_id))
+    .bind(until.map(|until| until.position))
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().collect())

@@ -166,3 +166,106 @@ pub fn usage<'a>(
     .bind(instant)
     .fetch(pool)
 }
+
+/// An event of a report's point with where it stands in its aggregate's history.
+#[derive(Debug, Clone)]
+pub struct PointEvent<E> {
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub recorded_at: DateTime<Utc>,
+    pub event: E,
+}
+
+/// Every event of `tenant`'s aggregates of type `A` at `point`, by aggregate id and then in
+/// the aggregate's order: for what a fold drops (when each version was published). An
+/// event this build cannot read is an error, as in [`fold_all`].
+pub async fn events_all<A: Aggregate>(
+    pool: &PgPool,
+    tenant: &str,
+    point: ReportPoint,
+) -> sqlx::Result<Vec<PointEvent<A::Event>>> {
+    let rows = sqlx::query_as::<_, (String, i64, DateTime<Utc>, serde_json::Value)>(
+        "select aggregate_id, sequence, recorded_at, payload from events
+         where aggregate_type = $1 and tenant_id = $2 and recorded_at <= $3
+           and (transaction_id, position) <= ($4::bigint::text::xid8, $5)
+         order by aggregate_id, sequence",
+    )
+    .bind(A::TYPE)
+    .bind(tenant)
+    .bind(point.instant)
+    .bind(point.cursor.transaction_id)
+    .bind(point.cursor.position)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(aggregate_id, sequence, recorded_at, payload)| {
+            let event: A::Event = serde_json::from_value(payload).map_err(|error| {
+                sqlx::Error::Decode(format!("unreadable {} event of {aggregate_id}: {error}", A::TYPE).into())
+            })?;
+            Ok(PointEvent {
+                aggregate_id,
+                sequence,
+                recorded_at,
+                event,
+            })
+        })
+        .collect()
+}
+
+/// Whether the audit log holds every event up to `cursor` (its projection runs behind the
+/// log; a report of its entries waits for it so that none is missing).
+pub async fn audit_reached(pool: &PgPool, cursor: GlobalCursor) -> sqlx::Result<bool> {
+    let mut conn = pool.acquire().await?;
+    let checkpoint = crate::runner::checkpoint(&mut conn, crate::audit::NAME).await?;
+    Ok(checkpoint >= cursor)
+}
+
+/// Which audit entries a report holds; absent filters are no condition.
+#[derive(Debug, Clone, Default)]
+pub struct AuditRange {
+    /// Recorded at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Recorded before.
+    pub to: Option<DateTime<Utc>>,
+    /// An actor's key id or name.
+    pub actor: Option<String>,
+    pub aggregate_type: Option<String>,
+    pub event_type: Option<String>,
+}
+
+/// `tenant`'s audit entries of events at or before `point`'s cursor and recorded by its
+/// instant, within `range`, in chain order, streamed. Entries are written once and never
+/// change, so the same point reads the same entries once the audit log has reached it
+/// ([`audit_reached`]).
+pub fn audit_entries<'a>(
+    pool: &'a PgPool,
+    tenant: &'a str,
+    point: ReportPoint,
+    range: &'a AuditRange,
+) -> impl Stream<Item = sqlx::Result<crate::audit::ChainedEntry>> + Send + 'a {
+    sqlx::query_as::<_, crate::audit::ChainedEntry>(AUDIT_ENTRIES.as_str())
+        .bind(tenant)
+        .bind(point.instant)
+        .bind(point.cursor.transaction_id)
+        .bind(point.cursor.position)
+        .bind(range.from)
+        .bind(range.to)
+        .bind(range.actor.clone())
+        .bind(range.aggregate_type.clone())
+        .bind(range.event_type.clone())
+        .fetch(pool)
+}
+
+static AUDIT_ENTRIES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "select {} from audit_entry
+         where tenant_id = $1 and recorded_at <= $2 and (transaction_id, position) <= ($3, $4)
+           and ($5::timestamptz is null or recorded_at >= $5)
+           and ($6::timestamptz is null or recorded_at < $6)
+           and ($7::text is null or actor_key_id = $7 or actor_name = $7)
+           and ($8::text is null or aggregate_type = $8)
+           and ($9::text is null or event_type = $9)
+         order by chain_seq",
+        crate::audit::ENTRY_COLUMNS
+    )
+});

@@ -2,6 +2,8 @@
 //! (title and period) and `produce`, which reads the log and the telemetry at the job's
 //! [`ReportPoint`] and pushes sections and rows into a [`RowSink`].
 
+pub mod audit;
+pub mod catalog;
 pub mod spend;
 pub mod usage;
 
@@ -21,15 +23,24 @@ use sqlx::PgPool;
 pub enum ReportKind {
     Spend,
     Usage,
+    Catalog,
+    Audit,
 }
 
 impl ReportKind {
-    pub const ALL: [ReportKind; 2] = [ReportKind::Spend, ReportKind::Usage];
+    pub const ALL: [ReportKind; 4] = [
+        ReportKind::Spend,
+        ReportKind::Usage,
+        ReportKind::Catalog,
+        ReportKind::Audit,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Spend => "spend",
             Self::Usage => "usage",
+            Self::Catalog => "catalog",
+            Self::Audit => "audit",
         }
     }
 
@@ -45,7 +56,11 @@ impl ReportKind {
 
     /// What a key needs, beyond reading, to ask for this report.
     pub fn permission(self) -> Permission {
-        Permission::Read
+        match self {
+            // The audit log is for auditors and admins, as `GET /v1/audit` is.
+            Self::Audit => Permission::ReadAudit,
+            Self::Spend | Self::Usage | Self::Catalog => Permission::Read,
+        }
     }
 
     /// Checks `params` for this report: every error at once, each on its field
@@ -63,6 +78,10 @@ impl ReportKind {
                 (_, "section") => Ok(()),
                 (Self::Spend, "month") => month_param(value).map(drop),
                 (Self::Usage, "from" | "to") => day_param(name, value).map(drop),
+                (Self::Audit, "from" | "to") => audit::instant_param(name, value).map(drop),
+                (Self::Audit, "actor" | "aggregate_type" | "event_type") => {
+                    audit::text_param(name, value).map(drop)
+                }
                 _ => Err(InvalidText::new(
                     "params",
                     format!("{} reports take no parameter {name:?}", self.as_str()),
@@ -76,6 +95,15 @@ impl ReportKind {
             self,
             optional(object.get("from"), |value| day_param("from", value)),
             optional(object.get("to"), |value| day_param("to", value)),
+        ) {
+            if from > to {
+                errors.push(InvalidText::new("params.to", "must not be before params.from"));
+            }
+        }
+        if let (Self::Audit, Ok(Some(from)), Ok(Some(to))) = (
+            self,
+            optional(object.get("from"), |value| audit::instant_param("from", value)),
+            optional(object.get("to"), |value| audit::instant_param("to", value)),
         ) {
             if from > to {
                 errors.push(InvalidText::new("params.to", "must not be before params.from"));
@@ -102,6 +130,8 @@ impl ReportKind {
         match self {
             Self::Spend => spend::SECTIONS,
             Self::Usage => usage::SECTIONS,
+            Self::Catalog => catalog::SECTIONS,
+            Self::Audit => audit::SECTIONS,
         }
     }
 }
@@ -157,14 +187,17 @@ pub struct ReportInput<'a> {
 /// What the report says of itself, before any row.
 pub fn meta(kind: ReportKind, input: &ReportInput<'_>) -> Meta {
     let (title, period) = match kind {
-        ReportKind::Spend => ("Spend report", spend::period(input)),
-        ReportKind::Usage => ("Usage records", usage::period(input)),
+        ReportKind::Spend => ("Spend report", Some(spend::period(input))),
+        ReportKind::Usage => ("Usage records", Some(usage::period(input))),
+        // The catalogue is a state, not a period's events.
+        ReportKind::Catalog => ("Catalog", None),
+        ReportKind::Audit => ("Audit log", audit::period(input)),
     };
     Meta {
         report: kind.as_str().to_owned(),
         title: title.to_owned(),
         tenant: input.tenant.to_owned(),
-        period: Some(period),
+        period,
         as_of: input.point.instant,
         cursor: input.point.cursor.to_string(),
         params: input.params.clone(),
@@ -176,6 +209,8 @@ pub async fn produce(kind: ReportKind, input: &ReportInput<'_>, sink: &mut RowSi
     match kind {
         ReportKind::Spend => spend::produce(input, sink).await,
         ReportKind::Usage => usage::produce(input, sink).await,
+        ReportKind::Catalog => catalog::produce(input, sink).await,
+        ReportKind::Audit => audit::produce(input, sink).await,
     }
 }
 
@@ -189,6 +224,9 @@ pub enum Stop {
     WriterGone,
     #[error("reading the data failed: {0}")]
     Source(#[from] sqlx::Error),
+    /// The data cannot be read completely; the reason says why.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// A piece of a report on its way to the file's writer.
