@@ -276,6 +276,7 @@ async fn write(app: &AppState, id: Uuid) -> Result<(), Stopped> {
     let reason = match (produced, written) {
         (Err(Stop::Cancelled), _) => return Ok(()), // the scratch file is deleted with `scratch`
         (Err(Stop::Source(error)), _) => format!("reading the report's data failed: {error}"),
+        (Err(Stop::Invalid(reason)), _) => reason,
         (_, Err(error)) => format!("writing the file failed: {error}"),
         (Err(Stop::WriterGone), Ok(_)) => "the file's writer stopped".to_owned(),
         (Ok(()), Ok(written)) => {

@@ -41,14 +41,18 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExportBody {
-    /// `spend` or `usage`.
+    /// `spend`, `usage`, `experiment`, `health` or `prompt_usage`.
     #[schema(example = "spend")]
     report: String,
     /// `csv`, `json`, `ndjson`, `xlsx` or `pdf`.
     #[schema(example = "csv")]
     format: String,
     /// The report's parameters: `spend` takes `month` (`YYYY-MM`); `usage` takes `from` and
-    /// `to` (days); every report takes `section` (which of its sections a CSV holds).
+    /// `to` (days); `experiment` takes `experiment_id` (required), `method` (`fixed`,
+    /// `sequential`, `bayesian`) and `correction` (`none`, `holm`, `bh`); `health` takes
+    /// `from` and `to` (days; default the 7 days to the point's); `prompt_usage` takes
+    /// `prompt_id` (required), `from` and `to` (days; default the point's month); every report
+    /// takes `section` (which of its sections a CSV holds).
     #[schema(example = json!({"month": "2026-11"}))]
     params: Option<Value>,
     /// A past instant (RFC 3339): the report as it would have looked then, from the log.
@@ -121,8 +125,13 @@ async fn request_export(
     }
     let params = body.params.clone().unwrap_or_else(|| json!({}));
     if let Some(report) = report {
-        if let Err(found) = report.check_params(&params) {
-            errors.extend(found);
+        match report.check_params(&params) {
+            Err(found) => errors.extend(found),
+            Ok(()) => errors.extend(
+                report
+                    .check_subject(&app.pool, &context.caller.tenant, &params)
+                    .await?,
+            ),
         }
     }
     let as_of = match body

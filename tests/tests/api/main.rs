@@ -14,6 +14,7 @@ mod config;
 mod durability;
 mod errors;
 mod experiments;
+mod export_health_experiments;
 mod exports;
 mod feed;
 mod flags;
