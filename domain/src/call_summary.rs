@@ -49,12 +49,21 @@ pub struct LatencyPercentiles {
 
 impl CallSummary {
     pub fn add(&mut self, record: &UsageRecord) {
-        if let Some(ms) = record.latency_ms {
+        self.add_call(record.latency_ms, &record.metrics);
+    }
+
+    /// A call known by its latency and metrics (a stored record read back).
+    pub fn add_call<'a>(
+        &mut self,
+        latency_ms: Option<u32>,
+        metrics: impl IntoIterator<Item = (&'a String, &'a f64)>,
+    ) {
+        if let Some(ms) = latency_ms {
             self.latency
                 .get_or_insert_with(|| DDSketch::new(Config::defaults()))
                 .add(f64::from(ms));
         }
-        for (name, value) in &record.metrics {
+        for (name, value) in metrics {
             let metric = self.metrics.entry(name.clone()).or_default();
             metric.sum += value;
             metric.count += 1;

@@ -41,7 +41,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExportBody {
-    /// `spend`, `usage`, `catalog` or `audit` (the audit log: auditors and admins only).
+    /// `spend`, `usage`, `catalog`, `audit` (the audit log: auditors and admins only),
+    /// `experiment`, `health` or `prompt_usage`.
     #[schema(example = "spend")]
     report: String,
     /// `csv`, `json`, `ndjson`, `xlsx` or `pdf`.
@@ -50,8 +51,11 @@ struct ExportBody {
     /// The report's parameters: `spend` takes `month` (`YYYY-MM`); `usage` takes `from` and
     /// `to` (days, inclusive); `catalog` takes none; `audit` takes `from` and `to` (RFC 3339
     /// instants: recorded at or after `from`, before `to`), `actor` (a key id or name),
-    /// `aggregate_type` and `event_type`; every report takes `section` (which of its
-    /// sections a CSV holds).
+    /// `aggregate_type` and `event_type`; `experiment` takes `experiment_id` (required),
+    /// `method` (`fixed`, `sequential`, `bayesian`) and `correction` (`none`, `holm`, `bh`);
+    /// `health` takes `from` and `to` (days; default the 7 days to the point's);
+    /// `prompt_usage` takes `prompt_id` (required), `from` and `to` (days; default the
+    /// point's month); every report takes `section` (which of its sections a CSV holds).
     #[schema(example = json!({"month": "2026-11"}))]
     params: Option<Value>,
     /// A past instant (RFC 3339): the report as it would have looked then, from the log.
@@ -124,8 +128,13 @@ async fn request_export(
     }
     let params = body.params.clone().unwrap_or_else(|| json!({}));
     if let Some(report) = report {
-        if let Err(found) = report.check_params(&params) {
-            errors.extend(found);
+        match report.check_params(&params) {
+            Err(found) => errors.extend(found),
+            Ok(()) => errors.extend(
+                report
+                    .check_subject(&app.pool, &context.caller.tenant, &params)
+                    .await?,
+            ),
         }
     }
     let as_of = match body

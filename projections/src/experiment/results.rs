@@ -137,6 +137,16 @@ pub async fn units(
             }
         }
     }
+    // Subjects come out of a hash map in no set order; sorted, the sums behind every figure
+    // add up in one order, so the same `until` gives the same figures to the last bit.
+    for units in variants.values_mut() {
+        for values in units.values.values_mut() {
+            values.sort_by(f64::total_cmp);
+        }
+        for pairs in units.pairs.values_mut() {
+            pairs.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        }
+    }
     Ok(ExperimentUnits {
         variants,
         subjects_in_several_variants: several,

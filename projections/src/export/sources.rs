@@ -167,27 +167,31 @@ pub fn usage<'a>(
     .fetch(pool)
 }
 
-/// An event of a report's point with where it stands in its aggregate's history.
-#[derive(Debug, Clone)]
-pub struct PointEvent<E> {
+/// One event of the log as a report reads it: where it stands in its aggregate's history
+/// and when it was recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedEvent<E> {
     pub aggregate_id: String,
     pub sequence: i64,
     pub recorded_at: DateTime<Utc>,
     pub event: E,
 }
 
-/// Every event of `tenant`'s aggregates of type `A` at `point`, by aggregate id and then in
-/// the aggregate's order: for what a fold drops (when each version was published). An
-/// event this build cannot read is an error, as in [`fold_all`].
-pub async fn events_all<A: Aggregate>(
+/// The events of `tenant`'s aggregates of type `A` (only `id`'s when given) at `point`, by
+/// aggregate id and then in their order: what [`fold_all`] folds, with the moment of each,
+/// for reports that show when things changed. An event this build cannot read is an error,
+/// as in [`fold_all`].
+pub async fn events_of<A: Aggregate>(
     pool: &PgPool,
     tenant: &str,
     point: ReportPoint,
-) -> sqlx::Result<Vec<PointEvent<A::Event>>> {
-    let rows = sqlx::query_as::<_, (String, i64, DateTime<Utc>, serde_json::Value)>(
+    id: Option<&str>,
+) -> sqlx::Result<Vec<LoggedEvent<A::Event>>> {
+    let mut rows = sqlx::query_as::<_, (String, i64, DateTime<Utc>, serde_json::Value)>(
         "select aggregate_id, sequence, recorded_at, payload from events
          where aggregate_type = $1 and tenant_id = $2 and recorded_at <= $3
            and (transaction_id, position) <= ($4::bigint::text::xid8, $5)
+           and ($6::text is null or aggregate_id = $6)
          order by aggregate_id, sequence",
     )
     .bind(A::TYPE)
@@ -195,21 +199,22 @@ pub async fn events_all<A: Aggregate>(
     .bind(point.instant)
     .bind(point.cursor.transaction_id)
     .bind(point.cursor.position)
-    .fetch_all(pool)
-    .await?;
-    rows.into_iter()
-        .map(|(aggregate_id, sequence, recorded_at, payload)| {
-            let event: A::Event = serde_json::from_value(payload).map_err(|error| {
-                sqlx::Error::Decode(format!("unreadable {} event of {aggregate_id}: {error}", A::TYPE).into())
-            })?;
-            Ok(PointEvent {
-                aggregate_id,
-                sequence,
-                recorded_at,
-                event,
-            })
-        })
-        .collect()
+    .bind(id)
+    .fetch(pool);
+    let mut events = Vec::new();
+    while let Some(row) = rows.next().await {
+        let (aggregate_id, sequence, recorded_at, payload) = row?;
+        let event = serde_json::from_value(payload).map_err(|error| {
+            sqlx::Error::Decode(format!("unreadable {} event of {aggregate_id}: {error}", A::TYPE).into())
+        })?;
+        events.push(LoggedEvent {
+            aggregate_id,
+            sequence,
+            recorded_at,
+            event,
+        });
+    }
+    Ok(events)
 }
 
 /// Whether the audit log holds every event up to `cursor` (its projection runs behind the
@@ -269,3 +274,111 @@ static AUDIT_ENTRIES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
         crate::audit::ENTRY_COLUMNS
     )
 });
+
+/// A usage record of a prompt with its metrics, for the prompt's analytics.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct PromptUsageRow {
+    #[sqlx(flatten)]
+    pub record: UsageRow,
+    /// The record's `metrics` object, as stored.
+    pub metrics: Option<serde_json::Value>,
+}
+
+/// `tenant`'s usage records of `prompt` made between `from` and `to` (exclusive) and
+/// received by `instant`, in the order they were made (ties by id), streamed.
+pub fn prompt_usage<'a>(
+    pool: &'a PgPool,
+    tenant: &'a str,
+    prompt: Uuid,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+    instant: DateTime<Utc>,
+) -> impl Stream<Item = sqlx::Result<PromptUsageRow>> + Send + 'a {
+    sqlx::query_as::<_, PromptUsageRow>(
+        "select record_id, ts, model, prompt_id, prompt_version, prompt_label, experiment_id, variant, feature,
+                subject, input_tokens, output_tokens, cached_input_tokens, latency_ms, status, key_id, ingested_at,
+                metrics
+         from usage_record
+         where tenant_id = $1 and prompt_id = $2 and ts >= $3 and ts < $4 and ingested_at <= $5
+         order by ts, record_id",
+    )
+    .bind(tenant)
+    .bind(prompt)
+    .bind(from)
+    .bind(to)
+    .bind(instant)
+    .fetch(pool)
+}
+
+/// One provider's probes on one day (UTC).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ProbeDay {
+    pub provider_id: Uuid,
+    pub day: chrono::NaiveDate,
+    pub probes: i64,
+    pub ok: i64,
+}
+
+/// `tenant`'s probes made between `from` and `to` (exclusive) and by `instant` (a probe is
+/// written when it is made), counted per provider and day, by day and provider.
+pub async fn probe_days(
+    pool: &PgPool,
+    tenant: &str,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+    instant: DateTime<Utc>,
+) -> sqlx::Result<Vec<ProbeDay>> {
+    sqlx::query_as(
+        "select provider_id, (at at time zone 'UTC')::date as day, count(*) as probes,
+                count(*) filter (where ok) as ok
+         from provider_probe
+         where tenant_id = $1 and at >= $2 and at < $3 and at <= $4
+         group by provider_id, day
+         order by day, provider_id",
+    )
+    .bind(tenant)
+    .bind(from)
+    .bind(to)
+    .bind(instant)
+    .fetch_all(pool)
+    .await
+}
+
+/// Whether `tenant` had an aggregate `id` of type `A` at `point`.
+pub async fn exists<A: Aggregate>(
+    pool: &PgPool,
+    tenant: &str,
+    point: ReportPoint,
+    id: &str,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select exists (select 1 from events
+         where aggregate_type = $1 and tenant_id = $2 and aggregate_id = $3 and recorded_at <= $4
+           and (transaction_id, position) <= ($5::bigint::text::xid8, $6))",
+    )
+    .bind(A::TYPE)
+    .bind(tenant)
+    .bind(id)
+    .bind(point.instant)
+    .bind(point.cursor.transaction_id)
+    .bind(point.cursor.position)
+    .fetch_one(pool)
+    .await
+}
+
+/// `tenant`'s aggregate `id` of type `A` as it stood at `point`; `None` before its first
+/// event.
+pub async fn fold_one<A: Aggregate>(
+    pool: &PgPool,
+    tenant: &str,
+    point: ReportPoint,
+    id: &str,
+) -> sqlx::Result<Option<A>> {
+    let events = events_of::<A>(pool, tenant, point, Some(id)).await?;
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let mut aggregate = A::default();
+    for logged in events {
+        aggregate.apply(logged.event);
+    }
+    Ok(Some(aggregate))
+}

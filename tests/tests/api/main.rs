@@ -15,6 +15,7 @@ mod durability;
 mod errors;
 mod experiments;
 mod export_catalog_audit;
+mod export_health_experiments;
 mod exports;
 mod feed;
 mod flags;

@@ -13,7 +13,7 @@ use domain::config::ConfigEntry;
 use domain::model::Model;
 use domain::prompt::{Prompt, PromptEvent};
 use domain::provider::Provider;
-use projections::export::sources::{events_all, fold_all};
+use projections::export::sources::{events_of, fold_all};
 use reports::{Cell, Column, ColumnKind, Section};
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -121,7 +121,7 @@ pub async fn produce(input: &ReportInput<'_>, sink: &mut RowSink) -> Result<(), 
         .iter()
         .map(|(id, prompt)| (id.as_str(), prompt.name.as_str()))
         .collect();
-    for published in events_all::<Prompt>(pool, tenant, point).await? {
+    for published in events_of::<Prompt>(pool, tenant, point, None).await? {
         let PromptEvent::PromptVersionPublished {
             version,
             template,

@@ -4,6 +4,9 @@
 
 pub mod audit;
 pub mod catalog;
+pub mod experiment;
+pub mod health;
+pub mod prompt_usage;
 pub mod spend;
 pub mod usage;
 
@@ -25,14 +28,20 @@ pub enum ReportKind {
     Usage,
     Catalog,
     Audit,
+    Experiment,
+    Health,
+    PromptUsage,
 }
 
 impl ReportKind {
-    pub const ALL: [ReportKind; 4] = [
+    pub const ALL: [ReportKind; 7] = [
         ReportKind::Spend,
         ReportKind::Usage,
         ReportKind::Catalog,
         ReportKind::Audit,
+        ReportKind::Experiment,
+        ReportKind::Health,
+        ReportKind::PromptUsage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +50,9 @@ impl ReportKind {
             Self::Usage => "usage",
             Self::Catalog => "catalog",
             Self::Audit => "audit",
+            Self::Experiment => "experiment",
+            Self::Health => "health",
+            Self::PromptUsage => "prompt_usage",
         }
     }
 
@@ -59,7 +71,12 @@ impl ReportKind {
         match self {
             // The audit log is for auditors and admins, as `GET /v1/audit` is.
             Self::Audit => Permission::ReadAudit,
-            Self::Spend | Self::Usage | Self::Catalog => Permission::Read,
+            Self::Spend
+            | Self::Usage
+            | Self::Catalog
+            | Self::Experiment
+            | Self::Health
+            | Self::PromptUsage => Permission::Read,
         }
     }
 
@@ -77,11 +94,27 @@ impl ReportKind {
                 }
                 (_, "section") => Ok(()),
                 (Self::Spend, "month") => month_param(value).map(drop),
-                (Self::Usage, "from" | "to") => day_param(name, value).map(drop),
+                (Self::Usage | Self::Health | Self::PromptUsage, "from" | "to") => {
+                    day_param(name, value).map(drop)
+                }
                 (Self::Audit, "from" | "to") => audit::instant_param(name, value).map(drop),
                 (Self::Audit, "actor" | "aggregate_type" | "event_type") => {
                     audit::text_param(name, value).map(drop)
                 }
+                (Self::Experiment, "experiment_id") => uuid_param("params.experiment_id", value).map(drop),
+                (Self::PromptUsage, "prompt_id") => uuid_param("params.prompt_id", value).map(drop),
+                (Self::Experiment, "method") => value
+                    .as_str()
+                    .and_then(domain::experiment_results::Method::parse)
+                    .map(drop)
+                    .ok_or_else(|| {
+                        InvalidText::new("params.method", "must be fixed, sequential or bayesian")
+                    }),
+                (Self::Experiment, "correction") => value
+                    .as_str()
+                    .and_then(domain::experiment_results::Correction::parse)
+                    .map(drop)
+                    .ok_or_else(|| InvalidText::new("params.correction", "must be none, holm or bh")),
                 _ => Err(InvalidText::new(
                     "params",
                     format!("{} reports take no parameter {name:?}", self.as_str()),
@@ -91,7 +124,15 @@ impl ReportKind {
                 errors.push(error);
             }
         }
-        if let (Self::Usage, Ok(Some(from)), Ok(Some(to))) = (
+        for (required, field, kind) in [
+            ("experiment_id", "params.experiment_id", Self::Experiment),
+            ("prompt_id", "params.prompt_id", Self::PromptUsage),
+        ] {
+            if self == kind && !object.contains_key(required) {
+                errors.push(InvalidText::new(field, "is required"));
+            }
+        }
+        if let (Self::Usage | Self::Health | Self::PromptUsage, Ok(Some(from)), Ok(Some(to))) = (
             self,
             optional(object.get("from"), |value| day_param("from", value)),
             optional(object.get("to"), |value| day_param("to", value)),
@@ -124,6 +165,48 @@ impl ReportKind {
         }
     }
 
+    /// Checks that what `params` names (an experiment, a prompt) is the tenant's now: a
+    /// cheap read of the read models, so a mistyped id is refused at once. A report of a
+    /// past point fails, with the reason, when it did not exist then.
+    pub async fn check_subject(
+        self,
+        pool: &PgPool,
+        tenant: &str,
+        params: &Value,
+    ) -> sqlx::Result<Vec<InvalidText>> {
+        let id = |name: &str| {
+            params
+                .get(name)
+                .and_then(Value::as_str)
+                .and_then(|text| text.parse::<uuid::Uuid>().ok())
+        };
+        let mut errors = Vec::new();
+        match self {
+            Self::Experiment => {
+                if let Some(id) = id("experiment_id") {
+                    if projections::experiment::queries::experiment(pool, tenant, id)
+                        .await?
+                        .is_none()
+                    {
+                        errors.push(InvalidText::new("params.experiment_id", "no such experiment"));
+                    }
+                }
+            }
+            Self::PromptUsage => {
+                if let Some(id) = id("prompt_id") {
+                    if projections::catalog::queries::prompt(pool, tenant, id)
+                        .await?
+                        .is_none()
+                    {
+                        errors.push(InvalidText::new("params.prompt_id", "no such prompt"));
+                    }
+                }
+            }
+            Self::Spend | Self::Usage | Self::Catalog | Self::Audit | Self::Health => {}
+        }
+        Ok(errors)
+    }
+
     /// The names of the report's sections, in order (the first is what a CSV holds unless
     /// `params.section` names another).
     pub fn sections(self) -> &'static [&'static str] {
@@ -132,6 +215,9 @@ impl ReportKind {
             Self::Usage => usage::SECTIONS,
             Self::Catalog => catalog::SECTIONS,
             Self::Audit => audit::SECTIONS,
+            Self::Experiment => experiment::SECTIONS,
+            Self::Health => health::SECTIONS,
+            Self::PromptUsage => prompt_usage::SECTIONS,
         }
     }
 }
@@ -166,6 +252,14 @@ pub fn day_param(name: &str, value: &Value) -> Result<NaiveDate, InvalidText> {
         .ok_or_else(|| InvalidText::new(field, "must be a date, YYYY-MM-DD"))
 }
 
+/// A UUID parameter.
+fn uuid_param(field: &'static str, value: &Value) -> Result<uuid::Uuid, InvalidText> {
+    value
+        .as_str()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| InvalidText::new(field, "must be a UUID"))
+}
+
 /// The first day of the month holding `day`.
 pub fn month_of(day: NaiveDate) -> NaiveDate {
     day.with_day(1).unwrap_or(day)
@@ -192,6 +286,10 @@ pub fn meta(kind: ReportKind, input: &ReportInput<'_>) -> Meta {
         // The catalogue is a state, not a period's events.
         ReportKind::Catalog => ("Catalog", None),
         ReportKind::Audit => ("Audit log", audit::period(input)),
+        // An experiment's results are of its whole run up to the point.
+        ReportKind::Experiment => ("Experiment results", None),
+        ReportKind::Health => ("Provider health", Some(health::period(input))),
+        ReportKind::PromptUsage => ("Prompt usage", Some(prompt_usage::period(input))),
     };
     Meta {
         report: kind.as_str().to_owned(),
@@ -211,6 +309,9 @@ pub async fn produce(kind: ReportKind, input: &ReportInput<'_>, sink: &mut RowSi
         ReportKind::Usage => usage::produce(input, sink).await,
         ReportKind::Catalog => catalog::produce(input, sink).await,
         ReportKind::Audit => audit::produce(input, sink).await,
+        ReportKind::Experiment => experiment::produce(input, sink).await,
+        ReportKind::Health => health::produce(input, sink).await,
+        ReportKind::PromptUsage => prompt_usage::produce(input, sink).await,
     }
 }
 
