@@ -46,6 +46,12 @@ pub fn prompt_id(input: &ReportInput<'_>) -> Option<Uuid> {
         .and_then(|text| text.parse().ok())
 }
 
+/// A version, newest first (calls that named none last).
+type VersionKey = std::cmp::Reverse<Option<i32>>;
+
+/// A day's row: by day, newest version first, then currency (empty: unpriced).
+type DayKey = (NaiveDate, VersionKey, String);
+
 /// What a set of calls came to.
 #[derive(Default)]
 struct Totals {
@@ -169,11 +175,9 @@ pub async fn produce(input: &ReportInput<'_>, sink: &mut RowSink) -> Result<(), 
     let (from, to) = period(input);
     let range = (start_of(from), start_of(to + Days::new(1)));
     let prices = Prices::at(input).await?;
-    // Newest version first, as the analytics show them; calls that named no version last.
-    let mut versions: BTreeMap<std::cmp::Reverse<Option<i32>>, Totals> = BTreeMap::new();
-    // By day, newest version first, then currency (empty: unpriced).
-    let mut daily: BTreeMap<(NaiveDate, std::cmp::Reverse<Option<i32>>, String), (i64, Decimal)> =
-        BTreeMap::new();
+    // Newest version first, as the analytics show them.
+    let mut versions: BTreeMap<VersionKey, Totals> = BTreeMap::new();
+    let mut daily: BTreeMap<DayKey, (i64, Decimal)> = BTreeMap::new();
     let mut metric_names: BTreeSet<String> = BTreeSet::new();
     let mut records = std::pin::pin!(sources::prompt_usage(
         input.pool,
