@@ -325,7 +325,9 @@ pub enum Stop {
     WriterGone,
     #[error("reading the data failed: {0}")]
     Source(#[from] sqlx::Error),
-    /// The data cannot be read completely; the reason says why.
+    /// The report cannot be made at its point, or its data cannot be read completely (what
+    /// it is of did not exist then; the audit log has not reached the point); the reason
+    /// says which.
     #[error("{0}")]
     Failed(String),
 }
