@@ -5,48 +5,10 @@
 
 use std::time::Duration;
 
+use integration_tests::exports::{download, export, export_as, section_rows};
 use integration_tests::harness::{expect_problem, expect_status, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-
-/// Requests an export with `key` and waits for it to finish; its final state.
-async fn export_as(app: &TestApp, key: &str, body: Value) -> Value {
-    let accepted = expect_status(app.post("/v1/exports", key, body).await, StatusCode::ACCEPTED).await;
-    let id = accepted["id"].as_str().expect("id").to_string();
-    finished(app, &id).await
-}
-
-async fn export(app: &TestApp, body: Value) -> Value {
-    export_as(app, &app.admin_key, body).await
-}
-
-async fn finished(app: &TestApp, id: &str) -> Value {
-    for _ in 0..600 {
-        let job = expect_status(
-            app.get(&format!("/v1/exports/{id}"), &app.admin_key).await,
-            StatusCode::OK,
-        )
-        .await;
-        if !matches!(job["status"].as_str(), Some("queued" | "running")) {
-            return job;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("export {id} did not finish");
-}
-
-/// The file of a done export, checked against its stated size and hash.
-async fn download(app: &TestApp, job: &Value) -> Vec<u8> {
-    assert_eq!(job["status"], "done", "{job}");
-    let url = job["download_url"].as_str().expect("download url");
-    let response = app.get(url, &app.admin_key).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let bytes = response.bytes().await.expect("file").to_vec();
-    assert_eq!(bytes.len() as i64, job["size_bytes"].as_i64().expect("size"));
-    assert_eq!(hex::encode(Sha256::digest(&bytes)), job["content_sha256"]);
-    bytes
-}
 
 /// A JSON export's document.
 async fn document(app: &TestApp, body: Value) -> Value {
@@ -54,15 +16,9 @@ async fn document(app: &TestApp, body: Value) -> Value {
     serde_json::from_slice(&download(app, &job).await).expect("JSON")
 }
 
-fn rows<'a>(document: &'a Value, section: &str) -> &'a Vec<Value> {
-    document["sections"][section]["rows"]
-        .as_array()
-        .unwrap_or_else(|| panic!("section {section}: {document}"))
-}
-
 /// The rows of `section` whose `column` is `value`.
 fn rows_where<'a>(document: &'a Value, section: &str, column: &str, value: &str) -> Vec<&'a Value> {
-    rows(document, section)
+    section_rows(document, section)
         .iter()
         .filter(|row| row[column] == value)
         .collect()
@@ -222,7 +178,7 @@ async fn the_catalog_holds_every_section_and_no_secret_in_any_format() {
         )
     );
     assert_eq!(
-        rows(&document, "prices"),
+        section_rows(&document, "prices"),
         &vec![
             json!({"model": "openai/gpt-4o-mini", "effective_from": "2026-01-01T00:00:00.000Z",
                      "currency": "USD", "input_per_mtok": "0.15", "output_per_mtok": "0.6",
@@ -394,7 +350,7 @@ async fn the_audit_export_lists_a_filtered_range_in_chain_order_and_verifies_the
     let document: Value = serde_json::from_slice(&download(&app, &job).await).expect("JSON");
     assert_eq!(document["report"], "audit");
     assert_eq!(document["title"], "Audit log");
-    let entries = rows(&document, "entries");
+    let entries = section_rows(&document, "entries");
     let kinds: Vec<&str> = entries
         .iter()
         .filter_map(|entry| entry["event_type"].as_str())
@@ -423,7 +379,7 @@ async fn the_audit_export_lists_a_filtered_range_in_chain_order_and_verifies_the
             assert_eq!(pair[1]["prev_hash"], pair[0]["hash"], "linked");
         }
     }
-    let verification = rows(&document, "verification");
+    let verification = section_rows(&document, "verification");
     assert_eq!(verification.len(), 1);
     assert_eq!(verification[0]["verified"], true, "{verification:?}");
     assert_eq!(verification[0]["first_broken_sequence"], Value::Null);

@@ -4,80 +4,18 @@
 
 use std::time::Duration;
 
+use integration_tests::exports::{column, csv_rows, download, export, section_rows};
 use integration_tests::harness::{expect_problem, expect_status, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::health::{register_local, run_checks, Behaviour, FakeProvider};
-
-/// Requests an export and waits for it to finish; its final state.
-async fn export(app: &TestApp, body: Value) -> Value {
-    let accepted = expect_status(
-        app.post("/v1/exports", &app.admin_key, body).await,
-        StatusCode::ACCEPTED,
-    )
-    .await;
-    let id = accepted["id"].as_str().expect("id").to_string();
-    finished(app, &id).await
-}
-
-async fn finished(app: &TestApp, id: &str) -> Value {
-    for _ in 0..600 {
-        let job = expect_status(
-            app.get(&format!("/v1/exports/{id}"), &app.admin_key).await,
-            StatusCode::OK,
-        )
-        .await;
-        if !matches!(job["status"].as_str(), Some("queued" | "running")) {
-            return job;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("export {id} did not finish");
-}
-
-/// The file of a done export, checked against its stated size and hash.
-async fn download(app: &TestApp, job: &Value) -> Vec<u8> {
-    assert_eq!(job["status"], "done", "{job}");
-    let url = job["download_url"].as_str().expect("download url");
-    let response = app.get(url, &app.admin_key).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let bytes = response.bytes().await.expect("file").to_vec();
-    assert_eq!(bytes.len() as i64, job["size_bytes"].as_i64().expect("size"));
-    assert_eq!(
-        hex::encode(Sha256::digest(&bytes)),
-        job["content_sha256"],
-        "the file is what the job says"
-    );
-    bytes
-}
-
-/// A CSV of plain fields (none quoted) as rows of fields, the header first.
-fn csv_rows(bytes: &[u8]) -> Vec<Vec<String>> {
-    let text = std::str::from_utf8(bytes).expect("UTF-8");
-    assert!(text.ends_with("\r\n"), "records end with CRLF");
-    text.split_terminator("\r\n")
-        .map(|line| line.split(',').map(str::to_string).collect())
-        .collect()
-}
-
-fn column<'a>(rows: &'a [Vec<String>], row: usize, name: &str) -> &'a str {
-    let at = rows[0].iter().position(|header| header == name).expect("column");
-    &rows[row][at]
-}
 
 /// An export's JSON document.
 async fn export_document(app: &TestApp, body: Value) -> (Value, Value) {
     let job = export(app, body).await;
     let document = serde_json::from_slice(&download(app, &job).await).expect("JSON");
     (job, document)
-}
-
-fn rows<'a>(document: &'a Value, section: &str) -> &'a Vec<Value> {
-    document["sections"][section]["rows"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no section {section}: {document}"))
 }
 
 fn close(a: &Value, b: &Value) -> bool {
@@ -198,7 +136,7 @@ async fn experiment_results_match_the_results_route_in_every_format() {
         .await;
         let primary = &route["metrics"][0];
         assert_eq!(primary["name"], "converted");
-        let variants = rows(&document, "variants");
+        let variants = section_rows(&document, "variants");
         assert_eq!(variants.len(), 2);
         for (row, figures) in variants
             .iter()
@@ -213,7 +151,7 @@ async fn experiment_results_match_the_results_route_in_every_format() {
                 );
             }
         }
-        let comparisons = rows(&document, "comparisons");
+        let comparisons = section_rows(&document, "comparisons");
         let converted = comparisons
             .iter()
             .find(|row| row["metric"] == "converted")
@@ -235,7 +173,7 @@ async fn experiment_results_match_the_results_route_in_every_format() {
         }
         assert_eq!(converted["significant"], theirs["significant"], "{method}");
         assert!(close(&converted["control_mean"], &primary["variants"][0]["mean"]));
-        let checks = rows(&document, "checks");
+        let checks = section_rows(&document, "checks");
         assert_eq!(checks[0]["check"], "sample_ratio");
         assert!(close(&checks[0]["p_value"], &route["srm"]["p_value"]));
         assert_eq!(checks[0]["flagged"], route["srm"]["flagged"]);
@@ -350,7 +288,7 @@ async fn health_shows_state_changes_uptime_and_incidents_with_their_related_chan
         document["period"],
         json!({"from": (today - chrono::Days::new(6)).to_string(), "to": today.to_string()})
     );
-    let providers = rows(&document, "providers");
+    let providers = section_rows(&document, "providers");
     assert_eq!(providers.len(), 1);
     assert_eq!(providers[0]["provider"], "local");
     assert_eq!(providers[0]["state"], "down");
@@ -358,13 +296,13 @@ async fn health_shows_state_changes_uptime_and_incidents_with_their_related_chan
         (providers[0]["probes"].as_i64(), providers[0]["ok"].as_i64()),
         (Some(4), Some(1))
     );
-    let uptime = rows(&document, "uptime");
+    let uptime = section_rows(&document, "uptime");
     assert_eq!(uptime.len(), 1);
     assert_eq!(uptime[0]["day"], today.to_string());
     let fraction = uptime[0]["uptime"].as_f64().expect("uptime");
     assert!(fraction < 1.0 && (fraction - 0.25).abs() < 1e-12, "{fraction}");
     assert_eq!(uptime[0]["charted_uptime"], uptime[0]["uptime"]);
-    let changes: Vec<String> = rows(&document, "state_changes")
+    let changes: Vec<String> = section_rows(&document, "state_changes")
         .iter()
         .map(|row| {
             format!(
@@ -375,13 +313,13 @@ async fn health_shows_state_changes_uptime_and_incidents_with_their_related_chan
         })
         .collect();
     assert_eq!(changes, ["unknown→healthy", "healthy→degraded", "degraded→down"]);
-    let incidents = rows(&document, "incidents");
+    let incidents = section_rows(&document, "incidents");
     assert_eq!(incidents.len(), 1, "{incidents:?}");
     assert_eq!(incidents[0]["title"], "Provider local is down");
     assert_eq!(incidents[0]["status"], "investigating");
     assert_eq!(incidents[0]["resolved"], Value::Null);
     assert_eq!(incidents[0]["affected"], "providers: local");
-    let related = rows(&document, "related_changes");
+    let related = section_rows(&document, "related_changes");
     let types: Vec<&str> = related
         .iter()
         .filter_map(|row| row["event_type"].as_str())
@@ -396,11 +334,11 @@ async fn health_shows_state_changes_uptime_and_incidents_with_their_related_chan
         json!({"report": "health", "format": "json", "as_of": healthy_at.to_rfc3339()}),
     )
     .await;
-    assert_eq!(rows(&before, "providers")[0]["state"], "healthy");
-    assert_eq!(rows(&before, "uptime")[0]["probes"], 1);
-    assert_eq!(rows(&before, "uptime")[0]["uptime"], 1);
-    assert_eq!(rows(&before, "state_changes").len(), 1);
-    assert!(rows(&before, "incidents").is_empty());
+    assert_eq!(section_rows(&before, "providers")[0]["state"], "healthy");
+    assert_eq!(section_rows(&before, "uptime")[0]["probes"], 1);
+    assert_eq!(section_rows(&before, "uptime")[0]["uptime"], 1);
+    assert_eq!(section_rows(&before, "state_changes").len(), 1);
+    assert!(section_rows(&before, "incidents").is_empty());
 
     // CSV of one section; the PDF draws the uptime line.
     let csv = export(
@@ -503,7 +441,7 @@ async fn prompt_usage_agrees_with_the_analytics_and_a_past_point_sees_fewer_call
         StatusCode::OK,
     )
     .await;
-    let versions = rows(&document, "versions");
+    let versions = section_rows(&document, "versions");
     let theirs = analytics["versions"].as_array().expect("versions");
     assert_eq!(versions.len(), 2);
     assert_eq!(versions.len(), theirs.len());
@@ -524,7 +462,7 @@ async fn prompt_usage_agrees_with_the_analytics_and_a_past_point_sees_fewer_call
         (versions[0]["calls"].as_i64(), versions[0]["errors"].as_i64()),
         (Some(3), Some(1))
     );
-    let daily = rows(&document, "daily");
+    let daily = section_rows(&document, "daily");
     assert_eq!(daily.len(), 5, "{daily:?}");
     assert_eq!(
         daily[0],
@@ -539,7 +477,7 @@ async fn prompt_usage_agrees_with_the_analytics_and_a_past_point_sees_fewer_call
     )
     .await;
     let calls = |document: &Value| -> i64 {
-        rows(document, "versions")
+        section_rows(document, "versions")
             .iter()
             .filter_map(|row| row["calls"].as_i64())
             .sum()

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
+use integration_tests::exports::{column, csv_rows, download, download_response, export, finished};
 use integration_tests::harness::{
     expect_each_not_found, expect_problem, expect_status, test_settings, TestApp,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 /// `openai/gpt-4o-mini` priced from January (0.15 in, 0.60 out) and from June (0.30 in,
 /// 1.20 out, 0.10 cached in), per million tokens, in USD.
@@ -51,63 +51,6 @@ async fn july_usage(app: &TestApp) {
     assert_eq!(ingested["accepted"], 3, "{ingested}");
 }
 
-/// Requests an export and waits for it to finish; its final state.
-async fn export(app: &TestApp, body: Value) -> Value {
-    let accepted = expect_status(
-        app.post("/v1/exports", &app.admin_key, body).await,
-        StatusCode::ACCEPTED,
-    )
-    .await;
-    let id = accepted["id"].as_str().expect("id").to_string();
-    finished(app, &id).await
-}
-
-async fn finished(app: &TestApp, id: &str) -> Value {
-    for _ in 0..600 {
-        let job = expect_status(
-            app.get(&format!("/v1/exports/{id}"), &app.admin_key).await,
-            StatusCode::OK,
-        )
-        .await;
-        if !matches!(job["status"].as_str(), Some("queued" | "running")) {
-            return job;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("export {id} did not finish");
-}
-
-/// The file of a done export, checked against its stated size and hash.
-async fn download(app: &TestApp, job: &Value) -> (reqwest::header::HeaderMap, Vec<u8>) {
-    assert_eq!(job["status"], "done", "{job}");
-    let url = job["download_url"].as_str().expect("download url");
-    let response = app.get(url, &app.admin_key).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let headers = response.headers().clone();
-    let bytes = response.bytes().await.expect("file").to_vec();
-    assert_eq!(bytes.len() as i64, job["size_bytes"].as_i64().expect("size"));
-    assert_eq!(
-        hex::encode(Sha256::digest(&bytes)),
-        job["content_sha256"],
-        "the file is what the job says"
-    );
-    (headers, bytes)
-}
-
-/// A CSV of plain fields (none quoted) as rows of fields, the header first.
-fn csv_rows(bytes: &[u8]) -> Vec<Vec<String>> {
-    let text = std::str::from_utf8(bytes).expect("UTF-8");
-    assert!(text.ends_with("\r\n"), "records end with CRLF");
-    text.split_terminator("\r\n")
-        .map(|line| line.split(',').map(str::to_string).collect())
-        .collect()
-}
-
-fn column<'a>(rows: &'a [Vec<String>], row: usize, name: &str) -> &'a str {
-    let at = rows[0].iter().position(|header| header == name).expect("column");
-    &rows[row][at]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spend_and_usage_in_every_format_read_back_with_one_data_hash() {
     let app = TestApp::spawn().await;
@@ -134,7 +77,7 @@ async fn spend_and_usage_in_every_format_read_back_with_one_data_hash() {
 
     // CSV: one section per file.
     let by_model = export(&app, spend("csv", Some("by_model"))).await;
-    let (headers, bytes) = download(&app, &by_model).await;
+    let (headers, bytes) = download_response(&app, &by_model).await;
     assert_eq!(headers["content-type"], "text/csv; charset=utf-8; header=present");
     let disposition = headers["content-disposition"].to_str().expect("disposition");
     assert!(
@@ -164,17 +107,9 @@ async fn spend_and_usage_in_every_format_read_back_with_one_data_hash() {
         ("openai/gpt-4o-mini", "1.72")
     );
     assert_eq!(column(&rows, 1, "share_of_cost"), "1");
-    let uncosted = csv_rows(
-        &download(&app, &export(&app, spend("csv", Some("uncosted"))).await)
-            .await
-            .1,
-    );
+    let uncosted = csv_rows(&download(&app, &export(&app, spend("csv", Some("uncosted"))).await).await);
     assert_eq!(uncosted[1][..2], ["acme/unpriced".to_string(), "1".to_string()]);
-    let budgets = csv_rows(
-        &download(&app, &export(&app, spend("csv", Some("budgets"))).await)
-            .await
-            .1,
-    );
+    let budgets = csv_rows(&download(&app, &export(&app, spend("csv", Some("budgets"))).await).await);
     assert_eq!(
         (
             column(&budgets, 1, "name"),
@@ -191,7 +126,7 @@ async fn spend_and_usage_in_every_format_read_back_with_one_data_hash() {
 
     // JSON: every section, with the report's point.
     let json_job = export(&app, spend("json", None)).await;
-    let document: Value = serde_json::from_slice(&download(&app, &json_job).await.1).expect("JSON");
+    let document: Value = serde_json::from_slice(&download(&app, &json_job).await).expect("JSON");
     assert_eq!(document["report"], "spend");
     assert_eq!(document["tenant"], "acme");
     assert_eq!(
@@ -215,7 +150,7 @@ async fn spend_and_usage_in_every_format_read_back_with_one_data_hash() {
 
     // NDJSON: the data hash is its own hash, and every format states the same.
     let ndjson_job = export(&app, spend("ndjson", None)).await;
-    let ndjson = download(&app, &ndjson_job).await.1;
+    let ndjson = download(&app, &ndjson_job).await;
     assert_eq!(ndjson_job["content_sha256"], ndjson_job["data_sha256"]);
     let lines: Vec<Value> = ndjson
         .split(|byte| *byte == b'\n')
@@ -233,7 +168,7 @@ async fn spend_and_usage_in_every_format_read_back_with_one_data_hash() {
 
     // XLSX: a cover with the point and the hash, typed cells, a sheet per section.
     let xlsx_job = export(&app, spend("xlsx", None)).await;
-    let (headers, bytes) = download(&app, &xlsx_job).await;
+    let (headers, bytes) = download_response(&app, &xlsx_job).await;
     assert_eq!(
         headers["content-type"],
         "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -282,7 +217,7 @@ async fn spend_and_usage_in_every_format_read_back_with_one_data_hash() {
 
     // PDF: the title block with the point and hash, the figures, a chart drawn.
     let pdf_job = export(&app, spend("pdf", None)).await;
-    let (headers, bytes) = download(&app, &pdf_job).await;
+    let (headers, bytes) = download_response(&app, &pdf_job).await;
     assert_eq!(headers["content-type"], "application/pdf");
     let document = lopdf::Document::load_mem(&bytes).expect("a PDF file");
     let pages: Vec<u32> = document.get_pages().keys().copied().collect();
@@ -323,7 +258,7 @@ async fn spend_and_usage_in_every_format_read_back_with_one_data_hash() {
         ),
         (Some(3), Some(100))
     );
-    let rows = csv_rows(&download(&app, &usage).await.1);
+    let rows = csv_rows(&download(&app, &usage).await);
     assert_eq!(rows.len(), 4);
     assert_eq!(
         (
@@ -398,9 +333,9 @@ async fn a_past_instant_reports_the_spend_and_budgets_known_then_and_is_reproduc
     .await;
     let as_of = before.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let body = |section: &str, as_of: Option<&str>| json!({"report": "spend", "format": "csv", "params": {"month": "2026-07", "section": section}, "as_of": as_of});
-    let now = csv_rows(&download(&app, &export(&app, body("summary", None)).await).await.1);
+    let now = csv_rows(&download(&app, &export(&app, body("summary", None)).await).await);
     let then_job = export(&app, body("summary", Some(&as_of))).await;
-    let then = csv_rows(&download(&app, &then_job).await.1);
+    let then = csv_rows(&download(&app, &then_job).await);
     // Each July call: 0.8 × 0.30 + 0.2 × 0.10 + 0.5 × 1.20 = 0.86 then, with 0.90 out 0.71 now.
     assert_eq!(column(&then, 1, "cost"), "1.72");
     assert_eq!(column(&now, 1, "cost"), "1.42");
@@ -409,12 +344,8 @@ async fn a_past_instant_reports_the_spend_and_budgets_known_then_and_is_reproduc
         Some(true)
     );
 
-    let budgets_now = csv_rows(&download(&app, &export(&app, body("budgets", None)).await).await.1);
-    let budgets_then = csv_rows(
-        &download(&app, &export(&app, body("budgets", Some(&as_of))).await)
-            .await
-            .1,
-    );
+    let budgets_now = csv_rows(&download(&app, &export(&app, body("budgets", None)).await).await);
+    let budgets_then = csv_rows(&download(&app, &export(&app, body("budgets", Some(&as_of))).await).await);
     assert_eq!(budgets_then.len(), 1, "no budget yet then: {budgets_then:?}");
     assert_eq!(
         (
@@ -520,7 +451,7 @@ async fn a_queued_export_is_cancelled_and_an_interrupted_one_resumes_from_its_po
         (resumed["attempts"].as_i64(), resumed["cursor"].as_str()),
         (Some(2), Some(fixed_cursor.as_str()))
     );
-    let ndjson = download(&app, &resumed).await.1;
+    let ndjson = download(&app, &resumed).await;
     assert_eq!(
         ndjson.iter().filter(|byte| **byte == b'\n').count(),
         3,
@@ -655,7 +586,7 @@ async fn every_report_in_every_format_is_written_and_reads_back() {
                 json!({"report": report, "format": format, "params": params}),
             )
             .await;
-            let (headers, bytes) = download(&app, &job).await;
+            let (headers, bytes) = download_response(&app, &job).await;
             let data_hash = job["data_sha256"].as_str().expect("data hash").to_string();
             match format {
                 "csv" => {
