@@ -23,7 +23,8 @@
 //! - [`audit`]: records of who read the audit log and key listings.
 //! - [`usage`]: usage records as clients report them, and their exact cost;
 //!   [`call_summary`]: their latencies and metrics in a mergeable form.
-//! - [`template`]: parsing `{{variable}}` placeholders.
+//! - [`template`]: parsing and filling `{{variable}}` placeholders; [`chat`]: a chat with a
+//!   model (messages, tools, answers), whatever protocol carries it.
 //! - [`text`]: validated text values; [`fields`]: reading raw input into them with every
 //!   invalid field reported at once.
 //! - [`position`]: the cursor into the one global order of events.
@@ -37,6 +38,7 @@ pub mod budget;
 pub mod bulk;
 pub mod call_summary;
 pub mod category;
+pub mod chat;
 pub mod config;
 pub mod experiment;
 pub mod experiment_results;

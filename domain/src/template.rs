@@ -1,5 +1,8 @@
 //! Prompt templates: text with `{{variable}}` placeholders.
 
+use serde_json::{Map, Value};
+
+use crate::fields::Invalid;
 use crate::text::InvalidText;
 
 /// Returns the distinct variable names of `template` in order of first appearance.
@@ -44,6 +47,42 @@ pub fn extract_variables(template: &str) -> Result<Vec<String>, InvalidText> {
     }
 }
 
+/// Fills `template`'s placeholders with `variables`: a string as it is, any other JSON value
+/// as its JSON text. Every placeholder without a value, and every value no placeholder
+/// takes (a misspelt name), is reported at once, on the field `variables`.
+pub fn render(template: &str, variables: &Map<String, Value>) -> Result<String, Invalid> {
+    let names = extract_variables(template).map_err(Invalid::from)?;
+    let mut errors = Invalid::default();
+    for name in &names {
+        if !variables.contains_key(name) {
+            errors.push(InvalidText::new("variables", format!("{name:?} is missing: the template uses it")));
+        }
+    }
+    for name in variables.keys() {
+        if !names.iter().any(|n| n == name) {
+            errors.push(InvalidText::new("variables", format!("{name:?} is not a variable of the template")));
+        }
+    }
+    errors.into_result()?;
+    let mut rendered = String::with_capacity(template.len());
+    let mut rest = template;
+    // The template parsed above, so every `{{` has its `}}` and a valid name.
+    while let Some(open) = rest.find("{{") {
+        rendered.push_str(&rest[..open]);
+        let after_open = &rest[open + 2..];
+        let Some(len) = after_open.find("}}") else { break };
+        let name = after_open[..len].trim();
+        match variables.get(name) {
+            Some(Value::String(text)) => rendered.push_str(text),
+            Some(other) => rendered.push_str(&other.to_string()),
+            None => {}
+        }
+        rest = &after_open[len + 2..];
+    }
+    rendered.push_str(rest);
+    Ok(rendered)
+}
+
 fn stray_close(at: usize) -> InvalidText {
     InvalidText::new(
         "template",
@@ -60,7 +99,32 @@ fn is_variable_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::extract_variables;
+    use serde_json::json;
+
+    use super::{extract_variables, render};
+
+    #[test]
+    fn rendering_fills_every_placeholder_and_reports_every_missing_or_unknown_name() {
+        let variables = json!({"name": "Ada", "count": 3, "topic": {"a": 1}});
+        let rendered = render(
+            "Hi {{name}}, {{ count }} items on {{topic}}; {\"json\": 1} {{name}}",
+            variables.as_object().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(rendered, "Hi Ada, 3 items on {\"a\":1}; {\"json\": 1} Ada");
+        let errors = render("{{a}} {{b}}", json!({"b": "x", "c": "y"}).as_object().unwrap())
+            .unwrap_err()
+            .into_errors();
+        let reasons: Vec<String> = errors.iter().map(|e| e.reason.clone()).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                "\"a\" is missing: the template uses it".to_string(),
+                "\"c\" is not a variable of the template".to_string()
+            ]
+        );
+        assert!(errors.iter().all(|e| e.field == "variables"));
+    }
 
     #[test]
     fn variables_are_listed_once_in_order_of_appearance() {
