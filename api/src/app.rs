@@ -26,6 +26,7 @@ pub fn build_router(state: AppState) -> Router {
     let (api, mut document) = OpenApiRouter::with_openapi(base)
         .merge(routes::system::router())
         .merge(routes::prompts::router())
+        .merge(routes::runs::router())
         .merge(routes::categories::router())
         .merge(routes::providers::router())
         .merge(routes::models::router())

@@ -78,6 +78,7 @@ impl Caller {
             Permission::ReadAudit => "read the audit history",
             Permission::ManageKeys => "manage API keys",
             Permission::IngestUsage => "write usage",
+            Permission::RunPrompts => "run prompts",
             Permission::Operate => "see system state",
             Permission::ManageRegistry => "manage the model registry",
             Permission::ReviewChanges => "protect scopes or review changes",

@@ -92,6 +92,10 @@ pub enum ApiError {
     TooManyStreams,
     #[error("the request took longer than {} s and was abandoned; a change it asked for may or may not have been made", after.as_secs_f64())]
     Timeout { after: std::time::Duration },
+    #[error("a hard budget covering this call is spent: {0}; nothing was sent to the model")]
+    BudgetExhausted(String),
+    #[error("the model did not answer (run {run_id}): {detail}")]
+    ProviderFailed { run_id: uuid::Uuid, detail: String },
     #[error("internal error")]
     Internal(String),
 }
@@ -110,7 +114,7 @@ impl ApiError {
     }
 
     /// Status and the stable slug of the `type` URI.
-    fn kind(&self) -> (StatusCode, &'static str) {
+    pub(crate) fn kind(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
@@ -140,6 +144,8 @@ impl ApiError {
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too-many-streams"),
             ApiError::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            ApiError::BudgetExhausted(_) => (StatusCode::PAYMENT_REQUIRED, "budget-exhausted"),
+            ApiError::ProviderFailed { .. } => (StatusCode::BAD_GATEWAY, "provider-failed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -13,13 +13,15 @@
 //! - [`idempotency`]: `Idempotency-Key` on command endpoints.
 //! - [`extract`]: JSON, path and query extractors whose rejections are problems, command
 //!   metadata and `If-Match`; [`openapi`]: the document's shared parts; [`export_files`]:
-//!   where export files are kept.
+//!   where export files are kept; [`gateway`]: calling models (OpenAI-compatible and
+//!   Anthropic protocols, retries, fallbacks).
 //! - [`state`]: the application context, and running a command through it;
 //!   [`scheduler`]: applying scheduled configuration changes when they are due; [`bulk`]:
 //!   running bulk jobs; [`budget_watch`]: budgets' standings in memory, and their
 //!   thresholds recorded as spend crosses them; [`incidents`]: opening an incident with the
 //!   changes it relates to; [`prober`]: probing providers' health (it opens incidents);
-//!   [`exports`]: the reports and the runner writing them to files.
+//!   [`exports`]: the reports and the runner writing them to files; [`runs`]: running a
+//!   prompt through the gateway and recording its usage.
 //! - [`routes`]: one module per resource; handlers stay thin.
 //! - [`app`]: the router, middleware and server loop.
 //! - [`cli`]: the `aipm` command line (`serve`, `keys`, `replay`, `audit`).
@@ -34,6 +36,7 @@ pub mod error;
 pub mod export_files;
 pub mod exports;
 pub mod extract;
+pub mod gateway;
 pub mod guardrails;
 pub mod hardening;
 pub mod idempotency;
@@ -43,6 +46,7 @@ pub mod openapi;
 pub mod prober;
 pub mod request_id;
 pub mod routes;
+pub mod runs;
 pub mod scheduler;
 pub mod settings;
 pub mod state;

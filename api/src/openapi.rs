@@ -65,6 +65,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         (name = "usage", description = "Usage records as clients report them, priced at ingestion with the price in force at their time"),
         (name = "health", description = "Providers' health: probed on an interval, their state (healthy, degraded, down) and uptime"),
         (name = "incidents", description = "Incidents: what is broken, the changes before it that touch it, updates and resolution"),
+        (name = "gateway", description = "Running prompts through aipm: the model is called and the call's usage and cost recorded; conversations with history and proposed actions"),
         (name = "experiments", description = "Experiments: variants compared on live traffic, assignment from memory, observations and results"),
         (name = "bulk", description = "Bulk operations: one change over many targets as one tracked, cancellable, reversible job"),
         (name = "exports", description = "Exports: reports written to CSV, JSON, NDJSON, XLSX or PDF files in the background, as of now or of a past instant"),
@@ -233,6 +234,8 @@ problem_responses! {
     UnsupportedMediaType => "The body was not sent as `Content-Type: application/json` (`/problems/unsupported-media-type`).",
     Conflict => "The change conflicts with the resource's state: a stale `If-Match` (`/problems/version-mismatch`, with `current_version` and the current `ETag`), a name already taken (`/problems/name-taken`), a change the current state forbids (`/problems/conflict`), a change that kept losing its race against concurrent writers (`/problems/contended`, with `Retry-After`: retry it), a retry while the first request with its `Idempotency-Key` still runs (`/problems/idempotency-in-progress`, with `Retry-After`), or a retry of `POST /v1/keys`, whose secret is not kept (`/problems/key-secret-not-replayable`).",
     TooManyRequests => "Over this key's rate limit (`/problems/rate-limited`, with `Retry-After` and `RateLimit-*` headers), or too many failed authentications from this address (`/problems/too-many-failed-authentications`, with `Retry-After`).",
+    BudgetExhausted => "A hard budget covering the call is spent for its period (`/problems/budget-exhausted`); no model was called.",
+    ProviderFailed => "No model answered after the retries and fallbacks (`/problems/provider-failed`); the failed call is recorded in usage with every attempt.",
     Unavailable => "The database is unreachable (`/problems/unavailable`), the server is at capacity (`/problems/overloaded`, with `Retry-After`) or the request took too long (`/problems/timeout`); retry later.",
 }
 

@@ -78,6 +78,8 @@ pub struct App {
     pub live_experiments: LiveExperiments,
     pub provider_health: AggregateStore<ProviderHealth>,
     pub incidents: AggregateStore<Incident>,
+    /// Calls models for runs and conversations; its connections are pooled per provider.
+    pub gateway: crate::gateway::Gateway,
     /// Probes providers' health (`crate::prober`): no redirects followed, no credentials sent.
     pub probe_client: reqwest::Client,
     /// Stores usage records (telemetry, not events).
@@ -152,6 +154,8 @@ impl App {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|error| sqlx::Error::Configuration(Box::new(error)))?;
+        let gateway = crate::gateway::Gateway::new(settings.gateway.clone())
+            .map_err(|error| sqlx::Error::Configuration(Box::new(error)))?;
         Ok(App {
             authenticator: Authenticator::new(pool.clone(), guards.clone()),
             guards,
@@ -186,6 +190,7 @@ impl App {
             provider_health: store.aggregates(()),
             incidents: store.aggregates(()),
             probe_client,
+            gateway,
             usage: commands::usage::UsageStore::default(),
             live_flags,
             live_labels,

@@ -20,6 +20,8 @@ pub struct CostedRecord {
     pub record: UsageRecord,
     pub cost: Option<Cost>,
     pub prompt_version: Option<u32>,
+    /// For a call the gateway made: each attempt (model, outcome, latency), as JSON.
+    pub attempts: Option<serde_json::Value>,
 }
 
 /// What storing a request's records did.
@@ -87,11 +89,12 @@ impl UsageStore {
             "with stored as (
                  insert into usage_record (tenant_id, record_id, ts, model, prompt_id, prompt_version, prompt_label,
                                            experiment_id, variant, feature, subject, input_tokens, output_tokens,
-                                           cached_input_tokens, latency_ms, status, metrics, cost, currency, key_id)
+                                           cached_input_tokens, latency_ms, status, metrics, cost, currency, attempts,
+                                           key_id)
                  select $1, * , $19 from unnest($2::text[], $3::timestamptz[], $4::text[], $5::uuid[], $6::int[],
                                                 $7::text[], $8::uuid[], $9::text[], $10::text[], $11::text[],
                                                 $12::bigint[], $13::bigint[], $14::bigint[], $15::int[], $16::text[],
-                                                $17::jsonb[], $18::numeric[], $20::text[])
+                                                $17::jsonb[], $18::numeric[], $20::text[], $21::jsonb[])
                  returning ts, model, prompt_id, prompt_version, prompt_label, feature, currency, input_tokens,
                            output_tokens, cached_input_tokens, cost, status
              )
@@ -137,6 +140,7 @@ impl UsageStore {
         .bind(columns.costs)
         .bind(key_id)
         .bind(columns.currencies)
+        .bind(columns.attempts)
         .execute(&mut *tx)
         .await?;
         add_to_analytics(&mut tx, tenant, &fresh).await?;
@@ -299,6 +303,7 @@ struct Columns {
     metrics: Vec<Option<serde_json::Value>>,
     costs: Vec<Option<Decimal>>,
     currencies: Vec<Option<String>>,
+    attempts: Vec<Option<serde_json::Value>>,
 }
 
 impl Columns {
@@ -334,6 +339,7 @@ impl Columns {
             columns
                 .currencies
                 .push(costed.cost.as_ref().map(|cost| cost.currency.clone()));
+            columns.attempts.push(costed.attempts.clone());
         }
         columns
     }

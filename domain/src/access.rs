@@ -43,6 +43,8 @@ pub enum Permission {
     ManageBudgets,
     /// Ask whether a call is within its budgets (what an application does before one).
     CheckBudgets,
+    /// Run prompts and converse through aipm's gateway (calls models, records their usage).
+    RunPrompts,
 }
 
 impl Role {
@@ -68,10 +70,10 @@ impl Role {
         use Permission::*;
         match self {
             Role::Admin => true,
-            Role::Editor => matches!(permission, Read | Write | IngestUsage | CheckBudgets),
+            Role::Editor => matches!(permission, Read | Write | IngestUsage | CheckBudgets | RunPrompts),
             Role::Viewer => matches!(permission, Read | CheckBudgets),
             Role::Auditor => matches!(permission, Read | ReadAudit),
-            Role::Ingest => matches!(permission, IngestUsage | CheckBudgets),
+            Role::Ingest => matches!(permission, IngestUsage | CheckBudgets | RunPrompts),
         }
     }
 }

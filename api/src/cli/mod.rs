@@ -94,6 +94,8 @@ pub struct ServeArgs {
     pub health: crate::settings::HealthSettings,
     #[command(flatten)]
     pub exports: crate::settings::ExportSettings,
+    #[command(flatten)]
+    pub gateway: crate::settings::GatewaySettings,
     /// JetStream stream the event feed is published to.
     #[arg(long, env = "AIPM_NATS_STREAM", default_value = projections::relay::DEFAULT_STREAM)]
     pub nats_stream: String,
@@ -116,6 +118,7 @@ impl ServeArgs {
             feed: self.feed.clone(),
             health: self.health.clone(),
             exports: self.exports.clone(),
+            gateway: self.gateway.clone(),
             ..crate::Settings::default()
         }
         .with_relay(relay);

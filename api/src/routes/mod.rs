@@ -23,6 +23,7 @@ pub mod models;
 pub mod prompts;
 pub mod providers;
 pub mod rate_limits;
+pub mod runs;
 pub mod schedules;
 pub mod system;
 pub mod usage;

@@ -192,6 +192,7 @@ async fn ingest(
             record,
             cost,
             prompt_version,
+            attempts: None,
         });
     }
     rejected.sort_by_key(|r| r.index);

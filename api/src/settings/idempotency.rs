@@ -24,29 +24,31 @@ impl Default for IdempotencySettings {
     }
 }
 
-/// Parses a duration such as `86400`, `90s`, `15m`, `24h` or `7d` (no unit: seconds).
+/// Parses a duration such as `86400`, `250ms`, `90s`, `15m`, `24h` or `7d` (no unit:
+/// seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(at) => text.split_at(at),
         None => (text, "s"),
     };
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 60 * 60,
-        "d" => 24 * 60 * 60,
-        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 60 * 60_000,
+        "d" => 24 * 60 * 60_000,
+        _ => return Err(format!("{text:?}: the unit must be ms, s, m, h or d")),
     };
-    let seconds = number
+    let millis = number
         .parse::<u64>()
         .ok()
-        .and_then(|n| n.checked_mul(scale))
-        .filter(|&s| s > 0)
+        .and_then(|n| n.checked_mul(millis_per_unit))
+        .filter(|&ms| ms > 0)
         .ok_or_else(|| {
             format!("{text:?}: expected a positive whole number with an optional unit, e.g. 24h")
         })?;
-    Ok(Duration::from_secs(seconds))
+    Ok(Duration::from_millis(millis))
 }
 
 #[cfg(test)]
@@ -58,6 +60,7 @@ mod tests {
         assert_eq!(parse_duration("86400"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
         for bad in ["", "0", "h", "-1h", "1.5h", "1w", "99999999999999999999d"] {

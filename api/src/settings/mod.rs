@@ -8,16 +8,19 @@
 //! - [`anchors`]: anchoring the audit chains outside the database.
 //! - [`health`]: whether providers are probed in the background.
 //! - [`exports`]: where export files go, how long they are kept.
+//! - [`gateway`]: how models are called: timeouts and retries.
 
 pub mod anchors;
 pub mod exports;
 pub mod feed;
+pub mod gateway;
 pub mod health;
 pub mod idempotency;
 pub mod security;
 
 pub use exports::ExportSettings;
 pub use feed::FeedSettings;
+pub use gateway::GatewaySettings;
 pub use health::HealthSettings;
 pub use idempotency::IdempotencySettings;
 pub use security::{SecurityArgs, SecuritySettings};
@@ -46,6 +49,8 @@ pub struct Settings {
     pub health: HealthSettings,
     /// Export jobs: where their files go and how long they are kept.
     pub exports: ExportSettings,
+    /// Calling models: timeouts and retries.
+    pub gateway: GatewaySettings,
 }
 
 impl Settings {

@@ -7,7 +7,9 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use cqrs_es::Aggregate;
-use domain::experiment::{assign, targets, Assignment, Experiment, ExperimentEvent};
+use domain::experiment::{
+    assign, targets, Assignment, Experiment, ExperimentEvent, ExperimentStatus, Variant,
+};
 use eventlog::StoredEvent;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -71,6 +73,45 @@ impl LiveExperiments {
             targeted,
             subject,
         )
+    }
+
+    /// The running experiment of `tenant` over the prompt `prompt` (that this process has
+    /// seen), and the variant `subject` gets in it: what a run of the prompt without a label
+    /// or version uses. Of several running at once, the oldest (ids are UUID v7).
+    pub fn running_for_prompt(
+        &self,
+        tenant: &str,
+        prompt: Uuid,
+        subject: &str,
+        feature: Option<&str>,
+        key: Uuid,
+    ) -> Option<(Uuid, Variant, Assignment)> {
+        let held = self.held.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (id, experiment) = held
+            .iter()
+            .filter(|(_, (experiment, _))| {
+                experiment.tenant.as_deref() == Some(tenant)
+                    && experiment.status == ExperimentStatus::Running
+                    && experiment
+                        .spec
+                        .as_ref()
+                        .is_some_and(|spec| spec.prompt_id == Some(prompt))
+            })
+            .map(|(id, (experiment, _))| (id, experiment))
+            .min_by_key(|(id, _)| **id)?;
+        {
+            let spec = experiment.spec.as_ref()?;
+            let targeted = targets(&spec.targeting, feature, key);
+            let assignment = assign(
+                &experiment.salt,
+                &spec.variants,
+                experiment.status,
+                targeted,
+                subject,
+            )?;
+            let variant = spec.variant(&assignment.variant)?.clone();
+            Some((*id, variant, assignment))
+        }
     }
 
     /// Applies the events a command of this process just committed, the last at `version`,

@@ -210,6 +210,60 @@ pub async fn model_with_reference(
         .await
 }
 
+/// A model the gateway may call, with what it needs of the model and its provider.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CallableModel {
+    pub reference: String,
+    /// The provider's own id of the model.
+    pub model_id: String,
+    /// `active`, `inactive` or `deprecated`.
+    pub status: String,
+    pub capabilities: Vec<String>,
+    pub context_window: Option<i32>,
+    pub default_params: Option<Value>,
+    pub provider_name: String,
+    pub kind: String,
+    pub base_url: String,
+    pub credential_ref: String,
+    pub enabled: bool,
+}
+
+/// The model of `tenant` with `reference`, then its fallback, the fallback's fallback and so
+/// on: at most `longest` models, each once, in that order. Empty when there is no such model.
+pub async fn fallback_chain(
+    pool: &PgPool,
+    tenant: &str,
+    reference: &str,
+    longest: i32,
+) -> sqlx::Result<Vec<CallableModel>> {
+    let models: Vec<CallableModel> = sqlx::query_as(
+        "with recursive chain(reference, depth) as (
+             select $2::text, 0
+             union all
+             select m.fallback, c.depth + 1
+             from chain c join model m on m.tenant_id = $1 and m.reference = c.reference
+             where m.fallback is not null and c.depth + 1 < $3
+         )
+         select m.reference, m.provider_model_id as model_id, m.status, m.capabilities, m.context_window,
+                m.default_params, p.name as provider_name, p.kind, p.base_url, p.credential_ref, p.enabled
+         from chain c
+         join model m on m.tenant_id = $1 and m.reference = c.reference
+         join provider p on p.provider_id = m.provider_id and p.tenant_id = $1
+         order by c.depth",
+    )
+    .bind(tenant)
+    .bind(reference)
+    .bind(longest)
+    .fetch_all(pool)
+    .await?;
+    // A chain that comes back to a model (A → B → A) stops there.
+    let mut seen = std::collections::HashSet::new();
+    Ok(models
+        .into_iter()
+        .take_while(|model| seen.insert(model.reference.clone()))
+        .collect())
+}
+
 /// The models of `tenant` matching `filter`, by reference.
 pub async fn models(pool: &PgPool, tenant: &str, filter: &ModelFilter) -> sqlx::Result<Vec<ModelView>> {
     let sql = format!(

@@ -43,6 +43,11 @@ pub struct UsageView {
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub original_cost: Option<Decimal>,
     pub original_currency: Option<String>,
+    /// For a call made through aipm (`POST /v1/prompts/{id}/run`, conversations): each
+    /// attempt, in order: the model tried, its outcome, latency, HTTP status, what
+    /// `Retry-After` asked and how long aipm waited.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<Object>>))]
+    pub attempts: Option<Value>,
     /// No price applied: the model is unknown, or had no price at the record's time.
     #[sqlx(skip)]
     pub uncosted: bool,
@@ -99,7 +104,7 @@ pub async fn records(
     let mut query: QueryBuilder<'_, Postgres> = QueryBuilder::new(
         "select record_id, ts, model, prompt_id, prompt_version, prompt_label, experiment_id, variant, feature,
                 subject, input_tokens, output_tokens, cached_input_tokens, latency_ms, status, metrics, cost,
-                currency, recosted, original_cost, original_currency, key_id, ingested_at
+                currency, recosted, original_cost, original_currency, attempts, key_id, ingested_at
          from usage_record where tenant_id = ",
     );
     query.push_bind(tenant.to_string());

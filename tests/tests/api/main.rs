@@ -19,6 +19,7 @@ mod export_health_experiments;
 mod exports;
 mod feed;
 mod flags;
+mod gateway;
 mod global_order;
 mod hardening;
 mod health;
