@@ -20,7 +20,10 @@ pub enum Role {
 pub enum ImageSource {
     Url(String),
     /// Base64 of the bytes, with their media type (`image/png`).
-    Base64 { media_type: String, data: String },
+    Base64 {
+        media_type: String,
+        data: String,
+    },
 }
 
 /// One part of a message's content.
@@ -146,7 +149,9 @@ mod tests {
         assert_eq!(estimated_tokens("abcde"), 2);
         let mut message = ChatMessage::text(Role::User, "abcdefgh");
         assert_eq!(estimated_message_tokens(&message), 2 + 4);
-        message.content.push(Part::Image(ImageSource::Url("https://example.com/a.png".into())));
+        message
+            .content
+            .push(Part::Image(ImageSource::Url("https://example.com/a.png".into())));
         assert_eq!(estimated_message_tokens(&message), 2 + ESTIMATED_IMAGE_TOKENS + 4);
         assert!(message.has_images());
         assert_eq!(message.joined_text(), "abcdefgh");

@@ -55,12 +55,18 @@ pub fn render(template: &str, variables: &Map<String, Value>) -> Result<String, 
     let mut errors = Invalid::default();
     for name in &names {
         if !variables.contains_key(name) {
-            errors.push(InvalidText::new("variables", format!("{name:?} is missing: the template uses it")));
+            errors.push(InvalidText::new(
+                "variables",
+                format!("{name:?} is missing: the template uses it"),
+            ));
         }
     }
     for name in variables.keys() {
         if !names.iter().any(|n| n == name) {
-            errors.push(InvalidText::new("variables", format!("{name:?} is not a variable of the template")));
+            errors.push(InvalidText::new(
+                "variables",
+                format!("{name:?} is not a variable of the template"),
+            ));
         }
     }
     errors.into_result()?;
