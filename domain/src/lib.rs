@@ -24,7 +24,8 @@
 //! - [`usage`]: usage records as clients report them, and their exact cost;
 //!   [`call_summary`]: their latencies and metrics in a mergeable form.
 //! - [`template`]: parsing and filling `{{variable}}` placeholders; [`chat`]: a chat with a
-//!   model (messages, tools, answers), whatever protocol carries it.
+//!   model (messages, tools, answers), whatever protocol carries it; [`conversation`]:
+//!   the quick actions the assistant's model may propose.
 //! - [`text`]: validated text values; [`fields`]: reading raw input into them with every
 //!   invalid field reported at once.
 //! - [`position`]: the cursor into the one global order of events.
@@ -40,6 +41,7 @@ pub mod call_summary;
 pub mod category;
 pub mod chat;
 pub mod config;
+pub mod conversation;
 pub mod experiment;
 pub mod experiment_results;
 pub mod experiment_stats;
