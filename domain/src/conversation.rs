@@ -1,9 +1,11 @@
-//! What the assistant's model may do in a conversation: the quick actions it proposes
-//! through tool calls, which a person then confirms or declines.
+//! What the assistant's model may do in a conversation, and what it is sent: the quick
+//! actions it proposes through tool calls, which a person then confirms or declines, and
+//! which turns of the conversation a call sends.
 //!
-//! [`tool_definitions`] are the tools offered to the model; [`parse_action`] and
-//! [`proposed_actions`] read its tool calls into [`Action`]s, each the input of one existing
-//! command.
+//! - [`tool_definitions`] are the tools offered to the model; [`parse_action`] and
+//!   [`proposed_actions`] read its tool calls into [`Action`]s, each the input of one
+//!   existing command.
+//! - [`context_messages`] decides which turns a call sends.
 
 use std::collections::BTreeSet;
 
@@ -11,12 +13,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::chat::{ToolCall, ToolDefinition};
+use crate::chat::{estimated_message_tokens, ChatMessage, Role, ToolCall, ToolDefinition};
 use crate::fields::{self, AllValid, Invalid};
 use crate::incident::Severity;
 use crate::model::parse_model_id;
 use crate::text::{DisplayName, InvalidText, Slug};
 
+/// The context window assumed when the model's is not known, in tokens.
+pub const DEFAULT_CONTEXT_WINDOW: u32 = 8_192;
 /// Most tags one `tag_prompt` action adds.
 pub const MAX_TAGS_PER_ACTION: usize = 20;
 /// Most models, features or providers an `open_incident` action names (as the incidents'
@@ -369,6 +373,59 @@ pub fn proposed_actions(calls: &[ToolCall]) -> (Vec<ProposedAction>, Vec<Refused
     (actions, refused)
 }
 
+/// Which messages a call sends, from the prompt's rendered template (`system`) and the
+/// conversation's `turns` ([`Conversation::history`] followed by the new user message),
+/// within the model's context window.
+///
+/// The rule:
+///
+/// - The rendered prompt template is the system message. It comes first on every call and
+///   is never dropped.
+/// - The budget is `context_window - reserved_output` tokens ([`DEFAULT_CONTEXT_WINDOW`],
+///   8,192, when the model's window is not known), less the system message's.
+/// - The turns are grouped: a user message with the replies that follow it. Groups are
+///   taken from the newest back while their estimated tokens
+///   ([`estimated_message_tokens`]) fit in what is left of the budget; the first that does
+///   not fit ends the history, so the oldest turns are dropped first, whole: a user
+///   message is never sent without its reply, nor a reply without its message.
+/// - The newest group (the new user message) is always sent, even when it alone exceeds
+///   the budget: the provider then refuses the call, rather than aipm answering something
+///   other than what was asked.
+///
+/// Tokens are estimated: the provider's own count may be higher, which `reserved_output`
+/// has to absorb too.
+pub fn context_messages(
+    system: Option<&str>,
+    turns: &[ChatMessage],
+    context_window: Option<u32>,
+    reserved_output: u32,
+) -> Vec<ChatMessage> {
+    let system = system.map(|text| ChatMessage::text(Role::System, text));
+    let window = context_window.unwrap_or(DEFAULT_CONTEXT_WINDOW);
+    let mut budget = u64::from(window.saturating_sub(reserved_output))
+        .saturating_sub(system.as_ref().map_or(0, estimated_message_tokens));
+    let mut group_starts: Vec<usize> = turns
+        .iter()
+        .enumerate()
+        .filter(|(index, message)| *index == 0 || message.role == Role::User)
+        .map(|(index, _)| index)
+        .collect();
+    group_starts.reverse();
+    let mut kept_from = turns.len();
+    for (newest_first, start) in group_starts.into_iter().enumerate() {
+        let tokens: u64 = turns[start..kept_from].iter().map(estimated_message_tokens).sum();
+        if newest_first > 0 && tokens > budget {
+            break;
+        }
+        budget = budget.saturating_sub(tokens);
+        kept_from = start;
+    }
+    system
+        .into_iter()
+        .chain(turns[kept_from..].iter().cloned())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,5 +755,118 @@ mod tests {
             }]
         );
         assert_eq!(proposed_actions(&calls), (actions, refused_calls));
+    }
+
+    /// A message of `tokens` estimated tokens (four framing tokens included).
+    fn message(role: Role, tokens: u64) -> ChatMessage {
+        ChatMessage::text(role, "x".repeat(((tokens - 4) * 4) as usize))
+    }
+
+    fn roles_and_tokens(messages: &[ChatMessage]) -> Vec<(Role, u64)> {
+        messages
+            .iter()
+            .map(|m| (m.role, estimated_message_tokens(m)))
+            .collect()
+    }
+
+    #[test]
+    fn the_whole_history_is_sent_when_it_fits() {
+        let turns = vec![
+            message(Role::User, 100),
+            message(Role::Assistant, 100),
+            message(Role::User, 100),
+        ];
+        let system = "s".repeat(96 * 4);
+        let sent = context_messages(Some(&system), &turns, Some(10_000), 1_000);
+        assert_eq!(sent[0], ChatMessage::text(Role::System, system.clone()));
+        assert_eq!(sent[1..], turns[..]);
+        assert_eq!(context_messages(None, &turns, Some(10_000), 1_000), turns);
+    }
+
+    #[test]
+    fn the_oldest_turns_are_dropped_first_and_whole() {
+        let turns = vec![
+            message(Role::User, 100),
+            message(Role::Assistant, 100),
+            message(Role::User, 101),
+            message(Role::Assistant, 102),
+            message(Role::User, 103),
+        ];
+        let system = "s".repeat(96 * 4);
+        // 100 system + 103 + 101 + 102 fit in 406; the first turn does not.
+        let sent = context_messages(Some(&system), &turns, Some(456), 50);
+        assert_eq!(
+            roles_and_tokens(&sent),
+            [
+                (Role::System, 100),
+                (Role::User, 101),
+                (Role::Assistant, 102),
+                (Role::User, 103)
+            ]
+        );
+        // One token less: the middle turn no longer fits whole, and its reply alone, which
+        // would, is not sent without it.
+        let sent = context_messages(Some(&system), &turns, Some(455), 50);
+        assert_eq!(roles_and_tokens(&sent), [(Role::System, 100), (Role::User, 103)]);
+    }
+
+    #[test]
+    fn a_smaller_older_turn_is_not_sent_once_a_newer_one_did_not_fit() {
+        let turns = vec![
+            message(Role::User, 10),
+            message(Role::Assistant, 10),
+            message(Role::User, 500),
+            message(Role::Assistant, 500),
+            message(Role::User, 100),
+        ];
+        let sent = context_messages(None, &turns, Some(400), 0);
+        assert_eq!(roles_and_tokens(&sent), [(Role::User, 100)]);
+    }
+
+    #[test]
+    fn the_newest_user_message_is_sent_even_when_it_alone_exceeds_the_budget() {
+        let turns = vec![
+            message(Role::User, 10),
+            message(Role::Assistant, 10),
+            message(Role::User, 50_000),
+        ];
+        let sent = context_messages(Some("system"), &turns, None, 1_024);
+        assert_eq!(roles_and_tokens(&sent), [(Role::System, 6), (Role::User, 50_000)]);
+        // No room at all: the output reservation takes the whole window.
+        let sent = context_messages(Some("system"), &turns, Some(1_000), 2_000);
+        assert_eq!(roles_and_tokens(&sent), [(Role::System, 6), (Role::User, 50_000)]);
+        assert_eq!(context_messages(Some("system"), &[], None, 0).len(), 1);
+    }
+
+    #[test]
+    fn without_a_known_window_the_default_one_is_the_budget() {
+        let mut turns = Vec::new();
+        for _ in 0..50 {
+            turns.push(message(Role::User, 100));
+            turns.push(message(Role::Assistant, 100));
+        }
+        turns.push(message(Role::User, 192));
+        // 8,192 - 192 leaves room for exactly 40 turns of 200 tokens.
+        let sent = context_messages(None, &turns, None, 0);
+        assert_eq!(sent.len(), 1 + 2 * 40);
+        assert_eq!(
+            sent.iter().map(estimated_message_tokens).sum::<u64>(),
+            u64::from(DEFAULT_CONTEXT_WINDOW)
+        );
+        assert_eq!(context_messages(None, &turns, None, 1).len(), 1 + 2 * 39);
+    }
+
+    #[test]
+    fn a_reply_before_any_user_message_is_a_turn_of_its_own() {
+        let turns = vec![
+            message(Role::Assistant, 100),
+            message(Role::User, 100),
+            message(Role::Assistant, 100),
+            message(Role::User, 100),
+        ];
+        let sent = context_messages(None, &turns, Some(300), 0);
+        assert_eq!(sent, turns[1..]);
+        let sent = context_messages(None, &turns, Some(400), 0);
+        assert_eq!(sent, turns);
     }
 }
