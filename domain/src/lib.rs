@@ -25,8 +25,8 @@
 //!   [`call_summary`]: their latencies and metrics in a mergeable form.
 //! - [`template`]: parsing and filling `{{variable}}` placeholders; [`chat`]: a chat with a
 //!   model (messages, tools, answers), whatever protocol carries it; [`conversation`]:
-//!   the quick actions the assistant's model may propose, and which turns of a
-//!   conversation a call sends.
+//!   conversations with the assistant: their transcript, the quick actions the model
+//!   proposes, and which turns a call sends.
 //! - [`text`]: validated text values; [`fields`]: reading raw input into them with every
 //!   invalid field reported at once.
 //! - [`position`]: the cursor into the one global order of events.
