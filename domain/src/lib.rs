@@ -24,7 +24,9 @@
 //! - [`usage`]: usage records as clients report them, and their exact cost;
 //!   [`call_summary`]: their latencies and metrics in a mergeable form.
 //! - [`template`]: parsing and filling `{{variable}}` placeholders; [`chat`]: a chat with a
-//!   model (messages, tools, answers), whatever protocol carries it.
+//!   model (messages, tools, answers), whatever protocol carries it; [`conversation`]:
+//!   conversations with the assistant: their transcript, the quick actions the model
+//!   proposes, and which turns a call sends.
 //! - [`text`]: validated text values; [`fields`]: reading raw input into them with every
 //!   invalid field reported at once.
 //! - [`position`]: the cursor into the one global order of events.
@@ -40,6 +42,7 @@ pub mod call_summary;
 pub mod category;
 pub mod chat;
 pub mod config;
+pub mod conversation;
 pub mod experiment;
 pub mod experiment_results;
 pub mod experiment_stats;

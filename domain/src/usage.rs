@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -55,9 +56,11 @@ pub struct UsageRecord {
     pub metrics: BTreeMap<String, f64>,
 }
 
-/// What a record cost: exact, in the price's currency.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a record cost: exact, in the price's currency. Stored (in a conversation's
+/// replies) with the amount as a decimal string, like every amount of money.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cost {
+    #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
     pub currency: String,
 }
