@@ -27,6 +27,7 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::system::router())
         .merge(routes::prompts::router())
         .merge(routes::runs::router())
+        .merge(routes::conversations::router())
         .merge(routes::categories::router())
         .merge(routes::providers::router())
         .merge(routes::models::router())

@@ -469,6 +469,20 @@ impl DomainProblem for domain::experiment::ExperimentError {
     }
 }
 
+impl DomainProblem for domain::conversation::ConversationError {
+    fn into_api_error(self) -> ApiError {
+        use domain::conversation::ConversationError;
+        match self {
+            ConversationError::NotFound => ApiError::NotFound("conversation"),
+            ConversationError::UnknownAction(_) => ApiError::NotFound("action"),
+            ConversationError::AlreadyExists
+            | ConversationError::AwaitingReply
+            | ConversationError::NothingToReplyTo
+            | ConversationError::ActionSettled { .. } => ApiError::Conflict(self.to_string()),
+        }
+    }
+}
+
 impl DomainProblem for IncidentError {
     fn into_api_error(self) -> ApiError {
         match self {

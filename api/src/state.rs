@@ -15,6 +15,7 @@ use domain::budget::Budget;
 use domain::bulk::BulkJob;
 use domain::category::PromptCategory;
 use domain::config::ConfigEntry;
+use domain::conversation::Conversation;
 use domain::experiment::Experiment;
 use domain::export::ExportJob;
 use domain::flag::Flag;
@@ -78,6 +79,7 @@ pub struct App {
     pub live_experiments: LiveExperiments,
     pub provider_health: AggregateStore<ProviderHealth>,
     pub incidents: AggregateStore<Incident>,
+    pub conversations: AggregateStore<Conversation>,
     /// Calls models for runs and conversations; its connections are pooled per provider.
     pub gateway: crate::gateway::Gateway,
     /// Probes providers' health (`crate::prober`): no redirects followed, no credentials sent.
@@ -189,6 +191,7 @@ impl App {
             live_experiments,
             provider_health: store.aggregates(()),
             incidents: store.aggregates(()),
+            conversations: store.aggregates(()),
             probe_client,
             gateway,
             usage: commands::usage::UsageStore::default(),

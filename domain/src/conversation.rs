@@ -472,6 +472,10 @@ pub struct ProposedAction {
     pub id: String,
     pub action: Action,
     pub status: ActionStatus,
+    /// What it would change, read when it was proposed (the target's state before and
+    /// after), for the person deciding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<Value>,
     /// What running it produced, once confirmed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Value>,
@@ -503,6 +507,7 @@ pub fn proposed_actions(calls: &[ToolCall]) -> (Vec<ProposedAction>, Vec<Refused
                 id,
                 action,
                 status: ActionStatus::Proposed,
+                preview: None,
                 outcome: None,
             }),
             Err(invalid) => refused.push(RefusedCall {
@@ -595,6 +600,12 @@ pub enum TranscriptMessage {
         images: Vec<ImageRecord>,
     },
     Assistant(Reply),
+    /// The call answering the message before failed.
+    Failed {
+        run_id: String,
+        status: String,
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -608,6 +619,8 @@ pub enum ConversationCommand {
         label: Option<Slug>,
         subject: Option<String>,
         binding: Option<Binding>,
+        /// The prompt template's variables, filled at every turn.
+        variables: Map<String, Value>,
     },
     /// Only when no message awaits its reply.
     AddUserMessage {
@@ -628,6 +641,13 @@ pub enum ConversationCommand {
         latency_ms: u32,
         proposed_actions: Vec<ProposedAction>,
         refused_calls: Vec<RefusedCall>,
+    },
+    /// The call answering the message awaiting a reply failed (no model answered); the
+    /// message stays in the transcript unanswered, and the next message may follow it.
+    RecordFailedReply {
+        run_id: String,
+        status: String,
+        error: String,
     },
     /// Records that a proposed action ran, and what it produced (the target's new version,
     /// the incident opened).
@@ -650,6 +670,8 @@ pub enum ConversationEvent {
         label: Option<String>,
         subject: Option<String>,
         binding: Option<Binding>,
+        #[serde(default)]
+        variables: Map<String, Value>,
     },
     UserMessageAdded {
         content: String,
@@ -666,6 +688,11 @@ pub enum ConversationEvent {
         proposed_actions: Vec<ProposedAction>,
         refused_calls: Vec<RefusedCall>,
     },
+    ReplyFailed {
+        run_id: String,
+        status: String,
+        error: String,
+    },
     ActionConfirmed {
         action_id: String,
         outcome: Value,
@@ -681,6 +708,7 @@ impl DomainEvent for ConversationEvent {
             Self::ConversationStarted { .. } => "ConversationStarted",
             Self::UserMessageAdded { .. } => "UserMessageAdded",
             Self::AssistantReplied { .. } => "AssistantReplied",
+            Self::ReplyFailed { .. } => "ReplyFailed",
             Self::ActionConfirmed { .. } => "ActionConfirmed",
             Self::ActionDeclined { .. } => "ActionDeclined",
         }
@@ -717,6 +745,7 @@ pub fn parse_start(
     label: Option<&str>,
     subject: Option<&str>,
     binding: Option<(&str, &str)>,
+    variables: Map<String, Value>,
 ) -> Result<ConversationCommand, Invalid> {
     let (label, subject, binding) = (
         label.map(|label| Slug::parse("label", label)).transpose(),
@@ -730,6 +759,7 @@ pub fn parse_start(
         label,
         subject,
         binding,
+        variables,
     })
 }
 
@@ -789,7 +819,8 @@ pub struct Conversation {
     pub label: Option<String>,
     pub subject: Option<String>,
     pub binding: Option<Binding>,
-    /// Oldest first; user and assistant alternate, a user message first.
+    pub variables: Map<String, Value>,
+    /// Oldest first; a user message, then its reply (or the failure of its call), and so on.
     pub messages: Vec<TranscriptMessage>,
 }
 
@@ -803,7 +834,7 @@ impl Conversation {
     pub fn actions(&self) -> impl Iterator<Item = &ProposedAction> {
         self.messages.iter().flat_map(|message| match message {
             TranscriptMessage::Assistant(reply) => reply.actions.as_slice(),
-            TranscriptMessage::User { .. } => &[],
+            TranscriptMessage::User { .. } | TranscriptMessage::Failed { .. } => &[],
         })
     }
 
@@ -830,7 +861,7 @@ impl Conversation {
             .iter_mut()
             .filter_map(|message| match message {
                 TranscriptMessage::Assistant(reply) => Some(reply.actions.iter_mut()),
-                TranscriptMessage::User { .. } => None,
+                TranscriptMessage::User { .. } | TranscriptMessage::Failed { .. } => None,
             })
             .flatten()
             .find(|action| action.id == action_id)
@@ -845,21 +876,37 @@ impl Conversation {
     ///   <action as JSON> <status>]`, with the outcome once confirmed — and per tool call
     ///   refused, with why, so that the model knows what became of them. The tool calls
     ///   themselves are not replayed: a provider expects a tool's result after each, and
-    ///   the actions' results are these lines.
+    ///   the actions' results are these lines;
+    /// - a message whose call failed is left out with its failure, so that the chat
+    ///   alternates as providers require.
     pub fn history(&self) -> Vec<ChatMessage> {
+        let answered = |index: usize| {
+            !matches!(
+                self.messages.get(index + 1),
+                Some(TranscriptMessage::Failed { .. })
+            )
+        };
         self.messages
             .iter()
-            .map(|message| match message {
+            .enumerate()
+            .filter(|(index, message)| {
+                !matches!(message, TranscriptMessage::Failed { .. }) && answered(*index)
+            })
+            .map(|(_, message)| message)
+            .filter_map(|message| match message {
                 TranscriptMessage::User { content, images } => {
                     let text = (!content.is_empty()).then(|| Part::Text(content.clone()));
                     let images = images.iter().map(|image| Part::Text(image.placeholder()));
-                    ChatMessage {
+                    Some(ChatMessage {
                         role: Role::User,
                         content: text.into_iter().chain(images).collect(),
                         tool_calls: Vec::new(),
-                    }
+                    })
                 }
-                TranscriptMessage::Assistant(reply) => ChatMessage::text(Role::Assistant, reply_text(reply)),
+                TranscriptMessage::Assistant(reply) => {
+                    Some(ChatMessage::text(Role::Assistant, reply_text(reply)))
+                }
+                TranscriptMessage::Failed { .. } => None,
             })
             .collect()
     }
@@ -951,12 +998,14 @@ impl Aggregate for Conversation {
                 label,
                 subject,
                 binding,
+                variables,
             } => ConversationEvent::ConversationStarted {
                 tenant,
                 prompt_id,
                 label: label.map(|label| label.to_string()),
                 subject,
                 binding,
+                variables,
             },
             _ if self.tenant.is_none() => return Err(ConversationError::NotFound),
             AddUserMessage { .. } if self.awaiting_reply() => return Err(ConversationError::AwaitingReply),
@@ -986,6 +1035,18 @@ impl Aggregate for Conversation {
                     refused_calls,
                 }
             }
+            RecordFailedReply { .. } if !self.awaiting_reply() => {
+                return Err(ConversationError::NothingToReplyTo)
+            }
+            RecordFailedReply {
+                run_id,
+                status,
+                error,
+            } => ConversationEvent::ReplyFailed {
+                run_id,
+                status,
+                error,
+            },
             ConfirmAction { action_id, outcome } => {
                 self.check_proposed(&action_id)?;
                 ConversationEvent::ActionConfirmed { action_id, outcome }
@@ -1007,7 +1068,9 @@ impl Aggregate for Conversation {
                 label,
                 subject,
                 binding,
+                variables,
             } => {
+                self.variables = variables;
                 self.tenant = Some(tenant);
                 self.prompt_id = Some(prompt_id);
                 self.label = label;
@@ -1038,6 +1101,17 @@ impl Aggregate for Conversation {
                 actions: proposed_actions,
                 refused_calls,
             })),
+            ConversationEvent::ReplyFailed {
+                run_id,
+                status,
+                error,
+            } => {
+                self.messages.push(TranscriptMessage::Failed {
+                    run_id,
+                    status,
+                    error,
+                });
+            }
             ConversationEvent::ActionConfirmed { action_id, outcome } => {
                 if let Some(action) = self.action_mut(&action_id) {
                     action.status = ActionStatus::Confirmed;
@@ -1080,6 +1154,7 @@ mod tests {
             label: Some("production".into()),
             subject: Some("user-7".into()),
             binding: Some(Binding::Incident(INCIDENT)),
+            variables: Map::new(),
         }
     }
 
@@ -1105,6 +1180,7 @@ mod tests {
                 tags: [Slug::parse("tags", tag).unwrap()].into(),
             },
             status: ActionStatus::Proposed,
+            preview: None,
             outcome: None,
         }
     }
@@ -1176,8 +1252,42 @@ mod tests {
                 label: Some(Slug::parse("label", "production").unwrap()),
                 subject: Some("user-7".into()),
                 binding: Some(Binding::Incident(INCIDENT)),
+                variables: Map::new(),
             })
             .then_expect_events(vec![started()]);
+    }
+
+    #[test]
+    fn a_failed_call_leaves_its_message_unanswered_and_out_of_the_history() {
+        let failed = ConversationEvent::ReplyFailed {
+            run_id: "r1".into(),
+            status: "server_error".into(),
+            error: "503".into(),
+        };
+        conversation()
+            .given(vec![started(), asked("first")])
+            .when(ConversationCommand::RecordFailedReply {
+                run_id: "r1".into(),
+                status: "server_error".into(),
+                error: "503".into(),
+            })
+            .then_expect_events(vec![failed.clone()]);
+        conversation()
+            .given(vec![started()])
+            .when(ConversationCommand::RecordFailedReply {
+                run_id: "r1".into(),
+                status: "server_error".into(),
+                error: "503".into(),
+            })
+            .then_expect_error(ConversationError::NothingToReplyTo);
+        let mut conversation = Conversation::default();
+        for event in [started(), asked("first"), failed, asked("second")] {
+            conversation.apply(event);
+        }
+        assert!(conversation.awaiting_reply());
+        let history = conversation.history();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].joined_text(), "second");
     }
 
     #[test]
@@ -1190,6 +1300,7 @@ mod tests {
                 label: None,
                 subject: None,
                 binding: None,
+                variables: Map::new(),
             })
             .then_expect_error(ConversationError::AlreadyExists);
     }
@@ -1515,6 +1626,7 @@ mod tests {
             Some("production"),
             Some("user-7"),
             Some(("incident", "00000000-0000-0000-0000-000000000009")),
+            Map::new(),
         )
         .unwrap();
         let ConversationCommand::StartConversation { binding, label, .. } = command else {
@@ -1522,13 +1634,14 @@ mod tests {
         };
         assert_eq!(binding, Some(Binding::Incident(INCIDENT)));
         assert_eq!(label.map(|l| l.to_string()).as_deref(), Some("production"));
-        assert!(parse_start("acme".into(), PROMPT, None, None, None).is_ok());
+        assert!(parse_start("acme".into(), PROMPT, None, None, None, Map::new()).is_ok());
         let invalid = parse_start(
             "acme".into(),
             PROMPT,
             Some("Prod"),
             Some(""),
             Some(("team", "nope")),
+            Map::new(),
         )
         .unwrap_err();
         assert_eq!(
@@ -1536,7 +1649,7 @@ mod tests {
             ["label", "subject", "binding.kind", "binding.id"]
         );
         let long = "x".repeat(201);
-        assert!(parse_start("acme".into(), PROMPT, None, Some(&long), None).is_err());
+        assert!(parse_start("acme".into(), PROMPT, None, Some(&long), None, Map::new()).is_err());
     }
 
     #[test]

@@ -163,8 +163,20 @@ async fn resolve_affected(app: &AppState, tenant: &str, body: &AffectedBody) -> 
         }),
     )
         .all_valid()?;
+    let affected = Affected {
+        models,
+        features,
+        providers,
+    };
+    check_affected(app, tenant, &affected).await?;
+    Ok(affected)
+}
+
+/// Refuses models and providers `affected` names that the tenant does not have, each named.
+pub(crate) async fn check_affected(app: &AppState, tenant: &str, affected: &Affected) -> ApiResult<()> {
+    let (models, providers) = (&affected.models, &affected.providers);
     let mut missing = Vec::new();
-    for model in &models {
+    for model in models {
         if registry::model_with_reference(&app.pool, tenant, model)
             .await?
             .is_none()
@@ -175,7 +187,7 @@ async fn resolve_affected(app: &AppState, tenant: &str, body: &AffectedBody) -> 
             });
         }
     }
-    for provider in &providers {
+    for provider in providers {
         if registry::provider_named(&app.pool, tenant, provider)
             .await?
             .is_none()
@@ -189,11 +201,33 @@ async fn resolve_affected(app: &AppState, tenant: &str, body: &AffectedBody) -> 
     if !missing.is_empty() {
         return Err(ApiError::Validation(missing));
     }
-    Ok(Affected {
-        models,
-        features,
-        providers,
-    })
+    Ok(())
+}
+
+/// Opens an incident of the caller's tenant, by hand, with the changes related to what it
+/// affects; returns its id.
+pub(crate) async fn open(
+    app: &AppState,
+    context: &CommandContext,
+    severity: Severity,
+    title: DisplayName,
+    affected: Affected,
+) -> ApiResult<Uuid> {
+    let tenant = context.caller.tenant.clone();
+    let related_changes =
+        crate::incidents::related_changes(&app.pool, &tenant, &affected, Utc::now()).await?;
+    let id = context.new_id();
+    let command = IncidentCommand::OpenIncident {
+        tenant,
+        severity,
+        title,
+        affected,
+        opened_by: OpenedBy::Manual,
+        related_changes,
+    };
+    app.create(&app.incidents, &id.to_string(), command, context)
+        .await?;
+    Ok(id)
 }
 
 /// `POST /v1/incidents`: open an incident. Its `related_changes` are the configuration,
@@ -227,19 +261,7 @@ async fn open_incident(
         .all_valid()?;
     let tenant = context.caller.tenant.clone();
     let affected = resolve_affected(&app, &tenant, &body.affected).await?;
-    let related_changes =
-        crate::incidents::related_changes(&app.pool, &tenant, &affected, Utc::now()).await?;
-    let id = context.new_id();
-    let command = IncidentCommand::OpenIncident {
-        tenant: tenant.clone(),
-        severity,
-        title,
-        affected,
-        opened_by: OpenedBy::Manual,
-        related_changes,
-    };
-    app.create(&app.incidents, &id.to_string(), command, &context)
-        .await?;
+    let id = open(&app, &context, severity, title, affected).await?;
     Ok(respond(
         StatusCode::CREATED,
         read_incident(&app, &tenant, id).await?,

@@ -10,6 +10,7 @@ pub mod budgets;
 pub mod bulk;
 pub mod categories;
 pub mod config;
+pub mod conversations;
 pub mod docs;
 pub mod experiments;
 pub mod exports;

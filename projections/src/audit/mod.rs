@@ -43,6 +43,7 @@ use domain::audit::ReadRecord;
 use domain::budget::Budget;
 use domain::category::PromptCategory;
 use domain::config::ConfigEntry;
+use domain::conversation::Conversation;
 use domain::experiment::Experiment;
 use domain::export::ExportJob;
 use domain::flag::Flag;
@@ -361,6 +362,7 @@ fn fold(aggregate_type: &str, state: Option<&str>, payload: &str) -> Result<Fold
         Incident::TYPE => fold_as::<Incident>(state, payload),
         Experiment::TYPE => fold_as::<Experiment>(state, payload),
         ExportJob::TYPE => fold_as::<ExportJob>(state, payload),
+        Conversation::TYPE => fold_as::<Conversation>(state, payload),
         _ => Ok(Fold::Unknown),
     }
 }
