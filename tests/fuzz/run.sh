@@ -32,7 +32,7 @@ if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VER
 fi
 
 log "building aipm"
-cargo build --quiet --bin aipm
+cargo build --quiet --bin aipm --bin aipm-load
 AIPM="$TARGET_DIR/debug/aipm"
 
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -41,11 +41,12 @@ export DATABASE_URL="$POSTGRES/$DATABASE"
 SERVER_LOG="$TARGET_DIR/fuzz-server.log"
 
 SERVER_PID=""
+PROVIDER_PID=""
 cleanup() {
-  if [ -n "$SERVER_PID" ]; then
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
+  for pid in $SERVER_PID $PROVIDER_PID; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   psql "$POSTGRES/postgres" -qc "drop database if exists \"$DATABASE\" with (force)" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -66,6 +67,17 @@ for _ in $(seq 1 120); do
 done
 curl -sf "$BASE/readyz" >/dev/null || { cat "$SERVER_LOG"; echo "aipm did not become ready" >&2; exit 1; }
 
+# Runs and conversations call the seeded model: a fake provider (OpenAI's protocol) that
+# answers at once, so that they reach their answers rather than the network.
+log "starting a fake model provider"
+LLM_SECRET_FILE="$TARGET_DIR/fuzz-llm.key"
+echo "fuzz-llm-secret" >"$LLM_SECRET_FILE"
+rm -f "$TARGET_DIR/fuzz-provider.url"
+"$TARGET_DIR/debug/aipm-load" fake-provider --api-key fuzz-llm-secret >"$TARGET_DIR/fuzz-provider.url" &
+PROVIDER_PID=$!
+for _ in $(seq 1 100); do [ -s "$TARGET_DIR/fuzz-provider.url" ] && break; sleep 0.1; done
+LLM_URL="$(head -n 1 "$TARGET_DIR/fuzz-provider.url")/v1"
+
 log "seeding tenant 'fuzz'"
 ISSUED=$("$AIPM" keys create --tenant fuzz --role admin --name fuzz)
 KEY=$(tail -n 1 <<<"$ISSUED")
@@ -80,7 +92,7 @@ PROMPT_ID=$(api POST /v1/prompts "{\"name\":\"support-reply\",\"category\":\"$CA
 api POST "/v1/prompts/$PROMPT_ID/versions" '{"template":"Answer {{customer}}.","model":"openai/gpt-4o-mini","params":{"temperature":0.2}}' >/dev/null
 api POST "/v1/prompts/$PROMPT_ID/versions" '{"template":"Answer {{customer}} about {{topic}}."}' >/dev/null
 api PUT "/v1/prompts/$PROMPT_ID/labels/production" '{"version":2}' >/dev/null
-AIPM_FUZZ_PROVIDER_ID=$(api POST /v1/providers '{"name":"openai","kind":"openai","base_url":"https://api.openai.com/v1","credential_ref":"env:OPENAI_API_KEY"}' | field id)
+AIPM_FUZZ_PROVIDER_ID=$(api POST /v1/providers "{\"name\":\"openai\",\"kind\":\"openai\",\"base_url\":\"$LLM_URL\",\"credential_ref\":\"file:$LLM_SECRET_FILE\"}" | field id)
 AIPM_FUZZ_MODEL_ID=$(api POST /v1/models '{"provider":"openai","model_id":"gpt-4o-mini","capabilities":["chat"]}' | field id)
 api POST "/v1/models/$AIPM_FUZZ_MODEL_ID/prices" '{"effective_from":"2026-01-01T00:00:00Z","input_per_mtok":"0.15","output_per_mtok":"0.60","currency":"USD"}' >/dev/null
 AIPM_FUZZ_CONFIG_KEY=limits.max_output_tokens

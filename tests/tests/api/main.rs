@@ -11,6 +11,7 @@ mod bulk;
 mod categories;
 mod concurrency;
 mod config;
+mod conversations;
 mod durability;
 mod errors;
 mod experiments;
