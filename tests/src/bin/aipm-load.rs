@@ -10,6 +10,8 @@
 //! - `relay`: the NATS feed: events/s the relay publishes from a seeded log, and
 //!   commit→subscriber latency while commands run at a steady rate, each against raw
 //!   JetStream publishing from this tool as a baseline.
+//! - `fake-provider`: a fake LLM provider answering after a fixed latency, for the model
+//!   gateway's benchmark.
 //!
 //! Every failure is one line on stderr and a non-zero exit code.
 
@@ -24,6 +26,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use commands::CommandMetadata;
 use cqrs_es::{Aggregate, DomainEvent};
 use domain::prompt::{Prompt, PromptEvent, Template};
+use integration_tests::fake_provider::FakeProvider;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -90,6 +93,25 @@ enum Command {
     /// Then `--clients` clients each POST batches of `--batch` records (new ids every time) to
     /// `/v1/usage` for `--duration`. Reports records/s of both and their ratio.
     Ingest(IngestArgs),
+    /// A fake LLM provider (OpenAI-compatible and Anthropic) for the model gateway's
+    /// benchmark: prints its base URL on stdout as one line, then serves until killed.
+    ///
+    /// OpenAI-compatible requests go to `{url}/v1/chat/completions`, Anthropic ones to
+    /// `{url}/v1/messages`. Each answer echoes the last user message after `--latency-ms`.
+    FakeProvider(FakeProviderArgs),
+}
+
+#[derive(Debug, Args)]
+struct FakeProviderArgs {
+    /// Port on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Delay before every answer (before the first chunk of a stream).
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// The only API key accepted (as `Authorization: Bearer` or `x-api-key`).
+    #[arg(long, default_value = "fake-provider-key")]
+    api_key: String,
 }
 
 #[derive(Debug, Args)]
@@ -429,7 +451,21 @@ async fn run(cli: Cli) -> Result<()> {
         Command::DeleteStream(args) => relay::delete_stream(args).await,
         Command::Bulk(args) => bulk(args).await,
         Command::Ingest(args) => ingest(args).await,
+        Command::FakeProvider(args) => fake_provider(args).await,
     }
+}
+
+async fn fake_provider(args: FakeProviderArgs) -> Result<()> {
+    let address = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, args.port));
+    let latency = Duration::from_millis(args.latency_ms);
+    let provider = FakeProvider::start_on(address, &args.api_key, latency)
+        .await
+        .map_err(|error| format!("cannot listen on {address}: {error}"))?;
+    // A benchmark sends far more requests than are worth keeping.
+    provider.set_recording(false);
+    println!("{}", provider.anthropic_base_url());
+    std::future::pending::<()>().await;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
