@@ -51,6 +51,8 @@ const PROBLEM_JSON: &str = "application/problem+json";
             Conflict,
             TooManyRequests,
             Unavailable,
+            BudgetExhausted,
+            ProviderFailed,
         )
     ),
     modifiers(&BearerScheme),

@@ -791,6 +791,7 @@ async fn run_action(
         (status = 200, description = "The action, declined", body = ActionAnswer),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
+        (status = 422, response = ValidationFailed),
     )
 )]
 async fn decline_action(

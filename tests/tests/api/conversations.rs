@@ -21,7 +21,14 @@ async fn fixture(model: &str) -> Fixture {
     let secret = Secret::new();
     let fake = FakeProvider::start(&secret.value).await;
     register_fake_models(&app, &fake, &secret).await;
-    let prompt = prompt_for(&app, "assistant", "You help the {{team}} team.", model, json!(null)).await;
+    let prompt = prompt_for(
+        &app,
+        "assistant",
+        "You help the {{team}} team.",
+        model,
+        json!(null),
+    )
+    .await;
     Fixture {
         app,
         fake,
@@ -31,18 +38,31 @@ async fn fixture(model: &str) -> Fixture {
 }
 
 async fn start(app: &TestApp, body: Value) -> String {
-    let started = expect_status(app.post("/v1/conversations", &app.admin_key, body).await, StatusCode::CREATED).await;
+    let started = expect_status(
+        app.post("/v1/conversations", &app.admin_key, body).await,
+        StatusCode::CREATED,
+    )
+    .await;
     started["id"].as_str().expect("id").to_string()
 }
 
 async fn say(app: &TestApp, conversation: &str, body: Value) -> reqwest::Response {
-    app.post(&format!("/v1/conversations/{conversation}/messages"), &app.admin_key, body)
-        .await
+    app.post(
+        &format!("/v1/conversations/{conversation}/messages"),
+        &app.admin_key,
+        body,
+    )
+    .await
 }
 
 #[tokio::test]
 async fn a_conversation_sends_its_history_and_the_state_of_what_it_is_about() {
-    let Fixture { app, fake, prompt, .. } = fixture("local/small").await;
+    let Fixture {
+        app,
+        fake,
+        prompt,
+        _secret,
+    } = fixture("local/small").await;
     let incident = expect_status(
         app.post(
             "/v1/incidents",
@@ -59,11 +79,19 @@ async fn a_conversation_sends_its_history_and_the_state_of_what_it_is_about() {
                "context": {"kind": "incident", "id": incident["id"]}}),
     )
     .await;
-    let first = expect_status(say(&app, &id, json!({"content": "What is broken?"})).await, StatusCode::OK).await;
+    let first = expect_status(
+        say(&app, &id, json!({"content": "What is broken?"})).await,
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(first["reply"]["content"], "echo: What is broken?");
     assert_eq!(first["reply"]["model"], "local/small");
     assert_eq!(first["reply"]["prompt_version"], 1);
-    let second = expect_status(say(&app, &id, json!({"content": "And since when?"})).await, StatusCode::OK).await;
+    let second = expect_status(
+        say(&app, &id, json!({"content": "And since when?"})).await,
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(second["reply"]["content"], "echo: And since when?");
     let sent = fake.requests_for("small");
     assert_eq!(sent.len(), 2);
@@ -72,7 +100,10 @@ async fn a_conversation_sends_its_history_and_the_state_of_what_it_is_about() {
     assert_eq!(roles, ["system", "user", "assistant", "user"]);
     let system = messages[0]["content"].as_str().expect("system");
     assert!(system.starts_with("You help the support team."), "{system}");
-    assert!(system.contains("Checkout answers are slow"), "the incident's state is given: {system}");
+    assert!(
+        system.contains("Checkout answers are slow"),
+        "the incident's state is given: {system}"
+    );
     assert_eq!(messages[2]["content"], "echo: What is broken?");
     // Tools offered: the quick actions.
     let tools: Vec<&str> = sent[1].body["tools"]
@@ -81,9 +112,16 @@ async fn a_conversation_sends_its_history_and_the_state_of_what_it_is_about() {
         .iter()
         .filter_map(|t| t["function"]["name"].as_str())
         .collect();
-    assert!(tools.contains(&"tag_prompt") && tools.contains(&"open_incident"), "{tools:?}");
+    assert!(
+        tools.contains(&"tag_prompt") && tools.contains(&"open_incident"),
+        "{tools:?}"
+    );
     // The transcript, and one usage record per call, named by the reply.
-    let transcript = expect_status(app.get(&format!("/v1/conversations/{id}"), &app.admin_key).await, StatusCode::OK).await;
+    let transcript = expect_status(
+        app.get(&format!("/v1/conversations/{id}"), &app.admin_key).await,
+        StatusCode::OK,
+    )
+    .await;
     let roles: Vec<&str> = transcript["messages"]
         .as_array()
         .expect("messages")
@@ -95,7 +133,12 @@ async fn a_conversation_sends_its_history_and_the_state_of_what_it_is_about() {
     assert_eq!(records.len(), 2);
     assert!(records.iter().any(|r| r["id"] == second["reply"]["run_id"]));
     assert!(records.iter().all(|r| r["subject"] == "user-1"));
-    let history = expect_status(app.get(&format!("/v1/conversations/{id}/history"), &app.admin_key).await, StatusCode::OK).await;
+    let history = expect_status(
+        app.get(&format!("/v1/conversations/{id}/history"), &app.admin_key)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
     let types: Vec<&str> = history["items"]
         .as_array()
         .expect("items")
@@ -104,16 +147,31 @@ async fn a_conversation_sends_its_history_and_the_state_of_what_it_is_about() {
         .collect();
     assert_eq!(
         types,
-        ["ConversationStarted", "UserMessageAdded", "AssistantReplied", "UserMessageAdded", "AssistantReplied"]
+        [
+            "ConversationStarted",
+            "UserMessageAdded",
+            "AssistantReplied",
+            "UserMessageAdded",
+            "AssistantReplied"
+        ]
     );
 }
 
 #[tokio::test]
 async fn the_rendered_prompt_is_checked_when_the_conversation_starts() {
-    let Fixture { app, fake, prompt, .. } = fixture("local/small").await;
+    let Fixture {
+        app,
+        fake,
+        prompt,
+        _secret,
+    } = fixture("local/small").await;
     let refused = expect_problem(
-        app.post("/v1/conversations", &app.admin_key, json!({"prompt_id": prompt, "variables": {}}))
-            .await,
+        app.post(
+            "/v1/conversations",
+            &app.admin_key,
+            json!({"prompt_id": prompt, "variables": {}}),
+        )
+        .await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation-failed",
     )
@@ -136,11 +194,26 @@ async fn the_rendered_prompt_is_checked_when_the_conversation_starts() {
 
 #[tokio::test]
 async fn images_need_a_vision_model_and_only_their_digest_is_recorded() {
-    let Fixture { app, fake, prompt, .. } = fixture("local/small").await;
-    let id = start(&app, json!({"prompt_id": prompt, "variables": {"team": "design"}})).await;
-    let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
+    let Fixture {
+        app,
+        fake,
+        prompt,
+        _secret,
+    } = fixture("local/small").await;
+    let id = start(
+        &app,
+        json!({"prompt_id": prompt, "variables": {"team": "design"}}),
+    )
+    .await;
+    let png =
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
     let refused = expect_problem(
-        say(&app, &id, json!({"content": "What is this?", "images": [{"data": png, "media_type": "image/png"}]})).await,
+        say(
+            &app,
+            &id,
+            json!({"content": "What is this?", "images": [{"data": png, "media_type": "image/png"}]}),
+        )
+        .await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation-failed",
     )
@@ -148,27 +221,59 @@ async fn images_need_a_vision_model_and_only_their_digest_is_recorded() {
     assert_eq!(refused["errors"][0]["field"], "images");
     assert!(fake.requests().is_empty(), "refused before any call");
 
-    let vision = prompt_for(&app, "vision", "You describe images for {{team}}.", "claude/haiku", json!(null)).await;
-    let id = start(&app, json!({"prompt_id": vision, "variables": {"team": "design"}})).await;
+    let vision = prompt_for(
+        &app,
+        "vision",
+        "You describe images for {{team}}.",
+        "claude/haiku",
+        json!(null),
+    )
+    .await;
+    let id = start(
+        &app,
+        json!({"prompt_id": vision, "variables": {"team": "design"}}),
+    )
+    .await;
     expect_status(
-        say(&app, &id, json!({"content": "What is this?", "images": [{"data": png, "media_type": "image/png"}]})).await,
+        say(
+            &app,
+            &id,
+            json!({"content": "What is this?", "images": [{"data": png, "media_type": "image/png"}]}),
+        )
+        .await,
         StatusCode::OK,
     )
     .await;
     let sent = fake.requests_for("haiku");
-    let content = sent[0].body["messages"][0]["content"].as_array().expect("content").clone();
+    let content = sent[0].body["messages"][0]["content"]
+        .as_array()
+        .expect("content")
+        .clone();
     assert_eq!(content[1]["type"], "image");
     assert_eq!(content[1]["source"]["data"], png);
     let bytes = {
         use base64::Engine;
-        base64::engine::general_purpose::STANDARD.decode(png).expect("base64")
+        base64::engine::general_purpose::STANDARD
+            .decode(png)
+            .expect("base64")
     };
-    let history = expect_status(app.get(&format!("/v1/conversations/{id}/history"), &app.admin_key).await, StatusCode::OK).await;
+    let history = expect_status(
+        app.get(&format!("/v1/conversations/{id}/history"), &app.admin_key)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
     let added = &history["items"][1]["data"];
-    let image = &added["UserMessageAdded"]["images"][0];
+    let image = &added.get("UserMessageAdded").unwrap_or(added)["images"][0];
     assert_eq!(image["size_bytes"], bytes.len());
-    assert_eq!(image["sha256"], hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
-    assert!(!history.to_string().contains(png), "the bytes are never in an event");
+    assert_eq!(
+        image["sha256"],
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
+    );
+    assert!(
+        !history.to_string().contains(png),
+        "the bytes are never in an event"
+    );
     // A later turn sends the image as a note, not again.
     expect_status(say(&app, &id, json!({"content": "Thanks"})).await, StatusCode::OK).await;
     let later = &fake.requests_for("haiku")[1].body["messages"][0]["content"];
@@ -177,20 +282,38 @@ async fn images_need_a_vision_model_and_only_their_digest_is_recorded() {
 
 #[tokio::test]
 async fn proposed_actions_run_only_when_a_key_that_may_confirms_them() {
-    let Fixture { app, fake, prompt, .. } = fixture("local/small").await;
+    let Fixture {
+        app,
+        fake,
+        prompt,
+        _secret,
+    } = fixture("local/small").await;
     let id = start(&app, json!({"prompt_id": prompt, "variables": {"team": "ops"}})).await;
     fake.script(
         "small",
         vec![Reply::ToolCalls {
             text: "I can do that.".into(),
             calls: vec![
-                ("tag_prompt".into(), json!({"prompt_id": prompt, "tags": ["reviewed"]})),
-                ("move_prompt_label".into(), json!({"prompt_id": prompt, "label": "staging", "version": 1})),
-                ("tag_prompt".into(), json!({"prompt_id": prompt, "tags": ["Not A Slug"]})),
+                (
+                    "tag_prompt".into(),
+                    json!({"prompt_id": prompt, "tags": ["reviewed"]}),
+                ),
+                (
+                    "move_prompt_label".into(),
+                    json!({"prompt_id": prompt, "label": "staging", "version": 1}),
+                ),
+                (
+                    "tag_prompt".into(),
+                    json!({"prompt_id": prompt, "tags": ["Not A Slug"]}),
+                ),
             ],
         }],
     );
-    let answer = expect_status(say(&app, &id, json!({"content": "Tag it and stage it"})).await, StatusCode::OK).await;
+    let answer = expect_status(
+        say(&app, &id, json!({"content": "Tag it and stage it"})).await,
+        StatusCode::OK,
+    )
+    .await;
     let reply = &answer["reply"];
     assert_eq!(reply["content"], "I can do that.");
     let actions = reply["actions"].as_array().expect("actions").clone();
@@ -200,30 +323,52 @@ async fn proposed_actions_run_only_when_a_key_that_may_confirms_them() {
     assert_eq!(actions[0]["preview"]["tags_after"], json!(["reviewed"]));
     assert_eq!(actions[1]["preview"]["version_after"], 1);
     // Nothing applied yet.
-    let before = expect_status(app.get(&format!("/v1/prompts/{prompt}"), &app.admin_key).await, StatusCode::OK).await;
+    let before = expect_status(
+        app.get(&format!("/v1/prompts/{prompt}"), &app.admin_key).await,
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(before["tags"], json!([]));
     let tag = actions[0]["id"].as_str().expect("id");
     let confirm = |key: String, action: String| {
         let app = &app;
         let id = id.clone();
         async move {
-            app.request(Method::POST, &format!("/v1/conversations/{id}/actions/{action}/confirm"), &key)
-                .send()
-                .await
-                .expect("confirm")
+            app.request(
+                Method::POST,
+                &format!("/v1/conversations/{id}/actions/{action}/confirm"),
+                &key,
+            )
+            .send()
+            .await
+            .expect("confirm")
         }
     };
     // A key whose role may not change prompts is refused, and nothing changes.
     let ingest = app.key("acme", "ingest").await;
-    expect_problem(confirm(ingest, tag.to_string()).await, StatusCode::FORBIDDEN, "forbidden").await;
+    expect_problem(
+        confirm(ingest, tag.to_string()).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
     let editor = app.key("acme", "editor").await;
     let confirmed = expect_status(confirm(editor.clone(), tag.to_string()).await, StatusCode::OK).await;
     assert_eq!(confirmed["action"]["status"], "confirmed");
     assert!(confirmed["action"]["outcome"]["version"].as_u64().is_some());
-    let after = expect_status(app.get(&format!("/v1/prompts/{prompt}"), &app.admin_key).await, StatusCode::OK).await;
+    let after = expect_status(
+        app.get(&format!("/v1/prompts/{prompt}"), &app.admin_key).await,
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(after["tags"], json!(["reviewed"]));
     // The change is the confirming key's, caused by the conversation.
-    let prompt_history = expect_status(app.get(&format!("/v1/prompts/{prompt}/history"), &app.admin_key).await, StatusCode::OK).await;
+    let prompt_history = expect_status(
+        app.get(&format!("/v1/prompts/{prompt}/history"), &app.admin_key)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
     let tagged = prompt_history["items"]
         .as_array()
         .expect("items")
@@ -232,35 +377,86 @@ async fn proposed_actions_run_only_when_a_key_that_may_confirms_them() {
         .cloned()
         .expect("tagged");
     assert_eq!(tagged["actor"]["name"], "acme-editor");
-    expect_problem(confirm(editor.clone(), tag.to_string()).await, StatusCode::CONFLICT, "conflict").await;
+    expect_problem(
+        confirm(editor.clone(), tag.to_string()).await,
+        StatusCode::CONFLICT,
+        "conflict",
+    )
+    .await;
     // The other is declined, and cannot be confirmed after.
     let label = actions[1]["id"].as_str().expect("id");
     let declined = expect_status(
-        app.request(Method::POST, &format!("/v1/conversations/{id}/actions/{label}/decline"), &app.admin_key)
-            .send()
-            .await
-            .expect("decline"),
+        app.request(
+            Method::POST,
+            &format!("/v1/conversations/{id}/actions/{label}/decline"),
+            &app.admin_key,
+        )
+        .send()
+        .await
+        .expect("decline"),
         StatusCode::OK,
     )
     .await;
     assert_eq!(declined["action"]["status"], "declined");
-    expect_problem(confirm(editor.clone(), label.to_string()).await, StatusCode::CONFLICT, "conflict").await;
-    expect_problem(confirm(editor, "no-such-action".into()).await, StatusCode::NOT_FOUND, "not-found").await;
+    expect_problem(
+        confirm(editor.clone(), label.to_string()).await,
+        StatusCode::CONFLICT,
+        "conflict",
+    )
+    .await;
+    expect_problem(
+        confirm(editor, "no-such-action".into()).await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    )
+    .await;
     // The next turn tells the model what became of its proposals.
     expect_status(say(&app, &id, json!({"content": "Done?"})).await, StatusCode::OK).await;
     let sent = fake.requests_for("small");
-    let assistant = sent[1].body["messages"][2]["content"].as_str().expect("assistant text").to_string();
-    assert!(assistant.contains("confirmed") && assistant.contains("declined"), "{assistant}");
+    let assistant = sent[1].body["messages"][2]["content"]
+        .as_str()
+        .expect("assistant text")
+        .to_string();
+    assert!(
+        assistant.contains("confirmed") && assistant.contains("declined"),
+        "{assistant}"
+    );
 }
 
 #[tokio::test]
 async fn a_call_no_model_answers_leaves_the_message_unanswered_and_the_conversation_going() {
-    let Fixture { app, fake, prompt, .. } = fixture("local/small").await;
+    let Fixture {
+        app,
+        fake,
+        prompt,
+        _secret,
+    } = fixture("local/small").await;
     let id = start(&app, json!({"prompt_id": prompt, "variables": {"team": "ops"}})).await;
-    fake.script("small", vec![Reply::Status { status: 400, retry_after: None }]);
-    fake.script("haiku", vec![Reply::Status { status: 400, retry_after: None }]);
-    expect_problem(say(&app, &id, json!({"content": "Hello?"})).await, StatusCode::BAD_GATEWAY, "provider-failed").await;
-    let answered = expect_status(say(&app, &id, json!({"content": "Hello again"})).await, StatusCode::OK).await;
+    fake.script(
+        "small",
+        vec![Reply::Status {
+            status: 400,
+            retry_after: None,
+        }],
+    );
+    fake.script(
+        "haiku",
+        vec![Reply::Status {
+            status: 400,
+            retry_after: None,
+        }],
+    );
+    expect_problem(
+        say(&app, &id, json!({"content": "Hello?"})).await,
+        StatusCode::BAD_GATEWAY,
+        "provider-failed",
+    )
+    .await;
+    let answered = expect_status(
+        say(&app, &id, json!({"content": "Hello again"})).await,
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(answered["reply"]["content"], "echo: Hello again");
     let sent = fake.requests_for("small");
     let roles: Vec<&str> = sent[1].body["messages"]
@@ -270,7 +466,11 @@ async fn a_call_no_model_answers_leaves_the_message_unanswered_and_the_conversat
         .filter_map(|m| m["role"].as_str())
         .collect();
     assert_eq!(roles, ["system", "user"], "the unanswered message is left out");
-    let transcript = expect_status(app.get(&format!("/v1/conversations/{id}"), &app.admin_key).await, StatusCode::OK).await;
+    let transcript = expect_status(
+        app.get(&format!("/v1/conversations/{id}"), &app.admin_key).await,
+        StatusCode::OK,
+    )
+    .await;
     let roles: Vec<&str> = transcript["messages"]
         .as_array()
         .expect("messages")
@@ -283,7 +483,12 @@ async fn a_call_no_model_answers_leaves_the_message_unanswered_and_the_conversat
 
 #[tokio::test]
 async fn conversations_belong_to_their_tenant() {
-    let Fixture { app, prompt, .. } = fixture("local/small").await;
+    let Fixture {
+        app,
+        prompt,
+        fake: _fake,
+        _secret,
+    } = fixture("local/small").await;
     let id = start(&app, json!({"prompt_id": prompt, "variables": {"team": "ops"}})).await;
     let other = app.key("globex", "admin").await;
     expect_each_not_found(
@@ -292,15 +497,32 @@ async fn conversations_belong_to_their_tenant() {
         vec![
             (Method::GET, format!("/v1/conversations/{id}"), None),
             (Method::GET, format!("/v1/conversations/{id}/history"), None),
-            (Method::POST, format!("/v1/conversations/{id}/messages"), Some(json!({"content": "hi"}))),
-            (Method::POST, format!("/v1/conversations/{id}/actions/action-1/confirm"), None),
-            (Method::POST, format!("/v1/conversations/{id}/actions/action-1/decline"), None),
+            (
+                Method::POST,
+                format!("/v1/conversations/{id}/messages"),
+                Some(json!({"content": "hi"})),
+            ),
+            (
+                Method::POST,
+                format!("/v1/conversations/{id}/actions/action-1/confirm"),
+                None,
+            ),
+            (
+                Method::POST,
+                format!("/v1/conversations/{id}/actions/action-1/decline"),
+                None,
+            ),
         ],
         &id,
     )
     .await;
     expect_problem(
-        app.post("/v1/conversations", &other, json!({"prompt_id": prompt, "variables": {"team": "x"}})).await,
+        app.post(
+            "/v1/conversations",
+            &other,
+            json!({"prompt_id": prompt, "variables": {"team": "x"}}),
+        )
+        .await,
         StatusCode::NOT_FOUND,
         "not-found",
     )

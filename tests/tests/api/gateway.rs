@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use integration_tests::fake_provider::{counted_input_tokens, FakeProvider, Reply};
+use integration_tests::fake_provider::{counted_input_tokens, text_chunks, FakeProvider, Reply};
 use integration_tests::harness::{expect_problem, expect_status, test_settings, TestApp};
 use reqwest::{Method, StatusCode};
 use rust_decimal::Decimal;
@@ -176,7 +176,10 @@ async fn fixture() -> Fixture {
 #[tokio::test]
 async fn a_run_renders_the_version_calls_its_model_and_records_its_usage_and_cost_once() {
     let Fixture {
-        app, fake, prompt, ..
+        app,
+        fake,
+        prompt,
+        _secret,
     } = fixture().await;
     let answer = expect_status(
         run(
@@ -245,7 +248,10 @@ async fn a_run_renders_the_version_calls_its_model_and_records_its_usage_and_cos
 #[tokio::test]
 async fn bad_runs_are_refused_field_by_field_before_any_model_is_called() {
     let Fixture {
-        app, fake, prompt, ..
+        app,
+        fake,
+        prompt,
+        _secret,
     } = fixture().await;
     let refused = expect_problem(
         run(&app, &prompt, json!({"variables": {"text": "x", "wrods": 3}})).await,
@@ -315,7 +321,10 @@ async fn bad_runs_are_refused_field_by_field_before_any_model_is_called() {
 #[tokio::test]
 async fn a_spent_hard_budget_refuses_the_call_before_the_provider_is_called() {
     let Fixture {
-        app, fake, prompt, ..
+        app,
+        fake,
+        prompt,
+        _secret,
     } = fixture().await;
     expect_status(
         app.post(
@@ -347,7 +356,10 @@ async fn a_spent_hard_budget_refuses_the_call_before_the_provider_is_called() {
 #[tokio::test]
 async fn rate_limits_and_server_errors_are_retried_then_the_fallback_answers() {
     let Fixture {
-        app, fake, prompt, ..
+        app,
+        fake,
+        prompt,
+        _secret,
     } = fixture().await;
     fake.script(
         "small",
@@ -406,7 +418,10 @@ async fn rate_limits_and_server_errors_are_retried_then_the_fallback_answers() {
 #[tokio::test]
 async fn a_call_no_model_answers_is_a_502_and_is_recorded_with_its_attempts() {
     let Fixture {
-        app, fake, prompt, ..
+        app,
+        fake,
+        prompt,
+        _secret,
     } = fixture().await;
     fake.script("small", vec![Reply::Slow(Duration::from_secs(3)); 3]);
     fake.script(
@@ -447,7 +462,10 @@ async fn a_call_no_model_answers_is_a_502_and_is_recorded_with_its_attempts() {
 #[tokio::test]
 async fn a_running_experiment_picks_the_subjects_version_and_the_record_says_which() {
     let Fixture {
-        app, fake, prompt, ..
+        app,
+        fake,
+        prompt,
+        _secret,
     } = fixture().await;
     publish_version(
         &app,
@@ -570,7 +588,10 @@ async fn sse_events(response: reqwest::Response) -> Vec<(String, Value)> {
 #[tokio::test]
 async fn a_streamed_run_sends_the_tokens_as_they_come_then_the_answer_and_records_once() {
     let Fixture {
-        app, fake, prompt, ..
+        app,
+        fake,
+        prompt,
+        _secret,
     } = fixture().await;
     for (model, version) in [("local/small", 1), ("claude/haiku", 2)] {
         if version == 2 {
@@ -615,7 +636,10 @@ async fn a_streamed_run_sends_the_tokens_as_they_come_then_the_answer_and_record
 #[tokio::test]
 async fn a_cut_stream_ends_with_an_error_event_and_is_recorded_with_what_came() {
     let Fixture {
-        app, fake, prompt, ..
+        app,
+        fake,
+        prompt,
+        _secret,
     } = fixture().await;
     fake.script("small", vec![Reply::CutAfter { chunks: 3 }]);
     let events = sse_events(
@@ -632,7 +656,8 @@ async fn a_cut_stream_ends_with_an_error_event_and_is_recorded_with_what_came() 
         .filter(|(name, _)| name == "delta")
         .filter_map(|(_, data)| data["text"].as_str())
         .collect();
-    assert_eq!(deltas, "echo: Summarise the ");
+    let full = "echo: Summarise the long minutes in 5 words";
+    assert_eq!(deltas, text_chunks(full)[..3].concat());
     let (last, error) = events.last().expect("events");
     assert_eq!(last, "error");
     assert_eq!(error["type"], "/problems/provider-failed");
@@ -651,7 +676,10 @@ async fn a_cut_stream_ends_with_an_error_event_and_is_recorded_with_what_came() 
 #[tokio::test]
 async fn runs_belong_to_their_tenant_and_need_a_role_that_may_run() {
     let Fixture {
-        app, fake, prompt, ..
+        app,
+        fake,
+        prompt,
+        _secret,
     } = fixture().await;
     let other = app.key("globex", "admin").await;
     expect_problem(
