@@ -319,6 +319,10 @@ struct MessageBody {
     #[serde(default)]
     #[schema(max_items = 10)]
     images: Vec<ImageBody>,
+    /// Answer with Server-Sent Events: `message`, `delta`… as the reply arrives, then `done`
+    /// (what the answer would be) or `error`.
+    #[serde(default)]
+    stream: bool,
 }
 
 /// A message's image: what is recorded, and what is sent.
@@ -400,7 +404,10 @@ struct MessageAnswer {
     params(("conversation_id" = Uuid, Path, description = "The conversation's id")),
     request_body = MessageBody,
     responses(
-        (status = 200, description = "The model's reply", body = MessageAnswer),
+        (status = 200, description = "The model's reply (or, with `stream: true`, Server-Sent Events)", content(
+            (MessageAnswer = "application/json"),
+            (String = "text/event-stream"),
+        )),
         (status = 402, response = BudgetExhausted),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
@@ -416,6 +423,12 @@ async fn send_message(
 ) -> ApiResult<Response> {
     let caller = context.caller.clone();
     caller.require(Permission::RunPrompts)?;
+    if body.stream && context.metadata.idempotency_key.is_some() {
+        return Err(ApiError::invalid(
+            "stream",
+            "a streamed reply cannot be replayed under an Idempotency-Key: send stream: false to use one",
+        ));
+    }
     let (conversation, _) = load(&app, &caller, id).await?;
     let prompt_id = conversation
         .prompt_id
@@ -480,43 +493,94 @@ async fn send_message(
     });
     let window = chain.primary.context_window.and_then(|w| u32::try_from(w).ok());
     let messages = conversation::context_messages(Some(&system), &turns, window, reserved);
-    let sent = messages.len();
+    let messages_sent = messages.len();
     let chat = crate::gateway::ChatRequest {
         messages,
         params,
         tools: conversation::tool_definitions(),
     };
     let call = CallContext::new(Some(&version), audience);
-    let inner = follow_up(&context, id);
+    let turn = Turn {
+        conversation: id,
+        context: follow_up(&context, id),
+        chain,
+        call,
+        version: version.version,
+        sent: messages_sent,
+    };
+    if body.stream {
+        let started = crate::routes::runs::json_event(
+            "message",
+            &json!({"conversation_id": id, "run_id": turn.call.run_id, "model": turn.chain.primary.reference}),
+        );
+        let endpoints = turn.chain.endpoints.clone();
+        let response =
+            crate::routes::runs::stream_call(app, endpoints, chat, started, move |app, report| async move {
+                match turn.finish(&app, report).await {
+                    Ok(answer) => crate::routes::runs::json_event("done", &answer),
+                    Err(error) => crate::routes::runs::error_event(&error),
+                }
+            });
+        return Ok(response.into_response());
+    }
     // The call, its record and the reply go on even if this request is abandoned.
     let task = tokio::spawn(async move {
-        let report = app.gateway.complete(&chain.endpoints, &chat).await;
-        let recorded = runs::record(&app, &inner.caller, &chain, &call, &report).await?;
+        let report = app.gateway.complete(&turn.chain.endpoints, &chat).await;
+        turn.finish(&app, report).await
+    });
+    let answer = task
+        .await
+        .map_err(|e| ApiError::Internal(format!("a conversation's task failed: {e}")))??;
+    Ok(Json(answer).into_response())
+}
+
+/// A call answering a message, about to be made: what recording it takes.
+struct Turn {
+    conversation: Uuid,
+    /// The context of the commands recording the reply.
+    context: CommandContext,
+    chain: runs::Chain,
+    call: CallContext,
+    version: u32,
+    /// Messages sent to the model.
+    sent: usize,
+}
+
+impl Turn {
+    /// Records the call's usage, then its reply (with its actions, each previewed) or its
+    /// failure in the conversation.
+    async fn finish(self, app: &AppState, report: crate::gateway::CallReport) -> ApiResult<MessageAnswer> {
+        let Turn {
+            conversation: id,
+            context,
+            chain,
+            call,
+            version,
+            sent,
+        } = self;
+        let recorded = runs::record(app, &context.caller, &chain, &call, &report).await?;
         if !report.succeeded() {
+            let error = report.error().unwrap_or("no model could be called").to_string();
             let command = ConversationCommand::RecordFailedReply {
                 run_id: call.run_id.to_string(),
                 status: report.status.clone(),
-                error: report.error().unwrap_or("no model could be called").to_string(),
+                error: error.clone(),
             };
-            app.execute(&app.conversations, &id.to_string(), command, &inner)
+            app.execute(&app.conversations, &id.to_string(), command, &context)
                 .await?;
             return Err(ApiError::ProviderFailed {
                 run_id: call.run_id,
-                detail: format!(
-                    "{}: {}",
-                    report.status,
-                    report.error().unwrap_or("no model could be called")
-                ),
+                detail: format!("{}: {error}", report.status),
             });
         }
         let (mut actions, refused_calls) = conversation::proposed_actions(&report.answer.tool_calls);
         for action in &mut actions {
-            action.preview = preview(&app, &inner.caller.tenant, &action.action).await.ok();
+            action.preview = preview(app, &context.caller.tenant, &action.action).await.ok();
         }
         let command = ConversationCommand::RecordReply {
             content: report.answer.text.clone(),
             model: recorded.model.clone(),
-            prompt_version: version.version,
+            prompt_version: version,
             run_id: call.run_id.to_string(),
             usage: report.answer.usage,
             cost: recorded.cost.as_ref().and_then(|cost| {
@@ -530,7 +594,7 @@ async fn send_message(
             refused_calls,
         };
         let committed = app
-            .execute(&app.conversations, &id.to_string(), command, &inner)
+            .execute(&app.conversations, &id.to_string(), command, &context)
             .await?;
         let (conversation, version) = app.conversations.load(&id.to_string()).await?;
         let reply = match conversation.messages.last() {
@@ -547,11 +611,7 @@ async fn send_message(
             context_messages: sent,
             version: version.max(committed.version),
         })
-    });
-    let answer = task
-        .await
-        .map_err(|e| ApiError::Internal(format!("a conversation's task failed: {e}")))??;
-    Ok(Json(answer).into_response())
+    }
 }
 
 /// The context of a command a request makes after its first: the same caller and request,

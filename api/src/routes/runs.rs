@@ -303,24 +303,42 @@ fn stream_run(
             model: &chain.primary.reference,
         },
     );
+    let endpoints = chain.endpoints.clone();
+    stream_call(app, endpoints, chat, started, move |app, report| async move {
+        match runs::record(&app, &caller, &chain, &context, &report).await {
+            Err(error) => {
+                tracing::error!(%error, run_id = %context.run_id, "a streamed run's usage could not be recorded");
+                error_event(&ApiError::Internal(
+                    "the run's usage could not be recorded".into(),
+                ))
+            }
+            Ok(_) if !report.succeeded() => error_event(&failed(&context, &report)),
+            Ok(recorded) => json_event("done", &answer(&context, &version, report, recorded)),
+        }
+    })
+}
+
+/// Answers with Server-Sent Events: `started`, then a `delta` event per piece of text as
+/// the model sends it, then the event `finish` makes of the call's report once the call
+/// ended. The call and `finish` run in a task of their own: a client that leaves ends the
+/// call (`cancelled`), and `finish` records it all the same.
+pub(crate) fn stream_call<F, Finished>(
+    app: AppState,
+    endpoints: Vec<crate::gateway::Endpoint>,
+    chat: crate::gateway::ChatRequest,
+    started: Event,
+    finish: F,
+) -> impl IntoResponse
+where
+    F: FnOnce(AppState, CallReport) -> Finished + Send + 'static,
+    Finished: std::future::Future<Output = Event> + Send,
+{
     let (text_sender, text) = mpsc::channel::<String>(STREAM_BUFFER);
     let (end_sender, end) = oneshot::channel::<Event>();
     tokio::spawn(async move {
-        let report = app.gateway.stream(&chain.endpoints, &chat, text_sender).await;
-        let last = match runs::record(&app, &caller, &chain, &context, &report).await {
-            Err(error) => {
-                tracing::error!(%error, run_id = %context.run_id, "a streamed run's usage could not be recorded");
-                json_event(
-                    "error",
-                    &problem_json(&ApiError::Internal(
-                        "the run's usage could not be recorded".into(),
-                    )),
-                )
-            }
-            Ok(_) if !report.succeeded() => json_event("error", &problem_json(&failed(&context, &report))),
-            Ok(recorded) => json_event("done", &answer(&context, &version, report, recorded)),
-        };
-        // The client may have left; the record is written either way.
+        let report = app.gateway.stream(&endpoints, &chat, text_sender).await;
+        let last = finish(app, report).await;
+        // The client may have left; what `finish` records is written either way.
         let _ = end_sender.send(last);
     });
     let deltas = futures::stream::unfold(text, |mut text| async move {
@@ -335,7 +353,12 @@ fn stream_run(
     Sse::new(events).keep_alive(KeepAlive::default())
 }
 
-fn json_event(name: &str, data: &impl Serialize) -> Event {
+/// An `error` event carrying the problem+json body `error` would have.
+pub(crate) fn error_event(error: &ApiError) -> Event {
+    json_event("error", &problem_json(error))
+}
+
+pub(crate) fn json_event(name: &str, data: &impl Serialize) -> Event {
     Event::default()
         .event(name)
         .data(serde_json::to_string(data).unwrap_or_else(|_| "{}".into()))

@@ -158,6 +158,53 @@ async fn a_conversation_sends_its_history_and_the_state_of_what_it_is_about() {
 }
 
 #[tokio::test]
+async fn a_streamed_reply_arrives_as_it_comes_and_is_recorded_in_the_transcript() {
+    let Fixture {
+        app,
+        fake,
+        prompt,
+        _secret,
+    } = fixture("local/small").await;
+    let id = start(&app, json!({"prompt_id": prompt, "variables": {"team": "ops"}})).await;
+    let events =
+        crate::gateway::sse_events(say(&app, &id, json!({"content": "Tell me more", "stream": true})).await)
+            .await;
+    assert_eq!(events[0].0, "message");
+    let deltas: String = events
+        .iter()
+        .filter(|(name, _)| name == "delta")
+        .filter_map(|(_, data)| data["text"].as_str())
+        .collect();
+    assert_eq!(deltas, "echo: Tell me more");
+    let (last, done) = events.last().expect("events");
+    assert_eq!(last, "done", "{events:?}");
+    assert_eq!(done["reply"]["content"], deltas);
+    assert_eq!(done["reply"]["usage"]["output_tokens"], 4);
+    let transcript = expect_status(
+        app.get(&format!("/v1/conversations/{id}"), &app.admin_key).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(transcript["messages"][1]["content"], deltas);
+    assert_eq!(transcript["messages"][1]["run_id"], done["reply"]["run_id"]);
+    assert_eq!(usage_records(&app).await.len(), 1);
+    assert_eq!(fake.requests().len(), 1);
+    // A streamed reply cannot be replayed under an Idempotency-Key.
+    let refused = app
+        .request(
+            Method::POST,
+            &format!("/v1/conversations/{id}/messages"),
+            &app.admin_key,
+        )
+        .header("Idempotency-Key", "stream-once")
+        .json(&json!({"content": "again", "stream": true}))
+        .send()
+        .await
+        .expect("send");
+    expect_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").await;
+}
+
+#[tokio::test]
 async fn the_rendered_prompt_is_checked_when_the_conversation_starts() {
     let Fixture {
         app,

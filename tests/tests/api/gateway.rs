@@ -561,7 +561,7 @@ async fn a_running_experiment_picks_the_subjects_version_and_the_record_says_whi
 }
 
 /// The events of a streamed run: (name, data).
-async fn sse_events(response: reqwest::Response) -> Vec<(String, Value)> {
+pub async fn sse_events(response: reqwest::Response) -> Vec<(String, Value)> {
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response
         .headers()
