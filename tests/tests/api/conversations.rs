@@ -471,6 +471,85 @@ async fn proposed_actions_run_only_when_a_key_that_may_confirms_them() {
 }
 
 #[tokio::test]
+async fn a_confirmed_move_of_a_protected_label_waits_for_another_keys_approval() {
+    let Fixture {
+        app,
+        fake,
+        prompt,
+        _secret,
+    } = fixture("local/small").await;
+    expect_status(
+        app.put(
+            &format!("/v1/protections/prompt:{prompt}:production"),
+            &app.admin_key,
+            json!({}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    crate::gateway::publish_version(
+        &app,
+        &prompt,
+        "You help the {{team}} team, briefly.",
+        "local/small",
+        json!(null),
+    )
+    .await;
+    let id = start(&app, json!({"prompt_id": prompt, "variables": {"team": "ops"}})).await;
+    fake.script(
+        "small",
+        vec![Reply::ToolCalls {
+            text: String::new(),
+            calls: vec![(
+                "move_prompt_label".into(),
+                json!({"prompt_id": prompt, "label": "production", "version": 2}),
+            )],
+        }],
+    );
+    let answer = expect_status(
+        say(&app, &id, json!({"content": "Ship version 2"})).await,
+        StatusCode::OK,
+    )
+    .await;
+    let action = &answer["reply"]["actions"][0];
+    assert_eq!(action["preview"]["needs_approval"], true);
+    assert_eq!(action["preview"]["version_before"], 1);
+    let confirmed = expect_status(
+        app.request(
+            Method::POST,
+            &format!(
+                "/v1/conversations/{id}/actions/{}/confirm",
+                action["id"].as_str().expect("id")
+            ),
+            &app.admin_key,
+        )
+        .send()
+        .await
+        .expect("confirm"),
+        StatusCode::OK,
+    )
+    .await;
+    let outcome = &confirmed["action"]["outcome"];
+    assert_eq!(outcome["status"], "awaiting_approval");
+    let request = outcome["change_request"].as_str().expect("change request");
+    let pending = expect_status(
+        app.get(&format!("/v1/change-requests/{request}"), &app.admin_key)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(pending["state"], "proposed");
+    // The label did not move.
+    let after = expect_status(
+        app.get(&format!("/v1/prompts/{prompt}"), &app.admin_key).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(after["labels"]["production"], 1);
+}
+
+#[tokio::test]
 async fn a_call_no_model_answers_leaves_the_message_unanswered_and_the_conversation_going() {
     let Fixture {
         app,
