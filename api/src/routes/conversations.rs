@@ -748,11 +748,22 @@ async fn confirm_action(
         action_id: action_id.clone(),
         outcome,
     };
-    app.execute(&app.conversations, &id.to_string(), command, &context)
+    settle(&app, &context, id, &action_id, command).await
+}
+
+/// Records `command` settling the action `action_id`, and answers with the action after it.
+async fn settle(
+    app: &AppState,
+    context: &CommandContext,
+    id: Uuid,
+    action_id: &str,
+    command: ConversationCommand,
+) -> ApiResult<Json<ActionAnswer>> {
+    app.execute(&app.conversations, &id.to_string(), command, context)
         .await?;
     let (conversation, _) = app.conversations.load(&id.to_string()).await?;
     let action = conversation
-        .action(&action_id)
+        .action(action_id)
         .cloned()
         .ok_or(ApiError::NotFound("action"))?;
     Ok(Json(ActionAnswer {
@@ -867,15 +878,5 @@ async fn decline_action(
     let command = ConversationCommand::DeclineAction {
         action_id: action_id.clone(),
     };
-    app.execute(&app.conversations, &id.to_string(), command, &context)
-        .await?;
-    let (conversation, _) = app.conversations.load(&id.to_string()).await?;
-    let action = conversation
-        .action(&action_id)
-        .cloned()
-        .ok_or(ApiError::NotFound("action"))?;
-    Ok(Json(ActionAnswer {
-        conversation_id: id,
-        action,
-    }))
+    settle(&app, &context, id, &action_id, command).await
 }

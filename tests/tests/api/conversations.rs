@@ -2,39 +2,15 @@
 //! resource a conversation is about, images, proposed actions confirmed or refused, a failed
 //! call, and tenant isolation.
 
-use integration_tests::fake_provider::{FakeProvider, Reply};
+use integration_tests::fake_provider::Reply;
 use integration_tests::harness::{expect_each_not_found, expect_problem, expect_status, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::gateway::{gateway_settings, prompt_for, register_fake_models, usage_records, Secret};
-
-struct Fixture {
-    app: TestApp,
-    fake: FakeProvider,
-    _secret: Secret,
-    prompt: String,
-}
+use crate::gateway::{fixture_with, prompt_for, roles, usage_records, Fixture};
 
 async fn fixture(model: &str) -> Fixture {
-    let app = TestApp::spawn_with(gateway_settings()).await;
-    let secret = Secret::new();
-    let fake = FakeProvider::start(&secret.value).await;
-    register_fake_models(&app, &fake, &secret).await;
-    let prompt = prompt_for(
-        &app,
-        "assistant",
-        "You help the {{team}} team.",
-        model,
-        json!(null),
-    )
-    .await;
-    Fixture {
-        app,
-        fake,
-        _secret: secret,
-        prompt,
-    }
+    fixture_with("assistant", "You help the {{team}} team.", model, json!(null)).await
 }
 
 async fn start(app: &TestApp, body: Value) -> String {
@@ -96,8 +72,10 @@ async fn a_conversation_sends_its_history_and_the_state_of_what_it_is_about() {
     let sent = fake.requests_for("small");
     assert_eq!(sent.len(), 2);
     let messages = sent[1].body["messages"].as_array().expect("messages").clone();
-    let roles: Vec<&str> = messages.iter().filter_map(|m| m["role"].as_str()).collect();
-    assert_eq!(roles, ["system", "user", "assistant", "user"]);
+    assert_eq!(
+        roles(&sent[1].body["messages"]),
+        ["system", "user", "assistant", "user"]
+    );
     let system = messages[0]["content"].as_str().expect("system");
     assert!(system.starts_with("You help the support team."), "{system}");
     assert!(
@@ -122,13 +100,10 @@ async fn a_conversation_sends_its_history_and_the_state_of_what_it_is_about() {
         StatusCode::OK,
     )
     .await;
-    let roles: Vec<&str> = transcript["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter_map(|m| m["role"].as_str())
-        .collect();
-    assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
+    assert_eq!(
+        roles(&transcript["messages"]),
+        ["user", "assistant", "user", "assistant"]
+    );
     let records = usage_records(&app).await;
     assert_eq!(records.len(), 2);
     assert!(records.iter().any(|r| r["id"] == second["reply"]["run_id"]));
@@ -585,25 +560,20 @@ async fn a_call_no_model_answers_leaves_the_message_unanswered_and_the_conversat
     .await;
     assert_eq!(answered["reply"]["content"], "echo: Hello again");
     let sent = fake.requests_for("small");
-    let roles: Vec<&str> = sent[1].body["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter_map(|m| m["role"].as_str())
-        .collect();
-    assert_eq!(roles, ["system", "user"], "the unanswered message is left out");
+    assert_eq!(
+        roles(&sent[1].body["messages"]),
+        ["system", "user"],
+        "the unanswered message is left out"
+    );
     let transcript = expect_status(
         app.get(&format!("/v1/conversations/{id}"), &app.admin_key).await,
         StatusCode::OK,
     )
     .await;
-    let roles: Vec<&str> = transcript["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter_map(|m| m["role"].as_str())
-        .collect();
-    assert_eq!(roles, ["user", "failed", "user", "assistant"]);
+    assert_eq!(
+        roles(&transcript["messages"]),
+        ["user", "failed", "user", "assistant"]
+    );
     assert_eq!(usage_records(&app).await.len(), 2);
 }
 

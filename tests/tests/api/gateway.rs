@@ -145,32 +145,47 @@ async fn run(app: &TestApp, prompt: &str, body: Value) -> reqwest::Response {
         .await
 }
 
-struct Fixture {
-    app: TestApp,
-    fake: FakeProvider,
-    _secret: Secret,
-    prompt: String,
+/// A server with the fake models registered, their fake provider, the secret it accepts,
+/// and a prompt.
+pub struct Fixture {
+    pub app: TestApp,
+    pub fake: FakeProvider,
+    pub _secret: Secret,
+    pub prompt: String,
 }
 
-async fn fixture() -> Fixture {
+/// [`Fixture`] with a prompt `name` whose version 1 (`production`) renders `template` for
+/// `model` with `params`.
+pub async fn fixture_with(name: &str, template: &str, model: &str, params: Value) -> Fixture {
     let app = TestApp::spawn_with(gateway_settings()).await;
     let secret = Secret::new();
     let fake = FakeProvider::start(&secret.value).await;
     register_fake_models(&app, &fake, &secret).await;
-    let prompt = prompt_for(
-        &app,
-        "summary",
-        "Summarise {{text}} in {{words}} words",
-        "local/small",
-        json!({"temperature": 0.1}),
-    )
-    .await;
+    let prompt = prompt_for(&app, name, template, model, params).await;
     Fixture {
         app,
         fake,
         _secret: secret,
         prompt,
     }
+}
+
+async fn fixture() -> Fixture {
+    fixture_with(
+        "summary",
+        "Summarise {{text}} in {{words}} words",
+        "local/small",
+        json!({"temperature": 0.1}),
+    )
+    .await
+}
+
+/// The `role` of each message of `messages` (a JSON array).
+pub fn roles(messages: &Value) -> Vec<&str> {
+    messages
+        .as_array()
+        .map(|messages| messages.iter().filter_map(|m| m["role"].as_str()).collect())
+        .unwrap_or_default()
 }
 
 #[tokio::test]
