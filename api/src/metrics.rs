@@ -26,6 +26,9 @@ pub struct Metrics {
     pub spend: GaugeVec,
     pub budget_used: GaugeVec,
     pub provider_state: IntGaugeVec,
+    pub gateway_calls: IntCounterVec,
+    pub gateway_attempts: IntCounterVec,
+    pub gateway_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -62,7 +65,30 @@ impl Metrics {
         registry
             .register(Box::new(http_duration.clone()))
             .expect("register");
+        let gateway_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "aipm_gateway_call_duration_seconds",
+                "Time of a model call through the gateway, retries and fallbacks included, by the model that answered (or was tried first)",
+            )
+            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
+            &["model"],
+        )
+        .expect("histogram");
+        registry
+            .register(Box::new(gateway_duration.clone()))
+            .expect("register");
         Self {
+            gateway_calls: counter(
+                "aipm_gateway_calls_total",
+                "Model calls through the gateway, by tenant, model and status (ok, or the last attempt's outcome)",
+                &["tenant", "model", "status"],
+            ),
+            gateway_attempts: counter(
+                "aipm_gateway_attempts_total",
+                "Attempts of model calls, by model and outcome (ok, rate_limited, server_error, timeout, …)",
+                &["model", "outcome"],
+            ),
+            gateway_duration,
             http_requests: counter(
                 "aipm_http_requests_total",
                 "HTTP requests answered, by route, method and status",

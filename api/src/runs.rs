@@ -413,6 +413,20 @@ pub async fn record(
         .usage_records
         .with_label_values(&[caller.tenant.as_str(), "accepted"])
         .inc_by(stored.accepted as u64);
+    app.metrics
+        .gateway_calls
+        .with_label_values(&[caller.tenant.as_str(), model.as_str(), report.status.as_str()])
+        .inc();
+    app.metrics
+        .gateway_duration
+        .with_label_values(&[model.as_str()])
+        .observe(context.started.elapsed().as_secs_f64());
+    for attempt in &report.attempts {
+        app.metrics
+            .gateway_attempts
+            .with_label_values(&[attempt.model.as_str(), attempt.outcome.as_str()])
+            .inc();
+    }
     if stored.accepted > stored.uncosted && app.live_budgets.any_of(&caller.tenant) {
         app.refresh_budgets().await;
     }

@@ -380,3 +380,9 @@ pub async fn expect_each_not_found(
         );
     }
 }
+
+/// The value of the series `series` (name and labels as Prometheus prints them) in `text`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use integration_tests::fake_provider::{counted_input_tokens, text_chunks, FakeProvider, Reply};
-use integration_tests::harness::{expect_problem, expect_status, test_settings, TestApp};
+use integration_tests::harness::{expect_problem, expect_status, metric, test_settings, TestApp};
 use reqwest::{Method, StatusCode};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -428,6 +428,33 @@ async fn rate_limits_and_server_errors_are_retried_then_the_fallback_answers() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["model"], "claude/haiku");
     assert_eq!(records[0]["attempts"].as_array().map(Vec::len), Some(4));
+    // And in the metrics.
+    let text = app
+        .get("/metrics", &app.admin_key)
+        .await
+        .text()
+        .await
+        .expect("metrics");
+    for (series, value) in [
+        (
+            r#"aipm_gateway_calls_total{model="claude/haiku",status="ok",tenant="acme"}"#,
+            1.0,
+        ),
+        (
+            r#"aipm_gateway_attempts_total{model="local/small",outcome="server_error"}"#,
+            2.0,
+        ),
+        (
+            r#"aipm_gateway_attempts_total{model="local/small",outcome="rate_limited"}"#,
+            1.0,
+        ),
+        (
+            r#"aipm_gateway_call_duration_seconds_count{model="claude/haiku"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(metric(&text, series), Some(value), "{series} in\n{text}");
+    }
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! Usage ingestion: records checked one by one, counted once per id, priced at their own
 //! time, and read back with their cost.
 
-use integration_tests::harness::{expect_problem, expect_status, TestApp};
+use integration_tests::harness::{expect_problem, expect_status, metric, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -911,12 +911,6 @@ async fn analytics_give_each_version_label_and_feature_its_figures_and_percentil
         json!([]),
         "another tenant's features are its own"
     );
-}
-
-/// The value of the series `series` (name and labels as Prometheus prints them) in `text`.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
