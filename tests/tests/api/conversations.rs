@@ -180,6 +180,68 @@ async fn a_streamed_reply_arrives_as_it_comes_and_is_recorded_in_the_transcript(
 }
 
 #[tokio::test]
+async fn the_history_sent_is_trimmed_to_the_models_context_window_oldest_turns_first() {
+    let Fixture {
+        app,
+        fake,
+        prompt: _,
+        _secret,
+    } = fixture("local/small").await;
+    // A model whose window holds the system message and about two turns of these sizes.
+    expect_status(
+        app.post(
+            "/v1/models",
+            &app.admin_key,
+            json!({"provider": "local", "model_id": "tiny", "context_window": 300}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let prompt = prompt_for(
+        &app,
+        "tiny",
+        "Be brief.",
+        "local/tiny",
+        json!({"max_tokens": 100}),
+    )
+    .await;
+    let id = start(&app, json!({"prompt_id": prompt})).await;
+    let words = "word ".repeat(40); // 200 bytes: 50 estimated tokens, and as much again echoed
+    for turn in 1..=5 {
+        expect_status(
+            say(&app, &id, json!({"content": format!("turn {turn} {words}")})).await,
+            StatusCode::OK,
+        )
+        .await;
+    }
+    let sent = fake.requests_for("tiny");
+    let last = &sent[4].body["messages"];
+    // 300 - 100 reserved - the system message leaves room for the newest turn and one before
+    // it (a user message and its reply estimate at about 114 tokens): turns 4 and 5, whole.
+    assert_eq!(roles(last), ["system", "user", "assistant", "user"]);
+    assert!(
+        last[1]["content"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("turn 4 ")),
+        "{last}"
+    );
+    assert!(
+        last[3]["content"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("turn 5 ")),
+        "{last}"
+    );
+    // The transcript keeps every turn.
+    let transcript = expect_status(
+        app.get(&format!("/v1/conversations/{id}"), &app.admin_key).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(transcript["messages"].as_array().map(Vec::len), Some(10));
+}
+
+#[tokio::test]
 async fn the_rendered_prompt_is_checked_when_the_conversation_starts() {
     let Fixture {
         app,
