@@ -387,3 +387,38 @@ async fn publish(pool: &PgPool) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every environment variable of every command, with its command's path.
+    fn variables(command: &clap::Command, path: &str, found: &mut Vec<(String, String)>) {
+        for arg in command.get_arguments() {
+            if let Some(variable) = arg.get_env() {
+                found.push((path.to_string(), variable.to_string_lossy().into_owned()));
+            }
+        }
+        for sub in command.get_subcommands() {
+            variables(sub, &format!("{path} {}", sub.get_name()), found);
+        }
+    }
+
+    #[test]
+    fn every_environment_variable_the_command_line_reads_is_documented() {
+        let readme = include_str!("../../../README.md");
+        let mut found = Vec::new();
+        variables(&Cli::command(), "aipm", &mut found);
+        assert!(found.len() > 30, "the walk found the settings: {found:?}");
+        let undocumented: Vec<&(String, String)> = found
+            .iter()
+            .filter(|(_, variable)| !readme.contains(&format!("`{variable}`")))
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "README.md's configuration does not list {undocumented:?}"
+        );
+    }
+}
