@@ -395,24 +395,24 @@ pub async fn record(
         currency: cost.currency.clone(),
     });
     let attempts = serde_json::to_value(&report.attempts).unwrap_or_default();
-    let stored = app
-        .usage
-        .store(
-            &app.pool,
-            &caller.tenant,
-            caller.key_id,
-            vec![CostedRecord {
-                record,
-                cost,
-                prompt_version: None,
-                attempts: Some(attempts),
-            }],
-        )
-        .await?;
+    let uncosted = cost.is_none();
+    let costed = CostedRecord {
+        record,
+        cost,
+        prompt_version: None,
+        attempts: Some(attempts),
+    };
+    app.gateway_usage
+        .store(&caller.tenant, caller.key_id, costed)
+        .await
+        .map_err(ApiError::Unavailable)?;
     app.metrics
         .usage_records
         .with_label_values(&[caller.tenant.as_str(), "accepted"])
-        .inc_by(stored.accepted as u64);
+        .inc();
+    if !uncosted && app.live_budgets.any_of(&caller.tenant) {
+        app.refresh_budgets().await;
+    }
     app.metrics
         .gateway_calls
         .with_label_values(&[caller.tenant.as_str(), model.as_str(), report.status.as_str()])
@@ -426,9 +426,6 @@ pub async fn record(
             .gateway_attempts
             .with_label_values(&[attempt.model.as_str(), attempt.outcome.as_str()])
             .inc();
-    }
-    if stored.accepted > stored.uncosted && app.live_budgets.any_of(&caller.tenant) {
-        app.refresh_budgets().await;
     }
     Ok(Recorded {
         model,

@@ -86,6 +86,9 @@ pub struct App {
     pub probe_client: reqwest::Client,
     /// Stores usage records (telemetry, not events).
     pub usage: commands::usage::UsageStore,
+    /// Stores the gateway's usage records, each call's as it ends, grouped with the others
+    /// ending at the same time.
+    pub gateway_usage: commands::usage::UsageBatcher,
     /// Every feature flag, in memory and current with the log: evaluations read only this.
     pub live_flags: LiveFlags,
     /// Every prompt's labels and the versions they point at, in memory and current with the
@@ -156,6 +159,7 @@ impl App {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|error| sqlx::Error::Configuration(Box::new(error)))?;
+        let gateway_usage = commands::usage::UsageBatcher::start(pool.clone());
         let gateway = crate::gateway::Gateway::new(settings.gateway.clone())
             .map_err(|error| sqlx::Error::Configuration(Box::new(error)))?;
         Ok(App {
@@ -195,6 +199,7 @@ impl App {
             probe_client,
             gateway,
             usage: commands::usage::UsageStore::default(),
+            gateway_usage,
             live_flags,
             live_labels,
             live_budgets,

@@ -12,6 +12,7 @@ use domain::call_summary::CallSummary;
 use domain::usage::{Cost, UsageRecord};
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 /// A valid record ready to store: its cost (`None`: uncosted) and the prompt version its
@@ -182,6 +183,86 @@ impl UsageStore {
                 .insert((at.year(), at.month()));
         }
         Ok(())
+    }
+}
+
+/// Stores usage records one at a time for many concurrent callers (the gateway's calls), in
+/// groups: what arrives while a write runs goes in the next one, one transaction per tenant
+/// and key (group commit). Concurrent calls of one prompt add to the same roll-up and
+/// analytics rows, which a transaction each would take in turn, one commit each.
+#[derive(Clone)]
+pub struct UsageBatcher {
+    waiting: mpsc::UnboundedSender<Pending>,
+}
+
+struct Pending {
+    tenant: String,
+    key_id: Uuid,
+    record: CostedRecord,
+    stored: oneshot::Sender<Result<(), String>>,
+}
+
+/// Most records one group write takes.
+const MAX_GROUP: usize = 1_000;
+
+impl UsageBatcher {
+    /// Starts the writer task on `pool`.
+    pub fn start(pool: PgPool) -> Self {
+        let (waiting, mut queue) = mpsc::unbounded_channel::<Pending>();
+        let store = UsageStore::default();
+        tokio::spawn(async move {
+            while let Some(first) = queue.recv().await {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match queue.try_recv() {
+                        Ok(pending) => group.push(pending),
+                        Err(_) => break,
+                    }
+                }
+                write_group(&store, &pool, group).await;
+            }
+        });
+        Self { waiting }
+    }
+
+    /// Stores `record` of `tenant`, sent with the key `key_id`, with whatever else is
+    /// waiting; answers once it is committed. It is written even if the caller stops waiting.
+    pub async fn store(&self, tenant: &str, key_id: Uuid, record: CostedRecord) -> Result<(), String> {
+        let (stored, answer) = oneshot::channel();
+        self.waiting
+            .send(Pending {
+                tenant: tenant.to_string(),
+                key_id,
+                record,
+                stored,
+            })
+            .map_err(|_| "the usage writer has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the usage writer has stopped".to_string())?
+    }
+}
+
+/// Writes a group: one transaction per tenant and key.
+async fn write_group(store: &UsageStore, pool: &PgPool, group: Vec<Pending>) {
+    let mut by_caller: BTreeMap<
+        (String, Uuid),
+        (Vec<CostedRecord>, Vec<oneshot::Sender<Result<(), String>>>),
+    > = BTreeMap::new();
+    for pending in group {
+        let entry = by_caller.entry((pending.tenant, pending.key_id)).or_default();
+        entry.0.push(pending.record);
+        entry.1.push(pending.stored);
+    }
+    for ((tenant, key_id), (records, waiting)) in by_caller {
+        let outcome = store
+            .store(pool, &tenant, key_id, records)
+            .await
+            .map(|_| ())
+            .map_err(|error| error.to_string());
+        for stored in waiting {
+            let _ = stored.send(outcome.clone());
+        }
     }
 }
 

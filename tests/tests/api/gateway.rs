@@ -260,6 +260,42 @@ async fn a_run_renders_the_version_calls_its_model_and_records_its_usage_and_cos
     assert_eq!(usage_records(&app).await.len(), 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_runs_each_leave_one_record_and_the_roll_ups_add_up() {
+    let Fixture {
+        app,
+        fake,
+        prompt,
+        _secret,
+    } = fixture().await;
+    let runs = (0..24).map(|n| {
+        let app = &app;
+        let prompt = &prompt;
+        async move {
+            let body = json!({"variables": {"text": format!("part {n}"), "words": n}, "feature": "notes"});
+            expect_status(run(app, prompt, body).await, StatusCode::OK).await
+        }
+    });
+    let answers = futures::future::join_all(runs).await;
+    let ids: std::collections::BTreeSet<&str> = answers.iter().filter_map(|a| a["run_id"].as_str()).collect();
+    assert_eq!(ids.len(), 24);
+    assert_eq!(fake.requests_for("small").len(), 24);
+    let (records, calls, input): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from usage_record where tenant_id = 'acme'),
+                (select sum(calls)::bigint from usage_rollup where tenant_id = 'acme'),
+                (select sum(input_tokens)::bigint from usage_rollup where tenant_id = 'acme')",
+    )
+    .fetch_one(app.pool())
+    .await
+    .expect("sums");
+    assert_eq!((records, calls), (24, 24));
+    let answered: i64 = answers
+        .iter()
+        .filter_map(|a| a["usage"]["input_tokens"].as_i64())
+        .sum();
+    assert_eq!(input, answered);
+}
+
 #[tokio::test]
 async fn bad_runs_are_refused_field_by_field_before_any_model_is_called() {
     let Fixture {
