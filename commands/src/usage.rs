@@ -195,11 +195,14 @@ pub struct UsageBatcher {
     waiting: mpsc::UnboundedSender<Pending>,
 }
 
+/// Where a waiting caller learns that its record is stored (or why not).
+type StoredSender = oneshot::Sender<Result<(), String>>;
+
 struct Pending {
     tenant: String,
     key_id: Uuid,
     record: CostedRecord,
-    stored: oneshot::Sender<Result<(), String>>,
+    stored: StoredSender,
 }
 
 /// Most records one group write takes.
@@ -245,10 +248,7 @@ impl UsageBatcher {
 
 /// Writes a group: one transaction per tenant and key.
 async fn write_group(store: &UsageStore, pool: &PgPool, group: Vec<Pending>) {
-    let mut by_caller: BTreeMap<
-        (String, Uuid),
-        (Vec<CostedRecord>, Vec<oneshot::Sender<Result<(), String>>>),
-    > = BTreeMap::new();
+    let mut by_caller: BTreeMap<(String, Uuid), (Vec<CostedRecord>, Vec<StoredSender>)> = BTreeMap::new();
     for pending in group {
         let entry = by_caller.entry((pending.tenant, pending.key_id)).or_default();
         entry.0.push(pending.record);
