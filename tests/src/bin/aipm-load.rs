@@ -728,24 +728,39 @@ async fn closed_loop(
     scenario: Scenario,
     clients: usize,
     run_tag: &str,
-    (warmup, duration): (Duration, Duration),
+    window: (Duration, Duration),
     idempotency_keys: bool,
 ) -> Result<ClientStats> {
     let prompts = prepare_prompts(api, scenario, clients, &format!("{run_tag} c{clients}")).await?;
+    let senders = prompts.into_iter().enumerate().map(|(index, prompt)| {
+        let api = api.clone();
+        let prefix = format!("load {run_tag} c{clients} t{index}");
+        move |n| {
+            let request = scenario.request(&api, prompt.as_deref(), &prefix, n);
+            if idempotency_keys {
+                request.header("idempotency-key", Uuid::new_v4().to_string())
+            } else {
+                request
+            }
+        }
+    });
+    run_clients(senders, window).await
+}
+
+/// One closed-loop client per request maker in `senders`, for `warmup` + `duration`; the
+/// stats of the measured part, merged.
+async fn run_clients<S>(
+    senders: impl IntoIterator<Item = S>,
+    (warmup, duration): (Duration, Duration),
+) -> Result<ClientStats>
+where
+    S: Fn(u64) -> reqwest::RequestBuilder + Send + 'static,
+{
     let measure_from = Instant::now() + warmup;
     let deadline = measure_from + duration;
     let mut tasks = tokio::task::JoinSet::new();
-    for (index, prompt) in prompts.into_iter().enumerate() {
-        let api = api.clone();
-        let prefix = format!("load {run_tag} c{clients} t{index}");
-        tasks.spawn(client_loop(
-            api,
-            scenario,
-            prefix,
-            prompt,
-            idempotency_keys,
-            (measure_from, deadline),
-        ));
+    for request in senders {
+        tasks.spawn(client_loop(request, (measure_from, deadline)));
     }
     let mut stats = ClientStats::default();
     while let Some(joined) = tasks.join_next().await {
@@ -831,14 +846,11 @@ async fn prepare_prompts(
         .collect())
 }
 
-/// One closed-loop client: sends its next request as soon as the previous one answered,
-/// until `deadline`; records the requests started at or after `measure_from`.
+/// One closed-loop client: sends its next request (`request(n)` for the `n`th) as soon as
+/// the previous one answered, until `deadline`; records the requests started at or after
+/// `measure_from`.
 async fn client_loop(
-    api: Api,
-    scenario: Scenario,
-    prefix: String,
-    prompt: Option<String>,
-    idempotency_keys: bool,
+    request: impl Fn(u64) -> reqwest::RequestBuilder,
     (measure_from, deadline): (Instant, Instant),
 ) -> ClientStats {
     let mut stats = ClientStats::default();
@@ -849,11 +861,7 @@ async fn client_loop(
         if started >= deadline {
             break;
         }
-        let mut request = scenario.request(&api, prompt.as_deref(), &prefix, n);
-        if idempotency_keys {
-            request = request.header("idempotency-key", Uuid::new_v4().to_string());
-        }
-        let sent = request.send().await;
+        let sent = request(n).send().await;
         // The whole body is read, so that the connection goes back to the pool.
         let outcome = match sent {
             Ok(response) => {
