@@ -1,7 +1,8 @@
 # Sourced by the benchmark scripts: the binaries, psql, and a server on a fresh database.
 #
-# The binaries are built from this tree unless AIPM_BIN and LOAD_BIN name others (to
-# measure another build in the same run, e.g. before and after a change).
+# The binaries are built from this tree (into CARGO_TARGET_DIR when set) unless AIPM_BIN and
+# LOAD_BIN name others (to measure another build in the same run, e.g. before and after a
+# change).
 
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 if [ -n "${AIPM_BIN:-}" ] && [ -n "${LOAD_BIN:-}" ]; then
@@ -9,8 +10,8 @@ if [ -n "${AIPM_BIN:-}" ] && [ -n "${LOAD_BIN:-}" ]; then
   LOAD=$LOAD_BIN
 else
   cargo build --release -p api -p integration-tests --bin aipm --bin aipm-load
-  AIPM=target/release/aipm
-  LOAD=target/release/aipm-load
+  AIPM=${CARGO_TARGET_DIR:-target}/release/aipm
+  LOAD=${CARGO_TARGET_DIR:-target}/release/aipm-load
 fi
 
 psql_do() { psql -h 127.0.0.1 -U postgres -d "$1" -qAtc "$2"; }

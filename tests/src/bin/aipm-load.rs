@@ -12,6 +12,8 @@
 //!   JetStream publishing from this tool as a baseline.
 //! - `fake-provider`: a fake LLM provider answering after a fixed latency, for the model
 //!   gateway's benchmark.
+//! - `gateway`: prompt runs through aipm against the same chat completion sent straight to
+//!   the provider: what the gateway adds to a call.
 //!
 //! Every failure is one line on stderr and a non-zero exit code.
 
@@ -99,6 +101,63 @@ enum Command {
     /// OpenAI-compatible requests go to `{url}/v1/chat/completions`, Anthropic ones to
     /// `{url}/v1/messages`. Each answer echoes the last user message after `--latency-ms`.
     FakeProvider(FakeProviderArgs),
+    /// What the model gateway adds to a call: prompt runs through aipm against the same chat
+    /// completion sent straight to the provider, measured in the same run.
+    ///
+    /// Each run measures both sides with `--clients` closed-loop clients for `--duration`
+    /// after `--warmup` (the side going first alternates between runs): `POST
+    /// /v1/prompts/{prompt}/run` with `--variables`, and `POST {provider-url}/chat/completions`
+    /// with the model and `--message` as the user's message, which must be what the version
+    /// renders to (checked before measuring: both answers must be the same). The overhead is
+    /// aipm's latency minus the direct one, at p50 and p99. A non-2xx answer or a request
+    /// without an answer makes its run invalid; the command then fails once all runs are
+    /// reported.
+    Gateway(GatewayArgs),
+}
+
+#[derive(Debug, Args)]
+struct GatewayArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The prompt to run (its `production` version, whose model is served by the provider).
+    #[arg(long)]
+    prompt: Uuid,
+    /// The template's variables, as a JSON object.
+    #[arg(long, default_value = "{}")]
+    variables: String,
+    /// The provider's OpenAI-compatible base URL, as registered with aipm (ending in `/v1`).
+    #[arg(long)]
+    provider_url: String,
+    /// The provider's API key, sent as `Authorization: Bearer`.
+    #[arg(long, env = "AIPM_PROVIDER_KEY", hide_env_values = true)]
+    provider_key: String,
+    /// The provider's own id of the version's model.
+    #[arg(long)]
+    model_id: String,
+    /// The user message the direct requests send: the version's template filled with
+    /// `--variables`.
+    #[arg(long)]
+    message: String,
+    /// Runs name this many features, client `i` the feature `feature-{i mod N}` (0: none).
+    /// A call's usage is added to one roll-up row per day, model, prompt, version, feature and
+    /// key, so spreading the runs over features spreads their writes over as many rows.
+    #[arg(long, default_value_t = 0)]
+    features: usize,
+    /// Concurrent clients of each side.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Measured seconds of each side per run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Unmeasured seconds of load before each side's measurement.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Runs, each measuring both sides.
+    #[arg(long, default_value_t = 3)]
+    runs: u32,
+    /// Also append each run as a JSON line to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -452,6 +511,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Bulk(args) => bulk(args).await,
         Command::Ingest(args) => ingest(args).await,
         Command::FakeProvider(args) => fake_provider(args).await,
+        Command::Gateway(args) => gateway::run(args).await,
     }
 }
 
@@ -593,6 +653,8 @@ struct ClientStats {
     non_2xx: u64,
     errors: u64,
     first_failure: Option<String>,
+    /// What the server said of its own time in each measured 2xx answer, when asked for.
+    server_timings: Vec<ServerTiming>,
 }
 
 impl ClientStats {
@@ -603,6 +665,27 @@ impl ClientStats {
         if self.first_failure.is_none() {
             self.first_failure = other.first_failure;
         }
+        self.server_timings.extend(other.server_timings);
+    }
+}
+
+/// A gateway call's timings as its answer gives them, in whole milliseconds.
+#[derive(Debug, Clone, Copy)]
+struct ServerTiming {
+    /// `latency_ms`: from after the version is resolved and the budgets checked to before the
+    /// usage is written; neither end is in it.
+    call_ms: u64,
+    /// `provider_latency_ms`: the answering provider's share of the call.
+    provider_ms: u64,
+}
+
+impl ServerTiming {
+    fn of(body: &[u8]) -> Option<Self> {
+        let answer: Value = serde_json::from_slice(body).ok()?;
+        Some(Self {
+            call_ms: answer["latency_ms"].as_u64()?,
+            provider_ms: answer["provider_latency_ms"].as_u64()?,
+        })
     }
 }
 
@@ -728,22 +811,42 @@ async fn closed_loop(
     scenario: Scenario,
     clients: usize,
     run_tag: &str,
-    (warmup, duration): (Duration, Duration),
+    window: (Duration, Duration),
     idempotency_keys: bool,
 ) -> Result<ClientStats> {
     let prompts = prepare_prompts(api, scenario, clients, &format!("{run_tag} c{clients}")).await?;
+    let senders = prompts.into_iter().enumerate().map(|(index, prompt)| {
+        let api = api.clone();
+        let prefix = format!("load {run_tag} c{clients} t{index}");
+        move |n| {
+            let request = scenario.request(&api, prompt.as_deref(), &prefix, n);
+            if idempotency_keys {
+                request.header("idempotency-key", Uuid::new_v4().to_string())
+            } else {
+                request
+            }
+        }
+    });
+    run_clients(senders, false, window).await
+}
+
+/// One closed-loop client per request maker in `senders`, for `warmup` + `duration`; the
+/// stats of the measured part, merged.
+async fn run_clients<S>(
+    senders: impl IntoIterator<Item = S>,
+    keep_server_timings: bool,
+    (warmup, duration): (Duration, Duration),
+) -> Result<ClientStats>
+where
+    S: Fn(u64) -> reqwest::RequestBuilder + Send + 'static,
+{
     let measure_from = Instant::now() + warmup;
     let deadline = measure_from + duration;
     let mut tasks = tokio::task::JoinSet::new();
-    for (index, prompt) in prompts.into_iter().enumerate() {
-        let api = api.clone();
-        let prefix = format!("load {run_tag} c{clients} t{index}");
+    for request in senders {
         tasks.spawn(client_loop(
-            api,
-            scenario,
-            prefix,
-            prompt,
-            idempotency_keys,
+            request,
+            keep_server_timings,
             (measure_from, deadline),
         ));
     }
@@ -831,14 +934,12 @@ async fn prepare_prompts(
         .collect())
 }
 
-/// One closed-loop client: sends its next request as soon as the previous one answered,
-/// until `deadline`; records the requests started at or after `measure_from`.
+/// One closed-loop client: sends its next request (`request(n)` for the `n`th) as soon as
+/// the previous one answered, until `deadline`; records the requests started at or after
+/// `measure_from`, and with `keep_server_timings` the timings their 2xx answers report.
 async fn client_loop(
-    api: Api,
-    scenario: Scenario,
-    prefix: String,
-    prompt: Option<String>,
-    idempotency_keys: bool,
+    request: impl Fn(u64) -> reqwest::RequestBuilder,
+    keep_server_timings: bool,
     (measure_from, deadline): (Instant, Instant),
 ) -> ClientStats {
     let mut stats = ClientStats::default();
@@ -849,11 +950,7 @@ async fn client_loop(
         if started >= deadline {
             break;
         }
-        let mut request = scenario.request(&api, prompt.as_deref(), &prefix, n);
-        if idempotency_keys {
-            request = request.header("idempotency-key", Uuid::new_v4().to_string());
-        }
-        let sent = request.send().await;
+        let sent = request(n).send().await;
         // The whole body is read, so that the connection goes back to the pool.
         let outcome = match sent {
             Ok(response) => {
@@ -874,6 +971,8 @@ async fn client_loop(
                             let text = String::from_utf8_lossy(&body);
                             stats.first_failure = Some(format!("HTTP {status}: {}", excerpt(&text)));
                         }
+                    } else if keep_server_timings {
+                        stats.server_timings.extend(ServerTiming::of(&body));
                     }
                 }
             }
@@ -2022,6 +2121,311 @@ fn append_json(path: &Path, value: &Value) -> Result<()> {
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     writeln!(file, "{value}").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The model gateway
+
+mod gateway {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use reqwest::header::CONTENT_TYPE;
+    use serde_json::{json, Value};
+
+    use super::{
+        append_json, chain, excerpt, median, now_rfc3339, run_clients, seconds, Api, ClientStats,
+        GatewayArgs, Percentiles, Result, ServerArgs,
+    };
+
+    /// The two requests compared: a prompt run through aipm, and the chat completion aipm
+    /// sends for it, sent straight to the provider.
+    struct Requests {
+        aipm: Api,
+        run_path: String,
+        /// Client `i` sends body `i mod len`: one per feature, or one without a feature.
+        run_bodies: Vec<String>,
+        provider: Api,
+        chat_body: String,
+    }
+
+    impl Requests {
+        fn through_aipm(&self, client: usize) -> reqwest::RequestBuilder {
+            self.aipm
+                .client
+                .post(self.aipm.url(&self.run_path))
+                .bearer_auth(&*self.aipm.key)
+                .header(CONTENT_TYPE, "application/json")
+                .body(self.run_bodies[client % self.run_bodies.len()].clone())
+        }
+
+        fn direct(&self) -> reqwest::RequestBuilder {
+            self.provider
+                .client
+                .post(self.provider.url("/chat/completions"))
+                .bearer_auth(&*self.provider.key)
+                .header(CONTENT_TYPE, "application/json")
+                .body(self.chat_body.clone())
+        }
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Target {
+        Aipm,
+        Direct,
+    }
+
+    /// One side of a run, as measured.
+    struct Side {
+        requests: usize,
+        rate: f64,
+        latency: Percentiles,
+        non_2xx: u64,
+        errors: u64,
+        first_failure: Option<String>,
+    }
+
+    impl Side {
+        fn of(mut stats: ClientStats, duration: Duration) -> Self {
+            let requests = stats.latencies_us.len();
+            Self {
+                requests,
+                rate: requests as f64 / duration.as_secs_f64(),
+                latency: Percentiles::of(&mut stats.latencies_us),
+                non_2xx: stats.non_2xx,
+                errors: stats.errors,
+                first_failure: stats.first_failure,
+            }
+        }
+
+        fn failed(&self) -> u64 {
+            self.non_2xx + self.errors
+        }
+
+        fn to_json(&self) -> Value {
+            let p = &self.latency;
+            json!({ "requests": self.requests, "rps": self.rate, "p50_ms": p.p50, "p90_ms": p.p90,
+                    "p99_ms": p.p99, "max_ms": p.max, "mean_ms": p.mean, "non_2xx": self.non_2xx,
+                    "errors": self.errors })
+        }
+
+        fn print(&self, run: u32, name: &str) {
+            let p = &self.latency;
+            println!(
+                "{run:>4} {name:>7} {:>9} {:>9.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>7}",
+                self.requests, self.rate, p.p50, p.p90, p.p99, p.max, self.non_2xx, self.errors
+            );
+            if let Some(failure) = &self.first_failure {
+                eprintln!("             first failure: {failure}");
+            }
+        }
+    }
+
+    /// The provider's share and the rest of aipm's calls, as aipm's answers report them.
+    struct ServerAccount {
+        provider: Percentiles,
+        call_minus_provider: Percentiles,
+    }
+
+    impl ServerAccount {
+        fn of(stats: &ClientStats) -> Self {
+            let mut provider_us: Vec<u64> = stats
+                .server_timings
+                .iter()
+                .map(|t| t.provider_ms * 1000)
+                .collect();
+            let mut rest_us: Vec<u64> = stats
+                .server_timings
+                .iter()
+                .map(|t| t.call_ms.saturating_sub(t.provider_ms) * 1000)
+                .collect();
+            Self {
+                provider: Percentiles::of(&mut provider_us),
+                call_minus_provider: Percentiles::of(&mut rest_us),
+            }
+        }
+    }
+
+    pub async fn run(args: GatewayArgs) -> Result<()> {
+        let duration = seconds(args.duration, "duration")?;
+        let warmup = seconds(args.warmup, "warmup")?;
+        if duration.is_zero() || args.clients == 0 || args.runs == 0 {
+            return Err("--duration, --clients and --runs must be more than 0".into());
+        }
+        let variables: Value =
+            serde_json::from_str(&args.variables).map_err(|e| format!("--variables is not JSON: {e}"))?;
+        if !variables.is_object() {
+            return Err("--variables must be a JSON object".into());
+        }
+        let idle = args.clients * 2;
+        let aipm = Api::new(&args.server, idle)?;
+        aipm.preflight().await?;
+        let provider = Api::new(
+            &ServerArgs {
+                url: args.provider_url.clone(),
+                key: args.provider_key.clone(),
+            },
+            idle,
+        )?;
+        let requests = Arc::new(Requests {
+            aipm,
+            run_path: format!("/v1/prompts/{}/run", args.prompt),
+            run_bodies: run_bodies(&variables, args.features),
+            provider,
+            chat_body: json!({ "model": args.model_id,
+                               "messages": [{ "role": "user", "content": args.message }] })
+            .to_string(),
+        });
+        same_answer(&requests).await?;
+
+        println!(
+            "gateway overhead: {} clients, {:.1}s warm-up and {:.1}s measured per side, {} runs",
+            args.clients,
+            warmup.as_secs_f64(),
+            duration.as_secs_f64(),
+            args.runs
+        );
+        println!("  aipm:   POST {}", requests.aipm.url(&requests.run_path));
+        println!("  direct: POST {}", requests.provider.url("/chat/completions"));
+        println!(
+            "{:>4} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
+            "run", "side", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "non-2xx", "errors"
+        );
+        // Per run: direct req/s, p50, p99; aipm req/s, p50, p99; overhead p50, p99.
+        let mut summary: Vec<[f64; 8]> = Vec::new();
+        let mut invalid = Vec::new();
+        for run in 1..=args.runs {
+            let window = (warmup, duration);
+            // Whichever side goes first leaves the machine warmer or busier (pools, caches,
+            // the WAL) for the second: alternating keeps that from favouring one side.
+            let aipm_first = run % 2 == 0;
+            let (direct, through_aipm) = if aipm_first {
+                let through_aipm = measure(&requests, Target::Aipm, args.clients, window).await?;
+                let direct = measure(&requests, Target::Direct, args.clients, window).await?;
+                (direct, through_aipm)
+            } else {
+                let direct = measure(&requests, Target::Direct, args.clients, window).await?;
+                let through_aipm = measure(&requests, Target::Aipm, args.clients, window).await?;
+                (direct, through_aipm)
+            };
+            let account = ServerAccount::of(&through_aipm);
+            let (direct, through_aipm) = (Side::of(direct, duration), Side::of(through_aipm, duration));
+            direct.print(run, "direct");
+            through_aipm.print(run, "aipm");
+            let overhead_p50 = through_aipm.latency.p50 - direct.latency.p50;
+            let overhead_p99 = through_aipm.latency.p99 - direct.latency.p99;
+            println!(
+                "             overhead p50 {overhead_p50:+.2} ms, p99 {overhead_p99:+.2} ms; aipm's answers: provider p50 {:.0} ms, p99 {:.0} ms; latency_ms minus it p50 {:.0} ms, p99 {:.0} ms",
+                account.provider.p50, account.provider.p99, account.call_minus_provider.p50, account.call_minus_provider.p99
+            );
+            let failed = direct.failed() + through_aipm.failed();
+            if failed > 0 {
+                eprintln!("             run {run} is not a valid measurement: {failed} requests failed");
+                invalid.push(run);
+            }
+            if let Some(path) = &args.json {
+                let mut aipm_json = through_aipm.to_json();
+                aipm_json["answers_provider_p50_ms"] = json!(account.provider.p50);
+                aipm_json["answers_provider_p99_ms"] = json!(account.provider.p99);
+                aipm_json["answers_latency_minus_provider_p50_ms"] = json!(account.call_minus_provider.p50);
+                aipm_json["answers_latency_minus_provider_p99_ms"] = json!(account.call_minus_provider.p99);
+                append_json(
+                    path,
+                    &json!({ "kind": "gateway", "run": run, "clients": args.clients, "features": args.features,
+                             "warmup_s": warmup.as_secs_f64(), "duration_s": duration.as_secs_f64(),
+                             "aipm_first": aipm_first, "direct": direct.to_json(), "aipm": aipm_json,
+                             "overhead_p50_ms": overhead_p50, "overhead_p99_ms": overhead_p99,
+                             "valid": failed == 0, "at": now_rfc3339() }),
+                )?;
+            }
+            summary.push([
+                direct.rate,
+                direct.latency.p50,
+                direct.latency.p99,
+                through_aipm.rate,
+                through_aipm.latency.p50,
+                through_aipm.latency.p99,
+                overhead_p50,
+                overhead_p99,
+            ]);
+        }
+        let column = |i: usize| median(&mut summary.iter().map(|row| row[i]).collect::<Vec<_>>());
+        println!(
+            "median of {} runs: direct {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms; aipm {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms; overhead p50 {:+.2} ms, p99 {:+.2} ms",
+            args.runs,
+            column(0),
+            column(1),
+            column(2),
+            column(3),
+            column(4),
+            column(5),
+            column(6),
+            column(7)
+        );
+        if !invalid.is_empty() {
+            return Err(format!("runs {invalid:?} had failed requests: not a valid measurement").into());
+        }
+        Ok(())
+    }
+
+    async fn measure(
+        requests: &Arc<Requests>,
+        target: Target,
+        clients: usize,
+        window: (Duration, Duration),
+    ) -> Result<ClientStats> {
+        let senders = (0..clients).map(|client| {
+            let requests = Arc::clone(requests);
+            move |_n: u64| match target {
+                Target::Aipm => requests.through_aipm(client),
+                Target::Direct => requests.direct(),
+            }
+        });
+        run_clients(senders, target == Target::Aipm, window).await
+    }
+
+    /// The bodies of runs with `variables`: one per feature (`feature-0`, `feature-1`…), or
+    /// with no features one without a feature.
+    fn run_bodies(variables: &Value, features: usize) -> Vec<String> {
+        if features == 0 {
+            return vec![json!({ "variables": variables }).to_string()];
+        }
+        (0..features)
+            .map(|n| json!({ "variables": variables, "feature": format!("feature-{n}") }).to_string())
+            .collect()
+    }
+
+    /// Checks that both sides make the same call: the provider answers with the message it
+    /// was sent, so the two answers' text must be the same.
+    async fn same_answer(requests: &Requests) -> Result<()> {
+        let through_aipm = answer_of(requests.through_aipm(0), "the run through aipm").await?;
+        let direct = answer_of(requests.direct(), "the direct request").await?;
+        let aipm_text = through_aipm["output"].as_str();
+        let direct_text = direct["choices"][0]["message"]["content"].as_str();
+        if aipm_text.is_none() || aipm_text != direct_text {
+            return Err(format!(
+                "aipm and the direct request do not make the same call: aipm's answer {aipm_text:?}, the direct one {direct_text:?} (is --message the version's template filled with --variables?)"
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    async fn answer_of(request: reqwest::RequestBuilder, what: &str) -> Result<Value> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("{what}: {}", chain(&e)))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| format!("{what}: reading the answer: {}", chain(&e)))?;
+        if !status.is_success() {
+            return Err(format!("{what}: HTTP {status}: {}", excerpt(&text)).into());
+        }
+        serde_json::from_str(&text).map_err(|e| format!("{what}: the answer is not JSON: {e}").into())
+    }
 }
 
 // ---------------------------------------------------------------------------------------
