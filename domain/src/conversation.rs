@@ -763,7 +763,9 @@ pub fn parse_start(
     })
 }
 
-fn parse_subject(subject: &str) -> Result<String, InvalidText> {
+/// Who calls are for (a user, a session), as usage records and experiments know subjects:
+/// 1–200 characters without NUL.
+pub fn parse_subject(subject: &str) -> Result<String, InvalidText> {
     if subject.is_empty() || subject.chars().count() > MAX_SUBJECT_CHARS || subject.contains('\0') {
         return Err(InvalidText::new(
             "subject",

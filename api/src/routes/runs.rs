@@ -36,9 +36,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(run_prompt))
 }
 
-/// Longest subject, in characters.
-const MAX_SUBJECT_CHARS: usize = 200;
-
 /// What to run.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -73,18 +70,6 @@ struct RunRequest {
     stream: bool,
 }
 
-fn check_subject(subject: Option<String>) -> Result<Option<String>, InvalidText> {
-    match subject {
-        Some(text) if text.is_empty() || text.chars().count() > MAX_SUBJECT_CHARS || text.contains('\0') => {
-            Err(InvalidText::new(
-                "subject",
-                "must be 1 to 200 characters, without U+0000",
-            ))
-        }
-        other => Ok(other),
-    }
-}
-
 /// The value, or `None` with its error noted in `errors`.
 fn kept<T>(errors: &mut Invalid, result: Result<T, InvalidText>) -> Option<T> {
     result.map_err(|error| errors.push(error)).ok()
@@ -115,7 +100,11 @@ impl RunBody {
             .feature
             .as_deref()
             .map(|feature| Slug::parse("feature", feature));
-        let subject = check_subject(self.subject);
+        let subject = self
+            .subject
+            .as_deref()
+            .map(domain::conversation::parse_subject)
+            .transpose();
         let label = label.and_then(|r| kept(&mut errors, r));
         let version = version.and_then(|r| kept(&mut errors, r));
         let variables = kept(&mut errors, variables);
