@@ -10,10 +10,12 @@
 //! - [`stats`]: counts of the commands run and events appended, by type, for metrics.
 //! - [`store`]: the event store: loading, the aggregate cache, optimistic concurrency,
 //!   running commands, and rebuilding what a keyed command committed.
+//! - [`guards`]: the unique names and references recomputed from the log, for a restore.
 //! - [`usage`]: storing usage records, telemetry rather than events; [`health`]: storing
 //!   provider probes, telemetry too.
 
 mod append;
+pub mod guards;
 pub mod health;
 pub mod idempotency;
 pub mod metadata;

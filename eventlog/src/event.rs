@@ -4,6 +4,12 @@ use chrono::{DateTime, Utc};
 use domain::position::GlobalCursor;
 use serde::de::DeserializeOwned;
 
+/// The metadata key under which a restored event keeps its place in the log it was first
+/// written to (`<transaction id>-<position>`). A restore appends events under the new
+/// cluster's transaction ids; what identifies an event or an audit entry uses this place,
+/// so it comes out of a restore unchanged.
+pub const ORIGINAL_CURSOR_KEY: &str = "original_cursor";
+
 /// One row of the event log.
 ///
 /// Payload and metadata are kept as the JSON text PostgreSQL sent: a projection decodes

@@ -11,6 +11,6 @@ pub mod event;
 pub mod projection;
 pub mod transaction;
 
-pub use event::StoredEvent;
+pub use event::{StoredEvent, ORIGINAL_CURSOR_KEY};
 pub use projection::{Projection, ProjectionError};
 pub use transaction::begin;

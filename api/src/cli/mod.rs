@@ -1,7 +1,9 @@
 //! The `aipm` command line. Configuration comes from flags or the environment, with
-//! defaults that work against the local PostgreSQL. [`audit`]: `aipm audit verify`.
+//! defaults that work against the local PostgreSQL. [`audit`]: `aipm audit verify`;
+//! [`backup`]: `aipm backup` and `aipm restore`.
 
 pub mod audit;
+pub mod backup;
 
 use std::process::ExitCode;
 
@@ -69,6 +71,24 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Write the event log to a file (NDJSON, one event a line in the global order) and its
+    /// manifest beside it (`FILE.manifest.json`), from one snapshot while aipm serves.
+    Backup {
+        /// The file to write.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Only events after this cursor (an incremental backup: the `last_cursor` of the
+        /// previous backup's manifest).
+        #[arg(long)]
+        since: Option<domain::position::GlobalCursor>,
+    },
+    /// Restore backups into an empty database: append their events, rebuild every read
+    /// model and verify the audit chains (against their anchors when a key is configured).
+    Restore {
+        /// A full backup, then any incremental ones in order; repeat the flag.
+        #[arg(long = "in", required = true)]
+        files: Vec<std::path::PathBuf>,
     },
 }
 
@@ -277,6 +297,38 @@ async fn run(cli: Cli) -> Result<(), String> {
                     report.events_per_second()
                 );
             }
+            Ok(())
+        }
+        Command::Backup { out, since } => {
+            let pool = db::connect(&cli.database_url, 2)
+                .await
+                .map_err(|e| e.to_string())?;
+            let started = std::time::Instant::now();
+            let manifest = backup::backup(&pool, &out, since).await?;
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "{}: {} events ({} to {}) in {seconds:.2}s ({:.0} events/s), SHA-256 {}",
+                out.display(),
+                manifest.events,
+                manifest.first_cursor.as_deref().unwrap_or("-"),
+                manifest.last_cursor.as_deref().unwrap_or("-"),
+                manifest.events as f64 / seconds.max(f64::EPSILON),
+                manifest.sha256
+            );
+            println!("manifest: {}", backup::manifest_path(&out).display());
+            Ok(())
+        }
+        Command::Restore { files } => {
+            let anchors = cli.anchors.settings(&cli.nats_url)?;
+            let pool = db::connect(&cli.database_url, 4)
+                .await
+                .map_err(|e| e.to_string())?;
+            let report = backup::restore(&pool, &files, anchors.as_ref()).await?;
+            print!("{}", report.summary);
+            if !report.verified {
+                return Err("the restored audit log does not verify (see above)".into());
+            }
+            println!("restored {} events in {:.2}s", report.events, report.seconds);
             Ok(())
         }
         Command::Audit { command } => {

@@ -62,7 +62,8 @@ struct AuditEntry {
     tenant: String,
     /// The entry's place in the tenant's chain, from 1.
     sequence: i64,
-    /// The event's place in the global order, `<transaction>-<position>`.
+    /// The event's place in the global order, `<transaction>-<position>`: of the log it was
+    /// first written to, which a restore into another database keeps.
     cursor: String,
     recorded_at: DateTime<Utc>,
     actor_key_id: Option<String>,

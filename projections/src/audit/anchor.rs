@@ -221,14 +221,14 @@ pub async fn anchor(
     };
     let mut done = Vec::new();
     for tenant in tenants {
-        let head: Option<(i64, String, i64, i64)> = sqlx::query_as(
-            "select chain_seq, hash, transaction_id, position from audit_entry
+        let head: Option<(i64, String, String)> = sqlx::query_as(
+            "select chain_seq, hash, coalesce(origin_cursor, transaction_id || '-' || position) from audit_entry
              where tenant_id = $1 order by chain_seq desc limit 1",
         )
         .bind(&tenant)
         .fetch_optional(pool)
         .await?;
-        let Some((entries, head_hash, transaction_id, position)) = head else {
+        let Some((entries, head_hash, cursor)) = head else {
             continue;
         };
         let subject = settings.subject(&tenant);
@@ -244,7 +244,7 @@ pub async fn anchor(
             tenant: tenant.clone(),
             entries,
             head_hash,
-            cursor: format!("{transaction_id}-{position}"),
+            cursor,
             anchored_at: crate::audit::format_time(Utc::now()),
             key: settings.key.public_hex(),
             signature: String::new(),

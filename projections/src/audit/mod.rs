@@ -69,7 +69,8 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 
 /// Columns of `audit_entry` in the order [`ChainedEntry`] reads them; JSON columns come as
 /// text so that they are parsed exactly as the event log's are.
-pub const ENTRY_COLUMNS: &str = "tenant_id, chain_seq, transaction_id, position, recorded_at, actor_key_id, \
+pub const ENTRY_COLUMNS: &str =
+    "tenant_id, chain_seq, transaction_id, position, origin_cursor, recorded_at, actor_key_id, \
      actor_name, request_id, client_addr, user_agent, reason, aggregate_type, aggregate_id, \
      aggregate_version, event_type, event_version, metadata::text as metadata, payload::text as payload, \
      changes::text as changes, prev_hash, hash";
@@ -103,7 +104,10 @@ pub const ENTRY_FIELDS: [&str; 20] = [
 pub struct AuditEntry {
     pub tenant: String,
     pub sequence: i64,
+    /// The event's place in this database's log.
     pub cursor: GlobalCursor,
+    /// For a restored event, its place in the log it was first written to.
+    pub origin: Option<GlobalCursor>,
     pub recorded_at: DateTime<Utc>,
     pub actor_key_id: Option<String>,
     pub actor_name: Option<String>,
@@ -123,13 +127,21 @@ pub struct AuditEntry {
 
 impl AuditEntry {
     /// The entry of `event`, the `sequence`-th of its tenant.
+    ///
+    /// A restored event's original place is taken out of the metadata into `origin`, so that
+    /// the entry, and its hash, are those the event had before the restore.
     pub fn from_event(event: &StoredEvent, sequence: i64, changes: Value) -> Self {
-        let metadata = parse_json(&event.metadata);
+        let mut metadata = parse_json(&event.metadata);
+        let origin = metadata
+            .as_object_mut()
+            .and_then(|object| object.remove(eventlog::ORIGINAL_CURSOR_KEY))
+            .and_then(|cursor| cursor.as_str().and_then(|text| text.parse().ok()));
         let meta = |key: &str| metadata.get(key).and_then(Value::as_str).map(str::to_string);
         Self {
             tenant: event.tenant_id.clone(),
             sequence,
             cursor: event.cursor,
+            origin,
             recorded_at: event.recorded_at,
             actor_key_id: meta("actor_key_id"),
             actor_name: meta("actor_name"),
@@ -148,13 +160,19 @@ impl AuditEntry {
         }
     }
 
+    /// The place the entry states and its hash covers: where the event was first written
+    /// (a restore does not change it).
+    pub fn stated_cursor(&self) -> GlobalCursor {
+        self.origin.unwrap_or(self.cursor)
+    }
+
     /// The entry as the JSON object that is hashed (and exported).
     pub fn to_json(&self) -> Map<String, Value> {
         let text = |value: &Option<String>| value.clone().map_or(Value::Null, Value::String);
         let mut object = Map::new();
         object.insert("tenant".into(), Value::String(self.tenant.clone()));
         object.insert("sequence".into(), Value::from(self.sequence));
-        object.insert("cursor".into(), Value::String(self.cursor.to_string()));
+        object.insert("cursor".into(), Value::String(self.stated_cursor().to_string()));
         object.insert("recorded_at".into(), Value::String(format_time(self.recorded_at)));
         object.insert("actor_key_id".into(), text(&self.actor_key_id));
         object.insert("actor_name".into(), text(&self.actor_name));
@@ -232,7 +250,7 @@ impl ChainedEntry {
         vec![
             Some(e.tenant.clone()),
             Some(e.sequence.to_string()),
-            Some(e.cursor.to_string()),
+            Some(e.stated_cursor().to_string()),
             Some(format_time(e.recorded_at)),
             e.actor_key_id.clone(),
             e.actor_name.clone(),
@@ -263,6 +281,9 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ChainedEntry {
                 tenant: row.try_get("tenant_id")?,
                 sequence: row.try_get("chain_seq")?,
                 cursor: GlobalCursor::new(row.try_get("transaction_id")?, row.try_get("position")?),
+                origin: row
+                    .try_get::<Option<String>, _>("origin_cursor")?
+                    .and_then(|cursor| cursor.parse().ok()),
                 recorded_at: row.try_get("recorded_at")?,
                 actor_key_id: row.try_get("actor_key_id")?,
                 actor_name: row.try_get("actor_name")?,
@@ -451,7 +472,7 @@ impl Projection for AuditProjection {
         }
         let mut copy = tx
             .copy_in_raw(
-                "copy audit_entry (tenant_id, chain_seq, transaction_id, position, recorded_at, actor_key_id,
+                "copy audit_entry (tenant_id, chain_seq, transaction_id, position, origin_cursor, recorded_at, actor_key_id,
                                    actor_name, request_id, client_addr, user_agent, reason, aggregate_type,
                                    aggregate_id, aggregate_version, event_type, event_version, metadata,
                                    payload, changes, prev_hash, hash) from stdin (format csv)",
@@ -546,14 +567,17 @@ async fn load_states(
 /// One `audit_entry` row for COPY, columns as in the COPY statement.
 fn push_copy_row(out: &mut String, chained: &ChainedEntry) {
     let fields = chained.csv_fields();
-    // CSV export order is the entry's; COPY takes the cursor as two columns.
+    // CSV export order is the entry's; COPY takes this log's cursor as two columns and the
+    // restored event's original one apart.
     let cursor = chained.entry.cursor;
     let (transaction_id, position) = (cursor.transaction_id.to_string(), cursor.position.to_string());
+    let origin = chained.entry.origin.map(|origin| origin.to_string());
     let row = [
         fields[0].as_deref(),
         fields[1].as_deref(),
         Some(transaction_id.as_str()),
         Some(position.as_str()),
+        origin.as_deref(),
     ]
     .into_iter()
     .chain(fields[3..].iter().map(Option::as_deref));
@@ -656,5 +680,23 @@ mod tests {
         let unknown = chain_event(&other, &mut head, &mut state).unwrap();
         assert_eq!(unknown.entry.changes, Value::Null);
         assert_eq!(unknown.entry.sequence, 2);
+    }
+
+    #[test]
+    fn a_restored_event_states_and_hashes_its_original_cursor_not_its_new_one() {
+        let original = stored("p-1", 1, CREATED);
+        let mut restored = original.clone();
+        restored.cursor = GlobalCursor::new(4, 1);
+        restored.metadata = restored
+            .metadata
+            .replacen('{', r#"{"original_cursor":"900-1","#, 1);
+        let chain =
+            |event: &StoredEvent| chain_event(event, &mut ChainHead::genesis(), &mut None).expect("chained");
+        let (before, after) = (chain(&original), chain(&restored));
+        assert_eq!(after.entry.cursor, GlobalCursor::new(4, 1));
+        assert_eq!(after.entry.origin, Some(GlobalCursor::new(900, 1)));
+        assert_eq!(after.entry.metadata, before.entry.metadata);
+        assert_eq!(after.to_json(), before.to_json());
+        assert_eq!(after.hash, before.hash);
     }
 }

@@ -6,6 +6,7 @@
 mod access;
 mod approvals;
 mod audit;
+mod backup;
 mod budgets;
 mod bulk;
 mod categories;

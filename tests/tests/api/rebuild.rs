@@ -47,7 +47,7 @@ async fn dump(pool: &PgPool) -> Value {
 /// Brings every projection with a runner up to the end of the log (the server's runners may
 /// still be on their way) so that a dump reflects every committed event; inline projections
 /// are never behind.
-async fn settle(pool: &PgPool) {
+pub(crate) async fn settle(pool: &PgPool) {
     for projection in projections::all().into_iter().filter(|p| !p.inline()) {
         projections::runner::catch_up(pool, projection.as_ref())
             .await
@@ -71,7 +71,7 @@ fn id(body: &Value) -> String {
 }
 
 /// The ids a history leaves behind.
-struct History {
+pub(crate) struct History {
     support: String,
     sales: String,
     legacy: String,
@@ -81,7 +81,7 @@ struct History {
 }
 
 /// Drives the API through every kind of change the catalogue and access projections know.
-async fn write_history(app: &TestApp) -> History {
+pub(crate) async fn write_history(app: &TestApp) -> History {
     let key = app.admin_key.as_str();
     let category = |name: &'static str| async move {
         id(&expect_status(
