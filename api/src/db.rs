@@ -161,13 +161,14 @@ async fn create_database_if_missing(options: &PgConnectOptions, target: &str) ->
         .map_err(unreachable)?;
     if !exists {
         let quoted = format!("\"{}\"", database.replace('"', "\"\""));
-        // Another process may create it at the same moment; that is fine.
+        // Another process may create it at the same moment; that is fine. The loser of a
+        // close race gets 23505 from pg_database's unique index rather than 42P04.
         if let Err(error) = sqlx::query(&format!("create database {quoted}"))
             .execute(&mut conn)
             .await
         {
-            let duplicate =
-                matches!(&error, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P04"));
+            let duplicate = matches!(&error, sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("42P04" | "23505")));
             if !duplicate {
                 return Err(StartError::Other(format!(
                     "cannot create database {database:?}: {error}"
