@@ -1,7 +1,9 @@
 //! The `aipm` command line. Configuration comes from flags or the environment, with
-//! defaults that work against the local PostgreSQL. [`audit`]: `aipm audit verify`.
+//! defaults that work against the local PostgreSQL. [`audit`]: `aipm audit verify`;
+//! [`database`]: which PostgreSQL a command uses.
 
 pub mod audit;
+pub mod database;
 
 use std::process::ExitCode;
 
@@ -13,7 +15,6 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::generate_key;
-use crate::db;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,14 +23,19 @@ use crate::db;
     about = "The system of record for an organisation's AI"
 )]
 pub struct Cli {
-    /// PostgreSQL connection URL; the database is created if missing.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/aipm",
-        global = true
-    )]
-    pub database_url: String,
+    /// PostgreSQL connection URL; the database is created if missing. When set, exactly
+    /// this database is used. When not: a private PostgreSQL in --data-dir if that is set,
+    /// else postgres://postgres@127.0.0.1:5432/aipm, or, when nothing answers there or it
+    /// asks user postgres for a password, a private PostgreSQL in ./.aipm.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+
+    /// Folder of a private PostgreSQL, used when DATABASE_URL is not set: aipm creates it
+    /// with the server programs installed on this machine (initdb, pg_ctl), starts it with
+    /// a Unix socket in the folder and no TCP, and stops it on exit unless it was already
+    /// running [default when 127.0.0.1:5432 cannot be used: ./.aipm]
+    #[arg(long, env = "AIPM_DATA_DIR", global = true)]
+    pub data_dir: Option<std::path::PathBuf>,
 
     /// NATS server for the live event feed; empty turns the feed off.
     #[arg(
@@ -200,6 +206,8 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    // Dropped last: a private server started here stops once the command is done.
+    let mut database = database::Database::new(cli.database_url, cli.data_dir);
     let command = match cli.command {
         Some(command) => command,
         None => Command::Serve(Box::new(
@@ -218,9 +226,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 db_connections,
                 ..
             } = args.as_ref();
-            let pool = db::connect(&cli.database_url, *db_connections)
-                .await
-                .map_err(|e| e.to_string())?;
+            let pool = database.connect(*db_connections).await?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e} (set AIPM_LISTEN)"))?;
@@ -230,9 +236,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("server failed: {e}"))
         }
         Command::Keys { command } => {
-            let pool = db::connect(&cli.database_url, 4)
-                .await
-                .map_err(|e| e.to_string())?;
+            let pool = database.connect(4).await?;
             match command {
                 KeysCommand::Create { tenant, role, name } => {
                     let created = create_key(&pool, &tenant, &role, &name).await?;
@@ -251,9 +255,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Replay {
             command: ReplayCommand::Rebuild { projection },
         } => {
-            let pool = db::connect(&cli.database_url, 4)
-                .await
-                .map_err(|e| e.to_string())?;
+            let pool = database.connect(4).await?;
             let selected: Vec<_> = projections::all()
                 .into_iter()
                 .filter(|p| projection.as_deref().is_none_or(|name| p.name() == name))
@@ -281,9 +283,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Audit { command } => {
             let anchors = cli.anchors.settings(&cli.nats_url)?;
-            let pool = db::connect(&cli.database_url, 4)
-                .await
-                .map_err(|e| e.to_string())?;
+            let pool = database.connect(4).await?;
             match command {
                 AuditCommand::Verify { tenant } => {
                     let report = audit::verify(&pool, tenant.as_deref(), anchors.as_ref()).await?;
