@@ -132,12 +132,22 @@ fn versioned(parent: &str, prefix: &str) -> Vec<PathBuf> {
     found.into_iter().map(|(_, path)| path).collect()
 }
 
-/// The folders among `folders` holding both `initdb` and `pg_ctl`, in order.
+/// The folders among `folders` holding both `initdb` and `pg_ctl`, in order. A folder of
+/// links (`/usr/local/bin`, Homebrew's `bin`) stands for the folder `pg_ctl` links to, which
+/// holds the other server programs too (`postgres`, `pg_resetwal`).
 pub fn folders_with_programs(folders: &[PathBuf]) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = Vec::new();
     for folder in folders {
-        if ["initdb", "pg_ctl"].iter().all(|p| folder.join(p).is_file()) && !found.contains(folder) {
-            found.push(folder.clone());
+        if !["initdb", "pg_ctl"].iter().all(|p| folder.join(p).is_file()) {
+            continue;
+        }
+        let folder = std::fs::canonicalize(folder.join("pg_ctl"))
+            .ok()
+            .and_then(|program| program.parent().map(Path::to_path_buf))
+            .filter(|real| real.join("initdb").is_file())
+            .unwrap_or_else(|| folder.clone());
+        if !found.contains(&folder) {
+            found.push(folder);
         }
     }
     found
@@ -738,6 +748,7 @@ mod tests {
     #[test]
     fn a_folder_with_both_programs_is_found_once_and_path_comes_first() {
         let root = std::env::temp_dir().join(format!("aipm-pg-bin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
         let only_initdb = root.join("a");
         let both = root.join("b");
         for (folder, programs) in [
@@ -754,8 +765,16 @@ mod tests {
         assert_eq!(folders[..2], [only_initdb.clone(), both.clone()]);
         assert_eq!(
             folders_with_programs(&[only_initdb, both.clone(), both.clone()]),
-            [both]
+            [both.clone()]
         );
+        // A folder of links stands for the folder they point into.
+        let links = root.join("links");
+        std::fs::create_dir_all(&links).unwrap();
+        for program in ["initdb", "pg_ctl"] {
+            std::os::unix::fs::symlink(both.join(program), links.join(program)).unwrap();
+        }
+        let real = std::fs::canonicalize(&both).unwrap();
+        assert_eq!(folders_with_programs(&[links, both]), [real]);
         std::fs::remove_dir_all(root).unwrap();
     }
 
