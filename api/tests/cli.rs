@@ -334,7 +334,7 @@ fn without_database_url_it_runs_a_private_postgresql_in_the_data_folder_and_stop
 }
 
 #[test]
-fn an_empty_database_url_counts_as_unset_and_a_bad_one_is_still_refused_as_before() {
+fn a_bad_database_url_is_refused_as_before_and_no_private_postgresql_is_tried() {
     let output = aipm()
         .env("DATABASE_URL", "not a url")
         .args(["keys", "revoke", "00000000-0000-0000-0000-000000000000"])
@@ -350,9 +350,15 @@ fn an_empty_database_url_counts_as_unset_and_a_bad_one_is_still_refused_as_befor
 fn two_commands_starting_at_once_share_one_private_postgresql_and_the_last_out_stops_it() {
     let data_dir = std::env::temp_dir().join(format!("aipm-first-run-race-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
+    // An empty DATABASE_URL counts as unset, as for the second command.
     let start = |tenant: &str| {
-        aipm()
-            .env_remove("DATABASE_URL")
+        let mut command = aipm();
+        if tenant == "first" {
+            command.env("DATABASE_URL", "");
+        } else {
+            command.env_remove("DATABASE_URL");
+        }
+        command
             .env("AIPM_DATA_DIR", &data_dir)
             .args([
                 "keys", "create", "--tenant", tenant, "--role", "viewer", "--name", "race",
