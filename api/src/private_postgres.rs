@@ -765,7 +765,7 @@ mod tests {
         assert_eq!(folders[..2], [only_initdb.clone(), both.clone()]);
         assert_eq!(
             folders_with_programs(&[only_initdb, both.clone(), both.clone()]),
-            [both.clone()]
+            std::slice::from_ref(&both)
         );
         // A folder of links stands for the folder they point into.
         let links = root.join("links");
