@@ -59,12 +59,14 @@ pub enum PrivateServerError {
     },
     #[error("{what}: {cause}")]
     Io { what: String, cause: std::io::Error },
-    #[error("{command} failed: {output}{hint}")]
-    ProgramFailed {
-        command: String,
-        output: String,
-        hint: String,
-    },
+    #[error(
+        "PostgreSQL's server programs run as user `{user}` (aipm runs as root), who cannot enter \
+         {folder}: open every folder above it to that user (chmod o+x), or set AIPM_DATA_DIR to \
+         a folder it can reach, e.g. under /var/lib or /tmp"
+    )]
+    FolderOutOfReach { user: String, folder: String },
+    #[error("{command} failed: {output}")]
+    ProgramFailed { command: String, output: String },
 }
 
 impl PrivateServerError {
@@ -304,19 +306,27 @@ impl ServerPrograms {
         if output.status.success() {
             Ok(text)
         } else {
-            let hint = match &self.run_as {
-                RunAs::SystemUser { name, .. } if text.contains("ermission denied") => format!(
-                    " (the server programs run as user `{name}`, who must be able to enter every \
-                     folder above the data folder; set AIPM_DATA_DIR to a folder it can reach, \
-                     such as one under /tmp or /var/lib)"
-                ),
-                _ => String::new(),
-            };
             Err(PrivateServerError::ProgramFailed {
                 command: rendered,
                 output: text.trim().to_string(),
-                hint,
             })
+        }
+    }
+
+    /// Fails when the system user the programs run as cannot enter `folder` (one under
+    /// `/root`, say), which would otherwise surface as a bare "permission denied".
+    pub fn check_reach(&self, folder: &Path) -> Result<(), PrivateServerError> {
+        let RunAs::SystemUser { name, .. } = &self.run_as else {
+            return Ok(());
+        };
+        match self.command("pg_ctl", folder).arg("--version").output() {
+            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                Err(PrivateServerError::FolderOutOfReach {
+                    user: name.clone(),
+                    folder: folder.display().to_string(),
+                })
+            }
+            _ => Ok(()),
         }
     }
 
@@ -411,6 +421,7 @@ impl PrivateServer {
             Err(_) => ServerPrograms::find()?,
         };
         programs.prepare_folder(&folder)?;
+        programs.check_reach(&folder)?;
         let _turn = Lock::take(&folder)?;
         if !data.join("PG_VERSION").is_file() {
             create(&programs, &folder, &data)?;

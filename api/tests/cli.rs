@@ -398,3 +398,36 @@ fn two_commands_starting_at_once_share_one_private_postgresql_and_the_last_out_s
     assert!(terminate(server).success());
     std::fs::remove_dir_all(&data_dir).unwrap();
 }
+
+#[test]
+fn as_root_a_data_folder_the_postgres_user_cannot_reach_is_refused_saying_why() {
+    let id = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&id.stdout).trim() != "0" {
+        eprintln!("not root: the server programs run as this user, who reaches its folders");
+        return;
+    }
+    // A folder only root may enter, as /root is.
+    let closed = std::env::temp_dir().join(format!("aipm-closed-{}", std::process::id()));
+    std::fs::create_dir_all(&closed).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data_dir = closed.join("data");
+    let output = aipm()
+        .env_remove("DATABASE_URL")
+        .env("AIPM_DATA_DIR", &data_dir)
+        .args(["keys", "revoke", "00000000-0000-0000-0000-000000000000"])
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&closed).unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "run as user `postgres` (aipm runs as root), who cannot enter {}",
+            data_dir.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("set AIPM_DATA_DIR"), "{stderr}");
+}
