@@ -317,6 +317,9 @@ fn without_database_url_it_runs_a_private_postgresql_in_the_data_folder_and_stop
     );
     let log = std::fs::read_to_string(logs.join("first.log")).unwrap();
     assert!(log.contains("stopped the private PostgreSQL"), "{log}");
+    // Nothing still running complains of the server going away.
+    let after = log.split("shutting down").nth(1).unwrap();
+    assert!(!after.contains("WARN") && !after.contains("ERROR"), "{log}");
 
     // Started again, the server finds the data it had.
     let (server, address) = serve_privately(&data_dir, &logs.join("second.log"));

@@ -187,7 +187,7 @@ pub enum AuditCommand {
 
 /// Runs the command line; every failure is one line on stderr and a non-zero exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     crate::telemetry::init(cli.log_format == "json");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -196,7 +196,13 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let mut database = database::Database::new(cli.database_url.take(), cli.data_dir.take());
+    let result = runtime.block_on(run(cli, &mut database));
+    // Tasks still using the database end with the runtime, before a private server it
+    // started stops.
+    drop(runtime);
+    drop(database);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("aipm: {message}");
@@ -205,9 +211,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
-    // Dropped last: a private server started here stops once the command is done.
-    let mut database = database::Database::new(cli.database_url, cli.data_dir);
+async fn run(cli: Cli, database: &mut database::Database) -> Result<(), String> {
     let command = match cli.command {
         Some(command) => command,
         None => Command::Serve(Box::new(
