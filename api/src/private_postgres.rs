@@ -1,7 +1,8 @@
 //! A PostgreSQL of aipm's own, for a machine that has PostgreSQL's server programs installed
 //! but no server aipm may use: found on the machine ([`ServerPrograms::find`]), created with
 //! `initdb` in a data folder on first use, started with `pg_ctl` listening on a Unix socket in
-//! that folder only, and stopped by the process that started it ([`PrivateServer`]).
+//! that folder only, shared by the aipm processes using that folder, and stopped by the last
+//! of them to leave ([`PrivateServer`]).
 //!
 //! PostgreSQL refuses to run as root, so a root process runs the server programs as an
 //! unprivileged system user ([`RunAs`]), which owns the data folder.

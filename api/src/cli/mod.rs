@@ -32,8 +32,8 @@ pub struct Cli {
 
     /// Folder of a private PostgreSQL, used when DATABASE_URL is not set: aipm creates it
     /// with the server programs installed on this machine (initdb, pg_ctl), starts it with
-    /// a Unix socket in the folder and no TCP, and stops it on exit unless it was already
-    /// running [default when 127.0.0.1:5432 cannot be used: ./.aipm]
+    /// a Unix socket in the folder and no TCP, or uses it if it runs; the last aipm process
+    /// using it stops it on exit [default when 127.0.0.1:5432 cannot be used: ./.aipm]
     #[arg(long, env = "AIPM_DATA_DIR", global = true)]
     pub data_dir: Option<std::path::PathBuf>,
 
