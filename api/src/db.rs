@@ -6,6 +6,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
+/// The database used when neither `DATABASE_URL` nor `AIPM_DATA_DIR` is set, if it answers.
+pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/aipm";
+
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
@@ -28,18 +31,17 @@ pub enum StartError {
 
 /// Connects to `url`, creating its database if it does not exist, and applies migrations.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StartError> {
-    let options = PgConnectOptions::from_str(url)
-        .map_err(|e| StartError::InvalidUrl {
-            url: url.to_string(),
-            cause: e.to_string(),
-        })?
-        .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(10));
-    let target = format!(
-        "{}:{}/{}",
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap_or("postgres")
-    );
+    connect_with(parse_url(url)?, max_connections).await
+}
+
+/// [`connect`] with `options` rather than a URL (a private server's socket).
+pub async fn connect_with(options: PgConnectOptions, max_connections: u32) -> Result<PgPool, StartError> {
+    let options = options.log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(10));
+    let server = match options.get_socket() {
+        Some(socket) => format!("{}/.s.PGSQL.{}", socket.display(), options.get_port()),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    let target = format!("{server}/{}", options.get_database().unwrap_or("postgres"));
     create_database_if_missing(&options, &target).await?;
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
@@ -64,6 +66,39 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StartErr
         return Err(StartError::LogAheadOfCluster(ahead));
     }
     Ok(pool)
+}
+
+fn parse_url(url: &str) -> Result<PgConnectOptions, StartError> {
+    PgConnectOptions::from_str(url).map_err(|e| StartError::InvalidUrl {
+        url: url.to_string(),
+        cause: e.to_string(),
+    })
+}
+
+/// Why the server of `url` cannot be used, when nothing answers there or it refuses the
+/// URL's user (as a fresh PostgreSQL asks TCP clients for a password); `None` when it can be
+/// used, or fails in another way, which connecting then reports.
+pub async fn refusal(url: &str) -> Result<Option<String>, StartError> {
+    let options = parse_url(url)?;
+    let server = format!("{}:{}", options.get_host(), options.get_port());
+    let user = options.get_username().to_string();
+    let attempt = tokio::time::timeout(Duration::from_secs(5), options.database("postgres").connect()).await;
+    Ok(match attempt {
+        Err(_) | Ok(Err(sqlx::Error::Io(_))) => Some(format!("nothing answers on {server}")),
+        // 28P01: wrong (here: no) password; 28000: no pg_hba.conf entry, or no such role.
+        Ok(Err(sqlx::Error::Database(error)))
+            if matches!(error.code().as_deref(), Some("28P01" | "28000")) =>
+        {
+            Some(format!(
+                "PostgreSQL on {server} refuses user {user} without a password"
+            ))
+        }
+        Ok(Err(_)) => None,
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            None
+        }
+    })
 }
 
 /// An event log holding transaction ids this PostgreSQL cluster has not handed out yet.
@@ -161,13 +196,14 @@ async fn create_database_if_missing(options: &PgConnectOptions, target: &str) ->
         .map_err(unreachable)?;
     if !exists {
         let quoted = format!("\"{}\"", database.replace('"', "\"\""));
-        // Another process may create it at the same moment; that is fine.
+        // Another process may create it at the same moment; that is fine. The loser of a
+        // close race gets 23505 from pg_database's unique index rather than 42P04.
         if let Err(error) = sqlx::query(&format!("create database {quoted}"))
             .execute(&mut conn)
             .await
         {
-            let duplicate =
-                matches!(&error, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P04"));
+            let duplicate = matches!(&error, sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("42P04" | "23505")));
             if !duplicate {
                 return Err(StartError::Other(format!(
                     "cannot create database {database:?}: {error}"
@@ -188,6 +224,27 @@ pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_server_that_is_absent_or_refuses_the_user_is_told_apart_from_one_that_answers() {
+        assert_eq!(
+            refusal("postgres://postgres@127.0.0.1:1/aipm").await.unwrap(),
+            Some("nothing answers on 127.0.0.1:1".to_string())
+        );
+        assert_eq!(
+            refusal("postgres://aipm_no_such_role@127.0.0.1:5432/aipm")
+                .await
+                .unwrap(),
+            Some(
+                "PostgreSQL on 127.0.0.1:5432 refuses user aipm_no_such_role without a password".to_string()
+            )
+        );
+        assert_eq!(refusal(DEFAULT_URL).await.unwrap(), None);
+        assert!(matches!(
+            refusal("not a url").await,
+            Err(StartError::InvalidUrl { .. })
+        ));
+    }
 
     #[test]
     fn the_remedy_moves_the_counter_past_the_log_to_a_segment_start() {

@@ -5,7 +5,8 @@
 //! Each module imports only modules listed above it.
 //! - [`settings`]: what a server is configured with (limits, the feed, idempotency).
 //! - [`error`]: problem+json errors; [`telemetry`], [`request_id`]: logging and request ids;
-//!   [`db`]: connecting, creating the database and migrating.
+//!   [`db`]: connecting, creating the database and migrating; [`private_postgres`]: a
+//!   PostgreSQL of aipm's own, from the server programs installed on the machine.
 //! - [`metrics`]: Prometheus metrics, and the middleware counting HTTP requests.
 //! - [`hardening`]: rate limits, brute-force protection, body limits, timeouts, load
 //!   shedding, CORS and security headers.
@@ -43,6 +44,7 @@ pub mod idempotency;
 pub mod incidents;
 pub mod metrics;
 pub mod openapi;
+pub mod private_postgres;
 pub mod prober;
 pub mod request_id;
 pub mod routes;

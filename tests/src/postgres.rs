@@ -2,62 +2,20 @@
 //! cannot be done to the shared server (stopping it at once, restoring into a cluster whose
 //! transaction counter is elsewhere), and copying a database with pg_dump and pg_restore.
 
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use api::private_postgres::ServerPrograms;
 
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-/// Where PostgreSQL's server programs are: `AIPM_TEST_PG_BIN`, or the newest
-/// `/usr/lib/postgresql/<version>/bin` (Debian), or the `PATH`.
-fn server_bin(program: &str) -> PathBuf {
-    if let Ok(dir) = std::env::var("AIPM_TEST_PG_BIN") {
-        return Path::new(&dir).join(program);
-    }
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path().join("bin"))
-        .filter(|bin| bin.join(program).exists())
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .map_or_else(|| PathBuf::from(program), |bin| bin.join(program))
-}
-
-/// PostgreSQL refuses to run as root: as root, server programs run as the `postgres` user.
-fn running_as_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// Runs a server program (as `postgres` when this process is root) and fails the test with
-/// its output if it fails.
-fn run_server_program(program: &str, args: &[&str]) {
-    let binary = server_bin(program);
-    let mut command = if running_as_root() {
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--"]).arg(&binary);
-        command
-    } else {
-        Command::new(&binary)
-    };
-    let output = command
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {binary:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+/// PostgreSQL's server programs, as aipm finds them for its private server (run as the
+/// `postgres` user when this process is root).
+fn server_programs() -> ServerPrograms {
+    ServerPrograms::find().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs a client program (pg_dump, pg_restore, psql) and fails the test if it fails.
@@ -104,6 +62,7 @@ pub fn copy_database(from: &str, to_server: &str, to_database: &str) {
 /// A PostgreSQL cluster of the test's own on a free port, removed when dropped.
 pub struct PrivateCluster {
     dir: PathBuf,
+    programs: ServerPrograms,
     pub port: u16,
 }
 
@@ -112,22 +71,16 @@ impl PrivateCluster {
     /// seconds (`wal_writer_delay`), so that an immediate stop loses any that have not been.
     pub async fn start() -> Self {
         let dir = std::env::temp_dir().join(format!("aipm-test-pg-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("cluster directory");
-        if running_as_root() {
-            let status = Command::new("chown")
-                .args(["postgres:postgres"])
-                .arg(&dir)
-                .status()
-                .expect("chown");
-            assert!(status.success(), "chown of {dir:?} failed");
-        }
+        let programs = server_programs();
+        programs.prepare_folder(&dir).unwrap_or_else(|e| panic!("{e}"));
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
             .port();
         let data = dir.join("data");
         let data_arg = data.to_string_lossy().to_string();
-        run_server_program(
+        let cluster = Self { dir, programs, port };
+        cluster.run_server_program(
             "initdb",
             &[
                 "-D",
@@ -141,9 +94,16 @@ impl PrivateCluster {
                 "UTF8",
             ],
         );
-        let cluster = Self { dir, port };
         cluster.start_again().await;
         cluster
+    }
+
+    /// Runs a server program and fails the test with its output if it fails.
+    fn run_server_program(&self, program: &str, args: &[&str]) {
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        self.programs
+            .run(program, &args, &self.dir)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     fn data(&self) -> String {
@@ -163,7 +123,7 @@ impl PrivateCluster {
             self.data()
         );
         let log = self.dir.join("data").join("server.log");
-        run_server_program(
+        self.run_server_program(
             "pg_ctl",
             &[
                 "-D",
@@ -187,12 +147,12 @@ impl PrivateCluster {
     /// Stops the cluster at once, as a crash of PostgreSQL would: nothing not yet written to
     /// the WAL survives.
     pub fn stop_immediately(&self) {
-        run_server_program("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+        self.run_server_program("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
     }
 
     /// Stops the cluster cleanly.
     pub fn stop(&self) {
-        run_server_program("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+        self.run_server_program("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
     }
 
     /// Runs `pg_resetwal` with `args` on the stopped cluster.
@@ -200,22 +160,16 @@ impl PrivateCluster {
         let mut all: Vec<&str> = args.to_vec();
         let data = self.data();
         all.push(&data);
-        run_server_program("pg_resetwal", &all);
+        self.run_server_program("pg_resetwal", &all);
     }
 }
 
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
         let data = self.data();
-        let binary = server_bin("pg_ctl");
-        let mut command = if running_as_root() {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(binary);
-            command
-        } else {
-            Command::new(binary)
-        };
-        let _ = command
+        let _ = self
+            .programs
+            .command("pg_ctl", &self.dir)
             .args(["-D", &data, "-m", "immediate", "-w", "stop"])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -1,9 +1,11 @@
 //! The `aipm` command line. Configuration comes from flags or the environment, with
 //! defaults that work against the local PostgreSQL. [`audit`]: `aipm audit verify`;
-//! [`backup`]: `aipm backup` and `aipm restore`.
+//! [`backup`]: `aipm backup` and `aipm restore`; [`database`]: which PostgreSQL a command
+//! uses.
 
 pub mod audit;
 pub mod backup;
+pub mod database;
 
 use std::process::ExitCode;
 
@@ -15,7 +17,6 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::generate_key;
-use crate::db;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,14 +25,19 @@ use crate::db;
     about = "The system of record for an organisation's AI"
 )]
 pub struct Cli {
-    /// PostgreSQL connection URL; the database is created if missing.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/aipm",
-        global = true
-    )]
-    pub database_url: String,
+    /// PostgreSQL connection URL; the database is created if missing. When set, exactly
+    /// this database is used. When not: a private PostgreSQL in --data-dir if that is set,
+    /// else postgres://postgres@127.0.0.1:5432/aipm, or, when nothing answers there or it
+    /// asks user postgres for a password, a private PostgreSQL in ./.aipm.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+
+    /// Folder of a private PostgreSQL, used when DATABASE_URL is not set: aipm creates it
+    /// with the server programs installed on this machine (initdb, pg_ctl), starts it with
+    /// a Unix socket in the folder and no TCP, or uses it if it runs; the last aipm process
+    /// using it stops it on exit [default when 127.0.0.1:5432 cannot be used: ./.aipm]
+    #[arg(long, env = "AIPM_DATA_DIR", global = true)]
+    pub data_dir: Option<std::path::PathBuf>,
 
     /// NATS server for the live event feed; empty turns the feed off.
     #[arg(
@@ -201,7 +207,7 @@ pub enum AuditCommand {
 
 /// Runs the command line; every failure is one line on stderr and a non-zero exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     crate::telemetry::init(cli.log_format == "json");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -210,7 +216,13 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let mut database = database::Database::new(cli.database_url.take(), cli.data_dir.take());
+    let result = runtime.block_on(run(cli, &mut database));
+    // Tasks still using the database end with the runtime, before a private server it
+    // started stops.
+    drop(runtime);
+    drop(database);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("aipm: {message}");
@@ -219,7 +231,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli, database: &mut database::Database) -> Result<(), String> {
     let command = match cli.command {
         Some(command) => command,
         None => Command::Serve(Box::new(
@@ -238,9 +250,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 db_connections,
                 ..
             } = args.as_ref();
-            let pool = db::connect(&cli.database_url, *db_connections)
-                .await
-                .map_err(|e| e.to_string())?;
+            let pool = database.connect(*db_connections).await?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e} (set AIPM_LISTEN)"))?;
@@ -250,9 +260,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("server failed: {e}"))
         }
         Command::Keys { command } => {
-            let pool = db::connect(&cli.database_url, 4)
-                .await
-                .map_err(|e| e.to_string())?;
+            let pool = database.connect(4).await?;
             match command {
                 KeysCommand::Create { tenant, role, name } => {
                     let created = create_key(&pool, &tenant, &role, &name).await?;
@@ -271,9 +279,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Replay {
             command: ReplayCommand::Rebuild { projection },
         } => {
-            let pool = db::connect(&cli.database_url, 4)
-                .await
-                .map_err(|e| e.to_string())?;
+            let pool = database.connect(4).await?;
             let selected: Vec<_> = projections::all()
                 .into_iter()
                 .filter(|p| projection.as_deref().is_none_or(|name| p.name() == name))
@@ -300,9 +306,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Backup { out, since } => {
-            let pool = db::connect(&cli.database_url, 2)
-                .await
-                .map_err(|e| e.to_string())?;
+            let pool = database.connect(2).await?;
             let started = std::time::Instant::now();
             let manifest = backup::backup(&pool, &out, since).await?;
             let seconds = started.elapsed().as_secs_f64();
@@ -320,9 +324,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Restore { files } => {
             let anchors = cli.anchors.settings(&cli.nats_url)?;
-            let pool = db::connect(&cli.database_url, 4)
-                .await
-                .map_err(|e| e.to_string())?;
+            let pool = database.connect(4).await?;
             let report = backup::restore(&pool, &files, anchors.as_ref()).await?;
             print!("{}", report.summary);
             if !report.verified {
@@ -333,9 +335,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Audit { command } => {
             let anchors = cli.anchors.settings(&cli.nats_url)?;
-            let pool = db::connect(&cli.database_url, 4)
-                .await
-                .map_err(|e| e.to_string())?;
+            let pool = database.connect(4).await?;
             match command {
                 AuditCommand::Verify { tenant } => {
                     let report = audit::verify(&pool, tenant.as_deref(), anchors.as_ref()).await?;
