@@ -32,6 +32,7 @@ pub mod permissions;
 pub mod queries;
 pub mod verify;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
@@ -53,6 +54,7 @@ use domain::model::Model;
 use domain::position::GlobalCursor;
 use domain::prompt::Prompt;
 use domain::provider::Provider;
+use domain::upcast;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -313,7 +315,10 @@ pub(crate) fn chain_event(
     head: &mut ChainHead,
     state: &mut Option<String>,
 ) -> Result<ChainedEntry, serde_json::Error> {
-    let changes = match fold(&event.aggregate_type, state.as_deref(), &event.payload)? {
+    // Folded in this build's shape, so that an old event changes what it changed when its
+    // entry was written.
+    let payload = current_shape(event);
+    let changes = match fold(&event.aggregate_type, state.as_deref(), &payload)? {
         Fold::Folded { after, changes } => {
             *state = Some(after);
             changes
@@ -340,6 +345,20 @@ enum Fold {
     Unknown,
     /// The payload is not an event of its aggregate type.
     Undecodable,
+}
+
+/// The payload of `event` upcast to this build's shape (`domain::upcast`); as stored when
+/// it is current, or cannot be upcast (it then folds as undecodable).
+fn current_shape(event: &StoredEvent) -> Cow<'_, str> {
+    if !upcast::is_outdated(event.schema()) {
+        return Cow::Borrowed(&event.payload);
+    }
+    serde_json::from_str(&event.payload)
+        .ok()
+        .and_then(|payload| upcast::upcast(event.schema(), payload).ok())
+        .map_or(Cow::Borrowed(&event.payload), |(payload, _)| {
+            Cow::Owned(payload.to_string())
+        })
 }
 
 /// Applies `payload` to `state` with the aggregate's own `apply`. Every aggregate type
