@@ -11,6 +11,9 @@
 use serde::de::{DeserializeOwned, Error as _};
 use serde_json::{Map, Value};
 
+use cqrs_es::Aggregate;
+
+use crate::prompt;
 
 /// Which shape a stored payload is in: columns `aggregate_type`, `event_type` and
 /// `event_version` of its row.
@@ -38,7 +41,12 @@ pub struct Upcaster {
 
 /// Every upcaster, each event type's in ascending order of version: an old payload goes
 /// through every one newer than its version, in this order.
-pub const UPCASTERS: &[Upcaster] = &[];
+pub const UPCASTERS: &[Upcaster] = &[Upcaster {
+    aggregate_type: <prompt::Prompt as Aggregate>::TYPE,
+    event_type: "PromptVersionPublished",
+    version: "2.0.0",
+    upcast: prompt::split_version_model,
+}];
 
 /// Why a stored payload cannot be read in this build's shape.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -664,6 +664,25 @@ mod tests {
     }
 
     #[test]
+    fn an_event_of_an_older_shape_is_folded_upcast_and_recorded_as_stored() {
+        // `PromptVersionPublished` 1.0.0 (`model` as text), as `stored` gives it.
+        let published = r#"{"PromptVersionPublished":{"model":"openai/gpt-4o-mini","params":null,"message":"","version":1,"template":"Hi","variables":[]}}"#;
+        let mut head = ChainHead::genesis();
+        let mut state = None;
+        chain_event(&stored("p-1", 1, CREATED), &mut head, &mut state).unwrap();
+        let chained = chain_event(&stored("p-1", 2, published), &mut head, &mut state).unwrap();
+        assert_eq!(
+            chained.entry.changes,
+            json!({"latest_version": {"before": 0, "after": 1}})
+        );
+        assert_eq!(chained.entry.event_version, "1.0.0");
+        assert_eq!(
+            chained.entry.payload["PromptVersionPublished"]["model"],
+            "openai/gpt-4o-mini"
+        );
+    }
+
+    #[test]
     fn events_that_cannot_be_folded_are_recorded_without_changes() {
         let mut head = ChainHead::genesis();
         let mut state = None;

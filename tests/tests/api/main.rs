@@ -33,4 +33,5 @@ mod registry;
 mod relay;
 mod restore;
 mod runner;
+mod schema_evolution;
 mod usage;
