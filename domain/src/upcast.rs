@@ -60,6 +60,16 @@ pub enum UpcastError {
         event_type: String,
         version: String,
     },
+    #[error(
+        "{aggregate_type} event {event_type} is stored with version {version}, newer than \
+         this build reads ({newest}.x): a newer aipm wrote it; run that one"
+    )]
+    Newer {
+        aggregate_type: String,
+        event_type: String,
+        version: String,
+        newest: u32,
+    },
     #[error("{aggregate_type} event {event_type} {from} cannot be upcast to {to}: {reason}")]
     Refused {
         aggregate_type: String,
@@ -87,6 +97,36 @@ impl Upcaster {
                 (Some(stored), Some(produced)) => stored < produced,
                 _ => true,
             }
+    }
+}
+
+/// The newest major version of an event type this build reads: its last upcaster's, else
+/// 1 (a new major version always comes with its upcaster).
+fn newest_major(schema: Schema<'_>) -> u32 {
+    UPCASTERS
+        .iter()
+        .filter(|upcaster| {
+            upcaster.aggregate_type == schema.aggregate_type && upcaster.event_type == schema.event_type
+        })
+        .filter_map(|upcaster| parse_version(upcaster.version))
+        .map(|(major, ..)| major)
+        .max()
+        .unwrap_or(1)
+}
+
+/// Refuses a payload of a newer major version than this build reads: a newer build wrote
+/// it (an instance not yet upgraded, or a downgrade), and read as an older shape it could
+/// be misread rather than refused.
+pub fn check_known(schema: Schema<'_>) -> Result<(), UpcastError> {
+    let newest = newest_major(schema);
+    match parse_version(schema.event_version) {
+        Some((major, ..)) if major > newest => Err(UpcastError::Newer {
+            aggregate_type: schema.aggregate_type.to_string(),
+            event_type: schema.event_type.to_string(),
+            version: schema.event_version.to_string(),
+            newest,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -149,8 +189,10 @@ pub fn upcast(schema: Schema<'_>, mut payload: Value) -> Result<(Value, String),
 }
 
 /// A stored payload (JSON text) read as the event type `E`, upcast first when it is older
-/// than this build's shape. An upcast that fails is a decoding error that says why.
+/// than this build's shape. An upcast that fails, or a version newer than this build
+/// reads, is a decoding error that says why.
 pub fn decode<E: DeserializeOwned>(schema: Schema<'_>, payload: &str) -> Result<E, serde_json::Error> {
+    check_known(schema).map_err(serde_json::Error::custom)?;
     if !is_outdated(schema) {
         return serde_json::from_str(payload);
     }
@@ -159,6 +201,7 @@ pub fn decode<E: DeserializeOwned>(schema: Schema<'_>, payload: &str) -> Result<
 
 /// [`decode`] for a payload already parsed.
 pub fn decode_value<E: DeserializeOwned>(schema: Schema<'_>, payload: Value) -> Result<E, serde_json::Error> {
+    check_known(schema).map_err(serde_json::Error::custom)?;
     if !is_outdated(schema) {
         return serde_json::from_value(payload);
     }
@@ -195,6 +238,29 @@ mod tests {
         assert_eq!(parse_version("1.0"), None);
         assert_eq!(parse_version("1.0.0.0"), None);
         assert_eq!(parse_version("v1.0.0"), None);
+    }
+
+    #[test]
+    fn a_version_newer_than_this_build_reads_is_refused_not_misread() {
+        let schema = |event_type, event_version| Schema {
+            aggregate_type: "prompt",
+            event_type,
+            event_version,
+        };
+        // `PromptRestored` is a unit variant: a 2.0.0 one would decode, and be misread.
+        let error =
+            decode::<crate::prompt::PromptEvent>(schema("PromptRestored", "2.0.0"), r#""PromptRestored""#)
+                .unwrap_err();
+        assert!(error.to_string().contains("a newer aipm wrote it"), "{error}");
+        assert!(check_known(schema("PromptRestored", "1.4.0")).is_ok());
+        assert!(check_known(schema("PromptVersionPublished", "2.1.0")).is_ok());
+        assert_eq!(
+            check_known(schema("PromptVersionPublished", "3.0.0"))
+                .unwrap_err()
+                .to_string(),
+            "prompt event PromptVersionPublished is stored with version 3.0.0, newer than this build \
+             reads (2.x): a newer aipm wrote it; run that one"
+        );
     }
 
     #[test]

@@ -55,6 +55,7 @@ use domain::position::GlobalCursor;
 use domain::prompt::Prompt;
 use domain::provider::Provider;
 use domain::upcast;
+use serde::de::Error as _;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -315,6 +316,9 @@ pub(crate) fn chain_event(
     head: &mut ChainHead,
     state: &mut Option<String>,
 ) -> Result<ChainedEntry, serde_json::Error> {
+    // An event of a newer version than this build reads stops the chain here: recorded as
+    // undecodable, its entry would differ from the one the newer build computes.
+    upcast::check_known(event.schema()).map_err(serde_json::Error::custom)?;
     // Folded in this build's shape, so that an old event changes what it changed when its
     // entry was written.
     let payload = current_shape(event);
@@ -680,6 +684,19 @@ mod tests {
             chained.entry.payload["PromptVersionPublished"]["model"],
             "openai/gpt-4o-mini"
         );
+    }
+
+    #[test]
+    fn an_event_of_a_newer_version_than_this_build_reads_stops_the_chain() {
+        let mut head = ChainHead::genesis();
+        let mut state = None;
+        chain_event(&stored("p-1", 1, CREATED), &mut head, &mut state).unwrap();
+        let before = (head.sequence, head.hash.clone(), state.clone());
+        let mut newer = stored("p-1", 2, r#"{"PromptVersionPublished":{"version":1}}"#);
+        newer.event_version = "3.0.0".into();
+        let error = chain_event(&newer, &mut head, &mut state).unwrap_err();
+        assert!(error.to_string().contains("a newer aipm wrote it"), "{error}");
+        assert_eq!((head.sequence, head.hash, state), before);
     }
 
     #[test]
