@@ -14,9 +14,10 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::persist::{EventUpcaster, PersistedEventStore, SerializedEvent};
 use cqrs_es::{AggregateError, DomainEvent, EventStore as _};
 use domain::position::GlobalCursor;
+use domain::upcast::{self, Schema};
 use domain::{Claims, Governed};
 use eventlog::Projection;
 use postgres_es::PostgresEventRepository;
@@ -131,7 +132,11 @@ impl EventStore {
         let repo = PostgresEventRepository::new(self.pool.clone());
         AggregateStore {
             store: self.clone(),
-            loader: PersistedEventStore::new_snapshot_store(repo, SNAPSHOT_EVERY as usize),
+            loader: PersistedEventStore::new_snapshot_store(repo, SNAPSHOT_EVERY as usize).with_upcasters(
+                vec![Box::new(DomainUpcasters {
+                    aggregate_type: A::TYPE,
+                })],
+            ),
             services,
             cache: Mutex::new(HashMap::new()),
             locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -352,8 +357,8 @@ where
         aggregate_id: &str,
         at: DateTime<Utc>,
     ) -> Result<Option<AsOf<A>>, CommandError<A::Error>> {
-        let rows: Vec<(Value, i64, DateTime<Utc>)> = sqlx::query_as(
-            "select payload, sequence, recorded_at from events
+        let rows: Vec<(String, String, Value, i64, DateTime<Utc>)> = sqlx::query_as(
+            "select event_type, event_version, payload, sequence, recorded_at from events
              where aggregate_type = $1 and aggregate_id = $2 and recorded_at <= $3
              order by sequence",
         )
@@ -363,14 +368,19 @@ where
         .fetch_all(&self.store.pool)
         .await
         .map_err(|e| CommandError::Store(e.to_string()))?;
-        let Some(first) = rows.first().map(|row| row.2) else {
+        let Some(first) = rows.first().map(|row| row.4) else {
             return Ok(None);
         };
         let mut aggregate = A::default();
         let mut version = 0;
         let mut last = first;
-        for (payload, sequence, recorded_at) in rows {
-            let event: A::Event = serde_json::from_value(payload)
+        for (event_type, event_version, payload, sequence, recorded_at) in rows {
+            let schema = Schema {
+                aggregate_type: A::TYPE,
+                event_type: &event_type,
+                event_version: &event_version,
+            };
+            let event: A::Event = upcast::decode_value(schema, payload)
                 .map_err(|e| CommandError::Store(format!("unreadable {} event: {e}", A::TYPE)))?;
             aggregate.apply(event);
             version = sequence as u64;
@@ -463,8 +473,9 @@ async fn recorded<E: serde::de::DeserializeOwned>(
     aggregate_type: &str,
     scope: &IdempotencyScope,
 ) -> Result<Option<Committed<E>>, String> {
-    let rows: Vec<(String, i64, Value, i64, i64, DateTime<Utc>)> = sqlx::query_as(
-        "select o.aggregate_type, o.last_sequence, e.payload,
+    type Row = (String, i64, String, String, Value, i64, i64, DateTime<Utc>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "select o.aggregate_type, o.last_sequence, e.event_type, e.event_version, e.payload,
                 e.transaction_id::text::bigint, e.position, e.recorded_at
          from idempotency_outcome o
          join events e on e.aggregate_type = o.aggregate_type and e.aggregate_id = o.aggregate_id
@@ -478,7 +489,7 @@ async fn recorded<E: serde::de::DeserializeOwned>(
     .fetch_all(pool)
     .await
     .map_err(|e| e.to_string())?;
-    let Some((recorded_type, version, _, transaction_id, position, recorded_at)) = rows.last().cloned()
+    let Some((recorded_type, version, _, _, _, transaction_id, position, recorded_at)) = rows.last().cloned()
     else {
         return Ok(None);
     };
@@ -490,7 +501,14 @@ async fn recorded<E: serde::de::DeserializeOwned>(
     }
     let events = rows
         .into_iter()
-        .map(|row| serde_json::from_value(row.2))
+        .map(|(_, _, event_type, event_version, payload, ..)| {
+            let schema = Schema {
+                aggregate_type,
+                event_type: &event_type,
+                event_version: &event_version,
+            };
+            upcast::decode_value(schema, payload)
+        })
         .collect::<Result<Vec<E>, _>>()
         .map_err(|e| format!("unreadable {aggregate_type} event: {e}"))?;
     Ok(Some(Committed {
@@ -499,6 +517,45 @@ async fn recorded<E: serde::de::DeserializeOwned>(
         recorded_at: Some(recorded_at),
         events,
     }))
+}
+
+/// The domain's upcasters (`domain::upcast`) for one aggregate type, as cqrs-es applies
+/// them to the events it loads after a snapshot.
+struct DomainUpcasters {
+    aggregate_type: &'static str,
+}
+
+impl EventUpcaster for DomainUpcasters {
+    fn can_upcast(&self, event_type: &str, event_version: &str) -> bool {
+        upcast::is_outdated(Schema {
+            aggregate_type: self.aggregate_type,
+            event_type,
+            event_version,
+        })
+    }
+
+    fn upcast(&self, mut event: SerializedEvent) -> SerializedEvent {
+        let schema = Schema {
+            aggregate_type: self.aggregate_type,
+            event_type: &event.event_type,
+            event_version: &event.event_version,
+        };
+        match upcast::upcast(schema, event.payload.clone()) {
+            Ok((payload, version)) => {
+                event.payload = payload;
+                event.event_version = version;
+            }
+            // cqrs-es upcasters cannot fail: the payload stays as stored, loading the
+            // aggregate then fails to decode it, and the reason is here.
+            Err(error) => tracing::error!(
+                aggregate_id = %event.aggregate_id,
+                sequence = event.sequence,
+                %error,
+                "a stored event cannot be upcast"
+            ),
+        }
+        event
+    }
 }
 
 /// A point-in-time read of an aggregate.

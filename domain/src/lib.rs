@@ -30,6 +30,7 @@
 //! - [`text`]: validated text values; [`fields`]: reading raw input into them with every
 //!   invalid field reported at once.
 //! - [`position`]: the cursor into the one global order of events.
+//! - [`upcast`]: reading events stored in an older shape as this build's.
 //! - [`governed`]: what every aggregate here shares (its tenant, the names it holds unique,
 //!   the aggregates it refers to).
 
@@ -59,6 +60,7 @@ pub mod prompt;
 pub mod provider;
 pub mod template;
 pub mod text;
+pub mod upcast;
 pub mod usage;
 
 pub use governed::{Claims, Governed};

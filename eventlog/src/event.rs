@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use domain::position::GlobalCursor;
+use domain::upcast::{self, Schema};
 use serde::de::DeserializeOwned;
 
 /// The metadata key under which a restored event keeps its place in the log it was first
@@ -30,9 +31,19 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
-    /// The payload as the aggregate's event enum.
+    /// The payload as the aggregate's event enum, upcast first when it was stored in an
+    /// older shape (`domain::upcast`); `payload` itself stays as stored.
     pub fn decode<E: DeserializeOwned>(&self) -> Result<E, serde_json::Error> {
-        serde_json::from_str(&self.payload)
+        upcast::decode(self.schema(), &self.payload)
+    }
+
+    /// Which shape the payload is stored in.
+    pub fn schema(&self) -> Schema<'_> {
+        Schema {
+            aggregate_type: &self.aggregate_type,
+            event_type: &self.event_type,
+            event_version: &self.event_version,
+        }
     }
 
     /// A metadata value (`actor_name`, `request_id`, …) if present.

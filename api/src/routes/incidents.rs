@@ -15,6 +15,7 @@ use domain::incident::{
     parse_note, Affected, Incident, IncidentCommand, IncidentEvent, IncidentStatus, OpenedBy, Severity,
 };
 use domain::text::{DisplayName, Slug};
+use domain::upcast::{self, Schema};
 use projections::incident::queries::{self as incidents, IncidentView, RecordedEvent};
 use projections::registry::queries as registry;
 use serde::Deserialize;
@@ -354,9 +355,13 @@ async fn get_incident(
         .into_iter()
         .filter(|entry| entry.sequence <= version)
         .filter_map(|entry| {
-            let event =
-                serde_json::from_value::<IncidentEvent>(json!({ entry.event_type.clone(): entry.data }))
-                    .ok()?;
+            let schema = Schema {
+                aggregate_type: Incident::TYPE,
+                event_type: &entry.event_type,
+                event_version: &entry.event_version,
+            };
+            let payload = json!({ entry.event_type.clone(): entry.data });
+            let event = upcast::decode_value::<IncidentEvent>(schema, payload).ok()?;
             Some(RecordedEvent {
                 event,
                 sequence: entry.sequence,

@@ -16,6 +16,7 @@ use crate::fields::{self, Invalid};
 use crate::governed::{Claims, Governed};
 use crate::template::extract_variables;
 use crate::text::{parse_line, DisplayName, InvalidText, Slug};
+use crate::upcast::Fields;
 
 /// Scope of the per-tenant unique prompt name.
 pub const PROMPT_NAME_SCOPE: &str = "prompt_name";
@@ -66,9 +67,58 @@ pub fn parse_note(field: &'static str, value: &str, max_chars: usize) -> Result<
     Ok(value.to_string())
 }
 
+/// The model a version is written for, as the model registry names it: the provider's name
+/// and that provider's id of the model (`openai` and `gpt-4o-mini` for the reference
+/// `openai/gpt-4o-mini`; the id may itself hold `/`, as `meta-llama/Llama-3-8B` does).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelName {
+    /// `None` for a model named without a provider (`gpt-4o`): accepted since the first
+    /// version, though the registry, whose references all name one, cannot run it.
+    pub provider: Option<String>,
+    pub model_id: String,
+}
+
+impl ModelName {
+    /// Split at the first `/`. Versions 1.0.0 of `PromptVersionPublished` stored the text;
+    /// the API and the upcaster both read it here, so they agree.
+    pub fn from_reference(reference: &str) -> Self {
+        match reference.split_once('/') {
+            Some((provider, model_id)) => Self {
+                provider: Some(provider.to_string()),
+                model_id: model_id.to_string(),
+            },
+            None => Self {
+                provider: None,
+                model_id: reference.to_string(),
+            },
+        }
+    }
+
+    /// `<provider>/<model id>`: how the registry, usage records and budgets name a model.
+    pub fn reference(&self) -> String {
+        match &self.provider {
+            Some(provider) => format!("{provider}/{}", self.model_id),
+            None => self.model_id.clone(),
+        }
+    }
+}
+
 /// A model reference such as `openai/gpt-4o`.
-pub fn parse_model(value: &str) -> Result<String, InvalidText> {
-    parse_line("model", value, 200)
+pub fn parse_model(value: &str) -> Result<ModelName, InvalidText> {
+    parse_line("model", value, 200).map(|reference| ModelName::from_reference(&reference))
+}
+
+/// `PromptVersionPublished` 1.0.0 to 2.0.0 (registered in [`crate::upcast`]): `model` was
+/// the reference text, and is now a [`ModelName`], split as the API splits a request's.
+pub fn split_version_model(mut fields: Fields) -> Result<Fields, String> {
+    let model = match fields.remove("model") {
+        None | Some(Value::Null) => Value::Null,
+        Some(Value::String(reference)) => serde_json::to_value(ModelName::from_reference(&reference))
+            .map_err(|e| format!("`model` {reference:?}: {e}"))?,
+        Some(other) => return Err(format!("`model` must be text or null, not {other}")),
+    };
+    fields.insert("model".into(), model);
+    Ok(fields)
 }
 
 /// Tags (`field`): each a [`Slug`]; duplicates count once.
@@ -111,7 +161,7 @@ pub enum PromptCommand {
     RestorePrompt,
     PublishPromptVersion {
         template: Template,
-        model: Option<String>,
+        model: Option<ModelName>,
         params: Option<Value>,
         message: String,
     },
@@ -149,11 +199,12 @@ pub enum PromptEvent {
     },
     PromptArchived,
     PromptRestored,
+    /// Version 2.0.0; 1.0.0 stored `model` as its reference text (see [`split_version_model`]).
     PromptVersionPublished {
         version: u32,
         template: String,
         variables: Vec<String>,
-        model: Option<String>,
+        model: Option<ModelName>,
         params: Option<Value>,
         message: String,
     },
@@ -185,9 +236,14 @@ impl DomainEvent for PromptEvent {
         .to_string()
     }
 
-    // Three parts: cqrs-es upcasters silently skip versions like "1.0".
+    // Three parts: cqrs-es upcasters silently skip versions like "1.0". A new major version
+    // comes with its upcaster in `crate::upcast::UPCASTERS`.
     fn event_version(&self) -> String {
-        "1.0.0".to_string()
+        match self {
+            Self::PromptVersionPublished { .. } => "2.0.0",
+            _ => "1.0.0",
+        }
+        .to_string()
     }
 }
 
@@ -446,6 +502,7 @@ impl Governed for Prompt {
 mod tests {
     use super::*;
     use cqrs_es::test::TestFramework;
+    use serde_json::json;
 
     fn created(name: &str) -> PromptEvent {
         PromptEvent::PromptCreated {
@@ -476,6 +533,126 @@ mod tests {
             params: None,
             message: String::new(),
         }
+    }
+
+    /// Prompt events as the build before `PromptVersionPublished` 2.0.0 stored them.
+    const FIXTURE_1_0_0: &str = include_str!("../../../tests/fixtures/events/prompt-1.0.0.json");
+
+    /// Every event of the 1.0.0 fixture, read as this build reads stored events.
+    fn fixture_events() -> Vec<PromptEvent> {
+        let fixture: Value = serde_json::from_str(FIXTURE_1_0_0).unwrap();
+        let rows = fixture["events"].as_array().unwrap();
+        rows.iter()
+            .map(|row| {
+                let schema = crate::upcast::Schema {
+                    aggregate_type: row["aggregate_type"].as_str().unwrap(),
+                    event_type: row["event_type"].as_str().unwrap(),
+                    event_version: row["event_version"].as_str().unwrap(),
+                };
+                crate::upcast::decode_value(schema, row["payload"].clone()).unwrap()
+            })
+            .collect()
+    }
+
+    fn published_1_0_0(model: Value) -> Value {
+        json!({"PromptVersionPublished": {
+            "model": model, "params": null, "message": "", "version": 1,
+            "template": "Hi", "variables": []
+        }})
+    }
+
+    fn schema(event_version: &str) -> crate::upcast::Schema<'_> {
+        crate::upcast::Schema {
+            aggregate_type: Prompt::TYPE,
+            event_type: "PromptVersionPublished",
+            event_version,
+        }
+    }
+
+    #[test]
+    fn a_1_0_0_version_reads_its_model_split_into_provider_and_model_id() {
+        let events = fixture_events();
+        let models: Vec<Option<ModelName>> = events
+            .iter()
+            .filter_map(|event| match event {
+                PromptEvent::PromptVersionPublished { model, .. } => Some(model.clone()),
+                _ => None,
+            })
+            .collect();
+        let named = |provider: Option<&str>, model_id: &str| {
+            Some(ModelName {
+                provider: provider.map(str::to_string),
+                model_id: model_id.into(),
+            })
+        };
+        assert_eq!(
+            models,
+            vec![named(Some("openai"), "gpt-4o-mini"), None, named(None, "gpt-4o")]
+        );
+        // Read back, a 1.0.0 version names the same model as it did.
+        assert_eq!(
+            models[0].as_ref().map(ModelName::reference).as_deref(),
+            Some("openai/gpt-4o-mini")
+        );
+        assert_eq!(
+            models[2].as_ref().map(ModelName::reference).as_deref(),
+            Some("gpt-4o")
+        );
+    }
+
+    #[test]
+    fn a_1_0_0_version_and_a_2_0_0_one_of_the_same_request_read_alike() {
+        let old = published_1_0_0(json!("vllm/meta-llama/Llama-3-8B"));
+        let (upcast, version) = crate::upcast::upcast(schema("1.0.0"), old).unwrap();
+        let new = PromptEvent::PromptVersionPublished {
+            version: 1,
+            template: "Hi".into(),
+            variables: vec![],
+            model: Some(parse_model("vllm/meta-llama/Llama-3-8B").unwrap()),
+            params: None,
+            message: String::new(),
+        };
+        assert_eq!(version, new.event_version());
+        assert_eq!(upcast, serde_json::to_value(&new).unwrap());
+        assert!(!crate::upcast::is_outdated(schema(&new.event_version())));
+    }
+
+    #[test]
+    fn the_history_of_a_1_0_0_prompt_folds_and_takes_new_versions() {
+        TestFramework::<Prompt>::with(())
+            .given(fixture_events())
+            .when(publish("Hello {{name}}"))
+            .then_expect_events(vec![published(4, "Hello {{name}}")]);
+    }
+
+    #[test]
+    fn a_payload_the_upcaster_cannot_read_is_an_error_that_says_why() {
+        let error = crate::upcast::upcast(schema("1.0.0"), published_1_0_0(json!(42))).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "prompt event PromptVersionPublished 1.0.0 cannot be upcast to 2.0.0: `model` must be \
+             text or null, not 42"
+        );
+        let not_the_event = json!({"PromptArchived": {"model": "openai/gpt-4o"}});
+        let error = crate::upcast::upcast(schema("1.0.0"), not_the_event).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .ends_with("the payload is not a PromptVersionPublished object"),
+            "{error}"
+        );
+        let error = crate::upcast::upcast(schema("1.0"), published_1_0_0(json!(null))).unwrap_err();
+        assert!(
+            error.to_string().contains("\"1.0\", which is not three numbers"),
+            "{error}"
+        );
+        // Through `decode`, the same reason, as a decoding error rather than a panic.
+        let payload = published_1_0_0(json!(["openai", "gpt-4o"])).to_string();
+        let error = crate::upcast::decode::<PromptEvent>(schema("1.0.0"), &payload).unwrap_err();
+        assert!(
+            error.to_string().contains("`model` must be text or null"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod permissions;
 pub mod queries;
 pub mod verify;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
@@ -53,6 +54,8 @@ use domain::model::Model;
 use domain::position::GlobalCursor;
 use domain::prompt::Prompt;
 use domain::provider::Provider;
+use domain::upcast;
+use serde::de::Error as _;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -334,7 +337,13 @@ pub(crate) fn chain_event(
     head: &mut ChainHead,
     state: &mut Option<String>,
 ) -> Result<ChainedEntry, serde_json::Error> {
-    let changes = match fold(&event.aggregate_type, state.as_deref(), &event.payload)? {
+    // An event of a newer version than this build reads stops the chain here: recorded as
+    // undecodable, its entry would differ from the one the newer build computes.
+    upcast::check_known(event.schema()).map_err(serde_json::Error::custom)?;
+    // Folded in this build's shape, so that an old event changes what it changed when its
+    // entry was written.
+    let payload = current_shape(event);
+    let changes = match fold(&event.aggregate_type, state.as_deref(), &payload)? {
         Fold::Folded { after, changes } => {
             *state = Some(after);
             changes
@@ -361,6 +370,20 @@ enum Fold {
     Unknown,
     /// The payload is not an event of its aggregate type.
     Undecodable,
+}
+
+/// The payload of `event` upcast to this build's shape (`domain::upcast`); as stored when
+/// it is current, or cannot be upcast (it then folds as undecodable).
+fn current_shape(event: &StoredEvent) -> Cow<'_, str> {
+    if !upcast::is_outdated(event.schema()) {
+        return Cow::Borrowed(&event.payload);
+    }
+    serde_json::from_str(&event.payload)
+        .ok()
+        .and_then(|payload| upcast::upcast(event.schema(), payload).ok())
+        .map_or(Cow::Borrowed(&event.payload), |(payload, _)| {
+            Cow::Owned(payload.to_string())
+        })
 }
 
 /// Applies `payload` to `state` with the aggregate's own `apply`. Every aggregate type
@@ -666,6 +689,38 @@ mod tests {
         object.remove("prev_hash");
         object.remove("hash");
         assert_eq!(crate::canonical::to_string(&exported), text);
+    }
+
+    #[test]
+    fn an_event_of_an_older_shape_is_folded_upcast_and_recorded_as_stored() {
+        // `PromptVersionPublished` 1.0.0 (`model` as text), as `stored` gives it.
+        let published = r#"{"PromptVersionPublished":{"model":"openai/gpt-4o-mini","params":null,"message":"","version":1,"template":"Hi","variables":[]}}"#;
+        let mut head = ChainHead::genesis();
+        let mut state = None;
+        chain_event(&stored("p-1", 1, CREATED), &mut head, &mut state).unwrap();
+        let chained = chain_event(&stored("p-1", 2, published), &mut head, &mut state).unwrap();
+        assert_eq!(
+            chained.entry.changes,
+            json!({"latest_version": {"before": 0, "after": 1}})
+        );
+        assert_eq!(chained.entry.event_version, "1.0.0");
+        assert_eq!(
+            chained.entry.payload["PromptVersionPublished"]["model"],
+            "openai/gpt-4o-mini"
+        );
+    }
+
+    #[test]
+    fn an_event_of_a_newer_version_than_this_build_reads_stops_the_chain() {
+        let mut head = ChainHead::genesis();
+        let mut state = None;
+        chain_event(&stored("p-1", 1, CREATED), &mut head, &mut state).unwrap();
+        let before = (head.sequence, head.hash.clone(), state.clone());
+        let mut newer = stored("p-1", 2, r#"{"PromptVersionPublished":{"version":1}}"#);
+        newer.event_version = "3.0.0".into();
+        let error = chain_event(&newer, &mut head, &mut state).unwrap_err();
+        assert!(error.to_string().contains("a newer aipm wrote it"), "{error}");
+        assert_eq!((head.sequence, head.hash, state), before);
     }
 
     #[test]

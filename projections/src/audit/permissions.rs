@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::access::ApiKey;
 use domain::position::GlobalCursor;
+use domain::upcast::{self, Schema};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -33,8 +34,9 @@ pub async fn as_of(
     tenant: &str,
     at: DateTime<Utc>,
 ) -> Result<Vec<KeyPermission>, ProjectionError> {
-    let rows: Vec<(String, String, String, DateTime<Utc>, i64, i64)> = sqlx::query_as(
-        "select aggregate_id, event_type, payload::text, recorded_at,
+    type Row = (String, String, String, String, DateTime<Utc>, i64, i64);
+    let rows: Vec<Row> = sqlx::query_as(
+        "select aggregate_id, event_type, event_version, payload::text, recorded_at,
                 transaction_id::text::bigint, position
          from events
          where aggregate_type = $1 and tenant_id = $2 and recorded_at <= $3
@@ -52,8 +54,13 @@ pub async fn as_of(
         revoked_at: Option<DateTime<Utc>>,
     }
     let mut keys: BTreeMap<String, Folded> = BTreeMap::new();
-    for (key_id, event_type, payload, recorded_at, transaction_id, position) in rows {
-        let event = serde_json::from_str(&payload).map_err(|source| ProjectionError::Undecodable {
+    for (key_id, event_type, event_version, payload, recorded_at, transaction_id, position) in rows {
+        let schema = Schema {
+            aggregate_type: ApiKey::TYPE,
+            event_type: &event_type,
+            event_version: &event_version,
+        };
+        let event = upcast::decode(schema, &payload).map_err(|source| ProjectionError::Undecodable {
             cursor: GlobalCursor::new(transaction_id, position),
             event_type,
             source,

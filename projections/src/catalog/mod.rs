@@ -298,7 +298,7 @@ fn apply_prompt(batch: &mut Batch, event: &StoredEvent, id: Uuid, payload: Promp
                 tenant_id,
                 template,
                 variables,
-                model,
+                model: model.map(|model| model.reference()),
                 params,
                 message,
                 created_at: event.recorded_at,

@@ -106,7 +106,7 @@ impl VersionView {
             version: version as i32,
             template,
             variables,
-            model,
+            model: model.map(|model| model.reference()),
             params,
             message,
             created_at,

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::config::{ConfigEntry, ConfigEvent, ConfigKey};
+use domain::upcast::{self, Schema};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -88,8 +89,8 @@ pub async fn values_as_of(
     prefix: &str,
     at: DateTime<Utc>,
 ) -> sqlx::Result<Vec<ConfigValue>> {
-    let rows: Vec<(String, Value, DateTime<Utc>)> = sqlx::query_as(
-        "select distinct on (aggregate_id) aggregate_id, payload, recorded_at
+    let rows: Vec<(String, String, String, Value, DateTime<Utc>)> = sqlx::query_as(
+        "select distinct on (aggregate_id) aggregate_id, event_type, event_version, payload, recorded_at
          from events
          where tenant_id = $1 and aggregate_type = $2 and recorded_at <= $3
            and event_type in ('ConfigValueSet', 'ConfigValueCleared', 'ConfigScheduleApplied')
@@ -101,13 +102,18 @@ pub async fn values_as_of(
     .fetch_all(pool)
     .await?;
     let mut values = Vec::new();
-    for (aggregate_id, payload, updated_at) in rows {
+    for (aggregate_id, event_type, event_version, payload, updated_at) in rows {
         let key = ConfigKey::in_aggregate_id(&aggregate_id);
         if !key.starts_with(prefix) {
             continue;
         }
+        let schema = Schema {
+            aggregate_type: ConfigEntry::TYPE,
+            event_type: &event_type,
+            event_version: &event_version,
+        };
         let event: ConfigEvent =
-            serde_json::from_value(payload).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            upcast::decode_value(schema, payload).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         if let ConfigEvent::ConfigValueSet { value, .. } | ConfigEvent::ConfigScheduleApplied { value, .. } =
             event
         {

@@ -7,6 +7,7 @@
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::position::GlobalCursor;
+use domain::upcast::{self, Schema};
 use futures::{Stream, StreamExt};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -72,8 +73,8 @@ pub async fn fold_all<A: Aggregate>(
     tenant: &str,
     point: ReportPoint,
 ) -> sqlx::Result<Vec<(String, A)>> {
-    let mut rows = sqlx::query_as::<_, (String, serde_json::Value)>(
-        "select aggregate_id, payload from events
+    let mut rows = sqlx::query_as::<_, (String, String, String, serde_json::Value)>(
+        "select aggregate_id, event_type, event_version, payload from events
          where aggregate_type = $1 and tenant_id = $2 and recorded_at <= $3
            and (transaction_id, position) <= ($4::bigint::text::xid8, $5)
          order by aggregate_id, sequence",
@@ -86,8 +87,13 @@ pub async fn fold_all<A: Aggregate>(
     .fetch(pool);
     let mut folded: Vec<(String, A)> = Vec::new();
     while let Some(row) = rows.next().await {
-        let (id, payload) = row?;
-        let event: A::Event = serde_json::from_value(payload).map_err(|error| {
+        let (id, event_type, event_version, payload) = row?;
+        let schema = Schema {
+            aggregate_type: A::TYPE,
+            event_type: &event_type,
+            event_version: &event_version,
+        };
+        let event: A::Event = upcast::decode_value(schema, payload).map_err(|error| {
             sqlx::Error::Decode(format!("unreadable {} event of {id}: {error}", A::TYPE).into())
         })?;
         match folded.last_mut() {
@@ -187,8 +193,8 @@ pub async fn events_of<A: Aggregate>(
     point: ReportPoint,
     id: Option<&str>,
 ) -> sqlx::Result<Vec<LoggedEvent<A::Event>>> {
-    let mut rows = sqlx::query_as::<_, (String, i64, DateTime<Utc>, serde_json::Value)>(
-        "select aggregate_id, sequence, recorded_at, payload from events
+    let mut rows = sqlx::query_as::<_, (String, i64, DateTime<Utc>, String, String, serde_json::Value)>(
+        "select aggregate_id, sequence, recorded_at, event_type, event_version, payload from events
          where aggregate_type = $1 and tenant_id = $2 and recorded_at <= $3
            and (transaction_id, position) <= ($4::bigint::text::xid8, $5)
            and ($6::text is null or aggregate_id = $6)
@@ -203,8 +209,13 @@ pub async fn events_of<A: Aggregate>(
     .fetch(pool);
     let mut events = Vec::new();
     while let Some(row) = rows.next().await {
-        let (aggregate_id, sequence, recorded_at, payload) = row?;
-        let event = serde_json::from_value(payload).map_err(|error| {
+        let (aggregate_id, sequence, recorded_at, event_type, event_version, payload) = row?;
+        let schema = Schema {
+            aggregate_type: A::TYPE,
+            event_type: &event_type,
+            event_version: &event_version,
+        };
+        let event = upcast::decode_value(schema, payload).map_err(|error| {
             sqlx::Error::Decode(format!("unreadable {} event of {aggregate_id}: {error}", A::TYPE).into())
         })?;
         events.push(LoggedEvent {

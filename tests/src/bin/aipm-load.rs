@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use commands::CommandMetadata;
 use cqrs_es::{Aggregate, DomainEvent};
-use domain::prompt::{Prompt, PromptEvent, Template};
+use domain::prompt::{ModelName, Prompt, PromptEvent, Template};
 use integration_tests::fake_provider::FakeProvider;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -1955,11 +1955,11 @@ impl Seeder {
         let template = Template::parse(&text).map_err(|e| format!("seed template: {e}"))?;
         let (model, params) = if round % 2 == 1 {
             (
-                Some("gpt-4o-mini".to_string()),
+                Some(ModelName::from_reference("gpt-4o-mini")),
                 Some(json!({ "temperature": 0.2, "max_tokens": 400 + round * 10 })),
             )
         } else {
-            (Some("claude-sonnet".to_string()), None)
+            (Some(ModelName::from_reference("claude-sonnet")), None)
         };
         Ok(PromptEvent::PromptVersionPublished {
             version: u32::try_from(round)?,

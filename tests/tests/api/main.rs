@@ -34,4 +34,5 @@ mod registry;
 mod relay;
 mod restore;
 mod runner;
+mod schema_evolution;
 mod usage;
