@@ -183,15 +183,22 @@ pub async fn recompute(conn: &mut PgConnection) -> Result<GuardRows, GuardError>
 
 /// Folds every aggregate of type `A`, one at a time, in sequence order.
 async fn fold<A: Governed>(conn: &mut PgConnection, guards: &mut Guards) -> Result<(), GuardError> {
-    let mut rows = sqlx::query_as::<_, (String, i64, String, String)>(
-        "select aggregate_id, sequence, tenant_id, payload::text from events
+    let mut rows = sqlx::query_as::<_, (String, i64, String, String, String, String)>(
+        "select aggregate_id, sequence, tenant_id, event_type, event_version, payload::text from events
          where aggregate_type = $1 order by aggregate_id, sequence",
     )
     .bind(A::TYPE)
     .fetch(&mut *conn);
     let mut current: Option<(String, String, A, Held)> = None;
-    while let Some((aggregate_id, sequence, tenant, payload)) = rows.try_next().await? {
-        let event: A::Event = serde_json::from_str(&payload).map_err(|e| GuardError::Undecodable {
+    while let Some((aggregate_id, sequence, tenant, event_type, event_version, payload)) =
+        rows.try_next().await?
+    {
+        let schema = domain::upcast::Schema {
+            aggregate_type: A::TYPE,
+            event_type: &event_type,
+            event_version: &event_version,
+        };
+        let event: A::Event = domain::upcast::decode(schema, &payload).map_err(|e| GuardError::Undecodable {
             aggregate_type: A::TYPE.to_string(),
             aggregate_id: aggregate_id.clone(),
             sequence,
