@@ -127,8 +127,12 @@ pub async fn rebuild(
     report
 }
 
-/// Rebuilds `projections` as [`rebuild`] does, all at once, each on connections of its own;
-/// one's failure leaves the others' results standing.
+/// How many projections [`rebuild_all`] rebuilds at once. Each uses three connections: one
+/// reads the log, one writes the copies, one holds the schema.
+pub const PARALLEL_REBUILDS: usize = 4;
+
+/// Rebuilds `projections` as [`rebuild`] does, [`PARALLEL_REBUILDS`] at once, each on
+/// connections of its own; one's failure leaves the others' results standing.
 pub async fn rebuild_all(
     pool: &PgPool,
     projections: Vec<Arc<dyn Projection>>,
@@ -140,11 +144,17 @@ pub async fn rebuild_all(
         indicatif::ProgressDrawTarget::hidden()
     });
     let mut running = tokio::task::JoinSet::new();
+    let turns = Arc::new(tokio::sync::Semaphore::new(PARALLEL_REBUILDS));
     for (index, projection) in projections.into_iter().enumerate() {
         let pool = pool.clone();
         let bars = bars.clone();
+        let turns = turns.clone();
         running.spawn(async move {
             let result = async {
+                let _turn = turns
+                    .acquire()
+                    .await
+                    .map_err(|e| invalid(format!("cannot wait for a turn: {e}")))?;
                 let bar = bars.add(log_progress_bar(&pool, projection.as_ref(), progress).await?);
                 let report = rebuild_with(&pool, projection.as_ref(), &bar).await;
                 bar.finish();

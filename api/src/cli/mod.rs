@@ -324,7 +324,8 @@ async fn replay_command(database_url: &str, command: ReplayCommand) -> Result<()
     };
     let selected = selected_projections(projection.as_deref())?;
     // Each projection rebuilt at once reads and writes on connections of its own.
-    let pool = db::connect(database_url, 2 * selected.len() as u32 + 2)
+    let at_once = selected.len().min(replay::PARALLEL_REBUILDS) as u32;
+    let pool = db::connect(database_url, 3 * at_once + 2)
         .await
         .map_err(|e| e.to_string())?;
     let print = |name: &str, report: &replay::RebuildReport| {
