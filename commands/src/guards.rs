@@ -198,12 +198,13 @@ async fn fold<A: Governed>(conn: &mut PgConnection, guards: &mut Guards) -> Resu
             event_type: &event_type,
             event_version: &event_version,
         };
-        let event: A::Event = domain::upcast::decode(schema, &payload).map_err(|e| GuardError::Undecodable {
-            aggregate_type: A::TYPE.to_string(),
-            aggregate_id: aggregate_id.clone(),
-            sequence,
-            cause: e.to_string(),
-        })?;
+        let event: A::Event =
+            domain::upcast::decode(schema, &payload).map_err(|e| GuardError::Undecodable {
+                aggregate_type: A::TYPE.to_string(),
+                aggregate_id: aggregate_id.clone(),
+                sequence,
+                cause: e.to_string(),
+            })?;
         if current.as_ref().is_none_or(|(id, ..)| *id != aggregate_id) {
             if let Some((id, tenant, _, held)) = current.take() {
                 held.write(guards, &tenant, &id);

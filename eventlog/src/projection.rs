@@ -43,8 +43,15 @@ pub trait Projection: Send + Sync + 'static {
     /// Its name: the key of its checkpoint and lock. Renaming it rebuilds from scratch.
     fn name(&self) -> &'static str;
 
-    /// The tables this projection owns; a rebuild empties them.
+    /// The tables this projection owns, in `public`; a rebuild replaces them.
     fn tables(&self) -> &'static [&'static str];
+
+    /// Tables it writes without owning them (the registry prices usage records again when a
+    /// price changes). A rebuild elsewhere than in the live tables gives it empty copies of
+    /// them, so that building never touches the live ones; a rebuild does not restore them.
+    fn also_writes(&self) -> &'static [&'static str] {
+        &[]
+    }
 
     /// The aggregate types whose events this projection reads (`None`: all). The others'
     /// payloads are not fetched for it. An inline projection must name its types.

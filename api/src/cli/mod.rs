@@ -8,6 +8,7 @@ pub mod backup;
 pub mod database;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use commands::{CommandError, CommandMetadata, EventStore};
@@ -178,11 +179,37 @@ pub enum KeysCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ReplayCommand {
-    /// Empty read models and rebuild them from the log.
+    /// Rebuild read models from the log beside the live ones and swap them in, while aipm
+    /// keeps serving; or, with --to and --schema, build them as of a past point into a
+    /// schema of their own, leaving the live ones alone.
     Rebuild {
         /// Only this projection (default: all).
         #[arg(long)]
         projection: Option<String>,
+        /// Build as of this point: a cursor `<transaction>-<position>` (events at or before
+        /// it) or an RFC 3339 instant (events recorded by then). Needs --schema.
+        #[arg(long, requires = "schema")]
+        to: Option<replay::Point>,
+        /// The schema to build into (not `public`). Needs --to.
+        #[arg(long, requires = "to")]
+        schema: Option<String>,
+        /// Drop the schema's tables first when it already holds some.
+        #[arg(long, requires = "schema")]
+        replace: bool,
+        /// Empty the live tables and rebuild them in one transaction, during which their
+        /// reads wait: for a database without room for a second copy.
+        #[arg(long, conflicts_with = "to")]
+        in_place: bool,
+    },
+    /// Rebuild read models into a scratch schema and compare them with the live ones row for
+    /// row; lists the differences and exits non-zero when there are any.
+    Verify {
+        /// Only this projection (default: all).
+        #[arg(long)]
+        projection: Option<String>,
+        /// At most this many differing rows listed per table.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
     },
 }
 
@@ -276,35 +303,7 @@ async fn run(cli: Cli, database: &mut database::Database) -> Result<(), String> 
                 }
             }
         }
-        Command::Replay {
-            command: ReplayCommand::Rebuild { projection },
-        } => {
-            let pool = database.connect(4).await?;
-            let selected: Vec<_> = projections::all()
-                .into_iter()
-                .filter(|p| projection.as_deref().is_none_or(|name| p.name() == name))
-                .collect();
-            if selected.is_empty() {
-                let names: Vec<&str> = projections::all().iter().map(|p| p.name()).collect();
-                return Err(format!(
-                    "unknown projection {projection:?}; known: {}",
-                    names.join(", ")
-                ));
-            }
-            for projection in selected {
-                let report = replay::rebuild(&pool, projection.as_ref(), true)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                println!(
-                    "{}: {} events in {:.2}s ({:.0} events/s)",
-                    projection.name(),
-                    report.events,
-                    report.seconds,
-                    report.events_per_second()
-                );
-            }
-            Ok(())
-        }
+        Command::Replay { command } => replay_command(database, command).await,
         Command::Backup { out, since } => {
             let pool = database.connect(2).await?;
             let started = std::time::Instant::now();
@@ -351,6 +350,126 @@ async fn run(cli: Cli, database: &mut database::Database) -> Result<(), String> 
                 }
             }
         }
+    }
+}
+
+/// The projections a `--projection` option names: every one when absent.
+fn selected_projections(name: Option<&str>) -> Result<Vec<Arc<dyn projections::Projection>>, String> {
+    let selected: Vec<_> = projections::all()
+        .into_iter()
+        .filter(|p| name.is_none_or(|name| p.name() == name))
+        .collect();
+    if selected.is_empty() {
+        let names: Vec<&str> = projections::all().iter().map(|p| p.name()).collect();
+        return Err(format!(
+            "unknown projection {:?}; known: {}",
+            name.unwrap_or_default(),
+            names.join(", ")
+        ));
+    }
+    Ok(selected)
+}
+
+async fn replay_command(database: &mut database::Database, command: ReplayCommand) -> Result<(), String> {
+    let projection = match &command {
+        ReplayCommand::Rebuild { projection, .. } | ReplayCommand::Verify { projection, .. } => {
+            projection.clone()
+        }
+    };
+    let selected = selected_projections(projection.as_deref())?;
+    // Each projection rebuilt at once reads and writes on connections of its own.
+    let at_once = selected.len().min(replay::PARALLEL_REBUILDS) as u32;
+    let pool = database.connect(3 * at_once + 2).await?;
+    let print = |name: &str, report: &replay::RebuildReport| {
+        println!(
+            "{name}: {} events in {:.2}s ({:.0} events/s), live tables locked {:.3}s",
+            report.events,
+            report.seconds,
+            report.events_per_second(),
+            report.locked_seconds
+        );
+    };
+    match command {
+        ReplayCommand::Rebuild {
+            to: Some(point),
+            schema: Some(schema),
+            replace,
+            ..
+        } => {
+            let schema = replay::SchemaName::parse(&schema)?;
+            let reports = replay::rebuild_at(&pool, &selected, point, &schema, replace, true)
+                .await
+                .map_err(|e| e.to_string())?;
+            for (name, report) in &reports {
+                print(name, report);
+            }
+            println!(
+                "the read models as of {} are in schema {schema}",
+                point_text(point)
+            );
+            Ok(())
+        }
+        ReplayCommand::Rebuild { in_place: true, .. } => {
+            for projection in selected {
+                let report = replay::rebuild_in_place(&pool, projection.as_ref(), true)
+                    .await
+                    .map_err(|e| format!("{}: {e}", projection.name()))?;
+                print(projection.name(), &report);
+            }
+            Ok(())
+        }
+        ReplayCommand::Rebuild { .. } => {
+            let mut failed = Vec::new();
+            for (name, result) in replay::rebuild_all(&pool, selected, true).await {
+                match result {
+                    Ok(report) => print(name, &report),
+                    Err(error) => {
+                        eprintln!("{name}: {error}");
+                        failed.push(name);
+                    }
+                }
+            }
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "not rebuilt (their live tables are unchanged): {}",
+                    failed.join(", ")
+                ))
+            }
+        }
+        ReplayCommand::Verify { limit, .. } => {
+            let mut differing = Vec::new();
+            for projection in selected {
+                let bar = replay::log_progress_bar(&pool, projection.as_ref(), true)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let report = replay::verify(&pool, projection.as_ref(), limit, &bar)
+                    .await
+                    .map_err(|e| format!("{}: {e}", projection.name()))?;
+                bar.finish_and_clear();
+                print!("{report}");
+                if !report.is_clean() {
+                    differing.push(report.projection);
+                }
+            }
+            if differing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "read models differ from the log: {}",
+                    differing.join(", ")
+                ))
+            }
+        }
+    }
+}
+
+fn point_text(point: replay::Point) -> String {
+    match (point.cursor, point.instant) {
+        (Some(cursor), _) => format!("cursor {cursor}"),
+        (None, Some(instant)) => instant.to_rfc3339(),
+        (None, None) => "the end of the log".into(),
     }
 }
 

@@ -33,6 +33,11 @@ impl Projection for RegistryProjection {
         Some(&[Provider::TYPE, Model::TYPE])
     }
 
+    /// A price change prices the model's usage records again (`usage::recost`).
+    fn also_writes(&self) -> &'static [&'static str] {
+        &["usage_record", "usage_rollup"]
+    }
+
     fn inline(&self) -> bool {
         true
     }

@@ -441,6 +441,9 @@ struct RebuildArgs {
     /// The projection to rebuild.
     #[arg(long, default_value = "catalog")]
     projection: String,
+    /// The old rebuild: empty the live tables and apply the log in one transaction.
+    #[arg(long)]
+    in_place: bool,
     /// Also append the results as JSON lines to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -2057,17 +2060,29 @@ async fn rebuild(args: RebuildArgs) -> Result<()> {
         )
         .into());
     };
-    let pool = api::db::connect(&args.database_url, 4).await?;
+    let pool = api::db::connect(&args.database_url, 8).await?;
+    let table = projection.tables().first().copied().unwrap_or("events");
     let mut reports = Vec::new();
     for run in 1..=args.runs {
-        let report = replay::rebuild(&pool, projection.as_ref(), false)
-            .await
-            .map_err(|e| format!("rebuilding {}: {e}", args.projection))?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let probe = tokio::spawn(probe_during_rebuild(pool.clone(), table, stopped));
+        let report = if args.in_place {
+            replay::rebuild_in_place(&pool, projection.as_ref(), false).await
+        } else {
+            replay::rebuild(&pool, projection.as_ref(), false).await
+        };
+        let _ = stop.send(true);
+        let probed = probe.await.map_err(|e| format!("the probe failed: {e}"))??;
+        let report = report.map_err(|e| format!("rebuilding {}: {e}", args.projection))?;
         println!(
-            "run {run}: {} events in {:.2}s ({:.0} events/s)",
+            "run {run}: {} events in {:.2}s ({:.0} events/s); live tables locked {:.3}s; \
+             slowest read of {table} {:.0} ms; the settled log stood still for at most {:.2}s",
             report.events,
             report.seconds,
-            report.events_per_second()
+            report.events_per_second(),
+            report.locked_seconds,
+            probed.slowest_read.as_secs_f64() * 1000.0,
+            probed.longest_stall.as_secs_f64()
         );
         if let Some(path) = &args.json {
             append_json(
@@ -2079,6 +2094,10 @@ async fn rebuild(args: RebuildArgs) -> Result<()> {
                     "events": report.events,
                     "seconds": report.seconds,
                     "events_per_second": report.events_per_second(),
+                    "in_place": args.in_place,
+                    "locked_seconds": report.locked_seconds,
+                    "slowest_read_ms": probed.slowest_read.as_secs_f64() * 1000.0,
+                    "longest_settled_stall_seconds": probed.longest_stall.as_secs_f64(),
                     "at": now_rfc3339(),
                 }),
             )?;
@@ -2095,6 +2114,64 @@ async fn rebuild(args: RebuildArgs) -> Result<()> {
         args.projection
     );
     Ok(())
+}
+
+/// What other work saw while a rebuild ran.
+struct Probed {
+    /// The slowest of the reads of the rebuilt projection's first table made meanwhile.
+    slowest_read: Duration,
+    /// The longest time the settled end of the log (what every runner and feed reads up to)
+    /// did not move although transactions kept committing.
+    longest_stall: Duration,
+}
+
+/// Every 20 ms until `stopped`, on two tasks so that a read waiting for a lock does not hide
+/// the other measure: reads a row of `table`, as a query would; and commits a transaction of
+/// its own, then sees whether the horizon readers of the log wait for has passed it.
+async fn probe_during_rebuild(
+    pool: PgPool,
+    table: &'static str,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<Probed> {
+    let reads = {
+        let (pool, mut stopped) = (pool.clone(), stopped.clone());
+        tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            while !*stopped.borrow() {
+                let started = Instant::now();
+                sqlx::query(&format!("select * from {table} limit 1"))
+                    .fetch_optional(&pool)
+                    .await?;
+                slowest = slowest.max(started.elapsed());
+                let _ = tokio::time::timeout(Duration::from_millis(20), stopped.changed()).await;
+            }
+            Ok::<_, sqlx::Error>(slowest)
+        })
+    };
+    let mut stopped = stopped;
+    let mut longest_stall = Duration::ZERO;
+    let mut stalled_since: Option<Instant> = None;
+    while !*stopped.borrow() {
+        let started = Instant::now();
+        let committed: i64 = sqlx::query_scalar("select pg_current_xact_id()::text::bigint")
+            .fetch_one(&pool)
+            .await?;
+        let horizon: i64 = sqlx::query_scalar("select events_horizon()::text::bigint")
+            .fetch_one(&pool)
+            .await?;
+        if horizon > committed {
+            stalled_since = None;
+        } else {
+            let since = *stalled_since.get_or_insert(started);
+            longest_stall = longest_stall.max(since.elapsed());
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(20), stopped.changed()).await;
+    }
+    let slowest_read = reads.await.map_err(|e| format!("the read probe failed: {e}"))??;
+    Ok(Probed {
+        slowest_read,
+        longest_stall,
+    })
 }
 
 fn median(values: &mut [f64]) -> f64 {

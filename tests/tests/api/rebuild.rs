@@ -631,3 +631,364 @@ async fn after_a_rebuild_the_server_still_serves_and_new_commands_still_project(
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// Runs the `aipm` binary on `app`'s database; returns its exit code, stdout and stderr.
+async fn aipm(app: &TestApp, args: &[&str]) -> (Option<i32>, String, String) {
+    let url = app.db.url.clone();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_aipm-process"))
+            .args(&args)
+            .env("DATABASE_URL", url)
+            .env("NATS_URL", "")
+            .output()
+            .expect("run aipm")
+    })
+    .await
+    .expect("aipm task");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn verify_all(pool: &PgPool) -> Vec<replay::VerifyReport> {
+    let mut reports = Vec::new();
+    for projection in projections::all() {
+        let report = replay::verify(pool, projection.as_ref(), 20, &replay::ProgressBar::hidden())
+            .await
+            .expect("verify");
+        reports.push(report);
+    }
+    reports
+}
+
+async fn scratch_schemas(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("select count(*) from pg_namespace where nspname like 'aipm\\_%'")
+        .fetch_one(pool)
+        .await
+        .expect("schemas")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_finds_nothing_on_a_healthy_database_and_lists_a_row_corrupted_by_hand() {
+    let app = TestApp::spawn_with(api::Settings::default()).await;
+    let history = write_history(&app).await;
+    settle(app.pool()).await;
+    let before = dump(app.pool()).await;
+
+    for report in verify_all(app.pool()).await {
+        assert!(report.is_clean(), "{report}");
+        if report.projection == "catalog" || report.projection == "audit" {
+            assert!(report.events > 50, "{report}");
+        }
+    }
+    let (code, stdout, stderr) = aipm(&app, &["replay", "verify"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("catalog: the read models equal a rebuild"),
+        "{stdout}"
+    );
+    assert_eq!(
+        scratch_schemas(app.pool()).await,
+        0,
+        "scratch schemas are dropped"
+    );
+    assert_eq!(
+        dump(app.pool()).await,
+        before,
+        "verify changed the live read models"
+    );
+
+    sqlx::query("update prompt set description = 'tampered' where prompt_id = $1::uuid")
+        .bind(&history.greeting)
+        .execute(app.pool())
+        .await
+        .expect("tamper");
+    sqlx::query("delete from prompt_version where prompt_id = $1::uuid and version = 2")
+        .bind(&history.plain)
+        .execute(app.pool())
+        .await
+        .expect("tamper");
+
+    let (code, stdout, stderr) = aipm(&app, &["replay", "verify", "--projection", "catalog"]).await;
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    assert!(stdout.contains("catalog: 2 rows differ"), "{stdout}");
+    assert!(stdout.contains(&history.greeting), "{stdout}");
+    assert!(
+        stdout.contains(r#"live:    {"description":"tampered"}"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"rebuilt: {"description":"the greeting"}"#),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("read models differ from the log: catalog"),
+        "{stderr}"
+    );
+
+    let catalog = projections::all()
+        .into_iter()
+        .find(|p| p.name() == "catalog")
+        .expect("catalog");
+    let report = replay::verify(app.pool(), catalog.as_ref(), 20, &replay::ProgressBar::hidden())
+        .await
+        .expect("verify");
+    let mut differences = report.differences.clone();
+    differences.sort_by(|a, b| a.table.cmp(&b.table));
+    assert_eq!(differences.len(), 2, "{report}");
+    assert_eq!(differences[0].table, "prompt");
+    assert_eq!(differences[0].key, json!({ "prompt_id": history.greeting }));
+    assert_eq!(differences[0].live, Some(json!({ "description": "tampered" })));
+    assert_eq!(
+        differences[0].rebuilt,
+        Some(json!({ "description": "the greeting" }))
+    );
+    assert_eq!(differences[1].table, "prompt_version");
+    assert_eq!(
+        differences[1].key,
+        json!({ "prompt_id": history.plain, "version": 2 })
+    );
+    assert_eq!(differences[1].live, None, "the live table lost the row");
+    assert_eq!(
+        differences[1].rebuilt.as_ref().map(|r| &r["template"]),
+        Some(&json!("two"))
+    );
+    assert_eq!(scratch_schemas(app.pool()).await, 0);
+
+    // A listing is bounded: one row per table asked for, the rest counted as more.
+    sqlx::query("update prompt set description = 'x'")
+        .execute(app.pool())
+        .await
+        .expect("tamper");
+    let report = replay::verify(app.pool(), catalog.as_ref(), 1, &replay::ProgressBar::hidden())
+        .await
+        .expect("verify");
+    assert_eq!(report.differences.len(), 2, "{report}");
+    assert_eq!(report.truncated, ["prompt"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebuilding_to_a_past_point_shows_the_earlier_state_in_its_schema_and_leaves_public_alone() {
+    let app = TestApp::spawn_with(api::Settings::default()).await;
+    let key = app.admin_key.clone();
+    let prompt = app.create_prompt("greeting").await;
+    app.publish(&prompt, "Hello").await;
+    let labels = format!("/v1/prompts/{prompt}/labels/production");
+    expect_status(
+        app.put(&labels, &key, json!({ "version": 1 })).await,
+        StatusCode::OK,
+    )
+    .await;
+    let earlier = last_event_cursor(app.pool()).await;
+    let earlier_time: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "select recorded_at from events where transaction_id = $1::text::xid8 and position = $2",
+    )
+    .bind(earlier.transaction_id)
+    .bind(earlier.position)
+    .fetch_one(app.pool())
+    .await
+    .expect("time of the earlier change");
+    app.publish(&prompt, "Hello again").await;
+    expect_status(
+        app.put(&labels, &key, json!({ "version": 2 })).await,
+        StatusCode::OK,
+    )
+    .await;
+    expect_status(
+        app.patch(
+            &format!("/v1/prompts/{prompt}"),
+            &key,
+            json!({ "name": "renamed" }),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let live = dump(app.pool()).await;
+
+    let state = |schema: &'static str| {
+        let pool = app.pool().clone();
+        let prompt = prompt.clone();
+        async move {
+            let row: (String, Value, i64) = sqlx::query_as(&format!(
+                "select p.name, p.labels, (select count(*) from {schema}.prompt_version v where v.prompt_id = p.prompt_id)
+                 from {schema}.prompt p where p.prompt_id = $1::uuid"
+            ))
+            .bind(&prompt)
+            .fetch_one(&pool)
+            .await
+            .expect("prompt in schema");
+            row
+        }
+    };
+    let (code, stdout, stderr) = aipm(
+        &app,
+        &[
+            "replay",
+            "rebuild",
+            "--to",
+            &earlier.to_string(),
+            "--schema",
+            "as_of_cursor",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("schema as_of_cursor"), "{stdout}");
+    assert_eq!(
+        state("as_of_cursor").await,
+        ("greeting".to_string(), json!({ "production": 1 }), 1)
+    );
+    assert_eq!(
+        state("public").await,
+        ("renamed".to_string(), json!({ "production": 2 }), 2)
+    );
+    // Only the read models' own tables, not the copies written instead of live telemetry.
+    let usage_copy: Option<String> =
+        sqlx::query_scalar("select to_regclass('as_of_cursor.usage_record')::text")
+            .fetch_one(app.pool())
+            .await
+            .expect("regclass");
+    assert_eq!(usage_copy, None);
+
+    let all = projections::all();
+    let at_instant = replay::Point {
+        cursor: None,
+        instant: Some(earlier_time),
+    };
+    let schema = replay::SchemaName::parse("as_of_instant").expect("name");
+    replay::rebuild_at(app.pool(), &all, at_instant, &schema, false, false)
+        .await
+        .expect("rebuild at an instant");
+    assert_eq!(
+        state("as_of_instant").await,
+        ("greeting".to_string(), json!({ "production": 1 }), 1)
+    );
+
+    // A schema holding tables is refused unless replaced; `public` never.
+    let refused = replay::rebuild_at(app.pool(), &all, at_instant, &schema, false, false)
+        .await
+        .expect_err("a non-empty schema is refused");
+    assert!(refused.to_string().contains("--replace"), "{refused}");
+    let latest = replay::Point {
+        cursor: Some(last_event_cursor(app.pool()).await),
+        instant: None,
+    };
+    replay::rebuild_at(app.pool(), &all, latest, &schema, true, false)
+        .await
+        .expect("replaced");
+    assert_eq!(
+        state("as_of_instant").await,
+        ("renamed".to_string(), json!({ "production": 2 }), 2)
+    );
+    let (code, _, stderr) = aipm(&app, &["replay", "rebuild", "--to", "1-1", "--schema", "public"]).await;
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("not for rebuilt read models"), "{stderr}");
+    let (code, _, stderr) = aipm(&app, &["replay", "rebuild", "--to", "yesterday", "--schema", "x"]).await;
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("RFC 3339"), "{stderr}");
+    assert_eq!(dump(app.pool()).await, live, "the live read models were touched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_while_commands_and_reads_run_loses_nothing_and_fails_no_request() {
+    let app = TestApp::spawn_with(api::Settings::default()).await;
+    write_history(&app).await;
+    let key = app.admin_key.clone();
+    let rebuilt = std::sync::atomic::AtomicBool::new(false);
+    let load = async {
+        let (mut requests, mut during, mut created) = (0u64, 0u64, Vec::new());
+        let mut failures = Vec::new();
+        let mut check = |what: String, status: StatusCode, during_rebuild: bool| {
+            requests += 1;
+            if during_rebuild {
+                during += 1;
+            }
+            if !status.is_success() {
+                failures.push(format!("{what}: {status}"));
+            }
+        };
+        // Until the rebuild is done, and at least a few rounds whatever its speed.
+        let mut round = 0;
+        while round < 20 || !rebuilt.load(std::sync::atomic::Ordering::SeqCst) {
+            round += 1;
+            let during_rebuild = !rebuilt.load(std::sync::atomic::Ordering::SeqCst);
+            let response = app
+                .post(
+                    "/v1/prompts",
+                    &key,
+                    json!({ "name": format!("load-{round}"), "tags": ["load"] }),
+                )
+                .await;
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or_default();
+            check("create".into(), status, during_rebuild);
+            let Some(id) = body["id"].as_str().map(str::to_string) else {
+                continue;
+            };
+            let published = app
+                .post(
+                    &format!("/v1/prompts/{id}/versions"),
+                    &key,
+                    json!({ "template": "v {{x}}", "model": "openai/gpt-4o" }),
+                )
+                .await;
+            check("publish".into(), published.status(), during_rebuild);
+            let read = app.get(&format!("/v1/prompts/{id}"), &key).await;
+            check("read".into(), read.status(), during_rebuild);
+            let listed = app.get("/v1/prompts?limit=5", &key).await;
+            check("list".into(), listed.status(), during_rebuild);
+            // Reads of the audit log wait for its runner: a stalled one fails them.
+            let audit = app.get("/v1/audit?limit=1", &key).await;
+            check("audit".into(), audit.status(), during_rebuild);
+            created.push(id);
+        }
+        (requests, during, created, failures)
+    };
+    let rebuild = async {
+        let results = replay::rebuild_all(app.pool(), projections::all(), false).await;
+        rebuilt.store(true, std::sync::atomic::Ordering::SeqCst);
+        results
+    };
+    let ((requests, during, created, failures), results) = tokio::join!(load, rebuild);
+    for (name, result) in &results {
+        let report = result.as_ref().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(report.locked_seconds < report.seconds, "{name}: {report:?}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed: {failures:?}",
+        failures.len()
+    );
+    assert!(during > 0, "no request ran during the rebuild");
+
+    // Every command's effect is in the swapped-in tables, and they equal a fresh rebuild.
+    let versions: i64 = sqlx::query_scalar(
+        "select count(*) from prompt_version v join prompt p using (prompt_id) where 'load' = any(p.tags)",
+    )
+    .fetch_one(app.pool())
+    .await
+    .expect("count");
+    assert_eq!(versions, created.len() as i64);
+    settle(app.pool()).await;
+    for report in verify_all(app.pool()).await {
+        assert!(report.is_clean(), "{report}");
+    }
+    assert_eq!(scratch_schemas(app.pool()).await, 0);
+    // The swapped-in tables kept the live ones' names for their indexes and triggers.
+    let names: Vec<String> = sqlx::query_scalar(
+        "select relname::text from pg_class where relname in ('audit_entry_by_cursor', 'prompt_pkey') order by 1",
+    )
+    .fetch_all(app.pool())
+    .await
+    .expect("index names");
+    assert_eq!(names, ["audit_entry_by_cursor", "prompt_pkey"]);
+    let refused = sqlx::query("delete from audit_entry")
+        .execute(app.pool())
+        .await
+        .expect_err("the append-only trigger came along");
+    assert!(refused.to_string().contains("append-only"), "{refused}");
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Rebuilding the catalog from a 1,000,000-event log: the old rebuild (one transaction over
+# the emptied live tables, `--in-place`) and the rebuild beside the live tables with its
+# swap, in the same run, alternating, so that both meet the same machine. Each run also
+# reports how long the live tables were locked, the slowest read of them made meanwhile, and
+# the longest time the settled end of the log (what every other projection and feed reads up
+# to) stood still.
+#
+#   tests/bench/rebuild.sh [runs]     (default 3 runs each; results in bench-results/rebuild.jsonl)
+#   LOAD_BIN=… tests/bench/rebuild.sh (another build's load generator)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${1:-3}
+OUT=bench-results
+mkdir -p "$OUT"
+: > "$OUT/rebuild.jsonl"
+PG=${PG:-postgres://postgres@127.0.0.1:5432}
+if [ -n "${LOAD_BIN:-}" ]; then
+  LOAD=$LOAD_BIN
+else
+  cargo build --release -p integration-tests --bin aipm-load
+  LOAD=${CARGO_TARGET_DIR:-target}/release/aipm-load
+fi
+psql_do() { psql -h 127.0.0.1 -U postgres -d "$1" -qAtc "$2"; }
+trap 'psql_do postgres "drop database if exists aipm_bench_rebuild with (force)"' EXIT
+
+psql_do postgres "drop database if exists aipm_bench_rebuild with (force)"
+$LOAD seed-events --database-url "$PG/aipm_bench_rebuild" --events 1000000
+for run in $(seq 1 "$RUNS"); do
+  echo "== run $run of $RUNS: in place, then beside the live tables"
+  $LOAD rebuild --database-url "$PG/aipm_bench_rebuild" --runs 1 --in-place --json "$OUT/rebuild.jsonl"
+  $LOAD rebuild --database-url "$PG/aipm_bench_rebuild" --runs 1 --json "$OUT/rebuild.jsonl"
+done
