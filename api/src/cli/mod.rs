@@ -578,6 +578,37 @@ mod tests {
     }
 
     #[test]
+    fn the_operators_configuration_reference_lists_exactly_the_variables_the_command_line_reads() {
+        let guide = include_str!("../../../docs/operations.md");
+        let mut found = Vec::new();
+        variables(&Cli::command(), "aipm", &mut found);
+        let read: std::collections::BTreeSet<String> =
+            found.into_iter().map(|(_, variable)| variable).collect();
+        let missing: Vec<&String> = read
+            .iter()
+            .filter(|variable| !guide.contains(&format!("`{variable}`")))
+            .collect();
+        assert!(missing.is_empty(), "docs/operations.md does not list {missing:?}");
+        // Every variable the reference's tables list is one the program reads: no stale rows.
+        let listed: Vec<&str> = guide
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter_map(|row| row.split(" | ").next())
+            .flat_map(|cell| cell.split('`'))
+            .filter(|word| word.starts_with("AIPM_") || word.ends_with("_URL"))
+            .collect();
+        assert!(listed.len() > 30, "the tables were read: {listed:?}");
+        let stale: Vec<&&str> = listed
+            .iter()
+            .filter(|variable| !read.contains(**variable))
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "docs/operations.md names variables aipm does not read: {stale:?}"
+        );
+    }
+
+    #[test]
     fn every_environment_variable_the_command_line_reads_is_documented() {
         let readme = include_str!("../../../README.md");
         let mut found = Vec::new();
