@@ -66,6 +66,28 @@ impl Columns {
         self.keys.push(key.to_string());
         self.owners.push(owner.to_string());
     }
+
+    /// Inserts the rows into `table` (its column list given with it); `with_owner` false
+    /// leaves the owner out, for a table of targets.
+    async fn insert_into(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        with_owner: bool,
+    ) -> Result<(), sqlx::Error> {
+        let owner = if with_owner { ", owner" } else { "" };
+        sqlx::query(&format!(
+            "insert into {table} select tenant, scope, key{owner}
+             from unnest($1::text[], $2::text[], $3::text[], $4::text[]) as r(tenant, scope, key, owner)"
+        ))
+        .bind(&self.tenants)
+        .bind(&self.scopes)
+        .bind(&self.keys)
+        .bind(&self.owners)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
 }
 
 #[derive(Default)]
@@ -149,35 +171,15 @@ pub async fn recompute(conn: &mut PgConnection) -> Result<GuardRows, GuardError>
         referable,
         references,
     } = guards;
-    sqlx::query(
-        "insert into unique_claim (tenant_id, scope, claim_key, owner_id)
-         select * from unnest($1::text[], $2::text[], $3::text[], $4::text[])",
-    )
-    .bind(&names.tenants)
-    .bind(&names.scopes)
-    .bind(&names.keys)
-    .bind(&names.owners)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "insert into referable (tenant_id, scope, target_id)
-         select * from unnest($1::text[], $2::text[], $3::text[])",
-    )
-    .bind(&referable.tenants)
-    .bind(&referable.scopes)
-    .bind(&referable.keys)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "insert into reference (tenant_id, scope, target_id, owner_id)
-         select * from unnest($1::text[], $2::text[], $3::text[], $4::text[])",
-    )
-    .bind(&references.tenants)
-    .bind(&references.scopes)
-    .bind(&references.keys)
-    .bind(&references.owners)
-    .execute(&mut *conn)
-    .await?;
+    names
+        .insert_into(conn, "unique_claim (tenant_id, scope, claim_key, owner_id)", true)
+        .await?;
+    referable
+        .insert_into(conn, "referable (tenant_id, scope, target_id)", false)
+        .await?;
+    references
+        .insert_into(conn, "reference (tenant_id, scope, target_id, owner_id)", true)
+        .await?;
     Ok(rows)
 }
 

@@ -189,16 +189,8 @@ async fn rebuild_with(
 ) -> Result<RebuildReport, ProjectionError> {
     let started = Instant::now();
     let schema = verify::scratch_schema("aipm_rebuild_", projection)?;
-    let copies: Vec<&str> = projection
-        .tables()
-        .iter()
-        .chain(projection.also_writes())
-        .copied()
-        .collect();
     let mut conn = pool.acquire().await?;
-    // Left by a rebuild that stopped half-way; nothing else uses it.
-    schema::drop_schema(&mut conn, &schema).await?;
-    schema::create_tables(&mut conn, &schema, &copies).await?;
+    schema::recreate_for(&mut conn, &schema, projection).await?;
     let result = async {
         let mut built =
             build::apply_settled(pool, projection, &schema, Applied::default(), Point::END, bar).await?;

@@ -106,6 +106,23 @@ pub(crate) async fn create_tables(
     Ok(())
 }
 
+/// Creates `schema` afresh (dropping what a run that stopped half-way left there) with
+/// copies of the tables `projection` writes: its own and those it also writes.
+pub(crate) async fn recreate_for(
+    conn: &mut PgConnection,
+    schema: &SchemaName,
+    projection: &dyn eventlog::Projection,
+) -> Result<(), sqlx::Error> {
+    let tables: Vec<&str> = projection
+        .tables()
+        .iter()
+        .chain(projection.also_writes())
+        .copied()
+        .collect();
+    drop_schema(conn, schema).await?;
+    create_tables(conn, schema, &tables).await
+}
+
 /// Adds the indexes and triggers of the live tables that [`create_tables`] left out, and
 /// with `logged` makes the copies crash-safe (to be kept, not only compared).
 pub(crate) async fn finish_tables(

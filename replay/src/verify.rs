@@ -87,15 +87,8 @@ pub async fn verify(
     bar: &ProgressBar,
 ) -> Result<VerifyReport, ProjectionError> {
     let schema = scratch_schema("aipm_verify_", projection)?;
-    let tables: Vec<&str> = projection
-        .tables()
-        .iter()
-        .chain(projection.also_writes())
-        .copied()
-        .collect();
     let mut conn = pool.acquire().await?;
-    schema::drop_schema(&mut conn, &schema).await?;
-    schema::create_tables(&mut conn, &schema, &tables).await?;
+    schema::recreate_for(&mut conn, &schema, projection).await?;
     let result = async {
         // A runner's tables are compared at its checkpoint: build no further than where it
         // is now; the snapshot below finds it there or later.

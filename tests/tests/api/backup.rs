@@ -3,8 +3,6 @@
 //! elsewhere, gives the same read models row for row, the same event ids and the same audit
 //! hashes, which verify against the anchors published before the backup.
 
-use std::path::{Path, PathBuf};
-
 use api::cli::backup::{backup, manifest_path, restore, Manifest};
 use integration_tests::harness::{expect_problem, expect_status, TestApp};
 use integration_tests::nats::{nats_url, unique_anchor_settings};
@@ -83,10 +81,6 @@ async fn event_ids(pool: &PgPool) -> Vec<String> {
         .collect()
 }
 
-fn backup_file(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restored_backup_has_the_same_read_models_event_ids_and_audit_hashes_and_verifies_against_old_anchors(
 ) {
@@ -101,7 +95,7 @@ async fn a_restored_backup_has_the_same_read_models_event_ids_and_audit_hashes_a
 
     let dir = std::env::temp_dir().join(format!("aipm-test-backup-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("backup folder");
-    let full_file = backup_file(&dir, "full.ndjson");
+    let full_file = dir.join("full.ndjson");
     let full = backup(app.pool(), &full_file, None).await.expect("full backup");
     assert_eq!(full.events as i64, app.event_count().await, "{full:?}");
     assert!(full.since.is_none() && full.first_cursor.is_some(), "{full:?}");
@@ -132,7 +126,7 @@ async fn a_restored_backup_has_the_same_read_models_event_ids_and_audit_hashes_a
     let later = app.create_prompt("after-the-full-backup").await;
     app.publish(&later, "Later {{x}}").await;
     settle(app.pool()).await;
-    let incremental_file = backup_file(&dir, "incremental.ndjson");
+    let incremental_file = dir.join("incremental.ndjson");
     let since = full
         .last_cursor
         .as_deref()
@@ -156,7 +150,7 @@ async fn a_restored_backup_has_the_same_read_models_event_ids_and_audit_hashes_a
 
     // Refused before anything is written: a file that is not what its manifest says, and
     // backups out of order.
-    let tampered_file = backup_file(&dir, "tampered.ndjson");
+    let tampered_file = dir.join("tampered.ndjson");
     std::fs::write(&tampered_file, lines.replacen("greeting", "greetinG", 1)).expect("tampered copy");
     std::fs::copy(manifest_path(&full_file), manifest_path(&tampered_file)).expect("manifest copy");
     let refused = restore(&restored_pool, &[tampered_file], None)
