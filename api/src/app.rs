@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::error::ApiError;
 use crate::settings::Settings;
 use crate::state::{App, AppState};
-use crate::{openapi, routes};
+use crate::{consistency, openapi, routes};
 
 /// The full router on a ready application state.
 pub fn build_router(state: AppState) -> Router {
@@ -66,7 +66,12 @@ pub fn build_router(state: AppState) -> Router {
         .merge(routes::docs::router(&document))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
-    let routes = routes.route_layer(axum::middleware::from_fn(crate::metrics::mark_route));
+    let routes = routes
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            read_your_writes,
+        ))
+        .route_layer(axum::middleware::from_fn(crate::metrics::mark_route));
     crate::hardening::protect(routes, &state.guards)
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
@@ -86,6 +91,29 @@ pub fn build_router(state: AppState) -> Router {
         )
         .layer(axum::middleware::from_fn(crate::request_id::assign))
         .with_state(state)
+}
+
+/// Waits for `Aipm-Read-After` before the request runs, and adds `Aipm-Cursor` to the
+/// response of a request whose commands recorded events (see [`crate::consistency`]).
+async fn read_your_writes(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let waited = match consistency::read_after(request.headers()) {
+        Ok(Some(cursor)) => app.read_after(cursor, consistency::READ_AFTER_TIMEOUT).await,
+        Ok(None) => Ok(()),
+        Err(error) => Err(error),
+    };
+    if let Err(error) = waited {
+        return error.into_response();
+    }
+    let written = consistency::Written::default();
+    request.extensions_mut().insert(written.clone());
+    let mut response = next.run(request).await;
+    consistency::stamp(&mut response, &written);
+    response
 }
 
 /// Starts projections on `pool` and serves the API on `listener` until the process is
@@ -124,6 +152,8 @@ pub async fn serve_until(
     let feed = state.feed.clone();
     // Open connections hold the state after the server stops; the feed stops with it.
     let _relay = state.relay.as_ref().map(|relay| relay.stop_on_drop());
+    // So do its candidacies: another process takes over what this one led.
+    let _leading = StopLeading(state.clone());
     let router = build_router(state);
     axum::serve(
         listener,
@@ -134,6 +164,18 @@ pub async fn serve_until(
         feed.close();
     })
     .await
+}
+
+/// Ends a server's candidacies for the roles led by one process at a time when dropped.
+struct StopLeading(AppState);
+
+impl Drop for StopLeading {
+    fn drop(&mut self) {
+        self.0.projections.stop_leading();
+        if let Some(anchoring) = &self.0.anchoring {
+            anchoring.stop();
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -92,6 +92,8 @@ pub enum ApiError {
     TooManyStreams,
     #[error("the request took longer than {} s and was abandoned; a change it asked for may or may not have been made", after.as_secs_f64())]
     Timeout { after: std::time::Duration },
+    #[error("this server has not read the event log up to {cursor} (Aipm-Read-After) yet; retry shortly")]
+    NotCaughtUp { cursor: domain::position::GlobalCursor },
     #[error("a hard budget covering this call is spent: {0}; nothing was sent to the model")]
     BudgetExhausted(String),
     #[error("the model did not answer (run {run_id}): {detail}")]
@@ -144,6 +146,7 @@ impl ApiError {
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too-many-streams"),
             ApiError::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            ApiError::NotCaughtUp { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not-caught-up"),
             ApiError::BudgetExhausted(_) => (StatusCode::PAYMENT_REQUIRED, "budget-exhausted"),
             ApiError::ProviderFailed { .. } => (StatusCode::BAD_GATEWAY, "provider-failed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -158,6 +161,7 @@ impl ApiError {
             ApiError::RateLimited { retry_after }
             | ApiError::TooManyFailedAuthentications { retry_after }
             | ApiError::IdempotencyInProgress { retry_after } => Some(*retry_after),
+            ApiError::NotCaughtUp { .. } => Some(1),
             ApiError::Overloaded | ApiError::Contended => Some(1),
             ApiError::TooManyStreams => Some(5),
             _ => None,

@@ -184,6 +184,8 @@ pub struct CommandContext {
     pub expected_version: Option<u64>,
     /// The claim on the request's `Idempotency-Key`, if it sent one.
     pub idempotency: Option<IdempotentRequest>,
+    /// Where the request's commands left the log, for its `Aipm-Cursor`.
+    pub written: crate::consistency::Written,
 }
 
 impl CommandContext {
@@ -268,6 +270,11 @@ where
             metadata,
             expected_version,
             idempotency,
+            written: parts
+                .extensions
+                .get::<crate::consistency::Written>()
+                .cloned()
+                .unwrap_or_default(),
         })
     }
 }

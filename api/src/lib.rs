@@ -4,7 +4,8 @@
 //! # Layout, bottom to top
 //! Each module imports only modules listed above it.
 //! - [`settings`]: what a server is configured with (limits, the feed, idempotency).
-//! - [`error`]: problem+json errors; [`telemetry`], [`request_id`]: logging and request ids;
+//! - [`error`]: problem+json errors; [`consistency`]: `Aipm-Cursor` and `Aipm-Read-After`,
+//!   read-your-writes on any process; [`telemetry`], [`request_id`]: logging and request ids;
 //!   [`db`]: connecting, creating the database and migrating; [`private_postgres`]: a
 //!   PostgreSQL of aipm's own, from the server programs installed on the machine.
 //! - [`metrics`]: Prometheus metrics, and the middleware counting HTTP requests.
@@ -32,6 +33,7 @@ pub mod auth;
 pub mod budget_watch;
 pub mod bulk;
 pub mod cli;
+pub mod consistency;
 pub mod db;
 pub mod error;
 pub mod export_files;

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub usage_records: IntCounterVec,
     pub projection_lag_events: IntGaugeVec,
     pub projection_lag_seconds: GaugeVec,
+    pub leading: IntGaugeVec,
     pub spend: GaugeVec,
     pub budget_used: GaugeVec,
     pub provider_state: IntGaugeVec,
@@ -119,6 +120,11 @@ impl Metrics {
                 "aipm_projection_lag_seconds",
                 "Age of the oldest committed event a projection (or the NATS relay) has not applied yet",
                 &["projection"],
+            ),
+            leading: int_gauge(
+                "aipm_leader",
+                "1 while this process leads the role (a projection's runner, the NATS relay, the audit anchors), 0 while it stands by",
+                &["role"],
             ),
             spend: gauge(
                 "aipm_spend_month_to_date",

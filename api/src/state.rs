@@ -22,6 +22,7 @@ use domain::flag::Flag;
 use domain::health::ProviderHealth;
 use domain::incident::Incident;
 use domain::model::Model;
+use domain::position::GlobalCursor;
 use domain::prompt::Prompt;
 use domain::provider::Provider;
 use domain::Governed;
@@ -31,12 +32,13 @@ use projections::catalog::live::LiveLabels;
 use projections::experiment::live::LiveExperiments;
 use projections::feed::Feed;
 use projections::flag::live::LiveFlags;
+use projections::leader::Leadership;
 use projections::relay::Relay;
 use projections::Projections;
 use sqlx::PgPool;
 
 use crate::auth::Authenticator;
-use crate::error::{ApiResult, DomainProblem};
+use crate::error::{ApiError, ApiResult, DomainProblem};
 use crate::extract::CommandContext;
 use crate::hardening::Guards;
 use crate::idempotency::{IdempotencyGate, IdempotentRequest};
@@ -124,6 +126,8 @@ pub struct App {
     pub command_stats: Arc<commands::stats::CommandStats>,
     /// Where the audit chains are anchored, when configured.
     pub anchors: Option<AnchorSettings>,
+    /// This process's candidacy for publishing the anchors, with a signing key.
+    pub anchoring: Option<Leadership>,
 }
 
 impl App {
@@ -144,9 +148,10 @@ impl App {
             .relay
             .clone()
             .map(|relay| Relay::spawn(pool.clone(), relay, projections.wake_signal()));
-        if let Some(anchors) = &settings.anchors {
-            anchor::spawn_periodic(pool.clone(), anchors.clone());
-        }
+        let anchoring = settings
+            .anchors
+            .clone()
+            .and_then(|anchors| anchor::spawn_periodic(pool.clone(), anchors));
         let guards = Arc::new(Guards::new(&settings.security));
         let live_flags = LiveFlags::start(pool.clone(), projections.wake_signal()).await?;
         let live_labels = LiveLabels::start(pool.clone(), projections.wake_signal()).await?;
@@ -180,6 +185,7 @@ impl App {
             feed_settings: settings.feed.clone(),
             relay,
             anchors: settings.anchors.clone(),
+            anchoring,
             metrics: Arc::default(),
             command_stats: store.stats.clone(),
             flags: store.aggregates(()),
@@ -222,7 +228,9 @@ impl App {
         A::Error: DomainProblem,
     {
         let run = store.execute(aggregate_id, command, context.expected_version, &context.metadata);
-        apply_once(store, context.idempotency.as_ref(), run).await
+        let committed = apply_once(store, context.idempotency.as_ref(), run).await?;
+        context.written.record(committed.cursor);
+        Ok(committed)
     }
 
     /// [`execute`](Self::execute) for an aggregate whose id the server just generated.
@@ -239,7 +247,70 @@ impl App {
         A::Error: DomainProblem,
     {
         let run = store.create(aggregate_id, command, &context.metadata);
-        apply_once(store, context.idempotency.as_ref(), run).await
+        let committed = apply_once(store, context.idempotency.as_ref(), run).await?;
+        context.written.record(committed.cursor);
+        Ok(committed)
+    }
+
+    /// Each role led by one process at a time ([`projections::leader`]) that this process
+    /// stands for, and whether it leads it now.
+    pub fn leaderships(&self) -> Vec<(String, bool)> {
+        let mut roles = self.projections.leaderships();
+        if let Some(relay) = &self.relay {
+            roles.push((relay.role().to_string(), relay.is_leading()));
+        }
+        if let Some(anchoring) = &self.anchoring {
+            roles.push((anchoring.role().to_string(), anchoring.is_leading()));
+        }
+        roles
+    }
+
+    /// Waits until this process's views held in memory and its projections hold every
+    /// event up to `cursor` (see [`crate::consistency`]). A cursor of a transaction the log
+    /// has not reached is refused at once; one not read within `timeout` is `NotCaughtUp`.
+    pub async fn read_after(&self, cursor: GlobalCursor, timeout: std::time::Duration) -> ApiResult<()> {
+        let views = [
+            self.live_flags.followed(),
+            self.live_labels.followed(),
+            self.live_experiments.followed(),
+        ];
+        let reached = |views: &[&projections::live::Followed]| views.iter().all(|v| v.cursor() >= cursor);
+        if reached(&views)
+            && self
+                .projections
+                .wait_for_all(cursor, std::time::Duration::ZERO)
+                .await
+        {
+            return Ok(());
+        }
+        let ahead: bool =
+            sqlx::query_scalar("select $1 >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+                .bind(cursor.transaction_id)
+                .fetch_one(&self.pool)
+                .await?;
+        if ahead {
+            return Err(ApiError::invalid(
+                "Aipm-Read-After",
+                "names a point the event log has not reached",
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut woken = self.projections.wake_signal();
+        while !reached(&views) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::NotCaughtUp { cursor });
+            }
+            // The views read the log when woken; an event held back by an older transaction
+            // still running becomes readable without an append to announce it.
+            self.projections.wake();
+            let _ = tokio::time::timeout(READ_AFTER_LOOK, woken.changed()).await;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if self.projections.wait_for_all(cursor, left).await {
+            Ok(())
+        } else {
+            Err(ApiError::NotCaughtUp { cursor })
+        }
     }
 
     /// Brings the budgets' standings in memory up to date with what this process has
@@ -258,6 +329,10 @@ impl App {
         }
     }
 }
+
+/// How long a read waiting for the views held in memory lets them read before nudging them
+/// again.
+const READ_AFTER_LOOK: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl FromRef<AppState> for Authenticator {
     fn from_ref(state: &AppState) -> Self {

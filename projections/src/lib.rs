@@ -31,6 +31,7 @@
 //! - [`history`]: an aggregate's events with their metadata, read from the log itself.
 //! - [`page`]: keyset pagination shared by the listings.
 //! - [`lag`]: how far each projection is behind the log.
+//! - [`leader`]: which process runs the work that runs in one process at a time.
 //! - [`relay`]: the NATS JetStream feed, published exactly once in global order.
 
 pub mod access;
@@ -52,6 +53,7 @@ pub mod health;
 pub mod history;
 pub mod incident;
 pub mod lag;
+pub mod leader;
 pub mod live;
 pub mod page;
 pub mod registry;

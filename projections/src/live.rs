@@ -41,19 +41,49 @@ pub trait LiveView: Send + Sync + 'static {
     async fn apply(&self, pool: &PgPool, event: &StoredEvent) -> Result<(), sqlx::Error>;
 }
 
+/// How far a view has read the log: every event at or before it is in the view.
+#[derive(Clone)]
+pub struct Followed(Arc<watch::Sender<GlobalCursor>>);
+
+impl Default for Followed {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(GlobalCursor::START).0))
+    }
+}
+
+impl Followed {
+    /// Where the view has read to.
+    pub fn cursor(&self) -> GlobalCursor {
+        *self.0.borrow()
+    }
+
+    /// Changes when the view reads further.
+    pub fn watch(&self) -> watch::Receiver<GlobalCursor> {
+        self.0.subscribe()
+    }
+}
+
 /// Applies the log after `cursor` to `view` for as long as the process runs, woken by
-/// `appended` (an append of this process or, announced, of another) or every second.
+/// `appended` (an append of this process or, announced, of another) or every second, and
+/// publishes how far it has read in `followed`.
 pub fn follow(
     view: Arc<dyn LiveView>,
     pool: PgPool,
     mut cursor: GlobalCursor,
     mut appended: watch::Receiver<u64>,
+    followed: Followed,
 ) {
+    followed.0.send_replace(cursor);
     tokio::spawn(async move {
         loop {
             match catch_up(view.as_ref(), &pool, cursor).await {
                 Ok(next) => {
                     cursor = next;
+                    followed.0.send_if_modified(|current| {
+                        let moved = cursor > *current;
+                        *current = cursor;
+                        moved
+                    });
                     let _ = tokio::time::timeout(POLL, appended.changed()).await;
                 }
                 Err(error) => {

@@ -3,7 +3,9 @@
 //!
 //! The event table is the outbox. The relay tails the global order like a projection, with
 //! its own checkpoint (`nats_relay:<stream>`, so that a new stream is filled from the start)
-//! and the same per-name lock, so that one aipm process publishes at a time. Each batch:
+//! and the same per-name lock. Among several aipm processes, the one that leads the relay
+//! ([`crate::leader`]) publishes, and another takes over within seconds when it dies; the
+//! others stand by. Each batch:
 //! lock → read the checkpoint → read the batch → publish every message without waiting →
 //! await the acks → save the checkpoint past the acked prefix → commit.
 //!
@@ -49,10 +51,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
 
 use crate::global_order::pending_after;
 use crate::lag::{self, ProjectionLag};
+use crate::leader::Leadership;
 use crate::runner::{checkpoint, lock_projection, next_look, save_checkpoint, BATCH_SIZE};
 use crate::{cloudevent, global_order};
 use eventlog::StoredEvent;
@@ -139,6 +141,8 @@ impl RelaySettings {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RelayState {
+    /// Another aipm process publishes the feed; this one takes over if that one stops.
+    Standby,
     /// No attempt has finished yet.
     Starting,
     /// The last attempt succeeded.
@@ -173,7 +177,8 @@ pub struct RelayStatus {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RelayReport {
     /// `ok`; `starting` before the first attempt; `down` while the relay cannot publish
-    /// (commands still work, and the feed catches up once it can).
+    /// (commands still work, and the feed catches up once it can); `standby` while another
+    /// aipm process publishes it.
     pub status: &'static str,
     #[serde(flatten)]
     pub lag: ProjectionLag,
@@ -186,40 +191,31 @@ pub struct Relay {
     settings: RelaySettings,
     status: watch::Receiver<RelayStatus>,
     connected: watch::Receiver<bool>,
-    task: AbortHandle,
+    leadership: Arc<Leadership>,
 }
 
 /// Stops a relay when dropped; see [`Relay::stop_on_drop`].
-pub struct StopOnDrop(AbortHandle);
+pub struct StopOnDrop(Arc<Leadership>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.0.stop();
     }
 }
 
 impl Relay {
     /// Starts relaying the log on `pool` to NATS. `wake` changes when there may be new
     /// events ([`crate::Projections::wake_signal`]); without a change the relay polls.
-    pub fn spawn(pool: PgPool, settings: RelaySettings, wake: watch::Receiver<u64>) -> Self {
-        // A connection of the relay's own, closed when the relay stops: stopping it is an
+    pub fn spawn(base_pool: PgPool, settings: RelaySettings, wake: watch::Receiver<u64>) -> Self {
+        // Each term has a connection of its own, closed when the term ends: ending it is an
         // abort, and closing the connection makes PostgreSQL roll back whatever the relay
         // had open, as after a crash, without relying on the pool to clean up after an
         // aborted task (see `eventlog::begin` for how that can go wrong).
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(ACK_TIMEOUT)
-            .connect_lazy_with((*pool.connect_options()).clone());
+        let options = (*base_pool.connect_options()).clone();
         let (status_tx, status) = watch::channel(RelayStatus {
             stream: settings.stream.clone(),
             subject_prefix: settings.subject_prefix.clone(),
-            state: RelayState::Starting,
+            state: RelayState::Standby,
             connected: false,
             published: 0,
             duplicates: 0,
@@ -228,25 +224,49 @@ impl Relay {
             checkpoint: None,
         });
         let (connected_tx, connected) = watch::channel(false);
-        let worker = Worker {
-            pool,
-            checkpoint_name: settings.checkpoint_name(),
-            settings: settings.clone(),
-            status: status_tx,
-            connected_tx: Arc::new(connected_tx),
-            connected: connected.clone(),
-            wake,
-            nats: None,
-            stream: None,
-            head: None,
-            database: None,
+        let status_tx = Arc::new(status_tx);
+        let connected_tx = Arc::new(connected_tx);
+        let term = {
+            let (settings, status, connected_rx) = (settings.clone(), status_tx.clone(), connected.clone());
+            move || {
+                status.send_modify(|s| s.state = RelayState::Starting);
+                let worker = Worker {
+                    pool: PgPoolOptions::new()
+                        .max_connections(1)
+                        .acquire_timeout(ACK_TIMEOUT)
+                        .connect_lazy_with(options.clone()),
+                    checkpoint_name: settings.checkpoint_name(),
+                    settings: settings.clone(),
+                    status: status.clone(),
+                    connected_tx: connected_tx.clone(),
+                    connected: connected_rx.clone(),
+                    wake: wake.clone(),
+                    nats: None,
+                    stream: None,
+                    head: None,
+                    database: None,
+                };
+                worker.run()
+            }
         };
-        let task = tokio::spawn(worker.run()).abort_handle();
+        let leadership = Leadership::spawn(&base_pool, format!("relay {}", settings.stream), term);
+        // A term that ends (the process lost the lead) leaves the relay standing by.
+        let mut leading = leadership.watch();
+        tokio::spawn(async move {
+            while leading.changed().await.is_ok() {
+                if !*leading.borrow_and_update() {
+                    status_tx.send_modify(|s| {
+                        s.state = RelayState::Standby;
+                        s.checkpoint = None;
+                    });
+                }
+            }
+        });
         Self {
             settings,
             status,
             connected,
-            task,
+            leadership: Arc::new(leadership),
         }
     }
 
@@ -265,6 +285,7 @@ impl Relay {
     pub async fn report(&self, pool: &PgPool) -> Result<RelayReport, sqlx::Error> {
         let relay = self.status();
         let status = match relay.state {
+            RelayState::Standby => "standby",
             RelayState::Starting => "starting",
             RelayState::Publishing if relay.connected => "ok",
             _ => "down",
@@ -292,7 +313,17 @@ impl Relay {
     /// A guard that stops the relay when dropped, for an owner whose end should end the
     /// relay even while others still hold the handle.
     pub fn stop_on_drop(&self) -> StopOnDrop {
-        StopOnDrop(self.task.clone())
+        StopOnDrop(self.leadership.clone())
+    }
+
+    /// Whether this process publishes the feed now (rather than standing by).
+    pub fn is_leading(&self) -> bool {
+        self.leadership.is_leading()
+    }
+
+    /// The relay's leadership role.
+    pub fn role(&self) -> &str {
+        self.leadership.role()
     }
 }
 
@@ -352,7 +383,7 @@ struct Worker {
     pool: PgPool,
     settings: RelaySettings,
     checkpoint_name: String,
-    status: watch::Sender<RelayStatus>,
+    status: Arc<watch::Sender<RelayStatus>>,
     connected_tx: Arc<watch::Sender<bool>>,
     connected: watch::Receiver<bool>,
     wake: watch::Receiver<u64>,

@@ -3,12 +3,16 @@
 //!
 //! Each projection has its own checkpoint, advanced in the same transaction as its
 //! read-model writes, so an event's effect lands exactly once whatever crashes in between.
-//! A transaction-scoped advisory lock per projection lets several aipm processes run the
-//! same projections safely: one applies a batch while the others wait, then find it done.
+//! Among several aipm processes on one database, each projection runs in the one that leads
+//! it ([`crate::leader`]), and is taken over by another within seconds when that one dies;
+//! a transaction-scoped advisory lock per batch keeps even a moment of double leadership
+//! from applying anything twice.
 //!
 //! Runners wake when this process appends (an in-process signal), when another process
 //! does (LISTEN/NOTIFY on `aipm_events`, sent outside the command's own transaction so
-//! that commits are never serialised on the notify queue), and otherwise poll.
+//! that commits are never serialised on the notify queue), and otherwise poll. A runner's
+//! commit is announced on `aipm_checkpoints`, so that every process knows how far each
+//! projection has got and a read waiting for one answers on whichever process it reaches.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +24,12 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
 use crate::global_order;
+use crate::leader::Leadership;
 
 /// Channel on which appends are announced to other processes.
 pub const NOTIFY_CHANNEL: &str = "aipm_events";
+/// Channel on which a runner announces its checkpoint (`<projection> <cursor>`) as it commits.
+pub const CHECKPOINT_CHANNEL: &str = "aipm_checkpoints";
 /// Events applied per transaction.
 pub const BATCH_SIZE: i64 = 2_000;
 /// How often a tailer of the log looks when nothing wakes it.
@@ -123,6 +130,12 @@ pub async fn step(
     };
     projection.apply(&mut tx, &events).await?;
     save_checkpoint(&mut tx, projection.name(), last).await?;
+    // Delivered at the commit, and only if it commits.
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(CHECKPOINT_CHANNEL)
+        .bind(format!("{} {last}", projection.name()))
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(Step {
         checkpoint: last,
@@ -161,19 +174,22 @@ pub async fn catch_up(pool: &PgPool, projection: &dyn Projection) -> Result<u64,
 /// The running projections of this process and how far each has got.
 #[derive(Clone)]
 pub struct Projections {
-    checkpoints: Vec<Checkpoint>,
+    checkpoints: Arc<Vec<Checkpoint>>,
     wake: Arc<watch::Sender<u64>>,
+    leaderships: Arc<Vec<Leadership>>,
 }
 
-#[derive(Clone)]
 struct Checkpoint {
     name: &'static str,
-    applied: watch::Receiver<GlobalCursor>,
+    /// Where the projection is known to be: set by this process's runner while it leads,
+    /// and from the leader's announcements otherwise.
+    applied: Arc<watch::Sender<GlobalCursor>>,
 }
 
 impl Projections {
-    /// Starts one runner task per projection that is not applied inline, plus the tasks
-    /// that announce this process's appends to other processes and listen for theirs.
+    /// Stands for the lead of every projection that is not applied inline, running its
+    /// runner while leading it, and starts the tasks that announce this process's appends to
+    /// other processes and listen for theirs and for other leaders' checkpoints.
     pub fn spawn(
         pool: PgPool,
         projections: Vec<Arc<dyn Projection>>,
@@ -204,31 +220,40 @@ impl Projections {
             }
         });
 
+        let mut checkpoints = Vec::new();
+        let mut leaderships = Vec::new();
+        for projection in projections.into_iter().filter(|projection| !projection.inline()) {
+            let applied = Arc::new(watch::channel(GlobalCursor::START).0);
+            checkpoints.push(Checkpoint {
+                name: projection.name(),
+                applied: applied.clone(),
+            });
+            let (pool, wake) = (pool.clone(), wake.clone());
+            leaderships.push(Leadership::spawn(
+                &pool.clone(),
+                format!("projection {}", projection.name()),
+                move || run(pool.clone(), projection.clone(), applied.clone(), wake.clone()),
+            ));
+        }
+        let checkpoints = Arc::new(checkpoints);
+
         let listen_pool = pool.clone();
         let remote_wake = wake.clone();
+        let known = checkpoints.clone();
         tokio::spawn(async move {
             loop {
-                if let Err(error) = listen(&listen_pool, &remote_wake).await {
+                if let Err(error) = listen(&listen_pool, &remote_wake, &known).await {
                     tracing::warn!(%error, "listening for appends failed; polling until it is back");
                 }
                 tokio::time::sleep(RETRY_DELAY).await;
             }
         });
 
-        let checkpoints = projections
-            .into_iter()
-            .filter(|projection| !projection.inline())
-            .map(|projection| {
-                let (sender, applied) = watch::channel(GlobalCursor::START);
-                let checkpoint = Checkpoint {
-                    name: projection.name(),
-                    applied,
-                };
-                tokio::spawn(run(pool.clone(), projection, sender, wake.clone()));
-                checkpoint
-            })
-            .collect();
-        Self { checkpoints, wake }
+        Self {
+            checkpoints,
+            wake,
+            leaderships: Arc::new(leaderships),
+        }
     }
 
     /// Changes whenever the runners are woken: after an append by this or another process,
@@ -237,16 +262,44 @@ impl Projections {
         self.wake.subscribe()
     }
 
-    /// Waits until the projection called `name` has applied the event at `cursor`. Returns
-    /// false if that took longer than `timeout` (or this process does not run it).
+    /// Makes the runners and every other tailer woken by [`Self::wake_signal`] look at the
+    /// log now.
+    pub fn wake(&self) {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Waits until the projection called `name` has applied the event at `cursor`, in
+    /// whichever process leads it. Returns false if that took longer than `timeout` (or
+    /// there is no such projection).
     pub async fn wait_for_projection(&self, name: &str, cursor: GlobalCursor, timeout: Duration) -> bool {
         let named: Vec<_> = self
             .checkpoints
             .iter()
             .filter(|c| c.name == name)
-            .map(|c| c.applied.clone())
+            .map(|c| c.applied.subscribe())
             .collect();
         !named.is_empty() && Self::wait_all(named, cursor, timeout).await
+    }
+
+    /// Waits until every projection has applied the event at `cursor`.
+    pub async fn wait_for_all(&self, cursor: GlobalCursor, timeout: Duration) -> bool {
+        let all = self.checkpoints.iter().map(|c| c.applied.subscribe()).collect();
+        Self::wait_all(all, cursor, timeout).await
+    }
+
+    /// Ends this process's candidacies, and the runners it leads, for good.
+    pub fn stop_leading(&self) {
+        for leadership in self.leaderships.iter() {
+            leadership.stop();
+        }
+    }
+
+    /// Each projection's role and whether this process leads it now.
+    pub fn leaderships(&self) -> Vec<(String, bool)> {
+        self.leaderships
+            .iter()
+            .map(|l| (l.role().to_string(), l.is_leading()))
+            .collect()
     }
 
     // Takes the receivers by value: a future borrowing the checkpoints through an iterator
@@ -276,19 +329,50 @@ impl Projections {
     }
 }
 
-async fn listen(pool: &PgPool, wake: &watch::Sender<u64>) -> Result<(), sqlx::Error> {
+async fn listen(
+    pool: &PgPool,
+    wake: &watch::Sender<u64>,
+    checkpoints: &[Checkpoint],
+) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(NOTIFY_CHANNEL).await?;
+    listener.listen_all([NOTIFY_CHANNEL, CHECKPOINT_CHANNEL]).await?;
+    // What was announced while nobody listened.
+    {
+        let mut conn = pool.acquire().await?;
+        for known in checkpoints {
+            advance(&known.applied, checkpoint(&mut conn, known.name).await?);
+        }
+    }
     loop {
-        listener.recv().await?;
+        let notification = listener.recv().await?;
+        if notification.channel() == CHECKPOINT_CHANNEL {
+            let announced = notification.payload().split_once(' ').and_then(|(name, cursor)| {
+                let cursor = cursor.parse::<GlobalCursor>().ok()?;
+                Some((checkpoints.iter().find(|c| c.name == name)?, cursor))
+            });
+            if let Some((known, cursor)) = announced {
+                advance(&known.applied, cursor);
+            }
+        }
         wake.send_modify(|n| *n = n.wrapping_add(1));
     }
+}
+
+/// Moves a known checkpoint forward (never back: announcements may arrive out of order).
+fn advance(applied: &watch::Sender<GlobalCursor>, cursor: GlobalCursor) {
+    applied.send_if_modified(|current| {
+        let moved = cursor > *current;
+        if moved {
+            *current = cursor;
+        }
+        moved
+    });
 }
 
 async fn run(
     pool: PgPool,
     projection: Arc<dyn Projection>,
-    applied: watch::Sender<GlobalCursor>,
+    applied: Arc<watch::Sender<GlobalCursor>>,
     wake_all: Arc<watch::Sender<u64>>,
 ) {
     let mut wake = wake_all.subscribe();
@@ -296,13 +380,7 @@ async fn run(
         wake.mark_unchanged();
         match step(&pool, projection.as_ref(), BATCH_SIZE).await {
             Ok(step) => {
-                applied.send_if_modified(|current| {
-                    let moved = step.checkpoint > *current;
-                    if moved {
-                        *current = step.checkpoint;
-                    }
-                    moved
-                });
+                advance(&applied, step.checkpoint);
                 if step.applied > 0 {
                     // Our transaction may have been what held other runners' events back.
                     wake_all.send_modify(|n| *n = n.wrapping_add(1));

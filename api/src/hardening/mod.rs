@@ -119,12 +119,14 @@ fn cors(origins: &[axum::http::HeaderValue]) -> Option<CorsLayer> {
                 HeaderName::from_static("x-reason"),
                 HeaderName::from_static("idempotency-key"),
                 HeaderName::from_static("last-event-id"),
+                crate::consistency::READ_AFTER_HEADER,
             ])
             .expose_headers([
                 header::ETAG,
                 header::LOCATION,
                 header::RETRY_AFTER,
                 HeaderName::from_static("x-request-id"),
+                crate::consistency::CURSOR_HEADER,
                 rate_limit::LIMIT,
                 rate_limit::REMAINING,
                 rate_limit::RESET,

@@ -280,6 +280,7 @@ pub async fn apply_change(
         metadata,
         expected_version: None,
         idempotency: None,
+        written: context.written.clone(),
     };
     let tenant = &inner.caller.tenant;
     let version = match change {

@@ -624,6 +624,7 @@ fn follow_up(context: &CommandContext, conversation: Uuid) -> CommandContext {
         metadata,
         expected_version: None,
         idempotency: None,
+        written: context.written.clone(),
     }
 }
 

@@ -187,6 +187,12 @@ pub async fn metrics_response(app: &AppState) -> ApiResult<axum::response::Respo
     if let Some(relay) = &app.relay {
         lags.push(relay.report(&app.pool).await?.lag);
     }
+    for (role, leading) in app.leaderships() {
+        metrics
+            .leading
+            .with_label_values(&[role.as_str()])
+            .set(i64::from(leading));
+    }
     for lag in lags {
         metrics
             .projection_lag_events

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::canonical;
+use crate::leader::Leadership;
 
 /// Stream name used when none is configured.
 pub const DEFAULT_STREAM: &str = "AIPM_AUDIT_ANCHORS";
@@ -342,27 +343,34 @@ impl TenantAnchors {
     }
 }
 
-/// Anchors every chain that moved, every `settings.interval`, for as long as the runtime
-/// runs; does nothing with a key that cannot sign.
-pub fn spawn_periodic(pool: PgPool, settings: AnchorSettings) {
+/// Anchors every chain that moved, every `settings.interval`, in whichever aipm process
+/// leads the anchoring, for as long as the returned candidacy lives; does nothing with a key
+/// that cannot sign.
+pub fn spawn_periodic(pool: PgPool, settings: AnchorSettings) -> Option<Leadership> {
     if !matches!(settings.key, AnchorKey::Signing(_)) {
-        return;
+        return None;
     }
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(settings.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            match anchor(&pool, &settings, None).await {
-                Ok(done) => {
-                    let published = done
-                        .iter()
-                        .filter(|a| matches!(a, Anchored::Published(_)))
-                        .count();
-                    tracing::debug!(published, "anchored the audit chains");
+    let candidate_pool = pool.clone();
+    Some(Leadership::spawn(&candidate_pool, "audit anchors", move || {
+        let (pool, settings) = (pool.clone(), settings.clone());
+        async move {
+            let mut ticks = tokio::time::interval(settings.interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                match anchor(&pool, &settings, None).await {
+                    Ok(done) => {
+                        let published = done
+                            .iter()
+                            .filter(|a| matches!(a, Anchored::Published(_)))
+                            .count();
+                        tracing::debug!(published, "anchored the audit chains");
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "could not anchor the audit chains; trying again later")
+                    }
                 }
-                Err(error) => tracing::warn!(%error, "could not anchor the audit chains; trying again later"),
             }
         }
-    });
+    }))
 }

@@ -27,6 +27,7 @@ struct Labels {
 #[derive(Clone, Default)]
 pub struct LiveLabels {
     prompts: Arc<RwLock<HashMap<Uuid, Labels>>>,
+    followed: live::Followed,
 }
 
 /// A prompt with one of its labels (or none) and the version it points at.
@@ -59,8 +60,19 @@ impl LiveLabels {
         let live = Self::default();
         let cursor = live::start_cursor(&pool).await?;
         live.load(&pool, None).await?;
-        live::follow(Arc::new(live.clone()), pool, cursor, appended);
+        live::follow(
+            Arc::new(live.clone()),
+            pool,
+            cursor,
+            appended,
+            live.followed.clone(),
+        );
         Ok(live)
+    }
+
+    /// How far this view has read the log.
+    pub fn followed(&self) -> &live::Followed {
+        &self.followed
     }
 
     /// What `label` of `tenant`'s prompt points at, as far as this process knows.

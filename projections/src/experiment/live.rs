@@ -22,6 +22,7 @@ use crate::live::{self, LiveView};
 #[derive(Clone, Default)]
 pub struct LiveExperiments {
     held: Arc<RwLock<HashMap<Uuid, (Experiment, i64)>>>,
+    followed: live::Followed,
 }
 
 impl LiveExperiments {
@@ -45,8 +46,19 @@ impl LiveExperiments {
                 held.insert(stored.id, (experiment, stored.version));
             }
         }
-        live::follow(Arc::new(live.clone()), pool, cursor, appended);
+        live::follow(
+            Arc::new(live.clone()),
+            pool,
+            cursor,
+            appended,
+            live.followed.clone(),
+        );
         Ok(live)
+    }
+
+    /// How far this view has read the log.
+    pub fn followed(&self) -> &live::Followed {
+        &self.followed
     }
 
     /// The variant of `tenant`'s experiment `id` for `subject` in a call for `feature` made

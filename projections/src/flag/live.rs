@@ -21,6 +21,7 @@ type Flags = HashMap<(String, String), Arc<StoredFlag>>;
 #[derive(Clone, Default)]
 pub struct LiveFlags {
     flags: Arc<RwLock<Flags>>,
+    followed: live::Followed,
 }
 
 impl LiveFlags {
@@ -33,8 +34,19 @@ impl LiveFlags {
             live.remember(flag);
         }
         drop(conn);
-        live::follow(Arc::new(live.clone()), pool, cursor, appended);
+        live::follow(
+            Arc::new(live.clone()),
+            pool,
+            cursor,
+            appended,
+            live.followed.clone(),
+        );
         Ok(live)
+    }
+
+    /// How far this view has read the log.
+    pub fn followed(&self) -> &live::Followed {
+        &self.followed
     }
 
     /// The flag `key` of `tenant` evaluated for `subject`, with the flag; `None` when the

@@ -1,7 +1,6 @@
 //! Bulk operations: a job over many targets, tracked item by item, cancellable, undone as a
 //! whole when atomic, resumed after its process is killed, and traceable in the audit log.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use integration_tests::harness::{
@@ -9,6 +8,8 @@ use integration_tests::harness::{
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+
+use crate::process::ServerProcess;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -659,54 +660,6 @@ async fn an_atomic_price_change_that_fails_on_one_model_withdraws_the_periods_it
         .map(|e| e["event_type"].as_str().expect("type"))
         .collect();
     assert_eq!(kinds, ["ModelRegistered", "ModelPriceSet", "ModelPriceWithdrawn"]);
-}
-
-/// An `aipm serve` process on `app`'s database, killed with SIGKILL when dropped.
-struct ServerProcess {
-    child: std::process::Child,
-    address: String,
-}
-
-impl ServerProcess {
-    async fn start(app: &TestApp) -> Self {
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            listener.local_addr().expect("address").port()
-        };
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_aipm-process"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--db-connections",
-                "8",
-            ])
-            .env("DATABASE_URL", &app.db.url)
-            .env("NATS_URL", "")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start aipm");
-        let address = format!("http://127.0.0.1:{port}");
-        let started = Instant::now();
-        while app.client.get(format!("{address}/healthz")).send().await.is_err() {
-            assert!(started.elapsed() < DEADLINE, "aipm never started");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Self { child, address }
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Starts a config.set job of `total` keys on an `aipm` process, kills it (-9) once the job

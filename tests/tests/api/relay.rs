@@ -19,7 +19,7 @@ use tokio::sync::watch;
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// The whole event log, in global order.
-async fn the_log(pool: &PgPool) -> Vec<StoredEvent> {
+pub(crate) async fn the_log(pool: &PgPool) -> Vec<StoredEvent> {
     let mut conn = pool.acquire().await.expect("connection");
     global_order::read_after(&mut conn, GlobalCursor::START, 1_000_000)
         .await
@@ -28,7 +28,7 @@ async fn the_log(pool: &PgPool) -> Vec<StoredEvent> {
 
 /// Reads the stream back and checks that it holds every event of the log exactly once, in
 /// global order: no duplicate, no gap.
-async fn assert_stream_is_the_log(
+pub(crate) async fn assert_stream_is_the_log(
     pool: &PgPool,
     settings: &RelaySettings,
 ) -> (Vec<FeedMessage>, Vec<StoredEvent>) {
