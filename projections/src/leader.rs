@@ -121,9 +121,9 @@ where
         tokio::time::sleep(TRY_INTERVAL).await;
     }
     tracing::info!(%role, "leading");
-    leading.send_replace(true);
     // Aborted with the candidacy too: dropping a task's handle would leave it running.
     let term = AbortOnDrop(tokio::spawn(work()));
+    leading.send_replace(true);
     let outcome = hold(&mut conn, &term.0).await;
     drop(term);
     tracing::info!(%role, "no longer leading");

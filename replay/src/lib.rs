@@ -60,12 +60,16 @@ const LOCK_ATTEMPTS: u32 = 50;
 const SHORT_TAIL: u64 = 1_000;
 
 /// What a rebuild did.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RebuildReport {
     pub events: u64,
     pub seconds: f64,
     /// How long the live tables were locked (zero for a build into another schema).
     pub locked_seconds: f64,
+    /// Where the time went, phase by phase (a rebuild beside the live tables: building the
+    /// copies, finishing them with their other indexes and WAL, the tail, the swap,
+    /// analysing), in seconds.
+    pub phases: Vec<(&'static str, f64)>,
 }
 
 impl RebuildReport {
@@ -191,10 +195,18 @@ async fn rebuild_with(
     let schema = verify::scratch_schema("aipm_rebuild_", projection)?;
     let mut conn = pool.acquire().await?;
     schema::recreate_for(&mut conn, &schema, projection).await?;
+    let mut phases = Vec::new();
+    let mut phase = Instant::now();
+    let mut lap = |phases: &mut Vec<(&'static str, f64)>, name: &'static str| {
+        phases.push((name, phase.elapsed().as_secs_f64()));
+        phase = Instant::now();
+    };
     let result = async {
         let mut built =
             build::apply_settled(pool, projection, &schema, Applied::default(), Point::END, bar).await?;
+        lap(&mut phases, "build");
         schema::finish_tables(&mut conn, &schema, projection.tables(), true).await?;
+        lap(&mut phases, "finish");
         loop {
             let before = built.events;
             built = build::apply_settled(pool, projection, &schema, built, Point::END, bar).await?;
@@ -202,7 +214,9 @@ async fn rebuild_with(
                 break;
             }
         }
+        lap(&mut phases, "tail");
         let (built, locked) = swap(pool, projection, &schema, built).await?;
+        lap(&mut phases, "swap");
         Ok::<_, ProjectionError>((built, locked))
     }
     .await;
@@ -218,10 +232,12 @@ async fn rebuild_with(
             .execute(&mut *conn)
             .await?;
     }
+    lap(&mut phases, "analyze");
     Ok(RebuildReport {
         events: built.events,
         seconds: started.elapsed().as_secs_f64(),
         locked_seconds: locked.as_secs_f64(),
+        phases,
     })
 }
 
@@ -339,6 +355,7 @@ pub async fn rebuild_at(
                 events: built.events,
                 seconds: started.elapsed().as_secs_f64(),
                 locked_seconds: 0.0,
+                phases: Vec::new(),
             },
         ));
     }
@@ -411,6 +428,7 @@ pub async fn rebuild_in_place(
         events,
         seconds,
         locked_seconds: seconds,
+        phases: Vec::new(),
     })
 }
 

@@ -2084,6 +2084,14 @@ async fn rebuild(args: RebuildArgs) -> Result<()> {
             probed.slowest_read.as_secs_f64() * 1000.0,
             probed.longest_stall.as_secs_f64()
         );
+        if !report.phases.is_empty() {
+            let phases: Vec<String> = report
+                .phases
+                .iter()
+                .map(|(name, seconds)| format!("{name} {seconds:.2}s"))
+                .collect();
+            println!("  phases: {}", phases.join(", "));
+        }
         if let Some(path) = &args.json {
             append_json(
                 path,
@@ -2096,6 +2104,7 @@ async fn rebuild(args: RebuildArgs) -> Result<()> {
                     "events_per_second": report.events_per_second(),
                     "in_place": args.in_place,
                     "locked_seconds": report.locked_seconds,
+                    "phases": report.phases.iter().map(|(name, seconds)| json!({"phase": name, "seconds": seconds})).collect::<Vec<_>>(),
                     "slowest_read_ms": probed.slowest_read.as_secs_f64() * 1000.0,
                     "longest_settled_stall_seconds": probed.longest_stall.as_secs_f64(),
                     "at": now_rfc3339(),

@@ -234,6 +234,24 @@ async fn three_instances_share_the_work_and_lose_their_leader_to_sigkill_without
         &roles,
     )
     .await;
+    // The others say they stand by for the feed; readiness does not depend on leading.
+    for (address, roles) in addresses.iter().zip(&led) {
+        let ready: Value = app
+            .client
+            .get(format!("{address}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .json()
+            .await
+            .expect("readyz body");
+        let feed_status = ready["nats_feed"]["status"].as_str().unwrap_or("?");
+        if roles.contains(&format!("relay {}", feed.stream)) {
+            assert_ne!(feed_status, "standby", "{ready}");
+        } else {
+            assert_eq!(feed_status, "standby", "{ready}");
+        }
+    }
 
     let app = Arc::new(app);
     let instances = Arc::new(Instances {
