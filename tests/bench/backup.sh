@@ -3,11 +3,13 @@
 # ceiling), measured in the same run, RUNS times each; then one `aipm restore` of the backup
 # into a new database (append, rebuild every read model, verify the audit chain).
 #
-#   tests/bench/backup.sh [RUNS]      EVENTS=1000000 by default
+#   tests/bench/backup.sh [RUNS]      EVENTS=1000000 and JOBS="1 2 4" (the --jobs to time) by default;
+#                                     RESTORE=no skips the restore
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${1:-3}
 EVENTS=${EVENTS:-1000000}
+JOBS=${JOBS:-1 2 4}
 source tests/bench/common.sh
 
 DB=aipm_bench_backup
@@ -27,27 +29,36 @@ COUNT=$(psql_do $DB "select count(*) from events")
 seconds() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-: >"$DIR/copy" && : >"$DIR/backup"
+: >"$DIR/copy"
+for jobs in $JOBS; do : >"$DIR/backup-$jobs"; done
 for run in $(seq 1 "$RUNS"); do
   start=$(date +%s.%N)
   psql -h 127.0.0.1 -U postgres -d $DB -qc \
     "\\copy (select * from events order by transaction_id, position) to '$DIR/copy.csv' (format csv)"
   copy=$(seconds "$start" "$(date +%s.%N)")
-  start=$(date +%s.%N)
-  DATABASE_URL="$PG/$DB" NATS_URL= "$AIPM" backup --out "$DIR/log.ndjson" >/dev/null
-  backup=$(seconds "$start" "$(date +%s.%N)")
-  echo "run $run: COPY to a file ${copy}s, aipm backup ${backup}s ($COUNT events)"
   echo "$copy" >>"$DIR/copy"
-  echo "$backup" >>"$DIR/backup"
+  line="run $run ($COUNT events): COPY to a file ${copy}s"
+  for jobs in $JOBS; do
+    start=$(date +%s.%N)
+    DATABASE_URL="$PG/$DB" NATS_URL= "$AIPM" backup --out "$DIR/log.ndjson" --jobs "$jobs" >/dev/null
+    backup=$(seconds "$start" "$(date +%s.%N)")
+    echo "$backup" >>"$DIR/backup-$jobs"
+    line="$line, aipm backup --jobs $jobs ${backup}s"
+  done
+  echo "$line"
 done
 copy=$(median <"$DIR/copy")
-backup=$(median <"$DIR/backup")
-awk -v n="$COUNT" -v c="$copy" -v b="$backup" 'BEGIN {
-  printf "median of '"$RUNS"' runs, %d events: COPY %.0f events/s, aipm backup %.0f events/s (%.0f%% of COPY)\n",
-    n, n / c, n / b, 100 * c / b }'
+for jobs in $JOBS; do
+  backup=$(median <"$DIR/backup-$jobs")
+  awk -v n="$COUNT" -v c="$copy" -v b="$backup" -v j="$jobs" 'BEGIN {
+    printf "median of '"$RUNS"' runs, %d events: COPY %.0f events/s, aipm backup --jobs %d %.0f events/s (%.0f%% of COPY)\n",
+      n, n / c, j, n / b, 100 * c / b }'
+done
 ls -l "$DIR/log.ndjson" "$DIR/copy.csv" | awk '{ print $5, $9 }'
 
-psql_do postgres "drop database if exists $RESTORED with (force)"
-start=$(date +%s.%N)
-DATABASE_URL="$PG/$RESTORED" NATS_URL= "$AIPM" restore --in "$DIR/log.ndjson"
-echo "aipm restore: $(seconds "$start" "$(date +%s.%N)")s wall"
+if [ "${RESTORE:-yes}" = yes ]; then
+  psql_do postgres "drop database if exists $RESTORED with (force)"
+  start=$(date +%s.%N)
+  DATABASE_URL="$PG/$RESTORED" NATS_URL= "$AIPM" restore --in "$DIR/log.ndjson"
+  echo "aipm restore: $(seconds "$start" "$(date +%s.%N)")s wall"
+fi

@@ -69,9 +69,32 @@ pub fn manifest_path(file: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Writes the settled log after `since` (or all of it) to `out` and its manifest beside it.
-/// Both appear complete or not at all (written under temporary names, then renamed).
-pub async fn backup(pool: &PgPool, out: &Path, since: Option<GlobalCursor>) -> Result<Manifest, String> {
+/// Connections a backup copies the log on at once, each a range of it, when not told.
+pub const DEFAULT_JOBS: u16 = 2;
+/// A log shorter than this per job is copied on fewer connections: splitting it costs more
+/// than it saves.
+const MIN_EVENTS_PER_JOB: i64 = 50_000;
+
+/// Writes the settled log after `since` (or all of it) to `out` and its manifest beside it,
+/// copying `jobs` ranges of it at once, each on a connection of its own reading one snapshot
+/// (exported by the first), and joining them in order. `pool` needs `jobs` connections.
+pub async fn backup(
+    pool: &PgPool,
+    out: &Path,
+    since: Option<GlobalCursor>,
+    jobs: usize,
+) -> Result<Manifest, String> {
+    backup_in_ranges(pool, out, since, jobs, MIN_EVENTS_PER_JOB).await
+}
+
+/// [`backup`], splitting the log into ranges of at least `min_events_per_job` events.
+pub async fn backup_in_ranges(
+    pool: &PgPool,
+    out: &Path,
+    since: Option<GlobalCursor>,
+    jobs: usize,
+    min_events_per_job: i64,
+) -> Result<Manifest, String> {
     let failed = |e: sqlx::Error| format!("cannot read the event log: {e}");
     let mut tx = eventlog::begin(pool).await.map_err(failed)?;
     sqlx::query("set transaction isolation level repeatable read, read only")
@@ -83,11 +106,12 @@ pub async fn backup(pool: &PgPool, out: &Path, since: Option<GlobalCursor>) -> R
         .execute(&mut *tx)
         .await
         .map_err(failed)?;
-    let (database_id, horizon): (Uuid, i64) =
-        sqlx::query_as("select (select id from database_identity), (select events_horizon())::text::bigint")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(failed)?;
+    let (database_id, horizon, snapshot): (Uuid, i64, String) = sqlx::query_as(
+        "select (select id from database_identity), (select events_horizon())::text::bigint, pg_export_snapshot()",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(failed)?;
     let after = since.unwrap_or(GlobalCursor::START);
     // Integers only: COPY takes no parameters.
     let range = format!(
@@ -104,44 +128,81 @@ pub async fn backup(pool: &PgPool, out: &Path, since: Option<GlobalCursor>) -> R
     .fetch_optional(&mut *tx)
     .await
     .map_err(failed)?;
-
-    let partial = partial_path(out);
-    let file = tokio::fs::File::create(&partial)
+    let splits = split_points(&mut tx, &range, jobs, min_events_per_job)
         .await
-        .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
-    let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        .map_err(failed)?;
+
+    // Each job's range: from the previous split point (inclusive) to the next (exclusive).
+    let parts: Vec<String> = (0..=splits.len())
+        .map(|job| {
+            let mut part = range.clone();
+            if let Some(from) = job.checked_sub(1).map(|previous| splits[previous]) {
+                write!(
+                    part,
+                    " and (transaction_id, position) >= ('{}'::xid8, {})",
+                    from.transaction_id, from.position
+                )
+                .ok();
+            }
+            if let Some(until) = splits.get(job) {
+                write!(
+                    part,
+                    " and (transaction_id, position) < ('{}'::xid8, {})",
+                    until.transaction_id, until.position
+                )
+                .ok();
+            }
+            part
+        })
+        .collect();
+    let partial = partial_path(out);
+    let part_files: Vec<PathBuf> = (1..parts.len()).map(|job| part_path(&partial, job)).collect();
+    let others: Vec<_> = parts[1..]
+        .iter()
+        .zip(&part_files)
+        .map(|(part, file)| {
+            let (pool, snapshot, sql, file) =
+                (pool.clone(), snapshot.clone(), copy_statement(part), file.clone());
+            tokio::spawn(async move { copy_in_snapshot(&pool, &snapshot, &sql, &file).await })
+        })
+        .collect();
+
     let mut hasher = Sha256::new();
-    let mut events = 0u64;
-    let copy = format!(
-        "copy (select json_build_object(
-                   'transaction_id', transaction_id::text::bigint, 'position', position,
-                   'aggregate_type', aggregate_type, 'aggregate_id', aggregate_id, 'sequence', sequence,
-                   'event_type', event_type, 'event_version', event_version, 'tenant_id', tenant_id,
-                   'recorded_at', recorded_at, 'metadata', metadata, 'payload', payload)
-               from events where {range} order by transaction_id, position)
-         to stdout {COPY_OPTIONS}"
-    );
-    {
-        let mut chunks = tx.copy_out_raw(&copy).await.map_err(failed)?;
-        while let Some(chunk) = chunks.try_next().await.map_err(failed)? {
-            hasher.update(&chunk);
-            events += chunk.iter().filter(|&&byte| byte == b'\n').count() as u64;
-            writer
-                .write_all(&chunk)
-                .await
-                .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
-        }
+    // The first range is written straight into the file, under the exporting transaction,
+    // which stays open until every other job has read its range.
+    let first = copy_to_file(&mut tx, &copy_statement(&parts[0]), &partial, Some(&mut hasher)).await;
+    let mut outcomes = vec![first];
+    for job in others {
+        outcomes.push(
+            job.await
+                .unwrap_or_else(|e| Err(format!("a backup job failed: {e}"))),
+        );
     }
     tx.rollback().await.map_err(failed)?;
-    writer
-        .flush()
-        .await
-        .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
-    writer
-        .get_ref()
-        .sync_all()
-        .await
-        .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+    let joined = async {
+        let mut events = 0;
+        for outcome in outcomes {
+            events += outcome?;
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(&partial)
+            .await
+            .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+        for part in &part_files {
+            append(&mut file, part, &mut hasher).await?;
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+        Ok::<u64, String>(events)
+    }
+    .await;
+    for part in &part_files {
+        let _ = tokio::fs::remove_file(part).await;
+    }
+    let events = joined?;
+
     let (first_cursor, last_cursor) = bounds.map_or((None, None), |(first, last)| (Some(first), Some(last)));
     let manifest = Manifest {
         format: FORMAT.to_string(),
@@ -168,6 +229,127 @@ pub async fn backup(pool: &PgPool, out: &Path, since: Option<GlobalCursor>) -> R
         .await
         .map_err(|e| format!("cannot move the manifest to {}: {e}", manifest_file.display()))?;
     Ok(manifest)
+}
+
+/// Where the ranges after the first start, so that `jobs` ranges hold about as many events
+/// each (fewer ranges for a short log).
+async fn split_points(
+    conn: &mut sqlx::PgConnection,
+    range: &str,
+    jobs: usize,
+    min_events_per_job: i64,
+) -> Result<Vec<GlobalCursor>, sqlx::Error> {
+    if jobs <= 1 {
+        return Ok(Vec::new());
+    }
+    let count: i64 = sqlx::query_scalar(&format!("select count(*) from events where {range}"))
+        .fetch_one(&mut *conn)
+        .await?;
+    let jobs = (jobs as i64).min(count / min_events_per_job.max(1)).max(1);
+    let mut splits = Vec::new();
+    for job in 1..jobs {
+        let (transaction_id, position): (i64, i64) = sqlx::query_as(&format!(
+            "select transaction_id::text::bigint, position from events where {range}
+             order by transaction_id, position offset {} limit 1",
+            count * job / jobs
+        ))
+        .fetch_one(&mut *conn)
+        .await?;
+        splits.push(GlobalCursor::new(transaction_id, position));
+    }
+    Ok(splits)
+}
+
+/// The COPY writing one JSON document a line for the events of `range`, in global order.
+fn copy_statement(range: &str) -> String {
+    format!(
+        "copy (select json_build_object(
+                   'transaction_id', transaction_id::text::bigint, 'position', position,
+                   'aggregate_type', aggregate_type, 'aggregate_id', aggregate_id, 'sequence', sequence,
+                   'event_type', event_type, 'event_version', event_version, 'tenant_id', tenant_id,
+                   'recorded_at', recorded_at, 'metadata', metadata, 'payload', payload)
+               from events where {range} order by transaction_id, position)
+         to stdout {COPY_OPTIONS}"
+    )
+}
+
+/// Runs `copy` in a transaction reading the exported `snapshot`, into `file`; returns the
+/// lines written.
+async fn copy_in_snapshot(pool: &PgPool, snapshot: &str, copy: &str, file: &Path) -> Result<u64, String> {
+    let failed = |e: sqlx::Error| format!("cannot read the event log: {e}");
+    let mut tx = eventlog::begin(pool).await.map_err(failed)?;
+    // A snapshot id is letters, digits and dashes; checked, as SET takes no parameters.
+    if !snapshot.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(format!("unexpected snapshot id {snapshot:?}"));
+    }
+    sqlx::query("set transaction isolation level repeatable read, read only")
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+    sqlx::query(&format!("set transaction snapshot '{snapshot}'"))
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+    sqlx::query("set local timezone = 'UTC'")
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+    let lines = copy_to_file(&mut tx, copy, file, None).await?;
+    tx.rollback().await.map_err(failed)?;
+    Ok(lines)
+}
+
+/// Streams `copy`'s output into a new `file`, hashing it into `hasher` when given; returns
+/// the lines written.
+async fn copy_to_file(
+    conn: &mut sqlx::PgConnection,
+    copy: &str,
+    file: &Path,
+    mut hasher: Option<&mut Sha256>,
+) -> Result<u64, String> {
+    let failed = |e: sqlx::Error| format!("cannot read the event log: {e}");
+    let cannot_write = |e: std::io::Error| format!("cannot write {}: {e}", file.display());
+    let created = tokio::fs::File::create(file).await.map_err(cannot_write)?;
+    let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, created);
+    let mut lines = 0u64;
+    let mut chunks = conn.copy_out_raw(copy).await.map_err(failed)?;
+    while let Some(chunk) = chunks.try_next().await.map_err(failed)? {
+        if let Some(hasher) = hasher.as_deref_mut() {
+            hasher.update(&chunk);
+        }
+        lines += chunk.iter().filter(|&&byte| byte == b'\n').count() as u64;
+        writer.write_all(&chunk).await.map_err(cannot_write)?;
+    }
+    writer.flush().await.map_err(cannot_write)?;
+    Ok(lines)
+}
+
+/// Appends `part` to `file`, hashing what it appends.
+async fn append(file: &mut tokio::fs::File, part: &Path, hasher: &mut Sha256) -> Result<(), String> {
+    let mut reader = tokio::fs::File::open(part)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", part.display()))?;
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read = reader
+            .read(&mut buffer)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", part.display()))?;
+        if read == 0 {
+            return Ok(());
+        }
+        hasher.update(&buffer[..read]);
+        file.write_all(&buffer[..read])
+            .await
+            .map_err(|e| format!("cannot write the backup: {e}"))?;
+    }
+}
+
+/// The file a job after the first writes its range to, beside the partial backup.
+fn part_path(partial: &Path, job: usize) -> PathBuf {
+    let mut name = partial.as_os_str().to_owned();
+    name.push(format!(".{job}"));
+    PathBuf::from(name)
 }
 
 fn partial_path(path: &Path) -> PathBuf {

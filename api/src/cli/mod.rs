@@ -89,6 +89,9 @@ pub enum Command {
         /// previous backup's manifest).
         #[arg(long)]
         since: Option<domain::position::GlobalCursor>,
+        /// Ranges of the log copied at once, each on a connection of its own.
+        #[arg(long, default_value_t = backup::DEFAULT_JOBS, value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: u16,
     },
     /// Restore backups into an empty database: append their events, rebuild every read
     /// model and verify the audit chains (against their anchors when a key is configured).
@@ -304,10 +307,10 @@ async fn run(cli: Cli, database: &mut database::Database) -> Result<(), String> 
             }
         }
         Command::Replay { command } => replay_command(database, command).await,
-        Command::Backup { out, since } => {
-            let pool = database.connect(2).await?;
+        Command::Backup { out, since, jobs } => {
+            let pool = database.connect(u32::from(jobs) + 1).await?;
             let started = std::time::Instant::now();
-            let manifest = backup::backup(&pool, &out, since).await?;
+            let manifest = backup::backup(&pool, &out, since, usize::from(jobs)).await?;
             let seconds = started.elapsed().as_secs_f64();
             println!(
                 "{}: {} events ({} to {}) in {seconds:.2}s ({:.0} events/s), SHA-256 {}",

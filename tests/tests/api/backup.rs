@@ -3,7 +3,7 @@
 //! elsewhere, gives the same read models row for row, the same event ids and the same audit
 //! hashes, which verify against the anchors published before the backup.
 
-use api::cli::backup::{backup, manifest_path, restore, Manifest};
+use api::cli::backup::{backup, backup_in_ranges, manifest_path, restore, Manifest, DEFAULT_JOBS};
 use integration_tests::harness::{expect_problem, expect_status, TestApp};
 use integration_tests::nats::{nats_url, unique_anchor_settings};
 use integration_tests::postgres::PrivateCluster;
@@ -96,8 +96,30 @@ async fn a_restored_backup_has_the_same_read_models_event_ids_and_audit_hashes_a
     let dir = std::env::temp_dir().join(format!("aipm-test-backup-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("backup folder");
     let full_file = dir.join("full.ndjson");
-    let full = backup(app.pool(), &full_file, None).await.expect("full backup");
+    // Three ranges copied at once, joined in order: the same bytes as one copy.
+    let full = backup_in_ranges(app.pool(), &full_file, None, 3, 1)
+        .await
+        .expect("full backup");
     assert_eq!(full.events as i64, app.event_count().await, "{full:?}");
+    let single_file = dir.join("single.ndjson");
+    let single = backup_in_ranges(app.pool(), &single_file, None, 1, 1)
+        .await
+        .expect("backup in one range");
+    assert_eq!(
+        std::fs::read(&single_file).expect("single"),
+        std::fs::read(&full_file).expect("full"),
+        "ranges joined in order are the log as one copy gives it"
+    );
+    assert_eq!((single.sha256, single.events), (full.sha256.clone(), full.events));
+    let leftovers: Vec<String> = std::fs::read_dir(&dir)
+        .expect("backup folder")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.contains(".partial"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "the ranges' files are removed: {leftovers:?}"
+    );
     assert!(full.since.is_none() && full.first_cursor.is_some(), "{full:?}");
     let lines = std::fs::read_to_string(&full_file).expect("backup file");
     let first: Value = serde_json::from_str(lines.lines().next().expect("a line")).expect("NDJSON");
@@ -133,9 +155,14 @@ async fn a_restored_backup_has_the_same_read_models_event_ids_and_audit_hashes_a
         .expect("last cursor")
         .parse()
         .expect("cursor");
-    let incremental = backup(app.pool(), &incremental_file, Some(since))
-        .await
-        .expect("incremental backup");
+    let incremental = backup(
+        app.pool(),
+        &incremental_file,
+        Some(since),
+        usize::from(DEFAULT_JOBS),
+    )
+    .await
+    .expect("incremental backup");
     assert_eq!(incremental.events, 2, "{incremental:?}");
     assert_eq!(incremental.since, full.last_cursor);
     let original = dump(app.pool()).await;
