@@ -116,6 +116,10 @@ pub struct ServeArgs {
     /// How long an Idempotency-Key is remembered (e.g. 24h, 90m, 3600).
     #[arg(long, env = "AIPM_IDEMPOTENCY_TTL", default_value = "24h", value_parser = crate::settings::idempotency::parse_duration)]
     pub idempotency_ttl: std::time::Duration,
+    /// How long a request holds its Idempotency-Key before a retry may take it over, the
+    /// first attempt presumed dead (never less than the request timeout).
+    #[arg(long, env = "AIPM_IDEMPOTENCY_LEASE", default_value = "30s", value_parser = crate::settings::idempotency::parse_duration)]
+    pub idempotency_lease: std::time::Duration,
     #[command(flatten)]
     pub security: crate::settings::SecurityArgs,
     #[command(flatten)]
@@ -153,6 +157,10 @@ impl ServeArgs {
         }
         .with_relay(relay);
         settings.idempotency.ttl = self.idempotency_ttl;
+        // An attempt still running must not lose its key to a retry.
+        settings.idempotency.lease = self
+            .idempotency_lease
+            .max(settings.security.request_timeout.unwrap_or_default());
         settings.metrics_listen = self.metrics_listen.clone().filter(|address| !address.is_empty());
         Ok(settings)
     }

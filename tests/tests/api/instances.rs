@@ -93,15 +93,25 @@ impl Instances {
 
 /// Sends `request` (built for an instance's address) to the instance `start` points at, and
 /// to the next living one if that one does not answer: a process killed while the request
-/// was in flight. Commands carry an `Idempotency-Key`, so a resent one applies once.
+/// was in flight. Commands carry an `Idempotency-Key`, so a resent one applies once; while
+/// the dead attempt's claim on the key lasts, the resend is told to come back after
+/// `Retry-After` (409), as a client would.
 async fn send(
     instances: &Instances,
     start: usize,
     request: impl Fn(&str) -> reqwest::RequestBuilder,
 ) -> reqwest::Response {
     let mut last_error = None;
-    for attempt in 0..instances.addresses.len() + 1 {
+    for attempt in 0..10 {
         match request(instances.pick(start + attempt)).send().await {
+            Ok(response) if response.status() == StatusCode::CONFLICT && attempt > 0 => {
+                let wait = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                let Some(seconds) = wait else { return response };
+                tokio::time::sleep(Duration::from_secs(seconds)).await;
+            }
             Ok(response) => return response,
             Err(error) => last_error = Some(error),
         }
@@ -221,6 +231,9 @@ async fn three_instances_share_the_work_and_lose_their_leader_to_sigkill_without
         ("AIPM_NATS_SUBJECT_PREFIX", feed.subject_prefix.as_str()),
         ("AIPM_RATE_LIMIT_RPS", "0"),
         ("AIPM_HEALTH_PROBER", "false"),
+        // A request in flight on the killed process holds its key this long.
+        ("AIPM_IDEMPOTENCY_LEASE", "2s"),
+        ("AIPM_REQUEST_TIMEOUT", "2s"),
     ];
     let mut processes = Vec::new();
     for _ in 0..3 {
