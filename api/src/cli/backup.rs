@@ -70,7 +70,7 @@ pub fn manifest_path(file: &Path) -> PathBuf {
 }
 
 /// Connections a backup copies the log on at once, each a range of it, when not told.
-pub const DEFAULT_JOBS: u16 = 2;
+pub const DEFAULT_JOBS: u16 = 1;
 /// A log shorter than this per job is copied on fewer connections: splitting it costs more
 /// than it saves.
 const MIN_EVENTS_PER_JOB: i64 = 50_000;
