@@ -319,14 +319,6 @@ impl Projections {
         };
         tokio::time::timeout(timeout, all).await.unwrap_or(false)
     }
-
-    /// Each projection's name and the cursor this process last saw it reach.
-    pub fn checkpoints(&self) -> Vec<(&'static str, GlobalCursor)> {
-        self.checkpoints
-            .iter()
-            .map(|c| (c.name, *c.applied.borrow()))
-            .collect()
-    }
 }
 
 async fn listen(

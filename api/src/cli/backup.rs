@@ -96,16 +96,7 @@ pub async fn backup_in_ranges(
     min_events_per_job: i64,
 ) -> Result<Manifest, String> {
     let failed = |e: sqlx::Error| format!("cannot read the event log: {e}");
-    let mut tx = eventlog::begin(pool).await.map_err(failed)?;
-    sqlx::query("set transaction isolation level repeatable read, read only")
-        .execute(&mut *tx)
-        .await
-        .map_err(failed)?;
-    // JSON times in UTC whatever the server's zone.
-    sqlx::query("set local timezone = 'UTC'")
-        .execute(&mut *tx)
-        .await
-        .map_err(failed)?;
+    let mut tx = snapshot_reader(pool, None).await.map_err(failed)?;
     let (database_id, horizon, snapshot): (Uuid, i64, String) = sqlx::query_as(
         "select (select id from database_identity), (select events_horizon())::text::bigint, pg_export_snapshot()",
     )
@@ -273,27 +264,36 @@ fn copy_statement(range: &str) -> String {
     )
 }
 
+/// A read-only repeatable-read transaction, reading the exported `snapshot` when given
+/// (a checked snapshot id), that writes times in UTC whatever the server's zone.
+async fn snapshot_reader(
+    pool: &PgPool,
+    snapshot: Option<&str>,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = eventlog::begin(pool).await?;
+    sqlx::query("set transaction isolation level repeatable read, read only")
+        .execute(&mut *tx)
+        .await?;
+    if let Some(snapshot) = snapshot {
+        sqlx::query(&format!("set transaction snapshot '{snapshot}'"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("set local timezone = 'UTC'")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 /// Runs `copy` in a transaction reading the exported `snapshot`, into `file`; returns the
 /// lines written.
 async fn copy_in_snapshot(pool: &PgPool, snapshot: &str, copy: &str, file: &Path) -> Result<u64, String> {
-    let failed = |e: sqlx::Error| format!("cannot read the event log: {e}");
-    let mut tx = eventlog::begin(pool).await.map_err(failed)?;
     // A snapshot id is letters, digits and dashes; checked, as SET takes no parameters.
     if !snapshot.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         return Err(format!("unexpected snapshot id {snapshot:?}"));
     }
-    sqlx::query("set transaction isolation level repeatable read, read only")
-        .execute(&mut *tx)
-        .await
-        .map_err(failed)?;
-    sqlx::query(&format!("set transaction snapshot '{snapshot}'"))
-        .execute(&mut *tx)
-        .await
-        .map_err(failed)?;
-    sqlx::query("set local timezone = 'UTC'")
-        .execute(&mut *tx)
-        .await
-        .map_err(failed)?;
+    let failed = |e: sqlx::Error| format!("cannot read the event log: {e}");
+    let mut tx = snapshot_reader(pool, Some(snapshot)).await.map_err(failed)?;
     let lines = copy_to_file(&mut tx, copy, file, None).await?;
     tx.rollback().await.map_err(failed)?;
     Ok(lines)

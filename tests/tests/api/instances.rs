@@ -119,6 +119,19 @@ async fn send(
     panic!("no instance answered: {last_error:?}")
 }
 
+/// [`send`] for a command, with one `Idempotency-Key` for every resend.
+async fn send_command(
+    instances: &Instances,
+    start: usize,
+    request: impl Fn(&str) -> reqwest::RequestBuilder,
+) -> reqwest::Response {
+    let idempotency = uuid::Uuid::new_v4().to_string();
+    send(instances, start, |address| {
+        request(address).header("idempotency-key", &idempotency)
+    })
+    .await
+}
+
 async fn body(response: reqwest::Response, status: StatusCode) -> (Value, Option<String>) {
     let cursor = response
         .headers()
@@ -145,11 +158,9 @@ async fn client(
     let mut prompts = Vec::new();
     for round in 0..ROUNDS {
         let (write, read) = (n + round, n + round + 1);
-        let idempotency = uuid::Uuid::new_v4().to_string();
-        let created = send(&instances, write, |address| {
+        let created = send_command(&instances, write, |address| {
             http.post(format!("{address}/v1/prompts"))
                 .bearer_auth(&key)
-                .header("idempotency-key", &idempotency)
                 .json(&json!({"name": format!("client {n} round {round}")}))
         })
         .await;
@@ -157,11 +168,9 @@ async fn client(
         assert!(cursor.is_some(), "a command answers with its Aipm-Cursor");
         let id = created["id"].as_str().expect("id").to_string();
 
-        let idempotency = uuid::Uuid::new_v4().to_string();
-        let published = send(&instances, read, |address| {
+        let published = send_command(&instances, read, |address| {
             http.post(format!("{address}/v1/prompts/{id}/versions"))
                 .bearer_auth(&key)
-                .header("idempotency-key", &idempotency)
                 .json(&json!({"template": format!("Hello {{{{name}}}} from {n}/{round}")}))
         })
         .await;
@@ -191,11 +200,9 @@ async fn client(
         // A flag changed on one instance is evaluated from another's memory.
         let flag = format!("client{n}.flag");
         let enabled = round % 2 == 0;
-        let idempotency = uuid::Uuid::new_v4().to_string();
-        let set = send(&instances, write, |address| {
+        let set = send_command(&instances, write, |address| {
             http.put(format!("{address}/v1/flags/{flag}"))
                 .bearer_auth(&key)
-                .header("idempotency-key", &idempotency)
                 .json(&json!({"enabled": enabled, "rollout_percent": 100, "reason": "instances"}))
         })
         .await;
