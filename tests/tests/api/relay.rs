@@ -18,10 +18,12 @@ use tokio::sync::watch;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// The whole event log, in global order.
+/// The whole event log, in global order: every committed event. Not the settled read a
+/// tailing reader makes, whose horizon may stop short for a moment when a transaction of
+/// another database (another test's) ends while it is computed.
 pub(crate) async fn the_log(pool: &PgPool) -> Vec<StoredEvent> {
     let mut conn = pool.acquire().await.expect("connection");
-    global_order::read_after(&mut conn, GlobalCursor::START, 1_000_000)
+    global_order::read_committed_for(&mut conn, GlobalCursor::START, 1_000_000, None)
         .await
         .expect("the log")
 }
