@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use integration_tests::harness::{last_event_cursor, TestApp};
+use integration_tests::harness::{expect_problem, expect_status, last_event_cursor, TestApp};
 use integration_tests::nats::unique_relay_settings;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -390,4 +390,58 @@ async fn three_instances_share_the_work_and_lose_their_leader_to_sigkill_without
         "taken over in {takeover:?}, last event {last}"
     );
     integration_tests::nats::delete_stream(&feed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_cursor_that_is_malformed_or_beyond_the_log_is_refused_and_probes_ignore_it() {
+    let app = TestApp::spawn().await;
+    let created = app
+        .post("/v1/prompts", &app.admin_key, json!({"name": "read-after"}))
+        .await;
+    let cursor = created
+        .headers()
+        .get("aipm-cursor")
+        .and_then(|v| v.to_str().ok())
+        .expect("a command answers with Aipm-Cursor")
+        .to_string();
+    expect_status(created, StatusCode::CREATED).await;
+    let read = |value: String| {
+        app.request(reqwest::Method::GET, "/v1/prompts", &app.admin_key)
+            .header("aipm-read-after", value)
+            .send()
+    };
+    // The process's own change: answered.
+    expect_status(read(cursor.clone()).await.expect("request"), StatusCode::OK).await;
+    for malformed in ["yesterday", "12", "-1-0", "12-x"] {
+        let refused = expect_problem(
+            read(malformed.into()).await.expect("request"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation-failed",
+        )
+        .await;
+        assert_eq!(refused["errors"][0]["field"], "Aipm-Read-After", "{refused}");
+    }
+    // A point the log has not reached cannot be waited for.
+    let (transaction, _) = cursor.split_once('-').expect("a cursor");
+    let beyond = format!(
+        "{}-0",
+        transaction.parse::<i64>().expect("a transaction") + 1_000_000
+    );
+    expect_problem(
+        read(beyond.clone()).await.expect("request"),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    )
+    .await;
+    // A probe says how the process is now, whatever the header.
+    for value in ["yesterday".to_string(), beyond] {
+        let probe = app
+            .client
+            .get(format!("{}/healthz", app.address))
+            .header("aipm-read-after", value)
+            .send()
+            .await
+            .expect("probe");
+        assert_eq!(probe.status(), StatusCode::OK);
+    }
 }
