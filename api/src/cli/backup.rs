@@ -5,8 +5,9 @@
 //! the settled part of it (events of transactions older than the oldest one still running,
 //! as every reader of the log): a transaction that commits after the backup with an older
 //! id is in the next incremental backup (`--since` the last cursor), never skipped.
-//! PostgreSQL writes the lines itself (`COPY … TO STDOUT`), so the backup goes as fast as
-//! the server can read.
+//! PostgreSQL sends the rows in its binary COPY and aipm writes the lines
+//! ([`super::event_lines`]) on the other core, so the backup goes as fast as the server
+//! can read the log.
 //!
 //! A restore appends the events, in order, to an empty database under the new cluster's
 //! transaction ids, each keeping its original cursor in its metadata
@@ -32,7 +33,7 @@ use uuid::Uuid;
 pub const FORMAT: &str = "aipm-event-log/1";
 
 /// COPY's CSV with a quote and a delimiter that JSON text never holds unescaped (control
-/// characters), so that each line is the JSON document exactly, with no quoting added.
+/// characters), so that a restore reads each line as the JSON document exactly.
 const COPY_OPTIONS: &str = "(format csv, delimiter e'\\x02', quote e'\\x01')";
 
 /// What a backup file holds, written beside it once the file is complete.
@@ -158,10 +159,13 @@ pub async fn backup_in_ranges(
         })
         .collect();
 
-    let mut hasher = Sha256::new();
     // The first range is written straight into the file, under the exporting transaction,
     // which stays open until every other job has read its range.
-    let first = copy_to_file(&mut tx, &copy_statement(&parts[0]), &partial, Some(&mut hasher)).await;
+    let first = copy_to_file(&mut tx, &copy_statement(&parts[0]), &partial, true).await;
+    let (first, mut hasher) = match first {
+        Ok((lines, hasher)) => (Ok(lines), hasher.unwrap_or_default()),
+        Err(error) => (Err(error), Sha256::new()),
+    };
     let mut outcomes = vec![first];
     for job in others {
         outcomes.push(
@@ -251,21 +255,17 @@ async fn split_points(
     Ok(splits)
 }
 
-/// The COPY writing one JSON document a line for the events of `range`, in global order.
+/// The COPY of the events of `range`, in global order, whose rows
+/// [`EventLines`](super::event_lines::EventLines) writes as lines.
 fn copy_statement(range: &str) -> String {
     format!(
-        "copy (select json_build_object(
-                   'transaction_id', transaction_id::text::bigint, 'position', position,
-                   'aggregate_type', aggregate_type, 'aggregate_id', aggregate_id, 'sequence', sequence,
-                   'event_type', event_type, 'event_version', event_version, 'tenant_id', tenant_id,
-                   'recorded_at', recorded_at, 'metadata', metadata, 'payload', payload)
-               from events where {range} order by transaction_id, position)
-         to stdout {COPY_OPTIONS}"
+        "copy (select {} from events where {range} order by transaction_id, position) to stdout (format binary)",
+        super::event_lines::COLUMNS
     )
 }
 
 /// A read-only repeatable-read transaction, reading the exported `snapshot` when given
-/// (a checked snapshot id), that writes times in UTC whatever the server's zone.
+/// (a checked snapshot id).
 async fn snapshot_reader(
     pool: &PgPool,
     snapshot: Option<&str>,
@@ -279,9 +279,6 @@ async fn snapshot_reader(
             .execute(&mut *tx)
             .await?;
     }
-    sqlx::query("set local timezone = 'UTC'")
-        .execute(&mut *tx)
-        .await?;
     Ok(tx)
 }
 
@@ -294,34 +291,73 @@ async fn copy_in_snapshot(pool: &PgPool, snapshot: &str, copy: &str, file: &Path
     }
     let failed = |e: sqlx::Error| format!("cannot read the event log: {e}");
     let mut tx = snapshot_reader(pool, Some(snapshot)).await.map_err(failed)?;
-    let lines = copy_to_file(&mut tx, copy, file, None).await?;
+    let (lines, _) = copy_to_file(&mut tx, copy, file, false).await?;
     tx.rollback().await.map_err(failed)?;
     Ok(lines)
 }
 
-/// Streams `copy`'s output into a new `file`, hashing it into `hasher` when given; returns
-/// the lines written.
+/// Writes the events `copy` reads into a new `file`, one line each, hashing the file when
+/// `hash`; returns the lines written and the hash. The lines are written and hashed on a
+/// thread of their own while the next rows arrive.
 async fn copy_to_file(
     conn: &mut sqlx::PgConnection,
     copy: &str,
     file: &Path,
-    mut hasher: Option<&mut Sha256>,
-) -> Result<u64, String> {
+    hash: bool,
+) -> Result<(u64, Option<Sha256>), String> {
     let failed = |e: sqlx::Error| format!("cannot read the event log: {e}");
-    let cannot_write = |e: std::io::Error| format!("cannot write {}: {e}", file.display());
-    let created = tokio::fs::File::create(file).await.map_err(cannot_write)?;
-    let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, created);
-    let mut lines = 0u64;
-    let mut chunks = conn.copy_out_raw(copy).await.map_err(failed)?;
-    while let Some(chunk) = chunks.try_next().await.map_err(failed)? {
-        if let Some(hasher) = hasher.as_deref_mut() {
-            hasher.update(&chunk);
+    let (blocks, written) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let writer = {
+        let file = file.to_path_buf();
+        tokio::task::spawn_blocking(move || write_blocks(&file, &written, hash.then(Sha256::new)))
+    };
+    let read = async {
+        let mut lines = 0u64;
+        let mut rows = super::event_lines::EventLines::default();
+        let mut block = Vec::with_capacity(WRITE_BLOCK + (64 << 10));
+        let mut chunks = conn.copy_out_raw(copy).await.map_err(failed)?;
+        while let Some(chunk) = chunks.try_next().await.map_err(failed)? {
+            lines += rows.feed(&chunk, &mut block)?;
+            if block.len() >= WRITE_BLOCK {
+                let full = std::mem::replace(&mut block, Vec::with_capacity(WRITE_BLOCK + (64 << 10)));
+                if blocks.send(full).is_err() {
+                    // The writer stopped: its error says why.
+                    break;
+                }
+            }
         }
-        lines += chunk.iter().filter(|&&byte| byte == b'\n').count() as u64;
-        writer.write_all(&chunk).await.map_err(cannot_write)?;
+        rows.finish()?;
+        let _ = blocks.send(block);
+        Ok::<u64, String>(lines)
     }
-    writer.flush().await.map_err(cannot_write)?;
-    Ok(lines)
+    .await;
+    drop(blocks);
+    let written = writer
+        .await
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    Ok((read?, written))
+}
+
+/// Bytes of lines handed to the writing thread at a time.
+const WRITE_BLOCK: usize = 4 << 20;
+
+/// Writes each block received into a new `file`, hashing it into `hasher` when given.
+fn write_blocks(
+    file: &Path,
+    blocks: &std::sync::mpsc::Receiver<Vec<u8>>,
+    mut hasher: Option<Sha256>,
+) -> std::io::Result<Option<Sha256>> {
+    use std::io::Write as _;
+    let mut out = std::fs::File::create(file)?;
+    for block in blocks {
+        if let Some(hasher) = hasher.as_mut() {
+            hasher.update(&block);
+        }
+        out.write_all(&block)?;
+    }
+    out.flush()?;
+    Ok(hasher)
 }
 
 /// Appends `part` to `file`, hashing what it appends.

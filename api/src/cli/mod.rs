@@ -1,9 +1,10 @@
 //! The `aipm` command line. Configuration comes from flags or the environment, with
 //! defaults that work against the local PostgreSQL. [`audit`]: `aipm audit verify`;
-//! [`backup`]: `aipm backup` and `aipm restore`; [`database`]: which PostgreSQL a command
-//! uses.
+//! [`backup`]: `aipm backup` and `aipm restore`, whose lines [`event_lines`] writes;
+//! [`database`]: which PostgreSQL a command uses.
 
 pub mod audit;
+mod event_lines;
 pub mod backup;
 pub mod database;
 

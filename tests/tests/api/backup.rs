@@ -111,6 +111,29 @@ async fn a_restored_backup_has_the_same_read_models_event_ids_and_audit_hashes_a
         "ranges joined in order are the log as one copy gives it"
     );
     assert_eq!((single.sha256, single.events), (full.sha256.clone(), full.events));
+    // Each line is what PostgreSQL itself writes for the event (`json_build_object`, times in
+    // UTC), byte for byte: backups read from the rows by aipm and written by the server
+    // are one format.
+    let mut conn = app.pool().acquire().await.expect("connection");
+    sqlx::query("set timezone = 'UTC'")
+        .execute(&mut *conn)
+        .await
+        .expect("time zone");
+    let by_postgres: Vec<String> = sqlx::query_scalar(
+        "select json_build_object(
+                   'transaction_id', transaction_id::text::bigint, 'position', position,
+                   'aggregate_type', aggregate_type, 'aggregate_id', aggregate_id, 'sequence', sequence,
+                   'event_type', event_type, 'event_version', event_version, 'tenant_id', tenant_id,
+                   'recorded_at', recorded_at, 'metadata', metadata, 'payload', payload)::text
+         from events order by transaction_id, position limit $1",
+    )
+    .bind(full.events as i64)
+    .fetch_all(&mut *conn)
+    .await
+    .expect("the lines as PostgreSQL writes them");
+    drop(conn);
+    let by_aipm = std::fs::read_to_string(&single_file).expect("single");
+    assert_eq!(by_aipm.lines().collect::<Vec<_>>(), by_postgres);
     let leftovers: Vec<String> = std::fs::read_dir(&dir)
         .expect("backup folder")
         .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
