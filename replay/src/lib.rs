@@ -194,7 +194,7 @@ async fn rebuild_with(
     let started = Instant::now();
     let schema = verify::scratch_schema("aipm_rebuild_", projection)?;
     let mut conn = pool.acquire().await?;
-    schema::recreate_for(&mut conn, &schema, projection).await?;
+    schema::recreate_for(&mut conn, &schema, projection, schema::Durability::Kept).await?;
     let mut phases = Vec::new();
     let mut phase = Instant::now();
     let mut lap = |phases: &mut Vec<(&'static str, f64)>, name: &'static str| {
@@ -205,7 +205,7 @@ async fn rebuild_with(
         let mut built =
             build::apply_settled(pool, projection, &schema, Applied::default(), Point::END, bar).await?;
         lap(&mut phases, "build");
-        schema::finish_tables(&mut conn, &schema, projection.tables(), true).await?;
+        schema::finish_tables(&mut conn, &schema, projection.tables()).await?;
         lap(&mut phases, "finish");
         loop {
             let before = built.events;
@@ -334,7 +334,7 @@ pub async fn rebuild_at(
         .filter(|t| !owned.contains(t))
         .collect();
     let all: Vec<&str> = owned.iter().chain(&borrowed).copied().collect();
-    schema::create_tables(&mut conn, schema, &all).await?;
+    schema::create_tables(&mut conn, schema, &all, schema::Durability::Kept).await?;
     let mut reports = Vec::new();
     for projection in projections {
         let started = Instant::now();
@@ -359,7 +359,7 @@ pub async fn rebuild_at(
             },
         ));
     }
-    schema::finish_tables(&mut conn, schema, &owned, true).await?;
+    schema::finish_tables(&mut conn, schema, &owned).await?;
     // The copies of tables no rebuilt projection owns were there only to be written instead
     // of the live ones.
     for table in borrowed {

@@ -6,9 +6,11 @@
 //!
 //! A copy has the live table's columns, defaults, checks, constraints, indexes and
 //! triggers, under the same names, so that moving it into `public` leaves nothing to tell
-//! it from a table the migrations made. It starts unlogged (nothing to write twice while it
-//! is built) with only its unique indexes (which upserts need); the other indexes come once
-//! the bulk of the rows is in.
+//! it from a table the migrations made. It starts with only its unique indexes (which
+//! upserts need); the other indexes come once the bulk of the rows is in. A copy to be kept
+//! is logged from the start: writing its rows to the WAL as they come costs about a quarter
+//! of what `alter table … set logged` costs afterwards, in one long statement that holds
+//! back every reader of the log. A copy made only to be compared is unlogged.
 
 use sqlx::PgConnection;
 
@@ -80,20 +82,33 @@ pub(crate) async fn drop_schema(conn: &mut PgConnection, schema: &SchemaName) ->
     Ok(())
 }
 
-/// Creates `schema` (which must not exist) holding empty, unlogged copies of `tables`, with
-/// their unique indexes; [`finish_tables`] adds the rest.
+/// Whether copies are written to the WAL: those to be kept must be, those only compared
+/// need not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    Kept,
+    Scratch,
+}
+
+/// Creates `schema` (which must not exist) holding empty copies of `tables`, with their
+/// unique indexes; [`finish_tables`] adds the rest.
 pub(crate) async fn create_tables(
     conn: &mut PgConnection,
     schema: &SchemaName,
     tables: &[&str],
+    durability: Durability,
 ) -> Result<(), sqlx::Error> {
+    let kind = match durability {
+        Durability::Kept => "table",
+        Durability::Scratch => "unlogged table",
+    };
     sqlx::query(&format!("create schema {schema}"))
         .execute(&mut *conn)
         .await?;
     for table in tables {
         // Constraints' and indexes' own names are added below: LIKE would invent new ones.
         sqlx::query(&format!(
-            "create unlogged table {schema}.{table} (like public.{table} including all excluding indexes)"
+            "create {kind} {schema}.{table} (like public.{table} including all excluding indexes)"
         ))
         .execute(&mut *conn)
         .await?;
@@ -112,6 +127,7 @@ pub(crate) async fn recreate_for(
     conn: &mut PgConnection,
     schema: &SchemaName,
     projection: &dyn eventlog::Projection,
+    durability: Durability,
 ) -> Result<(), sqlx::Error> {
     let tables: Vec<&str> = projection
         .tables()
@@ -120,16 +136,14 @@ pub(crate) async fn recreate_for(
         .copied()
         .collect();
     drop_schema(conn, schema).await?;
-    create_tables(conn, schema, &tables).await
+    create_tables(conn, schema, &tables, durability).await
 }
 
-/// Adds the indexes and triggers of the live tables that [`create_tables`] left out, and
-/// with `logged` makes the copies crash-safe (to be kept, not only compared).
+/// Adds the indexes and triggers of the live tables that [`create_tables`] left out.
 pub(crate) async fn finish_tables(
     conn: &mut PgConnection,
     schema: &SchemaName,
     tables: &[&str],
-    logged: bool,
 ) -> Result<(), sqlx::Error> {
     for table in tables {
         for part in [Part::OtherIndexes, Part::Triggers] {
@@ -138,11 +152,6 @@ pub(crate) async fn finish_tables(
                     .execute(&mut *conn)
                     .await?;
             }
-        }
-        if logged {
-            sqlx::query(&format!("alter table {schema}.{table} set logged"))
-                .execute(&mut *conn)
-                .await?;
         }
     }
     Ok(())

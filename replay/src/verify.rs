@@ -88,7 +88,7 @@ pub async fn verify(
 ) -> Result<VerifyReport, ProjectionError> {
     let schema = scratch_schema("aipm_verify_", projection)?;
     let mut conn = pool.acquire().await?;
-    schema::recreate_for(&mut conn, &schema, projection).await?;
+    schema::recreate_for(&mut conn, &schema, projection, schema::Durability::Scratch).await?;
     let result = async {
         // A runner's tables are compared at its checkpoint: build no further than where it
         // is now; the snapshot below finds it there or later.

@@ -4,9 +4,9 @@
 //! [`database`]: which PostgreSQL a command uses.
 
 pub mod audit;
-mod event_lines;
 pub mod backup;
 pub mod database;
+mod event_lines;
 
 use std::process::ExitCode;
 use std::sync::Arc;
