@@ -93,14 +93,14 @@ pub fn build_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Waits for `Aipm-Read-After` before the request runs, and adds `Aipm-Cursor` to the
-/// response of a request whose commands recorded events (see [`crate::consistency`]).
+/// Sets aside the wait `Aipm-Read-After` asks for (the authenticated caller runs it), and
+/// adds `Aipm-Cursor` to the response of a request whose commands recorded events (see
+/// [`crate::consistency`]).
 async fn read_your_writes(
     axum::extract::State(app): axum::extract::State<AppState>,
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse as _;
     // A probe answers how the process is now: it never waits for the log.
     let probe = crate::hardening::overload::PROBES.contains(&request.uri().path());
     let asked = if probe {
@@ -108,13 +108,15 @@ async fn read_your_writes(
     } else {
         consistency::read_after(request.headers())
     };
-    let waited = match asked {
-        Ok(Some(cursor)) => app.read_after(cursor, consistency::READ_AFTER_TIMEOUT).await,
-        Ok(None) => Ok(()),
-        Err(error) => Err(error),
+    let pending = match asked {
+        Ok(Some(cursor)) => Some(consistency::PendingReadAfter::new(async move {
+            app.read_after(cursor, consistency::READ_AFTER_TIMEOUT).await
+        })),
+        Ok(None) => None,
+        Err(error) => Some(consistency::PendingReadAfter::new(async move { Err(error) })),
     };
-    if let Err(error) = waited {
-        return error.into_response();
+    if let Some(pending) = pending {
+        request.extensions_mut().insert(pending);
     }
     let written = consistency::Written::default();
     request.extensions_mut().insert(written.clone());

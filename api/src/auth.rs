@@ -18,6 +18,7 @@ use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use crate::consistency::PendingReadAfter;
 use crate::error::ApiError;
 use crate::hardening::{AuthFailure, Guards, RateLimitSlot, RouteBudget};
 
@@ -123,7 +124,8 @@ where
 {
     type Rejection = ApiError;
 
-    /// Authenticates the request and charges it to the key's rate limit.
+    /// Authenticates the request, charges it to the key's rate limit, and waits for its
+    /// `Aipm-Read-After` ([`PendingReadAfter`]).
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         // Handlers may ask for the caller more than once (directly and through
         // `CommandContext`): authenticate and charge once per request.
@@ -151,6 +153,9 @@ where
             }
         }
         parts.extensions.insert(caller.clone());
+        if let Some(pending) = parts.extensions.get::<PendingReadAfter>().cloned() {
+            pending.run().await?;
+        }
         Ok(caller)
     }
 }

@@ -6,14 +6,17 @@
 //! far. So every command that records events answers with `Aipm-Cursor`, the place of its
 //! last event in the global order, and a request that sends it back as `Aipm-Read-After` is
 //! answered only once this process's views and projections hold everything up to it
-//! (`AppState::read_after`; the middleware is `app::read_your_writes`).
+//! (`AppState::read_after`; the middleware is `app::read_your_writes`, and the wait runs
+//! once the caller is authenticated, see [`PendingReadAfter`]).
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
 use domain::position::GlobalCursor;
+use futures::future::BoxFuture;
 
 use crate::error::ApiError;
 
@@ -41,6 +44,31 @@ impl Written {
 
     fn cursor(&self) -> Option<GlobalCursor> {
         *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The wait a request's `Aipm-Read-After` asks for, or the refusal of a malformed one. The
+/// middleware sets it aside and [`crate::auth::Caller`] runs it once the caller is
+/// authenticated: a request without a valid key is refused as such, and never waits.
+#[derive(Clone)]
+pub struct PendingReadAfter(Arc<Mutex<Option<BoxFuture<'static, Result<(), ApiError>>>>>);
+
+impl PendingReadAfter {
+    pub fn new(wait: impl Future<Output = Result<(), ApiError>> + Send + 'static) -> Self {
+        Self(Arc::new(Mutex::new(Some(Box::pin(wait)))))
+    }
+
+    /// Runs the wait, the first time it is asked for; later calls return at once.
+    pub async fn run(&self) -> Result<(), ApiError> {
+        let wait = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        match wait {
+            Some(wait) => wait.await,
+            None => Ok(()),
+        }
     }
 }
 

@@ -10,11 +10,11 @@
 //!
 //! `tests/tests/api/openapi.rs` checks that no route escapes the document.
 
-use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
+use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Required};
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr};
 use utoipa::{Modify, OpenApi as _, PartialSchema, ToResponse, ToSchema};
 
 use crate::error::{FieldError, Problem};
@@ -136,10 +136,6 @@ pub fn finish(mut openapi: OpenApi) -> OpenApi {
             if !PROBES.contains(&path.as_str()) {
                 // Shedding and timeouts (`crate::hardening`) spare only the probes.
                 add_response::<Unavailable>(operation, "503");
-                // So does read-your-writes (`crate::consistency`): a malformed cursor or one
-                // beyond the log is a 422; a process that cannot catch up in time, a 503.
-                add_read_after(operation);
-                add_response::<ValidationFailed>(operation, "422");
             }
             if operation.request_body.is_some() {
                 // What reading a JSON body can answer (`crate::extract::ApiJson`) on any
@@ -172,32 +168,6 @@ fn drop_route_from_summary(operation: &mut Operation) {
         None => return,
     };
     operation.summary = Some(summary);
-}
-
-/// Declares the optional `Aipm-Read-After` request header on `operation`.
-fn add_read_after(operation: &mut Operation) {
-    const NAME: &str = "Aipm-Read-After";
-    let header = ParameterBuilder::new()
-        .name(NAME)
-        .parameter_in(ParameterIn::Header)
-        .required(Required::False)
-        .description(Some(
-            "A command's `Aipm-Cursor`: the request is answered once this process has read the log up to it (read-your-writes on whichever process answers).",
-        ))
-        .schema(Some(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .pattern(Some(r"^[0-9]+-[0-9]+$"))
-                .examples(["812-40"]),
-        ))
-        .build();
-    let parameters = operation.parameters.get_or_insert_with(Vec::new);
-    let declared = parameters
-        .iter()
-        .any(|p| matches!(p, RefOr::T(p) if p.name.eq_ignore_ascii_case(NAME)));
-    if !declared {
-        parameters.push(RefOr::T(header));
-    }
 }
 
 /// The request header that makes a command safe to retry (`crate::idempotency`).

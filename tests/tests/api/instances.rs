@@ -433,6 +433,16 @@ async fn a_read_after_cursor_that_is_malformed_or_beyond_the_log_is_refused_and_
         "validation-failed",
     )
     .await;
+    // Authentication comes first: without a valid key, the header is neither checked nor
+    // waited for.
+    let anonymous = app
+        .client
+        .get(format!("{}/v1/prompts", app.address))
+        .header("aipm-read-after", "yesterday")
+        .send()
+        .await
+        .expect("request");
+    expect_problem(anonymous, StatusCode::UNAUTHORIZED, "unauthorized").await;
     // A probe says how the process is now, whatever the header.
     for value in ["yesterday".to_string(), beyond] {
         let probe = app
