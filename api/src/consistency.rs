@@ -51,7 +51,10 @@ impl Written {
 /// middleware sets it aside and [`crate::auth::Caller`] runs it once the caller is
 /// authenticated: a request without a valid key is refused as such, and never waits.
 #[derive(Clone)]
-pub struct PendingReadAfter(Arc<Mutex<Option<BoxFuture<'static, Result<(), ApiError>>>>>);
+pub struct PendingReadAfter(Arc<Mutex<Option<ReadAfterWait>>>);
+
+/// Waiting for this process to read the log up to a request's `Aipm-Read-After`.
+type ReadAfterWait = BoxFuture<'static, Result<(), ApiError>>;
 
 impl PendingReadAfter {
     pub fn new(wait: impl Future<Output = Result<(), ApiError>> + Send + 'static) -> Self {
