@@ -184,6 +184,8 @@ impl Drop for StopLeading {
         if let Some(anchoring) = &self.0.anchoring {
             anchoring.stop();
         }
+        // Its claims on idempotency keys are then free for a retry on another process.
+        self.0.presence.stop();
     }
 }
 

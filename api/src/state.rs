@@ -128,6 +128,27 @@ pub struct App {
     pub anchors: Option<AnchorSettings>,
     /// This process's candidacy for publishing the anchors, with a signing key.
     pub anchoring: Option<Leadership>,
+    /// The lock this process holds while it lives (a role only it stands for), which its
+    /// idempotency claims name so that a retry after its death need not wait for a lease.
+    pub presence: Leadership,
+}
+
+/// How long a starting process waits to hold its presence lock before serving without it
+/// (its claims then free themselves by their lease alone).
+const PRESENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Stands for a role of this process's own, and returns its lock's name once held.
+async fn hold_presence(pool: &PgPool) -> (Leadership, Option<String>) {
+    let role = format!("process {}", uuid::Uuid::new_v4());
+    let presence = Leadership::spawn(pool, role.clone(), std::future::pending::<()>);
+    let mut leading = presence.watch();
+    let held = tokio::time::timeout(PRESENCE_WAIT, leading.wait_for(|leading| *leading))
+        .await
+        .is_ok_and(|held| held.is_ok());
+    if !held {
+        tracing::warn!("cannot hold this process's presence lock; idempotency claims will wait for their lease after a crash");
+    }
+    (presence, held.then(|| projections::leader::lock_name(&role)))
 }
 
 impl App {
@@ -135,8 +156,13 @@ impl App {
     pub async fn start(pool: PgPool, settings: &Settings) -> Result<Self, sqlx::Error> {
         let store = EventStore::new(pool.clone(), projections::inline());
         let projections = Projections::spawn(pool.clone(), projections::all(), store.appended_signal());
+        let (presence, holder) = hold_presence(&pool).await;
         let idempotency =
             IdempotencyStore::new(pool.clone(), settings.idempotency.ttl, settings.idempotency.lease);
+        let idempotency = match holder {
+            Some(lock_name) => idempotency.held_by(lock_name),
+            None => idempotency,
+        };
         crate::idempotency::spawn_cleanup(idempotency.clone(), settings.idempotency.cleanup_interval);
         let feed = Feed::start(
             pool.clone(),
@@ -186,6 +212,7 @@ impl App {
             relay,
             anchors: settings.anchors.clone(),
             anchoring,
+            presence,
             metrics: Arc::default(),
             command_stats: store.stats.clone(),
             flags: store.aggregates(()),

@@ -10,8 +10,10 @@
 //!   back (see [`Claim`]).
 //! - `idempotency_outcome`: what the command committed (aggregate, sequences), written **by
 //!   the same statement that appends the events** ([`crate::store`]). This closes the
-//!   window between commit and storing the response: if the process dies there, the claim's
-//!   lease runs out, a retry takes the claim over ([`Attempt::resumed`]), finds the outcome
+//!   window between commit and storing the response: if the process dies there, a retry
+//!   takes the claim over ([`Attempt::resumed`]) as soon as the advisory lock the process
+//!   held while it lived is gone ([`IdempotencyStore::held_by`]; without one, once the
+//!   claim's lease runs out), finds the outcome
 //!   and rebuilds the committed result from the events instead of running the command again
 //!   ([`crate::AggregateStore::recorded`]); the response is then rendered from it as the
 //!   first attempt would have. The outcome's primary key is also a fence: a second append
@@ -83,6 +85,8 @@ pub struct IdempotencyStore {
     pool: PgPool,
     ttl: Duration,
     lease: Duration,
+    /// The advisory lock this process holds while it lives, named in its claims.
+    holder: Option<String>,
 }
 
 /// Rows removed per statement by [`IdempotencyStore::delete_expired`], so that a large
@@ -92,6 +96,8 @@ const DELETE_BATCH: i64 = 5_000;
 const CLAIM_ATTEMPTS: usize = 4;
 
 const KEY_MATCHES: &str = "tenant_id = $1 and owner_key_id = $2 and idempotency_key = $3";
+/// The claim's holder is known and its process no longer holds its lock: it died.
+const HOLDER_GONE: &str = "(holder is not null and not idempotency_holder_alive(holder))";
 /// A row source that makes the statement's own transaction commit without waiting for its WAL
 /// flush (see the module documentation for why that is safe for these rows).
 const ASYNC_COMMIT: &str = "(select set_config('synchronous_commit', 'off', true)) as async_commit";
@@ -100,7 +106,20 @@ impl IdempotencyStore {
     /// Keys live for `ttl`; an attempt holds its claim for `lease` at most, after which a
     /// retry may take over (the attempt's process is presumed dead).
     pub fn new(pool: PgPool, ttl: Duration, lease: Duration) -> Self {
-        Self { pool, ttl, lease }
+        Self {
+            pool,
+            ttl,
+            lease,
+            holder: None,
+        }
+    }
+
+    /// Names in this process's claims the advisory lock it holds for as long as it lives
+    /// (by the name `hashtextextended` hashes): a retry that finds a claim whose holder's
+    /// lock is gone takes it over at once, without waiting for the lease.
+    pub fn held_by(mut self, lock_name: String) -> Self {
+        self.holder = Some(lock_name);
+        self
     }
 
     pub fn ttl(&self) -> Duration {
@@ -114,9 +133,9 @@ impl IdempotencyStore {
             let sql = format!(
                 "insert into idempotency_request
                      (tenant_id, owner_key_id, idempotency_key, fingerprint, resource_id, attempt,
-                      locked_until, expires_at)
+                      locked_until, expires_at, holder)
                  select $1, $2, $3, $4, $5, $6,
-                        now() + $7 * interval '1 second', now() + $8 * interval '1 second'
+                        now() + $7 * interval '1 second', now() + $8 * interval '1 second', $9
                  from {ASYNC_COMMIT}
                  on conflict (tenant_id, owner_key_id, idempotency_key) do nothing
                  returning resource_id"
@@ -130,6 +149,7 @@ impl IdempotencyStore {
                 .bind(attempt)
                 .bind(self.lease.as_secs_f64())
                 .bind(self.ttl.as_secs_f64())
+                .bind(&self.holder)
                 .fetch_optional(&self.pool)
                 .await?;
             if let Some(resource_id) = inserted {
@@ -142,8 +162,8 @@ impl IdempotencyStore {
 
             let sql = format!(
                 "select fingerprint, response_status, response_headers, response_body,
-                        extract(epoch from locked_until - now())::float8,
-                        expires_at <= now() and locked_until <= now()
+                        case when {HOLDER_GONE} then 0 else extract(epoch from locked_until - now())::float8 end,
+                        expires_at <= now() and (locked_until <= now() or {HOLDER_GONE})
                  from idempotency_request where {KEY_MATCHES}"
             );
             let existing: Option<ExistingRow> = sqlx::query_as(&sql)
@@ -158,7 +178,7 @@ impl IdempotencyStore {
             if expired {
                 let sql = format!(
                     "delete from idempotency_request
-                     where {KEY_MATCHES} and expires_at <= now() and locked_until <= now()"
+                     where {KEY_MATCHES} and expires_at <= now() and (locked_until <= now() or {HOLDER_GONE})"
                 );
                 sqlx::query(&sql)
                     .bind(&scope.tenant)
@@ -185,11 +205,11 @@ impl IdempotencyStore {
                     retry_after: Duration::from_secs_f64(lease_left.ceil().max(1.0)),
                 });
             }
-            // The holder's lease ran out without a response: take the claim over.
+            // The holder died, or its lease ran out, without a response: take the claim over.
             let sql = format!(
                 "update idempotency_request
-                 set attempt = $4, locked_until = now() + $5 * interval '1 second'
-                 where {KEY_MATCHES} and response_status is null and locked_until <= now()
+                 set attempt = $4, locked_until = now() + $5 * interval '1 second', holder = $6
+                 where {KEY_MATCHES} and response_status is null and (locked_until <= now() or {HOLDER_GONE})
                  returning resource_id"
             );
             let taken: Option<Uuid> = sqlx::query_scalar(&sql)
@@ -198,6 +218,7 @@ impl IdempotencyStore {
                 .bind(&scope.key)
                 .bind(attempt)
                 .bind(self.lease.as_secs_f64())
+                .bind(&self.holder)
                 .fetch_optional(&self.pool)
                 .await?;
             if let Some(resource_id) = taken {

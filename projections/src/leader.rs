@@ -161,8 +161,9 @@ async fn hold(conn: &mut PgConnection, term: &tokio::task::JoinHandle<()>) -> Re
     }
 }
 
-/// The advisory lock's name: distinct from the names the work locks for each batch, which
-/// the leader's own transactions must be able to take.
-fn lock_name(role: &str) -> String {
+/// The name whose `hashtextextended` is the advisory lock a leader of `role` holds:
+/// distinct from the names the work locks for each batch, which the leader's own
+/// transactions must be able to take.
+pub fn lock_name(role: &str) -> String {
     format!("aipm leader: {role}")
 }

@@ -118,7 +118,8 @@ pub struct ServeArgs {
     #[arg(long, env = "AIPM_IDEMPOTENCY_TTL", default_value = "24h", value_parser = crate::settings::idempotency::parse_duration)]
     pub idempotency_ttl: std::time::Duration,
     /// How long a request holds its Idempotency-Key before a retry may take it over, the
-    /// first attempt presumed dead (never less than the request timeout).
+    /// first attempt presumed dead, when its process cannot be seen gone sooner (never less
+    /// than the request timeout).
     #[arg(long, env = "AIPM_IDEMPOTENCY_LEASE", default_value = "30s", value_parser = crate::settings::idempotency::parse_duration)]
     pub idempotency_lease: std::time::Duration,
     #[command(flatten)]

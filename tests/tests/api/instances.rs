@@ -238,7 +238,8 @@ async fn three_instances_share_the_work_and_lose_their_leader_to_sigkill_without
         ("AIPM_NATS_SUBJECT_PREFIX", feed.subject_prefix.as_str()),
         ("AIPM_RATE_LIMIT_RPS", "0"),
         ("AIPM_HEALTH_PROBER", "false"),
-        // A request in flight on the killed process holds its key this long.
+        // A request in flight on the killed process holds its key until PostgreSQL sees the
+        // process's connections close, and at most this long.
         ("AIPM_IDEMPOTENCY_LEASE", "2s"),
         ("AIPM_REQUEST_TIMEOUT", "2s"),
     ];
