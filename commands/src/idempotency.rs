@@ -161,10 +161,14 @@ impl IdempotencyStore {
             }
 
             let sql = format!(
+                // Whether the holder died is asked once, and only of a claim still without
+                // a response: a replay of a stored one never reads `pg_locks`.
                 "select fingerprint, response_status, response_headers, response_body,
-                        case when {HOLDER_GONE} then 0 else extract(epoch from locked_until - now())::float8 end,
-                        expires_at <= now() and (locked_until <= now() or {HOLDER_GONE})
-                 from idempotency_request where {KEY_MATCHES}"
+                        case when holder.gone then 0 else extract(epoch from locked_until - now())::float8 end,
+                        expires_at <= now() and (locked_until <= now() or holder.gone)
+                 from idempotency_request,
+                      lateral (select case when response_status is null then {HOLDER_GONE} else false end as gone) as holder
+                 where {KEY_MATCHES}"
             );
             let existing: Option<ExistingRow> = sqlx::query_as(&sql)
                 .bind(&scope.tenant)

@@ -314,12 +314,14 @@ async fn copy_to_file(
     let read = async {
         let mut lines = 0u64;
         let mut rows = super::event_lines::EventLines::default();
-        let mut block = Vec::with_capacity(WRITE_BLOCK + (64 << 10));
+        // Room for a block and the row that fills it past its size.
+        let new_block = || Vec::with_capacity(WRITE_BLOCK + (64 << 10));
+        let mut block = new_block();
         let mut chunks = conn.copy_out_raw(copy).await.map_err(failed)?;
         while let Some(chunk) = chunks.try_next().await.map_err(failed)? {
             lines += rows.feed(&chunk, &mut block)?;
             if block.len() >= WRITE_BLOCK {
-                let full = std::mem::replace(&mut block, Vec::with_capacity(WRITE_BLOCK + (64 << 10)));
+                let full = std::mem::replace(&mut block, new_block());
                 if blocks.send(full).is_err() {
                     // The writer stopped: its error says why.
                     break;
