@@ -59,6 +59,12 @@ pub trait Projection: Send + Sync + 'static {
         None
     }
 
+    /// The metadata keys it reads with [`StoredEvent::meta`] (`None`: it reads the metadata
+    /// whole). The others are not fetched for it; `meta` of a key left out answers `None`.
+    fn metadata_keys(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
     /// Whether the write side applies it in the transaction of the events (see above).
     fn inline(&self) -> bool {
         false

@@ -11,7 +11,7 @@
 use domain::position::GlobalCursor;
 use sqlx::PgConnection;
 
-use eventlog::StoredEvent;
+use eventlog::{Projection, StoredEvent};
 
 /// Up to `limit` committed events after `after`, in global order.
 pub async fn read_after(
@@ -19,19 +19,69 @@ pub async fn read_after(
     after: GlobalCursor,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    read_for(conn, after, limit, None).await
+    read_for(conn, after, limit, Wanted::EVERYTHING).await
 }
 
-/// Like [`read_after`], but only events of `aggregate_types` (when given) carry their
-/// payload; the others come with a `null` payload. A reader must still see every event to
-/// advance past it, but need not transfer what it will skip.
+/// What a reader needs of each event; what it leaves out is not transferred. A reader must
+/// still see every event to advance past it, but turning `jsonb` into text is most of what
+/// reading the log costs PostgreSQL, so a reader that skips most of a payload or metadata
+/// should not pay for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted {
+    /// Only these aggregate types' events carry their payload (the others a `null` one);
+    /// `None`: every event's.
+    pub aggregate_types: Option<&'static [&'static str]>,
+    /// Only these metadata keys (those an event lacks are left out); `None`: all of them.
+    pub metadata_keys: Option<&'static [&'static str]>,
+}
+
+impl Wanted {
+    /// Every payload and all the metadata.
+    pub const EVERYTHING: Wanted = Wanted {
+        aggregate_types: None,
+        metadata_keys: None,
+    };
+
+    /// What `projection` reads.
+    pub fn by(projection: &dyn Projection) -> Self {
+        Wanted {
+            aggregate_types: projection.aggregate_types(),
+            metadata_keys: projection.metadata_keys(),
+        }
+    }
+
+    /// The select list's metadata column: the whole of it, or an object of the wanted keys
+    /// (named in the statement: a key list bound as a parameter needs a subquery per row,
+    /// which costs more than the text of the whole metadata).
+    fn metadata_column(&self) -> String {
+        match self.metadata_keys {
+            None => "metadata::text".to_string(),
+            Some([]) => "'{}'".to_string(),
+            Some(keys) => {
+                let pairs: Vec<String> = keys
+                    .iter()
+                    .map(|key| {
+                        let literal = format!("'{}'", key.replace('\'', "''"));
+                        format!("{literal}, metadata -> {literal}")
+                    })
+                    .collect();
+                format!(
+                    "jsonb_strip_nulls(jsonb_build_object({}))::text",
+                    pairs.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// Like [`read_after`], but only what `wanted` names.
 pub async fn read_for(
     conn: &mut PgConnection,
     after: GlobalCursor,
     limit: i64,
-    aggregate_types: Option<&[&str]>,
+    wanted: Wanted,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    read(conn, READ_SETTLED.as_str(), after, limit, aggregate_types).await
+    read(conn, Horizon::Settled, after, limit, wanted).await
 }
 
 /// Like [`read_for`], but every committed event, up to the newest, whether or not older
@@ -42,37 +92,45 @@ pub async fn read_committed_for(
     conn: &mut PgConnection,
     after: GlobalCursor,
     limit: i64,
-    aggregate_types: Option<&[&str]>,
+    wanted: Wanted,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    read(conn, READ_COMMITTED.as_str(), after, limit, aggregate_types).await
+    read(conn, Horizon::Committed, after, limit, wanted).await
 }
 
-const SELECT_AFTER: &str = "select aggregate_type, aggregate_id, sequence, event_type, event_version,
-        case when $4::text[] is null or aggregate_type = any($4) then payload::text else 'null' end as payload,
-        metadata::text as metadata, tenant_id, transaction_id::text::bigint as transaction_id, position, recorded_at
-    from events
-    where (transaction_id, position) > ($1::bigint::text::xid8, $2)";
-// Qualified: the bare names would sort by the casted output column, which no index
-// provides, and PostgreSQL would sort everything after the cursor.
-const ORDERED: &str = " order by events.transaction_id, events.position limit $3";
-static READ_SETTLED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!("{SELECT_AFTER} and transaction_id < (select events_horizon()){ORDERED}")
-});
-static READ_COMMITTED: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("{SELECT_AFTER}{ORDERED}"));
+/// How far a read may go: the settled log, or every committed event.
+#[derive(Clone, Copy)]
+enum Horizon {
+    Settled,
+    Committed,
+}
 
 async fn read(
     conn: &mut PgConnection,
-    sql: &'static str,
+    horizon: Horizon,
     after: GlobalCursor,
     limit: i64,
-    aggregate_types: Option<&[&str]>,
+    wanted: Wanted,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    sqlx::query_as(sql)
+    let up_to = match horizon {
+        Horizon::Settled => " and transaction_id < (select events_horizon())",
+        Horizon::Committed => "",
+    };
+    // The order is qualified: the bare names would sort by the casted output column, which
+    // no index provides, and PostgreSQL would sort everything after the cursor.
+    let sql = format!(
+        "select aggregate_type, aggregate_id, sequence, event_type, event_version,
+            case when $4::text[] is null or aggregate_type = any($4) then payload::text else 'null' end as payload,
+            {metadata} as metadata, tenant_id, transaction_id::text::bigint as transaction_id, position, recorded_at
+         from events
+         where (transaction_id, position) > ($1::bigint::text::xid8, $2){up_to}
+         order by events.transaction_id, events.position limit $3",
+        metadata = wanted.metadata_column(),
+    );
+    sqlx::query_as(&sql)
         .bind(after.transaction_id)
         .bind(after.position)
         .bind(limit)
-        .bind(aggregate_types)
+        .bind(wanted.aggregate_types)
         .fetch_all(conn)
         .await
 }

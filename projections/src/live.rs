@@ -105,7 +105,16 @@ async fn catch_up(
     loop {
         let events = {
             let mut conn = pool.acquire().await?;
-            global_order::read_for(&mut conn, cursor, BATCH, Some(types)).await?
+            global_order::read_for(
+                &mut conn,
+                cursor,
+                BATCH,
+                global_order::Wanted {
+                    aggregate_types: Some(types),
+                    metadata_keys: None,
+                },
+            )
+            .await?
         };
         for event in &events {
             cursor = event.cursor;

@@ -547,7 +547,9 @@ impl Worker {
             Some(head) if head.cursor == saved => head,
             _ => read_head(&mut tx, &stream, &database, saved).await?,
         };
-        let events = global_order::read_for(&mut tx, head.cursor, BATCH_SIZE, None).await?;
+        let events =
+            global_order::read_for(&mut tx, head.cursor, BATCH_SIZE, global_order::Wanted::EVERYTHING)
+                .await?;
         if events.is_empty() {
             let pending = pending_after(&mut tx, head.cursor).await?;
             self.finish(tx, saved, head).await?;

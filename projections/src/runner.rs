@@ -118,7 +118,8 @@ pub async fn step(
     let mut tx = begin(pool).await?;
     lock_projection(&mut tx, projection.name()).await?;
     let from = checkpoint(&mut tx, projection.name()).await?;
-    let events = global_order::read_for(&mut tx, from, batch_size, projection.aggregate_types()).await?;
+    let events =
+        global_order::read_for(&mut tx, from, batch_size, global_order::Wanted::by(projection)).await?;
     let Some(last) = events.last().map(|e| e.cursor) else {
         let pending = global_order::pending_after(&mut tx, from).await?;
         tx.rollback().await?;

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use domain::position::GlobalCursor;
 use eventlog::Projection;
 use indicatif::ProgressBar;
+use projections::global_order::{self, Wanted};
 use projections::{ProjectionError, StoredEvent};
 use sqlx::{PgConnection, PgPool};
 
@@ -93,7 +94,7 @@ pub(crate) async fn apply_settled(
         pool.clone(),
         from.cursor,
         point,
-        projection.aggregate_types(),
+        Wanted::by(projection),
         batches,
     ));
     let mut applied = from;
@@ -125,7 +126,7 @@ async fn read_ahead(
     pool: PgPool,
     mut after: GlobalCursor,
     point: Point,
-    aggregate_types: Option<&'static [&'static str]>,
+    wanted: Wanted,
     batches: tokio::sync::mpsc::Sender<Batch>,
 ) {
     let mut conn = match pool.acquire().await {
@@ -136,7 +137,7 @@ async fn read_ahead(
         }
     };
     loop {
-        let read = projections::global_order::read_for(&mut conn, after, BUILD_BATCH, aggregate_types).await;
+        let read = global_order::read_for(&mut conn, after, BUILD_BATCH, wanted).await;
         let (batch, done) = match read {
             Ok(events) => {
                 let full = events.len() as i64 == BUILD_BATCH;
@@ -180,11 +181,11 @@ pub(crate) async fn apply_tail(
     };
     let mut applied = from;
     loop {
-        let types = projection.aggregate_types();
+        let wanted = Wanted::by(projection);
         let read = if committed {
-            projections::global_order::read_committed_for(tx, applied.cursor, BUILD_BATCH, types).await?
+            global_order::read_committed_for(tx, applied.cursor, BUILD_BATCH, wanted).await?
         } else {
-            projections::global_order::read_for(tx, applied.cursor, BUILD_BATCH, types).await?
+            global_order::read_for(tx, applied.cursor, BUILD_BATCH, wanted).await?
         };
         let full = read.len() as i64 == BUILD_BATCH;
         let (events, past) = within(read, point);

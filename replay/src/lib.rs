@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use domain::position::GlobalCursor;
 use eventlog::Projection;
 use indicatif::ProgressStyle;
+use projections::global_order::{self, Wanted};
 use projections::{ProjectionError, StoredEvent};
 use sqlx::PgPool;
 
@@ -401,7 +402,7 @@ pub async fn rebuild_in_place(
     let (batches, mut incoming) = tokio::sync::mpsc::channel(2);
     let reader = tokio::spawn(read_ahead(
         pool.clone(),
-        projection.aggregate_types(),
+        Wanted::by(projection),
         projection.inline(),
         batches,
     ));
@@ -436,7 +437,7 @@ pub async fn rebuild_in_place(
 /// `committed`, every committed event (see `global_order::read_committed_for`).
 async fn read_ahead(
     pool: PgPool,
-    aggregate_types: Option<&'static [&'static str]>,
+    wanted: Wanted,
     committed: bool,
     batches: tokio::sync::mpsc::Sender<Result<Vec<StoredEvent>, sqlx::Error>>,
 ) {
@@ -450,10 +451,9 @@ async fn read_ahead(
     let mut cursor = GlobalCursor::START;
     loop {
         let batch = if committed {
-            projections::global_order::read_committed_for(&mut conn, cursor, REBUILD_BATCH, aggregate_types)
-                .await
+            global_order::read_committed_for(&mut conn, cursor, REBUILD_BATCH, wanted).await
         } else {
-            projections::global_order::read_for(&mut conn, cursor, REBUILD_BATCH, aggregate_types).await
+            global_order::read_for(&mut conn, cursor, REBUILD_BATCH, wanted).await
         };
         let done = match &batch {
             Ok(events) => match events.last() {

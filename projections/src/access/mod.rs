@@ -27,6 +27,10 @@ impl Projection for AccessProjection {
         Some(&[Tenant::TYPE, ApiKey::TYPE])
     }
 
+    fn metadata_keys(&self) -> Option<&'static [&'static str]> {
+        Some(&["actor_name"])
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["tenant", "api_key"]
     }

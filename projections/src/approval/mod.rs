@@ -30,6 +30,10 @@ impl Projection for ApprovalProjection {
         Some(&[Protection::TYPE, ChangeRequest::TYPE])
     }
 
+    fn metadata_keys(&self) -> Option<&'static [&'static str]> {
+        Some(&["reason"])
+    }
+
     fn inline(&self) -> bool {
         true
     }

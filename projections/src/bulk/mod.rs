@@ -28,6 +28,10 @@ impl Projection for BulkProjection {
         Some(&[BulkJob::TYPE])
     }
 
+    fn metadata_keys(&self) -> Option<&'static [&'static str]> {
+        Some(&[])
+    }
+
     fn inline(&self) -> bool {
         true
     }

@@ -97,6 +97,10 @@ impl Projection for CatalogProjection {
         Some(&[Prompt::TYPE, PromptCategory::TYPE])
     }
 
+    fn metadata_keys(&self) -> Option<&'static [&'static str]> {
+        Some(&["actor_name"])
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["prompt", "prompt_version", "prompt_category"]
     }
@@ -324,17 +328,27 @@ fn csv_row(out: &mut String, row: &VersionRow) {
     use std::fmt::Write as _;
     fn quoted(out: &mut String, value: &str) {
         out.push('"');
-        out.push_str(&value.replace('"', "\"\""));
+        for (index, part) in value.split('"').enumerate() {
+            if index > 0 {
+                out.push_str("\"\"");
+            }
+            out.push_str(part);
+        }
         out.push('"');
     }
     let _ = write!(out, "{},{},", row.prompt_id, row.version);
     quoted(out, &row.tenant_id);
     out.push(',');
     quoted(out, &row.template);
-    out.push(',');
     // Variable names are identifiers, so an array literal needs no escaping.
-    quoted(out, &format!("{{{}}}", row.variables.join(",")));
-    out.push(',');
+    out.push_str(",\"{");
+    for (index, variable) in row.variables.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        out.push_str(variable);
+    }
+    out.push_str("}\",");
     if let Some(model) = &row.model {
         quoted(out, model);
     }
@@ -491,4 +505,32 @@ async fn store(tx: &mut PgConnection, batch: Batch) -> Result<(), sqlx::Error> {
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_row_is_one_csv_line_with_quotes_doubled_and_absent_values_empty() {
+        let row = VersionRow {
+            prompt_id: Uuid::nil(),
+            version: 3,
+            tenant_id: "acme".into(),
+            template: "Say \"hi\" to {{name}},\nthen {{topic}}".into(),
+            variables: vec!["name".into(), "topic".into()],
+            model: None,
+            params: Some(serde_json::json!({ "temperature": 0.2 })),
+            message: "".into(),
+            created_at: "2026-12-01T12:00:00Z".parse().unwrap(),
+            created_by: "ops".into(),
+        };
+        let mut line = String::new();
+        csv_row(&mut line, &row);
+        assert_eq!(
+            line,
+            "00000000-0000-0000-0000-000000000000,3,\"acme\",\"Say \"\"hi\"\" to {{name}},\nthen {{topic}}\",\
+             \"{name,topic}\",,\"{\"\"temperature\"\":0.2}\",\"\",\"2026-12-01T12:00:00+00:00\",\"ops\"\n"
+        );
+    }
 }

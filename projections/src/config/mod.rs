@@ -29,6 +29,10 @@ impl Projection for ConfigProjection {
         Some(&[ConfigEntry::TYPE])
     }
 
+    fn metadata_keys(&self) -> Option<&'static [&'static str]> {
+        Some(&["actor_name", "reason"])
+    }
+
     fn inline(&self) -> bool {
         true
     }

@@ -32,6 +32,10 @@ impl Projection for ExperimentProjection {
         Some(&[Experiment::TYPE])
     }
 
+    fn metadata_keys(&self) -> Option<&'static [&'static str]> {
+        Some(&[])
+    }
+
     fn inline(&self) -> bool {
         true
     }

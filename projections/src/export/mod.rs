@@ -29,6 +29,10 @@ impl Projection for ExportProjection {
         Some(&[ExportJob::TYPE])
     }
 
+    fn metadata_keys(&self) -> Option<&'static [&'static str]> {
+        Some(&[])
+    }
+
     fn inline(&self) -> bool {
         true
     }

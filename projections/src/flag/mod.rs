@@ -30,6 +30,10 @@ impl Projection for FlagProjection {
         Some(&[Flag::TYPE])
     }
 
+    fn metadata_keys(&self) -> Option<&'static [&'static str]> {
+        Some(&[])
+    }
+
     fn inline(&self) -> bool {
         true
     }

@@ -75,6 +75,10 @@ impl Projection for IncidentProjection {
         Some(&[Incident::TYPE])
     }
 
+    fn metadata_keys(&self) -> Option<&'static [&'static str]> {
+        Some(&["actor_name"])
+    }
+
     fn inline(&self) -> bool {
         true
     }

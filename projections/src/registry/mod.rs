@@ -33,6 +33,10 @@ impl Projection for RegistryProjection {
         Some(&[Provider::TYPE, Model::TYPE])
     }
 
+    fn metadata_keys(&self) -> Option<&'static [&'static str]> {
+        Some(&[])
+    }
+
     /// A price change prices the model's usage records again (`usage::recost`).
     fn also_writes(&self) -> &'static [&'static str] {
         &["usage_record", "usage_rollup"]

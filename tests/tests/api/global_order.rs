@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use domain::position::GlobalCursor;
 use integration_tests::harness::{expect_status, transaction_in_another_database, TestApp, TestDatabase};
-use projections::global_order::read_after;
+use projections::global_order::{read_after, read_for, Wanted};
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -376,4 +376,72 @@ async fn commands_show_their_effect_while_another_database_has_a_long_transactio
     let response = app.get(&format!("/v1/prompts/{id}"), &app.admin_key).await;
     let read = expect_status(response, StatusCode::OK).await;
     assert_eq!(read["name"], "during-a-long-transaction");
+}
+
+#[tokio::test]
+async fn a_reader_gets_only_the_payloads_and_metadata_keys_it_wants() {
+    let db = TestDatabase::create().await;
+    for (aggregate_type, n, metadata) in [
+        (
+            "Wanted",
+            1,
+            json!({ "actor_name": "ops", "reason": "it's \"quoted\"", "request_id": "r-1" }),
+        ),
+        ("Other", 2, json!({ "actor_name": "ops" })),
+    ] {
+        sqlx::query(
+            "insert into events
+                (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, tenant_id)
+             values ($1, $2, 1, 'Probed', '1', $3, $4, 'acme')",
+        )
+        .bind(aggregate_type)
+        .bind(format!("{aggregate_type}-1"))
+        .bind(json!({ "n": n }))
+        .bind(metadata)
+        .execute(&db.pool)
+        .await
+        .expect("insert");
+    }
+    let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+    let everything = read_wanted(&mut conn, Wanted::EVERYTHING).await;
+    assert_eq!(everything.len(), 2);
+    assert_eq!(everything[0].meta("request_id").as_deref(), Some("r-1"));
+    assert_eq!(everything[1].payload, r#"{"n": 2}"#);
+
+    let some = read_wanted(
+        &mut conn,
+        Wanted {
+            aggregate_types: Some(&["Wanted"]),
+            metadata_keys: Some(&["reason", "absent", "it's"]),
+        },
+    )
+    .await;
+    assert_eq!(some.len(), 2, "every event is still read, to advance past it");
+    assert_eq!(some[0].payload, r#"{"n": 1}"#);
+    assert_eq!(some[0].meta("reason").as_deref(), Some("it's \"quoted\""));
+    assert_eq!(some[0].meta("request_id"), None, "a key not wanted is not sent");
+    let keys: serde_json::Value = serde_json::from_str(&some[0].metadata).expect("metadata");
+    assert_eq!(
+        keys,
+        json!({ "reason": "it's \"quoted\"" }),
+        "absent keys are left out"
+    );
+    assert_eq!(some[1].payload, "null", "another type's payload is not sent");
+    assert_eq!(some[1].metadata, "{}");
+
+    let none = read_wanted(
+        &mut conn,
+        Wanted {
+            aggregate_types: None,
+            metadata_keys: Some(&[]),
+        },
+    )
+    .await;
+    assert_eq!(none[0].metadata, "{}");
+}
+
+async fn read_wanted(conn: &mut PgConnection, wanted: Wanted) -> Vec<projections::StoredEvent> {
+    read_for(conn, GlobalCursor::START, 10, wanted)
+        .await
+        .expect("read_for")
 }

@@ -23,9 +23,14 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// another database (another test's) ends while it is computed.
 pub(crate) async fn the_log(pool: &PgPool) -> Vec<StoredEvent> {
     let mut conn = pool.acquire().await.expect("connection");
-    global_order::read_committed_for(&mut conn, GlobalCursor::START, 1_000_000, None)
-        .await
-        .expect("the log")
+    global_order::read_committed_for(
+        &mut conn,
+        GlobalCursor::START,
+        1_000_000,
+        global_order::Wanted::EVERYTHING,
+    )
+    .await
+    .expect("the log")
 }
 
 /// Reads the stream back and checks that it holds every event of the log exactly once, in
