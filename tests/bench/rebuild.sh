@@ -8,6 +8,10 @@
 #
 #   tests/bench/rebuild.sh [runs]     (default 3 runs each; results in bench-results/rebuild.jsonl)
 #   LOAD_BIN=… tests/bench/rebuild.sh (another build's load generator)
+#   BASE_LOAD_BIN=… tests/bench/rebuild.sh
+#                                     (instead of the in-place rebuild, the rebuild beside the
+#                                      live tables of an earlier build's load generator, so
+#                                      that two builds meet the same machine)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${1:-3}
@@ -27,7 +31,12 @@ trap 'psql_do postgres "drop database if exists aipm_bench_rebuild with (force)"
 psql_do postgres "drop database if exists aipm_bench_rebuild with (force)"
 $LOAD seed-events --database-url "$PG/aipm_bench_rebuild" --events 1000000
 for run in $(seq 1 "$RUNS"); do
-  echo "== run $run of $RUNS: in place, then beside the live tables"
-  $LOAD rebuild --database-url "$PG/aipm_bench_rebuild" --runs 1 --in-place --json "$OUT/rebuild.jsonl"
+  if [ -n "${BASE_LOAD_BIN:-}" ]; then
+    echo "== run $run of $RUNS: the earlier build ($BASE_LOAD_BIN), then this one"
+    $BASE_LOAD_BIN rebuild --database-url "$PG/aipm_bench_rebuild" --runs 1 --json "$OUT/rebuild.jsonl"
+  else
+    echo "== run $run of $RUNS: in place, then beside the live tables"
+    $LOAD rebuild --database-url "$PG/aipm_bench_rebuild" --runs 1 --in-place --json "$OUT/rebuild.jsonl"
+  fi
   $LOAD rebuild --database-url "$PG/aipm_bench_rebuild" --runs 1 --json "$OUT/rebuild.jsonl"
 done
