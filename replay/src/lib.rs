@@ -68,8 +68,8 @@ pub struct RebuildReport {
     /// How long the live tables were locked (zero for a build into another schema).
     pub locked_seconds: f64,
     /// Where the time went, phase by phase (a rebuild beside the live tables: building the
-    /// copies, finishing them with their other indexes and WAL, the tail, the swap,
-    /// analysing), in seconds.
+    /// copies, finishing them with their other indexes and their statistics, the tail, the
+    /// swap), in seconds.
     pub phases: Vec<(&'static str, f64)>,
 }
 
@@ -206,7 +206,7 @@ async fn rebuild_with(
         let mut built =
             build::apply_settled(pool, projection, &schema, Applied::default(), Point::END, bar).await?;
         lap(&mut phases, "build");
-        schema::finish_tables(&mut conn, &schema, projection.tables()).await?;
+        schema::finish_tables(pool, &schema, projection.tables()).await?;
         lap(&mut phases, "finish");
         loop {
             let before = built.events;
@@ -228,12 +228,6 @@ async fn rebuild_with(
             return Err(error);
         }
     };
-    for table in projection.tables() {
-        sqlx::query(&format!("analyze public.{table}"))
-            .execute(&mut *conn)
-            .await?;
-    }
-    lap(&mut phases, "analyze");
     Ok(RebuildReport {
         events: built.events,
         seconds: started.elapsed().as_secs_f64(),
@@ -360,7 +354,7 @@ pub async fn rebuild_at(
             },
         ));
     }
-    schema::finish_tables(&mut conn, schema, &owned).await?;
+    schema::finish_tables(pool, schema, &owned).await?;
     // The copies of tables no rebuilt projection owns were there only to be written instead
     // of the live ones.
     for table in borrowed {

@@ -12,7 +12,7 @@
 //! of what `alter table … set logged` costs afterwards, in one long statement that holds
 //! back every reader of the log. A copy made only to be compared is unlogged.
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 /// A schema name checked to be safe to splice into SQL and never one PostgreSQL or aipm's
 /// own tables live in.
@@ -139,21 +139,38 @@ pub(crate) async fn recreate_for(
     create_tables(conn, schema, &tables, durability).await
 }
 
-/// Adds the indexes and triggers of the live tables that [`create_tables`] left out.
+/// Adds the indexes and triggers of the live tables that [`create_tables`] left out, then
+/// gathers the copies' statistics, so that a copy swapped in is planned for from its first
+/// query (statistics stay with a table moved to another schema). Each table on a
+/// connection of its own, all at once.
 pub(crate) async fn finish_tables(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     schema: &SchemaName,
-    tables: &[&str],
+    tables: &[&'static str],
 ) -> Result<(), sqlx::Error> {
-    for table in tables {
-        for part in [Part::OtherIndexes, Part::Triggers] {
-            for definition in definitions(conn, table, part).await? {
-                sqlx::query(&retarget(&definition, table, schema)?)
-                    .execute(&mut *conn)
-                    .await?;
-            }
+    let mut finishing = tokio::task::JoinSet::new();
+    for &table in tables {
+        let (pool, schema) = (pool.clone(), schema.clone());
+        finishing.spawn(async move { finish_table(&pool, &schema, table).await });
+    }
+    while let Some(finished) = finishing.join_next().await {
+        finished.map_err(|e| sqlx::Error::Protocol(format!("finishing a copy failed: {e}")))??;
+    }
+    Ok(())
+}
+
+async fn finish_table(pool: &PgPool, schema: &SchemaName, table: &str) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    for part in [Part::OtherIndexes, Part::Triggers] {
+        for definition in definitions(&mut conn, table, part).await? {
+            sqlx::query(&retarget(&definition, table, schema)?)
+                .execute(&mut *conn)
+                .await?;
         }
     }
+    sqlx::query(&format!("analyze {schema}.{table}"))
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
