@@ -23,9 +23,9 @@ pub async fn read_after(
 }
 
 /// What a reader needs of each event; what it leaves out is not transferred. A reader must
-/// still see every event to advance past it, but turning `jsonb` into text is most of what
-/// reading the log costs PostgreSQL, so a reader that skips most of a payload or metadata
-/// should not pay for it.
+/// still see every event to advance past it, but writing out each payload and metadata as
+/// text is a large part of what reading the log costs PostgreSQL, so a reader should not
+/// pay for what it skips.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Wanted {
     /// Only these aggregate types' events carry their payload (the others a `null` one);
