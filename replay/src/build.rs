@@ -180,8 +180,8 @@ pub(crate) async fn apply_tail(
         instant: None,
     };
     let mut applied = from;
+    let wanted = Wanted::by(projection);
     loop {
-        let wanted = Wanted::by(projection);
         let read = if committed {
             global_order::read_committed_for(tx, applied.cursor, BUILD_BATCH, wanted).await?
         } else {
